@@ -1,0 +1,1 @@
+//! Server selection: one balancer per backend (in progress).

@@ -1,0 +1,1 @@
+//! The mock LLM provider (in progress).

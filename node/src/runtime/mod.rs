@@ -1,0 +1,285 @@
+//! State that outlives a configuration reload.
+//!
+//! Configuration is an immutable snapshot; everything an operator or the
+//! traffic itself changes while the gateway runs lives here instead, keyed by
+//! stable names (`backend/server`) so a reload finds it again: a server's
+//! admin state, its runtime weight, and its live connection counters.
+//! Every change arrives as a [`Command`] — the same type the runtime API and
+//! the cluster will send — so a single node and a cluster share one path.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// HAProxy's admin states for a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminState {
+    /// Takes new traffic.
+    Ready = 0,
+    /// Takes no new traffic except sticky (hash-based) traffic; in-flight
+    /// requests finish. Same as weight 0.
+    Drain = 1,
+    /// Takes no traffic at all.
+    Maint = 2,
+}
+
+impl AdminState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+/// Live state of one server. Lock-free: read on every balancing decision.
+#[derive(Debug)]
+pub struct ServerState {
+    pub backend: String,
+    pub name: String,
+    admin: AtomicU8,
+    /// Effective weight, 0..=256. Starts at the configured weight and is
+    /// changed at runtime (`set server b/s weight`). 0 drains.
+    weight: AtomicU32,
+    /// Requests currently being served by this server.
+    active: AtomicU32,
+    /// Requests waiting for a slot on this server (queueing arrives with
+    /// issue 5; counted here so `leastconn` already sees active + queued).
+    queued: AtomicU32,
+    /// Concurrent-request limit, 0 = unlimited.
+    maxconn: AtomicU32,
+    /// Health as seen by checks; always up until checks exist (issue 5).
+    up: AtomicU8,
+    /// Requests sent to this server since start (HAProxy's `stot`/`lbtot`).
+    total: AtomicU64,
+}
+
+impl ServerState {
+    pub fn new(backend: &str, name: &str, weight: u32, maxconn: u32) -> Self {
+        ServerState {
+            backend: backend.to_owned(),
+            name: name.to_owned(),
+            admin: AtomicU8::new(AdminState::Ready as u8),
+            weight: AtomicU32::new(weight.min(256)),
+            active: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+            maxconn: AtomicU32::new(maxconn),
+            up: AtomicU8::new(1),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    pub fn admin(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Ordering::Relaxed))
+    }
+
+    pub fn set_admin(&self, s: AdminState) {
+        self.admin.store(s as u8, Ordering::Relaxed);
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_weight(&self, w: u32) {
+        self.weight.store(w.min(256), Ordering::Relaxed);
+    }
+
+    pub fn maxconn(&self) -> u32 {
+        self.maxconn.load(Ordering::Relaxed)
+    }
+
+    pub fn set_maxconn(&self, n: u32) {
+        self.maxconn.store(n, Ordering::Relaxed);
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed) != 0
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up as u8, Ordering::Relaxed);
+    }
+
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn queued(&self) -> u32 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// May this server be chosen for a new, non-sticky request?
+    pub fn is_usable(&self) -> bool {
+        self.admin() == AdminState::Ready && self.is_up() && self.weight() > 0
+    }
+
+    /// Is there a free concurrent-request slot?
+    pub fn has_slot(&self) -> bool {
+        let max = self.maxconn();
+        max == 0 || self.active() < max
+    }
+
+    /// Marks one request as started on this server; the guard ends it.
+    pub fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+}
+
+/// Decrements the server's active count when the request (including its
+/// streamed response body) is over.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<ServerState>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A change to runtime state. The runtime API (issue 7) and the cluster
+/// (issue 8) produce these; applying one is the only way state changes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    SetServerState {
+        backend: String,
+        server: String,
+        state: AdminState,
+    },
+    SetServerWeight {
+        backend: String,
+        server: String,
+        weight: u32,
+    },
+    SetServerMaxconn {
+        backend: String,
+        server: String,
+        maxconn: u32,
+    },
+}
+
+/// Error applying a [`Command`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum CommandError {
+    NoSuchServer(String),
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandError::NoSuchServer(s) => write!(f, "no such server '{s}'"),
+        }
+    }
+}
+
+impl std::error::Error for CommandError {}
+
+/// Every server's live state, by `backend/server`.
+#[derive(Debug, Default)]
+pub struct Runtime {
+    servers: Mutex<HashMap<(String, String), Arc<ServerState>>>,
+}
+
+impl Runtime {
+    /// The state of `backend/server`, created on first sight with the
+    /// configured weight and maxconn. Called when a config snapshot is built,
+    /// never on the request path.
+    pub fn server(&self, backend: &str, server: &str, weight: u32, maxconn: u32) -> Arc<ServerState> {
+        let mut map = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((backend.to_owned(), server.to_owned()))
+            .or_insert_with(|| Arc::new(ServerState::new(backend, server, weight, maxconn)))
+            .clone()
+    }
+
+    /// Forgets servers that the new configuration no longer has.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        let mut map = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|(b, s), _| keep(b, s));
+    }
+
+    fn find(&self, backend: &str, server: &str) -> Result<Arc<ServerState>, CommandError> {
+        let map = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(backend.to_owned(), server.to_owned()))
+            .cloned()
+            .ok_or_else(|| CommandError::NoSuchServer(format!("{backend}/{server}")))
+    }
+
+    pub fn apply(&self, cmd: &Command) -> Result<(), CommandError> {
+        match cmd {
+            Command::SetServerState { backend, server, state } => {
+                self.find(backend, server)?.set_admin(*state)
+            }
+            Command::SetServerWeight { backend, server, weight } => {
+                self.find(backend, server)?.set_weight(*weight)
+            }
+            Command::SetServerMaxconn { backend, server, maxconn } => {
+                self.find(backend, server)?.set_maxconn(*maxconn)
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_survives_lookup_by_name() {
+        let rt = Runtime::default();
+        let a = rt.server("be", "s1", 10, 0);
+        rt.apply(&Command::SetServerWeight { backend: "be".into(), server: "s1".into(), weight: 3 })
+            .unwrap();
+        // A later snapshot asking for the same server gets the same state,
+        // with the runtime weight, not the configured one.
+        let b = rt.server("be", "s1", 10, 0);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(b.weight(), 3);
+    }
+
+    #[test]
+    fn unknown_server_is_an_error() {
+        let rt = Runtime::default();
+        let err = rt
+            .apply(&Command::SetServerState { backend: "x".into(), server: "y".into(), state: AdminState::Maint })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "no such server 'x/y'");
+    }
+
+    #[test]
+    fn drain_and_weight_zero_are_not_usable() {
+        let s = Arc::new(ServerState::new("b", "s", 1, 0));
+        assert!(s.is_usable());
+        s.set_admin(AdminState::Drain);
+        assert!(!s.is_usable());
+        s.set_admin(AdminState::Ready);
+        s.set_weight(0);
+        assert!(!s.is_usable());
+    }
+
+    #[test]
+    fn active_guard_counts_in_flight() {
+        let s = Arc::new(ServerState::new("b", "s", 1, 1));
+        let g = s.begin();
+        assert_eq!(s.active(), 1);
+        assert!(!s.has_slot());
+        drop(g);
+        assert_eq!(s.active(), 0);
+        assert_eq!(s.total(), 1);
+    }
+}
