@@ -1,10 +1,262 @@
 //! `llmgw`: the LLM API gateway node.
+//!
+//! `llmgw` with no arguments serves the embedded default configuration (a
+//! gateway on 127.0.0.1:8080 in front of the built-in mock provider);
+//! `llmgw run -c FILE` serves a configuration file, `llmgw check -c FILE`
+//! validates one, and `llmgw mock-upstream` runs the mock provider alone.
 
-#![allow(dead_code)]
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
 
-mod balance;
-mod config;
-mod mock;
-mod runtime;
+use clap::{Parser, Subcommand};
+use llmgw::{config, gateway, listen, mock, stats};
+use tokio::sync::Semaphore;
 
-fn main() {}
+#[derive(Parser)]
+#[command(
+    name = "llmgw",
+    version,
+    about = "LLM API gateway: HAProxy-grade proxying for LLM traffic"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a configuration (the default command).
+    Run(RunArgs),
+    /// Validate a configuration file; report every error as FILE:LINE: message.
+    Check {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+    /// Run the mock LLM provider (OpenAI and Anthropic APIs) on its own.
+    MockUpstream(mock::MockArgs),
+}
+
+#[derive(clap::Args, Default)]
+struct RunArgs {
+    /// Configuration file; without it, the embedded default is served.
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// Replace the first frontend's bind addresses (port 0 = any free port;
+    /// the bound address is printed).
+    #[arg(long = "bind", value_name = "ADDR")]
+    bind: Vec<SocketAddr>,
+    /// Replace the stats listener's address.
+    #[arg(long = "stats", value_name = "ADDR")]
+    stats: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
+        Command::Run(args) => run(args),
+        Command::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: configuration is valid ({} frontend(s), {} backend(s))",
+                    config.display(),
+                    c.frontends.len(),
+                    c.backends.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(diags) => {
+                eprintln!("{diags}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::MockUpstream(args) => match mock::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mock-upstream: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    init_tracing();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let embedded = args.config.is_none();
+    let loaded = match &args.config {
+        Some(path) => config::load(path),
+        None => config::load_embedded_default(),
+    };
+    let mut cfg = match loaded {
+        Ok(c) => c,
+        Err(diags) => {
+            eprintln!("{diags}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !args.bind.is_empty() {
+        match cfg.frontends.first_mut() {
+            Some(fe) => {
+                let template = fe.binds.first().cloned();
+                fe.binds = args
+                    .bind
+                    .iter()
+                    .map(|&addr| config::Bind {
+                        addr,
+                        tls: template.as_ref().and_then(|t| t.tls.clone()),
+                        accept_proxy: template.as_ref().is_some_and(|t| t.accept_proxy),
+                    })
+                    .collect();
+            }
+            None => {
+                eprintln!("--bind: the configuration has no frontend");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(s) = args.stats {
+        cfg.global.stats = Some(s);
+    }
+    cfg.global.maxconn = listen::fit_maxconn(cfg.global.maxconn);
+
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(cfg, args.config, embedded)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llmgw: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: config::Config, path: Option<PathBuf>, embedded: bool) -> Result<(), String> {
+    let mock = if cfg.uses_builtin_mock() {
+        Some(
+            mock::spawn_builtin()
+                .await
+                .map_err(|e| format!("cannot start the built-in mock provider: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let global_slots = Arc::new(Semaphore::new(cfg.global.maxconn as usize));
+    let stats_addr = cfg.global.stats;
+    let frontends = cfg.frontends.clone();
+    let shared = gateway::Shared::new(cfg, mock)?;
+
+    let mut out = Vec::new();
+    for fe in &frontends {
+        let fe_slots = (fe.maxconn > 0).then(|| Arc::new(Semaphore::new(fe.maxconn as usize)));
+        for bind in &fe.binds {
+            let l = listen::Listener::new(
+                &fe.name,
+                bind,
+                fe.timeouts.clone(),
+                fe_slots.clone(),
+                global_slots.clone(),
+                shared.clone(),
+            )
+            .map_err(|e| format!("frontend '{}': {e}", fe.name))?;
+            let sock = listen::bind_tcp(bind.addr)
+                .map_err(|e| format!("cannot bind {}: {e}", bind.addr))?;
+            let local = sock.local_addr().map_err(|e| e.to_string())?;
+            let scheme = if bind.tls.is_some() { "https" } else { "http" };
+            out.push(format!(
+                "frontend '{}' listening on {scheme}://{local}",
+                fe.name
+            ));
+            tokio::spawn(l.run(sock));
+        }
+    }
+    if let Some(addr) = stats_addr {
+        let sock = listen::bind_tcp(addr)
+            .map_err(|e| format!("cannot bind stats listener {addr}: {e}"))?;
+        let local = sock.local_addr().map_err(|e| e.to_string())?;
+        out.push(format!(
+            "stats listening on http://{local} (/healthz, /stats.json)"
+        ));
+        tokio::spawn(stats::run(sock, shared.clone()));
+    }
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "llmgw {}", env!("CARGO_PKG_VERSION"));
+        for line in &out {
+            let _ = writeln!(stdout, "{line}");
+        }
+        if embedded {
+            let _ = writeln!(
+                stdout,
+                "serving the embedded default config: requests go to the built-in mock provider.\n\
+                 To use real providers, write a config (see examples/openai-anthropic-vllm.toml) and run\n\
+                 `llmgw run -c FILE`; check it first with `llmgw check -c FILE`."
+            );
+        }
+        let _ = stdout.flush();
+    }
+
+    wait_for_signals(&shared, path.as_deref()).await;
+    Ok(())
+}
+
+/// SIGINT/SIGTERM stop the process; SIGHUP reloads the configuration file
+/// (validated first; a bad one is refused and the running one stays).
+async fn wait_for_signals(shared: &gateway::Shared, path: Option<&std::path::Path>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                let Some(path) = path else {
+                    tracing::warn!("SIGHUP: serving the embedded default, nothing to reload");
+                    continue;
+                };
+                match config::load(path) {
+                    Err(diags) => tracing::error!("reload refused, the running configuration stays:\n{diags}"),
+                    Ok(new) => {
+                        let old = shared.current.load();
+                        let same_binds = old.config.frontends.iter().map(|f| (&f.name, f.binds.iter().map(|b| b.addr).collect::<Vec<_>>())).eq(
+                            new.frontends.iter().map(|f| (&f.name, f.binds.iter().map(|b| b.addr).collect::<Vec<_>>())));
+                        drop(old);
+                        if !same_binds {
+                            tracing::warn!("reload: listener changes need a restart for now; routes, backends and servers are reloaded");
+                        }
+                        match shared.swap(new) {
+                            Ok(()) => tracing::info!("configuration reloaded"),
+                            Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,5 +1,44 @@
 //! Configuration: the compiled model and the readers that produce it.
 
+pub mod diag;
 pub mod model;
+pub mod native;
+pub mod units;
 
 pub use model::*;
+
+use std::path::Path;
+
+pub use diag::Diags;
+
+/// The configuration `llmgw` serves when given none.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// Loads a configuration file, choosing the reader by its extension.
+pub fn load(path: &Path) -> Result<Config, Diags> {
+    native::load_file(path)
+}
+
+pub fn load_embedded_default() -> Result<Config, Diags> {
+    native::load_str("<embedded default>", EMBEDDED_DEFAULT, Path::new("."))
+}
+
+impl Config {
+    /// Does any backend use the built-in mock provider?
+    pub fn uses_builtin_mock(&self) -> bool {
+        self.backends
+            .iter()
+            .flat_map(|b| &b.servers)
+            .any(|s| s.addr == ServerAddr::BuiltinMock)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = super::load_embedded_default().unwrap();
+        assert!(c.uses_builtin_mock());
+        assert_eq!(c.frontends[0].binds[0].addr.to_string(), "127.0.0.1:8080");
+    }
+}

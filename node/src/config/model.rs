@@ -127,7 +127,9 @@ pub struct Route {
 
 impl Route {
     pub fn needs_model(&self) -> bool {
-        self.conditions.iter().any(|c| matches!(c, Condition::Model(_)))
+        self.conditions
+            .iter()
+            .any(|c| matches!(c, Condition::Model(_)))
     }
 }
 
@@ -279,7 +281,11 @@ pub struct Credential {
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credential {{ header: {}, value: <redacted> }}", self.header)
+        write!(
+            f,
+            "Credential {{ header: {}, value: <redacted> }}",
+            self.header
+        )
     }
 }
 
@@ -369,13 +375,22 @@ mod tests {
 
     #[test]
     fn ipnet() {
-        let n = IpNet { addr: "10.0.0.0".parse().unwrap(), prefix: 8 };
+        let n = IpNet {
+            addr: "10.0.0.0".parse().unwrap(),
+            prefix: 8,
+        };
         assert!(n.contains("10.1.2.3".parse().unwrap()));
         assert!(n.contains("::ffff:10.1.2.3".parse().unwrap()));
         assert!(!n.contains("11.0.0.1".parse().unwrap()));
-        let all = IpNet { addr: "0.0.0.0".parse().unwrap(), prefix: 0 };
+        let all = IpNet {
+            addr: "0.0.0.0".parse().unwrap(),
+            prefix: 0,
+        };
         assert!(all.contains("1.2.3.4".parse().unwrap()));
-        let v6 = IpNet { addr: "fd00::".parse().unwrap(), prefix: 8 };
+        let v6 = IpNet {
+            addr: "fd00::".parse().unwrap(),
+            prefix: 8,
+        };
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("fe80::1".parse().unwrap()));
     }

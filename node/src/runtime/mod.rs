@@ -199,7 +199,13 @@ impl Runtime {
     /// The state of `backend/server`, created on first sight with the
     /// configured weight and maxconn. Called when a config snapshot is built,
     /// never on the request path.
-    pub fn server(&self, backend: &str, server: &str, weight: u32, maxconn: u32) -> Arc<ServerState> {
+    pub fn server(
+        &self,
+        backend: &str,
+        server: &str,
+        weight: u32,
+        maxconn: u32,
+    ) -> Arc<ServerState> {
         let mut map = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((backend.to_owned(), server.to_owned()))
             .or_insert_with(|| Arc::new(ServerState::new(backend, server, weight, maxconn)))
@@ -221,15 +227,21 @@ impl Runtime {
 
     pub fn apply(&self, cmd: &Command) -> Result<(), CommandError> {
         match cmd {
-            Command::SetServerState { backend, server, state } => {
-                self.find(backend, server)?.set_admin(*state)
-            }
-            Command::SetServerWeight { backend, server, weight } => {
-                self.find(backend, server)?.set_weight(*weight)
-            }
-            Command::SetServerMaxconn { backend, server, maxconn } => {
-                self.find(backend, server)?.set_maxconn(*maxconn)
-            }
+            Command::SetServerState {
+                backend,
+                server,
+                state,
+            } => self.find(backend, server)?.set_admin(*state),
+            Command::SetServerWeight {
+                backend,
+                server,
+                weight,
+            } => self.find(backend, server)?.set_weight(*weight),
+            Command::SetServerMaxconn {
+                backend,
+                server,
+                maxconn,
+            } => self.find(backend, server)?.set_maxconn(*maxconn),
         }
         Ok(())
     }
@@ -243,8 +255,12 @@ mod tests {
     fn state_survives_lookup_by_name() {
         let rt = Runtime::default();
         let a = rt.server("be", "s1", 10, 0);
-        rt.apply(&Command::SetServerWeight { backend: "be".into(), server: "s1".into(), weight: 3 })
-            .unwrap();
+        rt.apply(&Command::SetServerWeight {
+            backend: "be".into(),
+            server: "s1".into(),
+            weight: 3,
+        })
+        .unwrap();
         // A later snapshot asking for the same server gets the same state,
         // with the runtime weight, not the configured one.
         let b = rt.server("be", "s1", 10, 0);
@@ -256,7 +272,11 @@ mod tests {
     fn unknown_server_is_an_error() {
         let rt = Runtime::default();
         let err = rt
-            .apply(&Command::SetServerState { backend: "x".into(), server: "y".into(), state: AdminState::Maint })
+            .apply(&Command::SetServerState {
+                backend: "x".into(),
+                server: "y".into(),
+                state: AdminState::Maint,
+            })
             .unwrap_err();
         assert_eq!(err.to_string(), "no such server 'x/y'");
     }

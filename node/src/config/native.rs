@@ -1,0 +1,1230 @@
+//! The native TOML configuration format.
+//!
+//! Parsing happens in two steps: serde reads the text into `Raw*` structs that
+//! mirror the file (every name and reference keeps its byte span), then
+//! [`compile`] validates the whole thing and builds the [`Config`] model,
+//! collecting *every* problem as `FILE:LINE: message` rather than stopping at
+//! the first. A config with any problem is refused whole.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::diag::{Diag, Diags, Lines};
+use super::model::*;
+use super::units::{parse_duration, parse_size};
+
+/// The default limit on a request body buffered for routing.
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    global: RawGlobal,
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default, rename = "frontend")]
+    frontends: Vec<RawFrontend>,
+    #[serde(default, rename = "backend")]
+    backends: Vec<RawBackend>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    maxconn: Option<Spanned<u32>>,
+    /// Stats listener address, or `false` for none.
+    stats: Option<Spanned<StringOrBool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrBool {
+    Bool(bool),
+    String(String),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    #[serde(default)]
+    timeout: RawTimeouts,
+    body_limit: Option<Spanned<SizeValue>>,
+    #[serde(default)]
+    pool: RawPool,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<Spanned<DurationValue>>,
+    client: Option<Spanned<DurationValue>>,
+    server: Option<Spanned<DurationValue>>,
+    http_request: Option<Spanned<DurationValue>>,
+    http_keep_alive: Option<Spanned<DurationValue>>,
+    tunnel: Option<Spanned<DurationValue>>,
+    handshake: Option<Spanned<DurationValue>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum DurationValue {
+    Millis(u64),
+    Text(String),
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    max_idle: Option<usize>,
+    idle_timeout: Option<Spanned<DurationValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFrontend {
+    name: Spanned<String>,
+    #[serde(default)]
+    bind: Vec<Spanned<RawBind>>,
+    maxconn: Option<u32>,
+    #[serde(default)]
+    timeout: RawTimeouts,
+    default_backend: Option<Spanned<String>>,
+    body_limit: Option<Spanned<SizeValue>>,
+    #[serde(default)]
+    forwardfor: bool,
+    #[serde(default)]
+    forwarded: bool,
+    /// Header name for the request id, or `false` to neither keep nor add one.
+    request_id: Option<Spanned<StringOrBool>>,
+    #[serde(default)]
+    model_aliases: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    http_request: RawHeaderRules,
+    #[serde(default)]
+    http_response: RawHeaderRules,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBind {
+    Address(String),
+    Full(RawBindFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBindFull {
+    address: String,
+    #[serde(default)]
+    accept_proxy: bool,
+    tls: Option<RawBindTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBindTls {
+    /// One certificate: a PEM with the chain, and the key here or in `key`.
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    /// Several certificates, chosen by SNI; the first is the default.
+    #[serde(default)]
+    certs: Vec<RawCert>,
+    alpn: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCert {
+    cert: PathBuf,
+    key: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderRules {
+    #[serde(default)]
+    set_header: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    add_header: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    del_header: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    backend: Spanned<String>,
+    host: Option<String>,
+    path: Option<String>,
+    path_prefix: Option<String>,
+    path_regex: Option<String>,
+    method: Option<String>,
+    header: Option<RawNamedMatch>,
+    query: Option<RawNamedMatch>,
+    src: Option<Vec<String>>,
+    /// Exact, or a glob when it contains `*` or `?`.
+    model: Option<String>,
+    model_prefix: Option<String>,
+    model_regex: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNamedMatch {
+    name: String,
+    value: Option<String>,
+    prefix: Option<String>,
+    glob: Option<String>,
+    regex: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: Spanned<String>,
+    balance: Option<Spanned<String>>,
+    hash_type: Option<Spanned<String>>,
+    #[serde(default)]
+    timeout: RawTimeouts,
+    host: Option<String>,
+    replace_path_prefix: Option<RawPathRewrite>,
+    auth: Option<Spanned<RawAuth>>,
+    #[serde(default)]
+    pool: RawPool,
+    #[serde(default)]
+    http_request: RawHeaderRules,
+    #[serde(default)]
+    http_response: RawHeaderRules,
+    #[serde(default, rename = "server")]
+    servers: Vec<Spanned<RawServer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPathRewrite {
+    from: String,
+    to: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    /// `bearer` (Authorization: Bearer …), `x-api-key`, `api-key`, or `header`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// With `type = "header"`: the header to send the secret in.
+    header: Option<String>,
+    env: Option<String>,
+    file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    weight: Option<u32>,
+    maxconn: Option<u32>,
+    tls: Option<RawServerTlsOpt>,
+    proto: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawServerTlsOpt {
+    On(bool),
+    Options(RawServerTls),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    /// `required` (default) or `none`.
+    verify: Option<String>,
+    sni: Option<String>,
+    ca: Option<PathBuf>,
+}
+
+/// Reads and compiles a native TOML configuration file.
+pub fn load_file(path: &Path) -> Result<Config, Diags> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diags(vec![Diag {
+            file: name.clone(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    load_str(&name, &text, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Compiles TOML text; `file` names it in diagnostics and relative paths in
+/// it are resolved against `base`.
+pub fn load_str(file: &str, text: &str, base: &Path) -> Result<Config, Diags> {
+    let lines = Lines::new(text);
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| lines.line_of(s.start)).unwrap_or(0);
+        Diags(vec![Diag {
+            file: file.to_owned(),
+            line,
+            message: e.message().trim().to_owned(),
+        }])
+    })?;
+    let mut cx = Compiler {
+        file,
+        lines,
+        base,
+        diags: Vec::new(),
+    };
+    let config = cx.compile(raw);
+    if cx.diags.is_empty() {
+        Ok(config)
+    } else {
+        cx.diags.sort_by_key(|d| d.line);
+        Err(Diags(cx.diags))
+    }
+}
+
+struct Compiler<'a> {
+    file: &'a str,
+    lines: Lines,
+    base: &'a Path,
+    diags: Vec<Diag>,
+}
+
+impl Compiler<'_> {
+    fn err(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+        let line = self.lines.line_of(span.start);
+        self.diags.push(Diag {
+            file: self.file.to_owned(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn compile(&mut self, raw: RawConfig) -> Config {
+        let global = Global {
+            maxconn: raw
+                .global
+                .maxconn
+                .as_ref()
+                .map(|m| *m.get_ref())
+                .unwrap_or(10_000),
+            stats: match raw.global.stats {
+                None => Some(SocketAddr::from(([127, 0, 0, 1], 8404))),
+                Some(s) => {
+                    let span = s.span();
+                    match s.into_inner() {
+                        StringOrBool::Bool(false) => None,
+                        StringOrBool::Bool(true) => Some(SocketAddr::from(([127, 0, 0, 1], 8404))),
+                        StringOrBool::String(a) => self.socket_addr(&a, span),
+                    }
+                }
+            },
+        };
+        if global.maxconn == 0 {
+            let span = raw
+                .global
+                .maxconn
+                .as_ref()
+                .map(|m| m.span())
+                .unwrap_or(0..0);
+            self.err(span, "global maxconn must be at least 1");
+        }
+
+        let default_timeouts = self.timeouts(&Timeouts::default(), &raw.defaults.timeout);
+        let default_body_limit = match &raw.defaults.body_limit {
+            Some(s) => self.size(s),
+            None => DEFAULT_BODY_LIMIT,
+        };
+
+        // Backends first: routes refer to them by name.
+        let mut backend_index: HashMap<String, usize> = HashMap::new();
+        let mut backends = Vec::new();
+        for rb in raw.backends {
+            let name = rb.name.get_ref().clone();
+            if backend_index.contains_key(&name) {
+                self.err(rb.name.span(), format!("duplicate backend name '{name}'"));
+                continue;
+            }
+            backend_index.insert(name, backends.len());
+            let b = self.backend(rb, &default_timeouts, &raw.defaults.pool);
+            backends.push(b);
+        }
+
+        let mut frontends = Vec::new();
+        let mut frontend_names = HashSet::new();
+        let mut bound: HashMap<SocketAddr, String> = HashMap::new();
+        for rf in raw.frontends {
+            if !frontend_names.insert(rf.name.get_ref().clone()) {
+                self.err(
+                    rf.name.span(),
+                    format!("duplicate frontend name '{}'", rf.name.get_ref()),
+                );
+                continue;
+            }
+            let f = self.frontend(rf, &default_timeouts, default_body_limit, &backend_index);
+            for b in &f.binds {
+                if let Some(other) = bound.insert(b.addr, f.name.clone()) {
+                    self.diags.push(Diag {
+                        file: self.file.to_owned(),
+                        line: 0,
+                        message: format!(
+                            "address {} is bound by both frontend '{other}' and frontend '{}'",
+                            b.addr, f.name
+                        ),
+                    });
+                }
+            }
+            frontends.push(f);
+        }
+        if frontends.is_empty() {
+            self.diags.push(Diag {
+                file: self.file.to_owned(),
+                line: 1,
+                message: "no [[frontend]] defined: nothing would listen".into(),
+            });
+        }
+        Config {
+            global,
+            frontends,
+            backends,
+        }
+    }
+
+    fn socket_addr(&mut self, s: &str, span: std::ops::Range<usize>) -> Option<SocketAddr> {
+        match parse_listen_addr(s) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.err(span, e);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Spanned<DurationValue>) -> Option<Duration> {
+        match v.get_ref() {
+            DurationValue::Millis(ms) => Some(Duration::from_millis(*ms)),
+            DurationValue::Text(t) => match parse_duration(t) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.err(v.span(), e);
+                    None
+                }
+            },
+        }
+    }
+
+    fn size(&mut self, v: &Spanned<SizeValue>) -> usize {
+        let r = match v.get_ref() {
+            SizeValue::Bytes(b) => Ok(*b),
+            SizeValue::Text(t) => parse_size(t),
+        };
+        match r {
+            Ok(b) => usize::try_from(b).unwrap_or(usize::MAX),
+            Err(e) => {
+                self.err(v.span(), e);
+                DEFAULT_BODY_LIMIT
+            }
+        }
+    }
+
+    fn timeouts(&mut self, base: &Timeouts, raw: &RawTimeouts) -> Timeouts {
+        let mut t = base.clone();
+        let fields: [(&Option<Spanned<DurationValue>>, &mut Duration); 7] = [
+            (&raw.connect, &mut t.connect),
+            (&raw.client, &mut t.client),
+            (&raw.server, &mut t.server),
+            (&raw.http_request, &mut t.http_request),
+            (&raw.http_keep_alive, &mut t.http_keep_alive),
+            (&raw.tunnel, &mut t.tunnel),
+            (&raw.handshake, &mut t.handshake),
+        ];
+        for (raw, slot) in fields {
+            if let Some(v) = raw {
+                if let Some(d) = self.duration(v) {
+                    if d.is_zero() {
+                        self.err(v.span(), "a timeout of 0 is not allowed");
+                    } else {
+                        *slot = d;
+                    }
+                }
+            }
+        }
+        t
+    }
+
+    fn header_name(&mut self, s: &str, span: std::ops::Range<usize>) -> Option<HeaderName> {
+        match HeaderName::from_bytes(s.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.err(span, format!("invalid header name '{s}'"));
+                None
+            }
+        }
+    }
+
+    fn header_rules(&mut self, raw: RawHeaderRules, span: std::ops::Range<usize>) -> HeaderRules {
+        let mut rules = HeaderRules::default();
+        for n in raw.del_header {
+            if let Some(h) = self.header_name(n.get_ref(), n.span()) {
+                rules.del.push(h);
+            }
+        }
+        for (map, out) in [
+            (raw.set_header, &mut rules.set),
+            (raw.add_header, &mut rules.add),
+        ] {
+            for (k, v) in map {
+                let name = self.header_name(&k, v.span());
+                match HeaderValue::from_str(v.get_ref()) {
+                    Ok(val) => {
+                        if let Some(n) = name {
+                            out.push((n, val));
+                        }
+                    }
+                    Err(_) => self.err(v.span(), format!("invalid value for header '{k}'")),
+                }
+            }
+        }
+        let _ = span;
+        rules
+    }
+
+    fn frontend(
+        &mut self,
+        rf: RawFrontend,
+        defaults: &Timeouts,
+        default_body_limit: usize,
+        backends: &HashMap<String, usize>,
+    ) -> Frontend {
+        let name = rf.name.get_ref().clone();
+        let mut binds = Vec::new();
+        for b in &rf.bind {
+            let span = b.span();
+            match b.get_ref() {
+                RawBind::Address(a) => {
+                    if let Some(addr) = self.socket_addr(a, span) {
+                        binds.push(Bind {
+                            addr,
+                            tls: None,
+                            accept_proxy: false,
+                        });
+                    }
+                }
+                RawBind::Full(full) => {
+                    let addr = self.socket_addr(&full.address, span.clone());
+                    let tls = full
+                        .tls
+                        .as_ref()
+                        .and_then(|t| self.bind_tls(t, span.clone()));
+                    if let Some(addr) = addr {
+                        binds.push(Bind {
+                            addr,
+                            tls,
+                            accept_proxy: full.accept_proxy,
+                        });
+                    }
+                }
+            }
+        }
+        if rf.bind.is_empty() {
+            self.err(
+                rf.name.span(),
+                format!("frontend '{name}' has no bind address"),
+            );
+        }
+        let default_backend = rf.default_backend.as_ref().and_then(|d| {
+            let found = backends.get(d.get_ref()).copied();
+            if found.is_none() {
+                self.err(
+                    d.span(),
+                    format!("default_backend '{}' does not exist", d.get_ref()),
+                );
+            }
+            found
+        });
+        let mut routes = Vec::new();
+        for r in rf.route {
+            let span = r.span();
+            if let Some(route) = self.route(r.into_inner(), span, backends) {
+                routes.push(route);
+            }
+        }
+        let request_id_header = match rf.request_id {
+            None => Some(HeaderName::from_static("x-request-id")),
+            Some(s) => {
+                let span = s.span();
+                match s.into_inner() {
+                    StringOrBool::Bool(false) => None,
+                    StringOrBool::Bool(true) => Some(HeaderName::from_static("x-request-id")),
+                    StringOrBool::String(h) => self.header_name(&h, span),
+                }
+            }
+        };
+        let body_limit = match &rf.body_limit {
+            Some(s) => self.size(s),
+            None => default_body_limit,
+        };
+        let model_aliases = rf
+            .model_aliases
+            .into_iter()
+            .map(|(k, v)| (k, v.into_inner()))
+            .collect();
+        Frontend {
+            timeouts: self.timeouts(defaults, &rf.timeout),
+            request_headers: self.header_rules(rf.http_request, rf.name.span()),
+            response_headers: self.header_rules(rf.http_response, rf.name.span()),
+            name,
+            binds,
+            maxconn: rf.maxconn.unwrap_or(0),
+            routes,
+            default_backend,
+            model_aliases,
+            body_limit,
+            forward_for: ForwardFor {
+                x_forwarded_for: rf.forwardfor,
+                forwarded: rf.forwarded,
+            },
+            request_id_header,
+        }
+    }
+
+    fn bind_tls(&mut self, t: &RawBindTls, span: std::ops::Range<usize>) -> Option<Tls> {
+        let mut certs = Vec::new();
+        if let Some(c) = &t.cert {
+            certs.push(CertFiles {
+                cert: self.path(c),
+                key: self.path(t.key.as_ref().unwrap_or(c)),
+            });
+        } else if t.key.is_some() {
+            self.err(span.clone(), "tls 'key' given without 'cert'");
+        }
+        for c in &t.certs {
+            certs.push(CertFiles {
+                cert: self.path(&c.cert),
+                key: self.path(c.key.as_ref().unwrap_or(&c.cert)),
+            });
+        }
+        if certs.is_empty() {
+            self.err(span, "tls needs 'cert' (PEM) or 'certs'");
+            return None;
+        }
+        for c in &certs {
+            if let Err(e) = crate::listen::tls::load_certified_key(c) {
+                self.err(span.clone(), e);
+            }
+        }
+        let alpn = t
+            .alpn
+            .clone()
+            .unwrap_or_else(|| vec!["h2".into(), "http/1.1".into()])
+            .into_iter()
+            .map(String::into_bytes)
+            .collect();
+        Some(Tls { certs, alpn })
+    }
+
+    fn route(
+        &mut self,
+        r: RawRoute,
+        span: std::ops::Range<usize>,
+        backends: &HashMap<String, usize>,
+    ) -> Option<Route> {
+        let backend = match backends.get(r.backend.get_ref()) {
+            Some(&i) => Some(i),
+            None => {
+                let msg = format!(
+                    "route points at backend '{}', which does not exist",
+                    r.backend.get_ref()
+                );
+                self.err(r.backend.span(), msg);
+                None
+            }
+        };
+        let mut conditions = Vec::new();
+        if let Some(h) = r.host {
+            conditions.push(Condition::Host(Match::Exact(h.to_ascii_lowercase())));
+        }
+        if let Some(p) = r.path {
+            conditions.push(Condition::Path(Match::Exact(p)));
+        }
+        if let Some(p) = r.path_prefix {
+            conditions.push(Condition::Path(Match::Prefix(p)));
+        }
+        if let Some(p) = r.path_regex {
+            if let Some(re) = self.regex(&p, span.clone()) {
+                conditions.push(Condition::Path(Match::Regex(re)));
+            }
+        }
+        if let Some(m) = r.method {
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => conditions.push(Condition::Method(m)),
+                Err(_) => self.err(span.clone(), format!("invalid method '{m}'")),
+            }
+        }
+        if let Some(h) = r.header {
+            if let Some(name) = self.header_name(&h.name, span.clone()) {
+                if let Some(m) = self.named_match(&h, span.clone()) {
+                    conditions.push(Condition::Header(name, m));
+                }
+            }
+        }
+        if let Some(q) = r.query {
+            if let Some(m) = self.named_match(&q, span.clone()) {
+                conditions.push(Condition::Query(q.name.clone(), m));
+            }
+        }
+        if let Some(src) = r.src {
+            let mut nets = Vec::new();
+            for s in src {
+                match parse_ipnet(&s) {
+                    Ok(n) => nets.push(n),
+                    Err(e) => self.err(span.clone(), e),
+                }
+            }
+            conditions.push(Condition::Src(nets));
+        }
+        if let Some(m) = r.model {
+            let m = if m.contains(['*', '?']) {
+                Match::Glob(m)
+            } else {
+                Match::Exact(m)
+            };
+            conditions.push(Condition::Model(m));
+        }
+        if let Some(p) = r.model_prefix {
+            conditions.push(Condition::Model(Match::Prefix(p)));
+        }
+        if let Some(p) = r.model_regex {
+            if let Some(re) = self.regex(&p, span.clone()) {
+                conditions.push(Condition::Model(Match::Regex(re)));
+            }
+        }
+        Some(Route {
+            conditions,
+            backend: backend?,
+        })
+    }
+
+    fn named_match(&mut self, m: &RawNamedMatch, span: std::ops::Range<usize>) -> Option<Match> {
+        let given = [&m.value, &m.prefix, &m.glob, &m.regex]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if given > 1 {
+            self.err(
+                span,
+                format!("'{}': give only one of value, prefix, glob, regex", m.name),
+            );
+            return None;
+        }
+        Some(if let Some(v) = &m.value {
+            Match::Exact(v.clone())
+        } else if let Some(p) = &m.prefix {
+            Match::Prefix(p.clone())
+        } else if let Some(g) = &m.glob {
+            Match::Glob(g.clone())
+        } else if let Some(r) = &m.regex {
+            Match::Regex(self.regex(r, span)?)
+        } else {
+            Match::Found
+        })
+    }
+
+    fn regex(&mut self, p: &str, span: std::ops::Range<usize>) -> Option<regex::Regex> {
+        match regex::Regex::new(p) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.err(span, format!("invalid regex '{p}': {e}"));
+                None
+            }
+        }
+    }
+
+    fn backend(&mut self, rb: RawBackend, defaults: &Timeouts, default_pool: &RawPool) -> Backend {
+        let name = rb.name.get_ref().clone();
+        let balance = match &rb.balance {
+            None => Balance::RoundRobin,
+            Some(b) => match parse_balance(b.get_ref()) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.err(b.span(), e);
+                    Balance::RoundRobin
+                }
+            },
+        };
+        let hash_type = match rb
+            .hash_type
+            .as_ref()
+            .map(|h| (h.get_ref().as_str(), h.span()))
+        {
+            None | Some(("map-based", _)) => HashType::MapBased,
+            Some(("consistent", _)) => HashType::Consistent,
+            Some((other, span)) => {
+                self.err(
+                    span,
+                    format!("unknown hash_type '{other}' (use map-based or consistent)"),
+                );
+                HashType::MapBased
+            }
+        };
+        let mut servers = Vec::new();
+        let mut names = HashSet::new();
+        for s in rb.servers {
+            let span = s.span();
+            let s = s.into_inner();
+            if !names.insert(s.name.get_ref().clone()) {
+                self.err(
+                    s.name.span(),
+                    format!(
+                        "duplicate server name '{}' in backend '{name}'",
+                        s.name.get_ref()
+                    ),
+                );
+                continue;
+            }
+            if let Some(srv) = self.server(s, span) {
+                servers.push(srv);
+            }
+        }
+        let credential = rb.auth.and_then(|a| {
+            let span = a.span();
+            match read_credential(a.get_ref(), self.base) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    self.err(span, e);
+                    None
+                }
+            }
+        });
+        let pool = RawPool {
+            max_idle: rb.pool.max_idle.or(default_pool.max_idle),
+            idle_timeout: rb
+                .pool
+                .idle_timeout
+                .or_else(|| default_pool.idle_timeout.clone()),
+        };
+        let pool_idle_timeout = pool
+            .idle_timeout
+            .as_ref()
+            .and_then(|d| self.duration(d))
+            .unwrap_or(Duration::from_secs(60));
+        Backend {
+            balance,
+            hash_type,
+            servers,
+            timeouts: self.timeouts(defaults, &rb.timeout),
+            host: rb.host,
+            path_rewrite: rb.replace_path_prefix.map(|p| (p.from, p.to)),
+            credential,
+            request_headers: self.header_rules(rb.http_request, rb.name.span()),
+            response_headers: self.header_rules(rb.http_response, rb.name.span()),
+            pool_max_idle: pool.max_idle.unwrap_or(64),
+            pool_idle_timeout,
+            name,
+        }
+    }
+
+    fn server(&mut self, s: RawServer, span: std::ops::Range<usize>) -> Option<Server> {
+        let addr = match parse_server_addr(s.address.get_ref()) {
+            Ok(a) => a,
+            Err(e) => {
+                self.err(s.address.span(), e);
+                return None;
+            }
+        };
+        let weight = s.weight.unwrap_or(1);
+        if weight > 256 {
+            self.err(
+                span.clone(),
+                format!(
+                    "server '{}': weight {weight} is out of range 0..256",
+                    s.name.get_ref()
+                ),
+            );
+        }
+        let tls = match s.tls {
+            None | Some(RawServerTlsOpt::On(false)) => None,
+            Some(RawServerTlsOpt::On(true)) => Some(UpstreamTls {
+                verify: true,
+                sni: None,
+                ca: None,
+            }),
+            Some(RawServerTlsOpt::Options(o)) => {
+                let verify = match o.verify.as_deref() {
+                    None | Some("required") => true,
+                    Some("none") => false,
+                    Some(v) => {
+                        self.err(
+                            span.clone(),
+                            format!("tls verify must be 'required' or 'none', not '{v}'"),
+                        );
+                        true
+                    }
+                };
+                Some(UpstreamTls {
+                    verify,
+                    sni: o.sni,
+                    ca: o.ca.map(|c| self.path(&c)),
+                })
+            }
+        };
+        let proto = match s.proto.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+            None | Some(("auto", _)) => UpstreamProto::Auto,
+            Some(("h1" | "http1" | "http/1.1", _)) => UpstreamProto::Http1,
+            Some(("h2" | "http2", _)) => UpstreamProto::Http2,
+            Some((other, sp)) => {
+                self.err(sp, format!("unknown proto '{other}' (use auto, h1 or h2)"));
+                UpstreamProto::Auto
+            }
+        };
+        if addr == ServerAddr::BuiltinMock && tls.is_some() {
+            self.err(span, "the built-in mock provider does not speak TLS");
+        }
+        Some(Server {
+            name: s.name.into_inner(),
+            addr,
+            weight: weight.min(256),
+            maxconn: s.maxconn.unwrap_or(0),
+            tls,
+            proto,
+        })
+    }
+}
+
+/// `1.2.3.4:80`, `[::1]:80`, `*:80` (all IPv4), `:::80` (all IPv6).
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix("*:") {
+        return port
+            .parse::<u16>()
+            .map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
+            .map_err(|_| format!("invalid port in address '{s}'"));
+    }
+    if let Some(port) = s.strip_prefix(":::") {
+        return port
+            .parse::<u16>()
+            .map(|p| SocketAddr::from(([0u16; 8], p)))
+            .map_err(|_| format!("invalid port in address '{s}'"));
+    }
+    s.parse().map_err(|_| {
+        format!("invalid address '{s}' (expected IP:PORT, [IPv6]:PORT, *:PORT or :::PORT)")
+    })
+}
+
+/// `host:port`, `1.2.3.4:port`, `[::1]:port`, or `mock` for the built-in mock.
+pub fn parse_server_addr(s: &str) -> Result<ServerAddr, String> {
+    if s == "mock" {
+        return Ok(ServerAddr::BuiltinMock);
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok(ServerAddr::HostPort(sa.ip().to_string(), sa.port()));
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("invalid server address '{s}' (expected HOST:PORT)"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid port in server address '{s}'"))?;
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !valid_host || port == 0 {
+        return Err(format!("invalid server address '{s}' (expected HOST:PORT)"));
+    }
+    Ok(ServerAddr::HostPort(host.to_owned(), port))
+}
+
+pub fn parse_ipnet(s: &str) -> Result<IpNet, String> {
+    let (ip, prefix) = match s.split_once('/') {
+        Some((ip, p)) => (ip, Some(p)),
+        None => (s, None),
+    };
+    let addr: IpAddr = ip.parse().map_err(|_| format!("invalid network '{s}'"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("invalid prefix length in '{s}'"))?,
+    };
+    Ok(IpNet { addr, prefix })
+}
+
+/// HAProxy's `balance` values: `roundrobin`, `static-rr`, `leastconn`,
+/// `first`, `source`, `uri`, `hdr(name)`, `random`, `random(N)`.
+pub fn parse_balance(s: &str) -> Result<Balance, String> {
+    let s = s.trim();
+    Ok(match s {
+        "roundrobin" => Balance::RoundRobin,
+        "static-rr" => Balance::StaticRr,
+        "leastconn" => Balance::LeastConn,
+        "first" => Balance::First,
+        "source" => Balance::Source,
+        "uri" => Balance::Uri,
+        "random" => Balance::Random(2),
+        _ => {
+            if let Some(inner) = s.strip_prefix("hdr(").and_then(|r| r.strip_suffix(')')) {
+                let h = HeaderName::from_bytes(inner.trim().as_bytes())
+                    .map_err(|_| format!("invalid header name in '{s}'"))?;
+                Balance::Hdr(h)
+            } else if let Some(inner) = s.strip_prefix("random(").and_then(|r| r.strip_suffix(')'))
+            {
+                let n: u32 = inner
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| format!("random draws must be 1..100 in '{s}'"))?;
+                Balance::Random(n)
+            } else {
+                return Err(format!(
+                    "unknown balance '{s}' (use roundrobin, static-rr, leastconn, first, source, uri, hdr(name), random or random(N))"
+                ));
+            }
+        }
+    })
+}
+
+/// Reads a provider secret. Errors name the variable or file, never the value.
+fn read_credential(a: &RawAuth, base: &Path) -> Result<Credential, String> {
+    let secret = match (&a.env, &a.file) {
+        (Some(var), None) => std::env::var(var)
+            .map_err(|_| format!("auth: environment variable '{var}' is not set"))?,
+        (None, Some(f)) => {
+            let p = if f.is_absolute() {
+                f.clone()
+            } else {
+                base.join(f)
+            };
+            std::fs::read_to_string(&p).map_err(|e| {
+                format!(
+                    "auth: cannot read secret file '{}': {}",
+                    p.display(),
+                    e.kind()
+                )
+            })?
+        }
+        _ => return Err("auth needs exactly one of 'env' or 'file'".into()),
+    };
+    let secret = secret.trim();
+    if secret.is_empty() {
+        return Err("auth: the secret is empty".into());
+    }
+    let (header, value) = match a.kind.as_str() {
+        "bearer" => (http::header::AUTHORIZATION, format!("Bearer {secret}")),
+        "x-api-key" => (HeaderName::from_static("x-api-key"), secret.to_owned()),
+        "api-key" => (HeaderName::from_static("api-key"), secret.to_owned()),
+        "header" => {
+            let h = a
+                .header
+                .as_deref()
+                .ok_or("auth type 'header' needs 'header = NAME'")?;
+            let h = HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| format!("auth: invalid header name '{h}'"))?;
+            (h, secret.to_owned())
+        }
+        other => {
+            return Err(format!(
+                "auth: unknown type '{other}' (use bearer, x-api-key, api-key or header)"
+            ))
+        }
+    };
+    let mut value = HeaderValue::from_str(&value)
+        .map_err(|_| "auth: the secret contains characters not allowed in a header".to_string())?;
+    value.set_sensitive(true);
+    Ok(Credential { header, value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, Diags> {
+        load_str("test.toml", text, Path::new("."))
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        load(text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    }
+
+    const MIN: &str = r#"
+[[frontend]]
+name = "main"
+bind = ["127.0.0.1:8080"]
+default_backend = "b"
+
+[[backend]]
+name = "b"
+[[backend.server]]
+name = "s1"
+address = "127.0.0.1:9000"
+"#;
+
+    #[test]
+    fn minimal_config_compiles() {
+        let c = load(MIN).unwrap();
+        assert_eq!(c.frontends[0].default_backend, Some(0));
+        assert_eq!(c.backends[0].servers[0].weight, 1);
+        assert_eq!(c.frontends[0].body_limit, DEFAULT_BODY_LIMIT);
+        assert!(!c.frontends[0].needs_model());
+    }
+
+    #[test]
+    fn unknown_key_has_its_line() {
+        let text = MIN.replace(
+            "default_backend = \"b\"",
+            "default_backend = \"b\"\nbogus = 1",
+        );
+        let e = errors(&text);
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("test.toml:6: unknown field `bogus`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn missing_backend_duplicate_names_and_bad_address_all_reported() {
+        let text = r#"
+[[frontend]]
+name = "main"
+bind = ["127.0.0.1:99999"]
+default_backend = "nope"
+
+[[frontend.route]]
+backend = "missing"
+model = "claude-*"
+
+[[backend]]
+name = "b"
+[[backend.server]]
+name = "s1"
+address = "127.0.0.1:9000"
+[[backend.server]]
+name = "s1"
+address = "127.0.0.1:9001"
+"#;
+        let e = errors(text);
+        assert_eq!(
+            e,
+            vec![
+                "test.toml:4: invalid address '127.0.0.1:99999' (expected IP:PORT, [IPv6]:PORT, *:PORT or :::PORT)",
+                "test.toml:5: default_backend 'nope' does not exist",
+                "test.toml:8: route points at backend 'missing', which does not exist",
+                "test.toml:17: duplicate server name 's1' in backend 'b'",
+            ]
+        );
+    }
+
+    #[test]
+    fn unreadable_secret_file_names_the_file_not_a_secret() {
+        let text = MIN.replace(
+            "name = \"b\"\n",
+            "name = \"b\"\nauth = { type = \"bearer\", file = \"/nonexistent/key\" }\n",
+        );
+        let e = errors(&text);
+        assert_eq!(
+            e,
+            vec!["test.toml:9: auth: cannot read secret file '/nonexistent/key': entity not found"]
+        );
+    }
+
+    #[test]
+    fn credential_from_env_is_redacted_in_debug() {
+        std::env::set_var("LLMGW_TEST_SECRET_A", "sk-very-secret");
+        let text = MIN.replace(
+            "name = \"b\"\n",
+            "name = \"b\"\nauth = { type = \"bearer\", env = \"LLMGW_TEST_SECRET_A\" }\n",
+        );
+        let c = load(&text).unwrap();
+        let cred = c.backends[0].credential.as_ref().unwrap();
+        assert_eq!(cred.value.to_str().unwrap(), "Bearer sk-very-secret");
+        assert!(!format!("{:?}", c).contains("sk-very-secret"));
+    }
+
+    #[test]
+    fn model_routes_and_aliases() {
+        let text = MIN.replace(
+            "default_backend = \"b\"",
+            "default_backend = \"b\"\nmodel_aliases = { fast = \"gpt-4o-mini\" }\n[[frontend.route]]\nbackend = \"b\"\nmodel = \"claude-*\"",
+        );
+        let c = load(&text).unwrap();
+        let f = &c.frontends[0];
+        assert!(f.needs_model());
+        assert!(
+            matches!(&f.routes[0].conditions[0], Condition::Model(Match::Glob(g)) if g == "claude-*")
+        );
+        assert_eq!(
+            f.model_aliases,
+            vec![("fast".to_string(), "gpt-4o-mini".to_string())]
+        );
+    }
+
+    #[test]
+    fn balance_values() {
+        assert_eq!(parse_balance("random"), Ok(Balance::Random(2)));
+        assert_eq!(parse_balance("random(3)"), Ok(Balance::Random(3)));
+        assert_eq!(
+            parse_balance("hdr(X-User)"),
+            Ok(Balance::Hdr(HeaderName::from_static("x-user")))
+        );
+        assert!(parse_balance("weird").is_err());
+        assert!(parse_balance("random(0)").is_err());
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_listen_addr("*:80"), Ok("0.0.0.0:80".parse().unwrap()));
+        assert_eq!(parse_listen_addr(":::80"), Ok("[::]:80".parse().unwrap()));
+        assert_eq!(
+            parse_server_addr("api.openai.com:443"),
+            Ok(ServerAddr::HostPort("api.openai.com".into(), 443))
+        );
+        assert_eq!(
+            parse_server_addr("[::1]:80"),
+            Ok(ServerAddr::HostPort("::1".into(), 80))
+        );
+        assert!(parse_server_addr("bad host:80").is_err());
+        assert!(parse_server_addr("host").is_err());
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = errors("[[frontend]]\nname = \n");
+        assert!(e[0].starts_with("test.toml:2: "), "{e:?}");
+    }
+}

@@ -1,0 +1,201 @@
+//! The body types that cross the gateway.
+//!
+//! Both are small enums rather than boxed trait objects: the common cases
+//! (an upstream stream passed through, or a short gateway-made reply) cost no
+//! allocation, and the guards they carry end a request's accounting exactly
+//! when its last byte has gone.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use super::conn::InflightGuard;
+use crate::runtime::ActiveGuard;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body on its way upstream.
+pub enum ReqBody {
+    /// Untouched client body, streamed.
+    Stream(Incoming),
+    /// The part already read (to find the model), then the rest of the stream.
+    Prefixed {
+        head: Option<Bytes>,
+        rest: Option<Incoming>,
+    },
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ReqBody::Prefixed { head, rest } => {
+                if let Some(h) = head.take() {
+                    if !h.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(h))));
+                    }
+                }
+                match rest {
+                    Some(r) => Pin::new(r).poll_frame(cx).map_err(Into::into),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Stream(b) => b.is_end_stream(),
+            ReqBody::Prefixed { head, rest } => {
+                head.as_ref().is_none_or(|h| h.is_empty())
+                    && rest.as_ref().is_none_or(|r| r.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Stream(b) => b.size_hint(),
+            ReqBody::Prefixed { head, rest } => {
+                let h = head.as_ref().map_or(0, |h| h.len() as u64);
+                match rest {
+                    Some(r) => {
+                        let r = r.size_hint();
+                        let mut s = SizeHint::new();
+                        s.set_lower(r.lower() + h);
+                        if let Some(u) = r.upper() {
+                            s.set_upper(u + h);
+                        }
+                        s
+                    }
+                    None => SizeHint::with_exact(h),
+                }
+            }
+        }
+    }
+}
+
+/// An upstream response body with the server inactivity timeout applied
+/// between frames.
+pub struct Upstream {
+    body: Incoming,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+/// A response body on its way to the client.
+pub struct RespBody {
+    kind: Kind,
+    /// Ends the server's active count when the body is done or dropped.
+    _server: Option<ActiveGuard>,
+    /// Ends the connection's in-flight count likewise.
+    _inflight: Option<InflightGuard>,
+}
+
+enum Kind {
+    Upstream(Upstream),
+    Full(Option<Bytes>),
+}
+
+/// The upstream stalled for longer than `timeout server` mid-body.
+#[derive(Debug)]
+pub struct IdleTimeout;
+
+impl std::fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream inactivity timeout")
+    }
+}
+
+impl std::error::Error for IdleTimeout {}
+
+impl RespBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        RespBody {
+            kind: Kind::Full(Some(b.into())),
+            _server: None,
+            _inflight: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        RespBody {
+            kind: Kind::Full(None),
+            _server: None,
+            _inflight: None,
+        }
+    }
+
+    pub fn upstream(body: Incoming, idle: Duration, guard: ActiveGuard) -> Self {
+        let deadline = Box::pin(tokio::time::sleep(idle));
+        RespBody {
+            kind: Kind::Upstream(Upstream {
+                body,
+                idle,
+                deadline,
+            }),
+            _server: Some(guard),
+            _inflight: None,
+        }
+    }
+}
+
+impl RespBody {
+    pub fn with_inflight(mut self, g: InflightGuard) -> Self {
+        self._inflight = Some(g);
+        self
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(u) => {
+                if let Poll::Ready(frame) = Pin::new(&mut u.body).poll_frame(cx) {
+                    if frame.is_some() {
+                        u.deadline.as_mut().reset(Instant::now() + u.idle);
+                    } else {
+                        this._server = None;
+                    }
+                    return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+                }
+                ready!(u.deadline.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Box::new(IdleTimeout))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(u) => u.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(u) => u.body.size_hint(),
+        }
+    }
+}

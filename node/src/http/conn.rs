@@ -1,0 +1,216 @@
+//! Serving one client connection: HTTP/1.1 (keep-alive, upgrades) or HTTP/2,
+//! whichever the client speaks, with the gateway's idle policy on top.
+//!
+//! hyper enforces `timeout http-request` (complete headers) itself. What it
+//! does not do is close a keep-alive connection that sits idle between
+//! requests; a small watchdog does, using the last time a byte moved and the
+//! number of requests in flight (an idle h1 connection is closed, an h2 one
+//! gets GOAWAY). It never interrupts a request in progress: a slow upstream is
+//! `timeout server`'s business.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::config::Timeouts;
+use crate::gateway::Shared;
+
+/// Facts about the client connection a request arrived on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub frontend: Arc<str>,
+    /// The client's address: the peer's, or the one a PROXY header gave.
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+/// Activity shared between the connection's IO and its watchdog.
+#[derive(Debug)]
+pub struct Activity {
+    epoch: Instant,
+    /// Milliseconds since `epoch` when a byte last moved.
+    last: AtomicU64,
+    /// Requests whose response is not finished yet.
+    pub inflight: AtomicU32,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Activity {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+            inflight: AtomicU32::new(0),
+        }
+    }
+
+    pub fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        // Coarse on purpose: one relaxed store per read or write.
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        let last = self.last.load(Ordering::Relaxed);
+        Duration::from_millis((self.epoch.elapsed().as_millis() as u64).saturating_sub(last))
+    }
+}
+
+/// Marks a request in flight until its response body is done.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Activity>);
+
+impl InflightGuard {
+    pub fn new(a: &Arc<Activity>) -> Self {
+        a.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(a.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An IO that records when bytes move.
+    pub struct Tracked<T> {
+        #[pin]
+        inner: T,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<T> Tracked<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Tracked { inner, activity }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Tracked<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        if buf.filled().len() != before {
+            this.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// Serves HTTP on one accepted (and, if configured, TLS-terminated) client
+/// connection until it closes.
+pub async fn serve<IO>(io: IO, shared: Arc<Shared>, info: ConnInfo, timeouts: &Timeouts)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let info = Arc::new(info);
+    let svc = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let shared = shared.clone();
+            let info = info.clone();
+            let guard = InflightGuard::new(&activity);
+            async move { Ok::<_, Infallible>(super::proxy::handle(&shared, &info, req, guard).await) }
+        })
+    };
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.http_request)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024);
+
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(Tracked::new(io, activity.clone())), svc);
+    tokio::pin!(conn);
+    let keep_alive = timeouts.http_keep_alive;
+    let mut wake = Box::pin(tokio::time::sleep(keep_alive));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut wake, if !closing => {
+                let idle = activity.idle_for();
+                if activity.inflight.load(Ordering::Relaxed) == 0 && idle >= keep_alive {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    let left = keep_alive.saturating_sub(idle).max(Duration::from_millis(10));
+                    wake.as_mut().reset(Instant::now() + left);
+                }
+            }
+        }
+    }
+}

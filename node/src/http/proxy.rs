@@ -1,0 +1,535 @@
+//! One request's way through the gateway, in the order it happens:
+//! frontend lookup → request id and trace context → body inspection (only if
+//! a rule needs the model) → route → balance → rewrite → forward → response
+//! rewrite → streamed back. Each phase is a function below; errors the
+//! gateway makes itself leave through `error.rs` in the OpenAI shape.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{ReqBody, RespBody};
+use super::conn::{ConnInfo, InflightGuard};
+use super::error;
+use crate::balance::PickCtx;
+use crate::config::{Backend, Frontend};
+use crate::gateway::{Shared, Snapshot};
+use crate::llm::model::{self, ModelScanner, Scan};
+use crate::route::{self, Facts};
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static API_KEY: HeaderName = HeaderName::from_static("api-key");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+pub async fn handle(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    inflight: InflightGuard,
+) -> Response<RespBody> {
+    let snap = shared.current.load_full();
+    let Some(fe) = snap
+        .config
+        .frontends
+        .iter()
+        .find(|f| *f.name == *conn.frontend)
+    else {
+        // The listener outlived its frontend across a reload; it is draining.
+        return error::error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "frontend_gone",
+            "This listener is closing.",
+        );
+    };
+    let request_id = request_id(fe, req.headers());
+    let mut resp = proxy(&snap, fe, conn, req, request_id.as_ref()).await;
+    if let (Some(name), Some(id)) = (&fe.request_id_header, request_id) {
+        resp.headers_mut().insert(name.clone(), id);
+    }
+    fe.response_headers.apply(resp.headers_mut());
+    resp.map(|b| b.with_inflight(inflight))
+}
+
+async fn proxy(
+    snap: &Arc<Snapshot>,
+    fe: &Frontend,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    request_id: Option<&HeaderValue>,
+) -> Response<RespBody> {
+    let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
+
+    // Read the body only as far as the model, and only if a rule needs it.
+    let mut body = ReqBody::Stream(incoming);
+    let mut model_name: Option<String> = None;
+    if fe.needs_model() && may_have_body(&parts.method, &body) {
+        let ReqBody::Stream(incoming) = body else {
+            unreachable!()
+        };
+        match inspect_model(fe, &mut parts, incoming).await {
+            Ok((b, m)) => {
+                body = b;
+                model_name = m;
+            }
+            Err(resp) => return resp,
+        }
+    }
+
+    let facts = Facts {
+        parts: &parts,
+        src: conn.client.ip(),
+        model: model_name.as_deref(),
+    };
+    let Some(bi) = route::select(fe, &facts) else {
+        return match model_name {
+            Some(m) => error::model_not_found(&m),
+            None if fe.needs_model() && parts.method == Method::POST => error::model_not_found(""),
+            None => error::no_route(&format!(
+                "No route for {} {}.",
+                parts.method,
+                parts.uri.path()
+            )),
+        };
+    };
+    let be = &snap.config.backends[bi];
+    let brt = &snap.backends[bi];
+
+    let ctx = PickCtx {
+        src: conn.client.ip(),
+        path: parts.uri.path(),
+        headers: &parts.headers,
+    };
+    let Some(si) = brt.balancer.pick(&ctx, &[]) else {
+        return error::no_server(&be.name);
+    };
+    let server = brt.balancer.server(si).clone();
+    let guard = server.begin();
+    let upstream = &brt.upstreams[si];
+
+    if let Err(resp) = rewrite_request(
+        fe,
+        be,
+        conn,
+        &mut parts,
+        request_id,
+        client_upgrade.is_some(),
+    ) {
+        return resp;
+    }
+    parts.uri = match upstream_uri(be, &parts.uri, upstream) {
+        Ok(u) => u,
+        Err(resp) => return resp,
+    };
+    parts.version = Version::HTTP_11;
+
+    let sent = upstream.client.request(Request::from_parts(parts, body));
+    let mut resp = match tokio::time::timeout(be.timeouts.server, sent).await {
+        Err(_) => return error::gateway_timeout("The upstream did not answer in time."),
+        Ok(Err(e)) => return upstream_error(be, &e),
+        Ok(Ok(r)) => r,
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(super::tunnel::run(
+                client_upgrade,
+                upstream_upgrade,
+                be.timeouts.tunnel,
+                guard,
+            ));
+            let (mut rparts, _) = resp.into_parts();
+            be.response_headers.apply(&mut rparts.headers);
+            return Response::from_parts(rparts, RespBody::empty());
+        }
+    }
+
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers, false);
+    be.response_headers.apply(&mut rparts.headers);
+    rparts.version = Version::HTTP_11;
+    Response::from_parts(rparts, RespBody::upstream(rbody, be.timeouts.server, guard))
+}
+
+/// `Connection: upgrade` with an `Upgrade` header, on HTTP/1.1.
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+fn may_have_body(method: &Method, body: &ReqBody) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+    ) && !body.is_end_stream()
+}
+
+/// Reads the body until its `model` is known (or the body ends), applies a
+/// model alias by rewriting the buffered bytes, and hands back a body that
+/// replays what was read and streams the rest.
+async fn inspect_model(
+    fe: &Frontend,
+    parts: &mut Parts,
+    mut incoming: Incoming,
+) -> Result<(ReqBody, Option<String>), Response<RespBody>> {
+    let mut buf = BytesMut::new();
+    let mut scanner = ModelScanner::default();
+    let mut ended = false;
+    let found = loop {
+        match scanner.scan(&buf) {
+            Scan::Found(r) => break Some(r),
+            Scan::Absent => break None,
+            Scan::Pending if ended => break None,
+            Scan::Pending => {}
+        }
+        if buf.len() > fe.body_limit {
+            return Err(error::too_large(fe.body_limit));
+        }
+        match incoming.frame().await {
+            None => ended = true,
+            Some(Err(_)) => return Err(error::bad_request("The request body could not be read.")),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    };
+    let rest = (!ended && !incoming.is_end_stream()).then_some(incoming);
+    let Some(range) = found else {
+        return Ok((
+            ReqBody::Prefixed {
+                head: Some(buf.freeze()),
+                rest,
+            },
+            None,
+        ));
+    };
+    let Some(name) = model::decode(&buf[range.clone()]).map(|c| c.into_owned()) else {
+        return Err(error::bad_request(
+            "The `model` field is not a valid JSON string.",
+        ));
+    };
+    let alias = fe
+        .model_aliases
+        .iter()
+        .find(|(a, _)| *a == name)
+        .map(|(_, t)| t.clone());
+    let Some(target) = alias else {
+        return Ok((
+            ReqBody::Prefixed {
+                head: Some(buf.freeze()),
+                rest,
+            },
+            Some(name),
+        ));
+    };
+    let encoded = model::encode(&target);
+    let mut head = BytesMut::with_capacity(buf.len() + encoded.len());
+    head.extend_from_slice(&buf[..range.start]);
+    head.extend_from_slice(encoded.as_bytes());
+    head.extend_from_slice(&buf[range.end..]);
+    if let Some(cl) = parts.headers.get(header::CONTENT_LENGTH) {
+        let len = cl.to_str().ok().and_then(|s| s.parse::<u64>().ok());
+        let Some(len) = len else {
+            return Err(error::bad_request("Invalid Content-Length."));
+        };
+        let new_len = (len + encoded.len() as u64).saturating_sub(range.len() as u64);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(new_len));
+    }
+    Ok((
+        ReqBody::Prefixed {
+            head: Some(head.freeze()),
+            rest,
+        },
+        Some(target),
+    ))
+}
+
+/// Keeps the client's request id, or makes one.
+fn request_id(fe: &Frontend, headers: &HeaderMap) -> Option<HeaderValue> {
+    let name = fe.request_id_header.as_ref()?;
+    if let Some(v) = headers.get(name) {
+        if !v.is_empty() && v.len() <= 200 {
+            return Some(v.clone());
+        }
+    }
+    Some(hex_id(fastrand::u128(..)))
+}
+
+fn hex_id(v: u128) -> HeaderValue {
+    let mut s = [0u8; 32];
+    hex_into(&v.to_be_bytes(), &mut s);
+    HeaderValue::from_bytes(&s).unwrap_or(HeaderValue::from_static("0"))
+}
+
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[(b >> 4) as usize];
+        out[2 * i + 1] = HEX[(b & 0xf) as usize];
+    }
+}
+
+/// W3C trace context: a valid incoming `traceparent` keeps its trace id and
+/// flags and gets the gateway's span as parent; otherwise a new trace starts.
+fn traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let span = fastrand::u64(1..).to_be_bytes();
+    hex_into(&span, &mut out[36..52]);
+    match incoming
+        .map(|v| v.as_bytes())
+        .filter(|v| valid_traceparent(v))
+    {
+        Some(v) => {
+            out[3..35].copy_from_slice(&v[3..35]);
+            out[53..55].copy_from_slice(&v[53..55]);
+        }
+        None => {
+            hex_into(&fastrand::u128(1..).to_be_bytes(), &mut out[3..35]);
+            out[53..55].copy_from_slice(b"01");
+        }
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static(
+        "00-00000000000000000000000000000001-0000000000000001-00",
+    ))
+}
+
+fn valid_traceparent(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    v.len() >= 55
+        && &v[..3] == b"00-"
+        && v[35] == b'-'
+        && v[52] == b'-'
+        && hex(&v[3..35])
+        && hex(&v[36..52])
+        && hex(&v[53..55])
+        && v[3..35].iter().any(|&c| c != b'0')
+        && v[36..52].iter().any(|&c| c != b'0')
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus
+/// whatever the `Connection` header names.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    if !keep_upgrade {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TE);
+    h.remove(header::TRAILER);
+    h.remove(header::TRANSFER_ENCODING);
+}
+
+fn rewrite_request(
+    fe: &Frontend,
+    be: &Backend,
+    conn: &ConnInfo,
+    parts: &mut Parts,
+    request_id: Option<&HeaderValue>,
+    upgrade: bool,
+) -> Result<(), Response<RespBody>> {
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h, upgrade);
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    // An h2 client has no Host header; HTTP/1.1 upstreams need one.
+    if !h.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                h.insert(header::HOST, v);
+            }
+        }
+    }
+    let ip = conn.client.ip();
+    if fe.forward_for.x_forwarded_for {
+        append_list(h, &X_FORWARDED_FOR, &ip.to_string());
+    }
+    if fe.forward_for.forwarded {
+        let mut v = match ip {
+            IpAddr::V4(v4) => format!("for={v4}"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+        };
+        v.push_str(if conn.tls {
+            ";proto=https"
+        } else {
+            ";proto=http"
+        });
+        if let Some(host) = h.get(header::HOST).and_then(|v| v.to_str().ok()) {
+            if host
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                v.push_str(";host=\"");
+                v.push_str(host);
+                v.push('"');
+            }
+        }
+        append_list(h, &FORWARDED, &v);
+    }
+    if let (Some(name), Some(id)) = (&fe.request_id_header, request_id) {
+        h.insert(name.clone(), id.clone());
+    }
+    let tp = traceparent(h.get(&TRACEPARENT));
+    h.insert(TRACEPARENT.clone(), tp);
+    fe.request_headers.apply(h);
+    be.request_headers.apply(h);
+    if let Some(cred) = &be.credential {
+        // The client's own credentials are for this gateway, never for the
+        // provider behind it.
+        h.remove(header::AUTHORIZATION);
+        h.remove(&X_API_KEY);
+        h.remove(&API_KEY);
+        h.insert(cred.header.clone(), cred.value.clone());
+    }
+    if let Some(host) = &be.host {
+        match HeaderValue::from_str(host) {
+            Ok(v) => {
+                h.insert(header::HOST, v);
+            }
+            Err(_) => return Err(error::bad_gateway("Invalid host rewrite.")),
+        }
+    }
+    Ok(())
+}
+
+fn append_list(h: &mut HeaderMap, name: &HeaderName, item: &str) {
+    let v = match h.get(name).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {item}"),
+        _ => item.to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.insert(name.clone(), v);
+    }
+}
+
+fn upstream_uri(
+    be: &Backend,
+    uri: &Uri,
+    up: &crate::upstream::Upstream,
+) -> Result<Uri, Response<RespBody>> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let pq: std::borrow::Cow<str> = match &be.path_rewrite {
+        Some((from, to)) if pq.starts_with(from.as_str()) => {
+            format!("{to}{}", &pq[from.len()..]).into()
+        }
+        _ => pq.into(),
+    };
+    let pq = if pq.starts_with('/') {
+        pq
+    } else {
+        format!("/{pq}").into()
+    };
+    Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query(pq.as_ref())
+        .build()
+        .map_err(|_| error::bad_request("The request target cannot be forwarded."))
+}
+
+fn upstream_error(be: &Backend, e: &hyper_util::client::legacy::Error) -> Response<RespBody> {
+    let timed_out = {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        let mut t = false;
+        while let Some(s) = src {
+            if s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
+                t = true;
+            }
+            src = s.source();
+        }
+        t
+    };
+    tracing::debug!(backend = %be.name, error = %e, "upstream request failed");
+    if timed_out {
+        error::gateway_timeout("Connecting to the upstream timed out.")
+    } else if e.is_connect() {
+        error::bad_gateway("The upstream could not be reached.")
+    } else {
+        error::bad_gateway("The upstream connection failed before a complete response.")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_keeps_trace_and_flags() {
+        let inc =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let out = traceparent(Some(&inc));
+        let s = out.to_str().unwrap();
+        assert_eq!(&s[..36], "00-4bf92f3577b34da6a3ce929d0e0e4736-");
+        assert_ne!(&s[36..52], "00f067aa0ba902b7");
+        assert!(s.ends_with("-01"));
+        assert!(valid_traceparent(out.as_bytes()));
+    }
+
+    #[test]
+    fn traceparent_starts_a_trace_when_missing_or_invalid() {
+        for inc in [
+            None,
+            Some(HeaderValue::from_static("garbage")),
+            Some(HeaderValue::from_static(
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            )),
+        ] {
+            let out = traceparent(inc.as_ref());
+            assert!(valid_traceparent(out.as_bytes()), "{out:?}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,19 @@
+//! llmgw: an LLM API gateway node — HAProxy-grade proxying built for LLM
+//! traffic. The modules follow a request's path: `listen` accepts it, `http`
+//! serves it, `route` picks a backend (reading the body's model only when a
+//! rule needs it), `balance` picks a server, `upstream` forwards it over a
+//! pooled connection, and the response streams back untouched. `config` is
+//! the immutable snapshot all of this reads; `runtime` is the state that
+//! outlives reloads.
+
+pub mod balance;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod listen;
+pub mod llm;
+pub mod mock;
+pub mod route;
+pub mod runtime;
+pub mod stats;
+pub mod upstream;

@@ -1,0 +1,201 @@
+//! Listening sockets and accepting connections.
+//!
+//! Connection limits are enforced *before* `accept()`: a listener takes a
+//! permit from its frontend's and from the global `maxconn` semaphore first,
+//! so over the limit new connections wait in the kernel's backlog (as with
+//! HAProxy) instead of being accepted and dropped. After accept, the
+//! connection's own task reads the PROXY header (if the bind asks for it) and
+//! completes the TLS handshake, both within `timeout handshake`, then hands
+//! the stream to the HTTP layer.
+
+pub mod proxy_protocol;
+pub mod tls;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Bind, Timeouts};
+use crate::gateway::Shared;
+use crate::http::conn::{serve, ConnInfo};
+
+/// Binds a listening TCP socket. IPv6 sockets are v6-only so `[::]:P` and
+/// `0.0.0.0:P` can be bound side by side, as HAProxy's `:::P` and `*:P`.
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Everything a listener needs, cloned into each connection task.
+#[derive(Clone)]
+pub struct Listener {
+    pub frontend: Arc<str>,
+    pub accept_proxy: bool,
+    pub tls: Option<TlsAcceptor>,
+    pub timeouts: Timeouts,
+    pub frontend_slots: Option<Arc<Semaphore>>,
+    pub global_slots: Arc<Semaphore>,
+    pub shared: Arc<Shared>,
+}
+
+impl Listener {
+    pub fn new(
+        frontend: &str,
+        bind: &Bind,
+        timeouts: Timeouts,
+        frontend_slots: Option<Arc<Semaphore>>,
+        global_slots: Arc<Semaphore>,
+        shared: Arc<Shared>,
+    ) -> Result<Self, String> {
+        let tls = match &bind.tls {
+            Some(t) => Some(TlsAcceptor::from(tls::server_config(t)?)),
+            None => None,
+        };
+        Ok(Listener {
+            frontend: frontend.into(),
+            accept_proxy: bind.accept_proxy,
+            tls,
+            timeouts,
+            frontend_slots,
+            global_slots,
+            shared,
+        })
+    }
+
+    /// Accepts connections forever.
+    pub async fn run(self, listener: TcpListener) {
+        loop {
+            // Slots first: over the limit, connections wait in the backlog.
+            let fe_permit = match &self.frontend_slots {
+                Some(s) => match s.clone().acquire_owned().await {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+                None => None,
+            };
+            let Ok(global_permit) = self.global_slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.connection(stream, peer).await;
+                drop(fe_permit);
+                drop(global_permit);
+            });
+        }
+    }
+
+    async fn connection(self, mut stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let mut client = peer;
+        let deadline = tokio::time::Instant::now() + self.timeouts.handshake;
+        if self.accept_proxy {
+            match tokio::time::timeout_at(deadline, proxy_protocol::read(&mut stream)).await {
+                Ok(Ok(proxy_protocol::Header::Proxied { src, .. })) => client = src,
+                Ok(Ok(proxy_protocol::Header::Local)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "dropping connection");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "PROXY header timeout");
+                    return;
+                }
+            }
+        }
+        let info = |tls| ConnInfo {
+            frontend: self.frontend.clone(),
+            client,
+            local,
+            tls,
+        };
+        match &self.tls {
+            None => serve(stream, self.shared.clone(), info(false), &self.timeouts).await,
+            Some(acceptor) => {
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        serve(tls, self.shared.clone(), info(true), &self.timeouts).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%client, "TLS handshake timeout"),
+                }
+            }
+        }
+    }
+}
+
+/// Makes sure the process may open enough file descriptors for `maxconn`
+/// (each client connection may hold an upstream one too). Raises the soft
+/// limit up to the hard one; if even that is too low, returns a lower
+/// maxconn that fits and says so.
+pub fn fit_maxconn(maxconn: u32) -> u32 {
+    let needed = (maxconn as u64) * 2 + 256;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return maxconn;
+    }
+    if lim.rlim_cur >= needed {
+        return maxconn;
+    }
+    let target = needed.min(lim.rlim_max);
+    let raised = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: as above.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+    let have = if ok { target } else { lim.rlim_cur };
+    if have >= needed {
+        tracing::info!(
+            from = lim.rlim_cur,
+            to = have,
+            "raised the open-file limit for maxconn {maxconn}"
+        );
+        return maxconn;
+    }
+    let capped = (have.saturating_sub(256) / 2).max(1) as u32;
+    tracing::warn!(
+        maxconn,
+        capped,
+        nofile = have,
+        "maxconn needs {needed} file descriptors but the hard limit allows {}; maxconn capped to {capped}",
+        lim.rlim_max
+    );
+    eprintln!(
+        "warning: global maxconn {maxconn} needs {needed} open files, the limit is {have}: capped maxconn to {capped}"
+    );
+    capped
+}
