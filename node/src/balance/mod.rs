@@ -1,45 +1,422 @@
-//! Server selection: one balancer per backend (placeholder until the real
-//! algorithms land: plain round-robin over usable servers).
+//! Server selection: one [`Balancer`] per backend.
+//!
+//! This module owns exactly one decision: *which server of a backend gets
+//! this request*, following HAProxy's `balance` algorithms (see
+//! [`Balance`]) and `hash-type` ([`HashType`]). It reads, but never
+//! changes, each server's live state ([`ServerState`]: admin state, health,
+//! runtime weight, in-flight and queued counts, maxconn); counting a chosen
+//! request is the caller's job (`ServerState::begin`). It does not own
+//! queueing, retries or health checks: a retry or redispatch passes the
+//! servers already tried in `exclude`, and `None` from [`Balancer::pick`]
+//! means "no server can take it now" (the caller answers 503, or queues
+//! once queueing exists).
+//!
+//! A [`Balancer`] is built with each configuration snapshot; the state it
+//! keeps between picks (round-robin scores and counters) is only about
+//! fairness, so losing it on reload is harmless. Picking is on the hot path
+//! of every request: it allocates nothing, dispatches on an enum rather
+//! than a trait object, and takes at most one short mutex (smooth
+//! round-robin scores); everything else is atomics.
+//!
+//! A server is *eligible* for a pick when it is not in `exclude`, its admin
+//! state is ready, it is up, its runtime weight is above 0, and it has a free
+//! maxconn slot. Hash algorithms place keys with a wider notion (ignoring
+//! `exclude` and slots) so that a momentarily full server does not reshuffle
+//! everyone else's keys; see [`Balancer::pick`].
+
+mod hash;
+mod rr;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::{Balance, HashType};
-use crate::runtime::ServerState;
+use http::{HeaderMap, HeaderName};
 
+use crate::config::{Balance, HashType};
+use crate::runtime::{AdminState, ServerState};
+use hash::Ring;
+use rr::{StaticRr, Swrr};
+
+/// After this many unavailable entries, a schedule or ring walk checks once
+/// whether any server is eligible at all, so that "everything is down"
+/// costs O(servers) instead of a walk over every slot or ring point.
+const WALK_CHECK: usize = 64;
+
+/// Upper bound on `random(n)` draws: each draw is O(servers), and more than
+/// a handful gains nothing. Config validation should reject silly values;
+/// this only keeps a bad one from costing unbounded time per request.
+const MAX_DRAWS: u32 = 64;
+
+/// What a hash-based algorithm may look at.
+#[derive(Debug, Clone, Copy)]
 pub struct PickCtx<'a> {
+    /// The client's address (after PROXY protocol).
     pub src: IpAddr,
+    /// The request path; a query string, if present, is ignored.
     pub path: &'a str,
-    pub headers: &'a http::HeaderMap,
+    pub headers: &'a HeaderMap,
 }
 
+/// Chooses a server of one backend for each request.
 pub struct Balancer {
-    servers: Vec<Arc<ServerState>>,
-    next: AtomicUsize,
+    /// Config order; indices returned by [`Balancer::pick`] point here.
+    servers: Box<[Arc<ServerState>]>,
+    algo: Algo,
+}
+
+/// The algorithm and whatever state it carries between picks.
+enum Algo {
+    RoundRobin(Swrr),
+    StaticRr(StaticRr),
+    /// The counter rotates which of several equally loaded servers wins.
+    LeastConn(AtomicUsize),
+    First,
+    Hash {
+        key: HashKey,
+        placement: Placement,
+        /// `hdr(name)` falls back to round-robin when the header is absent.
+        fallback: Swrr,
+    },
+    Random(u32),
+}
+
+enum HashKey {
+    Source,
+    Uri,
+    Hdr(HeaderName),
+}
+
+enum Placement {
+    /// `hash-type map-based`: hash modulo the total weight.
+    MapBased,
+    /// `hash-type consistent`.
+    Consistent(Ring),
 }
 
 impl Balancer {
+    /// `servers` in config order with their *configured* weights (used by
+    /// static-rr and to build hash rings); runtime weights come from
+    /// [`ServerState::weight`].
     pub fn new(
-        _balance: &Balance,
-        _hash_type: HashType,
+        balance: &Balance,
+        hash_type: HashType,
         servers: Vec<(Arc<ServerState>, u32)>,
     ) -> Balancer {
+        let (servers, weights): (Vec<_>, Vec<_>) = servers.into_iter().unzip();
+        let n = servers.len();
+        let hash = |key| Algo::Hash {
+            key,
+            placement: match hash_type {
+                HashType::MapBased => Placement::MapBased,
+                HashType::Consistent => Placement::Consistent(Ring::build(&servers, &weights)),
+            },
+            fallback: Swrr::new(n),
+        };
+        let algo = match balance {
+            Balance::RoundRobin => Algo::RoundRobin(Swrr::new(n)),
+            Balance::StaticRr => Algo::StaticRr(StaticRr::new(&weights)),
+            Balance::LeastConn => Algo::LeastConn(AtomicUsize::new(0)),
+            Balance::First => Algo::First,
+            Balance::Source => hash(HashKey::Source),
+            Balance::Uri => hash(HashKey::Uri),
+            Balance::Hdr(name) => hash(HashKey::Hdr(name.clone())),
+            Balance::Random(draws) => Algo::Random((*draws).clamp(1, MAX_DRAWS)),
+        };
         Balancer {
-            servers: servers.into_iter().map(|(s, _)| s).collect(),
-            next: AtomicUsize::new(0),
+            servers: servers.into_boxed_slice(),
+            algo,
         }
     }
 
-    pub fn pick(&self, _ctx: &PickCtx, exclude: &[usize]) -> Option<usize> {
-        let n = self.servers.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|k| (start + k) % n).find(|&i| {
-            !exclude.contains(&i) && self.servers[i].is_usable() && self.servers[i].has_slot()
-        })
+    /// Index (into config order) of the chosen server, skipping indices in
+    /// `exclude` and servers that are not usable (admin not ready, down,
+    /// weight 0) or have no free slot (maxconn reached). `None` = no server
+    /// available.
+    ///
+    /// Hash algorithms send a key to the server the hash designates among
+    /// the *usable* servers; only if that one is excluded or full does the
+    /// key go elsewhere (the next server on the ring, or a second hash over
+    /// the eligible servers for map-based), and only for this request.
+    pub fn pick(&self, ctx: &PickCtx, exclude: &[usize]) -> Option<usize> {
+        let avail = |i: usize| self.avail_weight(i, exclude);
+        let any_avail = || (0..self.servers.len()).any(|i| avail(i) > 0);
+        match &self.algo {
+            Algo::RoundRobin(swrr) => swrr.pick(avail),
+            Algo::StaticRr(srr) => srr.pick(|i| avail(i) > 0, any_avail),
+            Algo::LeastConn(rot) => self.least_conn(rot, exclude),
+            Algo::First => (0..self.servers.len()).find(|&i| avail(i) > 0),
+            Algo::Hash {
+                key,
+                placement,
+                fallback,
+            } => match key_hash(key, ctx) {
+                None => fallback.pick(avail),
+                Some(h) => match placement {
+                    Placement::MapBased => self.map_based(h, exclude),
+                    Placement::Consistent(ring) => ring.lookup(h, avail, any_avail),
+                },
+            },
+            Algo::Random(draws) => self.random(*draws, exclude),
+        }
     }
 
+    /// The server at `i` (an index from [`Balancer::pick`]). Panics if `i`
+    /// is out of range, like slice indexing; see [`Balancer::get`].
     pub fn server(&self, i: usize) -> &Arc<ServerState> {
         &self.servers[i]
+    }
+
+    pub fn get(&self, i: usize) -> Option<&Arc<ServerState>> {
+        self.servers.get(i)
+    }
+
+    /// All servers, in config order.
+    pub fn servers(&self) -> &[Arc<ServerState>] {
+        &self.servers
+    }
+
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// Runtime weight of server `i` if it is eligible for this pick, else 0.
+    ///
+    /// Same test as `is_usable() && has_slot()`, but the weight is loaded
+    /// once, so the eligibility decision and the weight used to rank the
+    /// server cannot disagree if `set weight` races with the pick.
+    fn avail_weight(&self, i: usize, exclude: &[usize]) -> u32 {
+        match self.servers.get(i) {
+            Some(s) if !exclude.contains(&i) && s.has_slot() => usable_weight(s),
+            _ => 0,
+        }
+    }
+
+    /// `leastconn`: the lowest load relative to weight; among equals, a
+    /// rotating counter picks the k-th, so ties are served round-robin.
+    ///
+    /// Two passes (find the best and count ties, then take the k-th tie)
+    /// rather than collecting candidates, to stay allocation-free.
+    fn least_conn(&self, rot: &AtomicUsize, exclude: &[usize]) -> Option<usize> {
+        let mut best: Option<(usize, Load)> = None;
+        let mut ties = 0usize;
+        for (i, s) in self.servers.iter().enumerate() {
+            let w = self.avail_weight(i, exclude);
+            if w == 0 {
+                continue;
+            }
+            let l = Load::of(s, w);
+            match best {
+                Some((_, b)) if l.cmp_lc(b).is_gt() => {}
+                Some((_, b)) if l.cmp_lc(b).is_eq() => ties += 1,
+                _ => {
+                    best = Some((i, l));
+                    ties = 1;
+                }
+            }
+        }
+        let (first, b) = best?;
+        if ties <= 1 {
+            return Some(first);
+        }
+        let k = rot.fetch_add(1, Ordering::Relaxed) % ties;
+        let mut seen = 0;
+        for (i, s) in self.servers.iter().enumerate() {
+            let w = self.avail_weight(i, exclude);
+            if w > 0 && Load::of(s, w).cmp_lc(b).is_eq() {
+                if seen == k {
+                    return Some(i);
+                }
+                seen += 1;
+            }
+        }
+        // Loads moved between the passes (other requests started or ended);
+        // the first pass's winner is still a fine answer.
+        Some(first)
+    }
+
+    /// `hash-type map-based`: HAProxy's map holds each usable server
+    /// `weight` times and the key picks entry `hash % total weight`. Any
+    /// change to the usable set or a weight changes the modulus, so most
+    /// keys move (that is the documented cost of map-based; use consistent
+    /// hashing when stickiness across changes matters).
+    fn map_based(&self, h: u64, exclude: &[usize]) -> Option<usize> {
+        // The map is over usable servers only, not over "has a slot and is
+        // not excluded": those change per request and must not remap keys.
+        let usable = |i: usize| self.servers.get(i).map_or(0, |s| usable_weight(s));
+        let total: u64 = (0..self.servers.len()).map(|i| u64::from(usable(i))).sum();
+        if total > 0 {
+            if let Some(i) = self.nth_by_weight(h % total, usable) {
+                if self.avail_weight(i, exclude) > 0 {
+                    return Some(i);
+                }
+            }
+        }
+        // The designated server is full or excluded: spread this request
+        // over the eligible servers with an independent hash of the key.
+        let avail = |i: usize| self.avail_weight(i, exclude);
+        let total: u64 = (0..self.servers.len()).map(|i| u64::from(avail(i))).sum();
+        if total == 0 {
+            return None;
+        }
+        self.nth_by_weight(hash::fmix64(h ^ 0x9e37_79b9_7f4a_7c15) % total, avail)
+    }
+
+    /// `random(n)`: `n` weighted draws, keep the least loaded relative to
+    /// weight (with n = 2, the "power of two choices").
+    fn random(&self, draws: u32, exclude: &[usize]) -> Option<usize> {
+        let avail = |i: usize| self.avail_weight(i, exclude);
+        let total: u64 = (0..self.servers.len()).map(|i| u64::from(avail(i))).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut best: Option<(usize, Load)> = None;
+        for _ in 0..draws {
+            let Some(i) = self.nth_by_weight(fastrand::u64(..total), avail) else {
+                continue;
+            };
+            let (Some(s), w) = (self.servers.get(i), avail(i)) else {
+                continue;
+            };
+            // Re-read: it may have changed since the draw (then skip it).
+            if w == 0 {
+                continue;
+            }
+            let l = Load::of(s, w);
+            // Strictly less loaded only: on a tie the earlier draw stays, so
+            // with no load at all this is plain weighted random.
+            if best.is_none_or(|(_, b)| l.cmp_ratio(b).is_lt()) {
+                best = Some((i, l));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// The server whose cumulative-weight range holds `t`. Weights are
+    /// re-read, so if they changed since the total was summed `t` may run
+    /// past the end: the last weighted server is returned then.
+    fn nth_by_weight(&self, mut t: u64, weight: impl Fn(usize) -> u32) -> Option<usize> {
+        let mut last = None;
+        for i in 0..self.servers.len() {
+            let w = u64::from(weight(i));
+            if w == 0 {
+                continue;
+            }
+            if t < w {
+                return Some(i);
+            }
+            t -= w;
+            last = Some(i);
+        }
+        last
+    }
+}
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algo = match &self.algo {
+            Algo::RoundRobin(_) => "roundrobin",
+            Algo::StaticRr(_) => "static-rr",
+            Algo::LeastConn(_) => "leastconn",
+            Algo::First => "first",
+            Algo::Hash {
+                key: HashKey::Source,
+                ..
+            } => "source",
+            Algo::Hash {
+                key: HashKey::Uri, ..
+            } => "uri",
+            Algo::Hash {
+                key: HashKey::Hdr(_),
+                ..
+            } => "hdr",
+            Algo::Random(_) => "random",
+        };
+        f.debug_struct("Balancer")
+            .field("algo", &algo)
+            .field(
+                "servers",
+                &self.servers.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Runtime weight if the server is usable (ready, up), else 0. Slots and
+/// `exclude` are not considered.
+fn usable_weight(s: &ServerState) -> u32 {
+    if s.admin() == AdminState::Ready && s.is_up() {
+        s.weight()
+    } else {
+        0
+    }
+}
+
+/// The key a hash algorithm hashes, or `None` when there is none (only
+/// `hdr(name)` with the header absent or empty: HAProxy then uses
+/// round-robin).
+fn key_hash(key: &HashKey, ctx: &PickCtx) -> Option<u64> {
+    match key {
+        HashKey::Source => Some(match ctx.src {
+            IpAddr::V4(a) => hash::hash_key(&a.octets()),
+            // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d;
+            // hash them as the IPv4 address so both listeners agree.
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => hash::hash_key(&v4.octets()),
+                None => hash::hash_key(&a.octets()),
+            },
+        }),
+        // HAProxy's `balance uri` hashes the part before the '?'.
+        HashKey::Uri => {
+            let path = ctx.path.split_once('?').map_or(ctx.path, |(p, _)| p);
+            Some(hash::hash_key(path.as_bytes()))
+        }
+        HashKey::Hdr(name) => {
+            let v = ctx.headers.get(name)?.as_bytes();
+            (!v.is_empty()).then(|| hash::hash_key(v))
+        }
+    }
+}
+
+/// A server's load (active + queued) and the weight it is judged against.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    load: u64,
+    weight: u64,
+}
+
+impl Load {
+    fn of(s: &ServerState, weight: u32) -> Load {
+        Load {
+            load: u64::from(s.active()) + u64::from(s.queued()),
+            weight: u64::from(weight),
+        }
+    }
+
+    /// `load / weight`, cross-multiplied (weights ≤ 256 and loads ≤ 2³³,
+    /// so the products fit in u64).
+    fn cmp_ratio(self, o: Load) -> std::cmp::Ordering {
+        (self.load * o.weight).cmp(&(o.load * self.weight))
+    }
+
+    /// HAProxy's leastconn key: 0 for an idle server, otherwise
+    /// `(load + 1) / weight`, i.e. the load the server would have *after*
+    /// taking this request. The +1 is what makes weights count at low load
+    /// (weights 1 and 2 with one request each: 2/1 vs 2/2, the heavier one
+    /// wins); idle servers all tie so that light traffic is spread
+    /// round-robin instead of always hitting the heaviest server.
+    fn cmp_lc(self, o: Load) -> std::cmp::Ordering {
+        match (self.load, o.load) {
+            (0, 0) => std::cmp::Ordering::Equal,
+            (0, _) => std::cmp::Ordering::Less,
+            (_, 0) => std::cmp::Ordering::Greater,
+            (a, b) => ((a + 1) * o.weight).cmp(&((b + 1) * self.weight)),
+        }
     }
 }

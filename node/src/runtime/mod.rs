@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 pub enum AdminState {
     /// Takes new traffic.
     Ready = 0,
-    /// Takes no new traffic except sticky (hash-based) traffic; in-flight
-    /// requests finish. Same as weight 0.
+    /// Takes no new traffic (hash-based algorithms included; only
+    /// persistence, which arrives with stick tables, may still reach it);
+    /// in-flight requests finish. Same as weight 0.
     Drain = 1,
     /// Takes no traffic at all.
     Maint = 2,

@@ -1,0 +1,138 @@
+//! The two round-robin flavours.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Smooth weighted round-robin (nginx's algorithm).
+///
+/// Each pick adds every eligible server's weight to its score, takes the
+/// highest score and subtracts the total from it. Over any run of
+/// `Σ weights` picks each server is chosen exactly `weight` times, and the
+/// choices are interleaved (weights 5:1:1 give `a a b a c a a`, not
+/// `a a a a a b c`). Weights are read at every pick, so a runtime change
+/// takes effect on the next request.
+///
+/// The scores need a read-modify-write of every server at once, hence a
+/// mutex; it is held for one O(servers) pass of atomic loads and integer
+/// adds, never across anything that blocks.
+#[derive(Debug)]
+pub(super) struct Swrr {
+    current: Mutex<Box<[i64]>>,
+}
+
+impl Swrr {
+    pub(super) fn new(n: usize) -> Swrr {
+        Swrr {
+            current: Mutex::new(vec![0; n].into_boxed_slice()),
+        }
+    }
+
+    /// `weight(i)` is 0 when server `i` may not be chosen now. Ineligible
+    /// servers keep their score untouched (as nginx does), so a server
+    /// skipped for one request (excluded by a retry, momentarily full)
+    /// does not lose its turn.
+    pub(super) fn pick(&self, weight: impl Fn(usize) -> u32) -> Option<usize> {
+        // A panic elsewhere while holding the lock cannot leave the scores
+        // in a state worse than "slightly unfair", so poisoning is ignored.
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total: i64 = 0;
+        let mut best: Option<(usize, i64)> = None;
+        for (i, c) in cur.iter_mut().enumerate() {
+            let w = i64::from(weight(i));
+            if w == 0 {
+                continue;
+            }
+            *c = c.saturating_add(w);
+            total += w;
+            if best.is_none_or(|(_, b)| *c > b) {
+                best = Some((i, *c));
+            }
+        }
+        let (i, _) = best?;
+        if let Some(c) = cur.get_mut(i) {
+            *c = c.saturating_sub(total);
+        }
+        Some(i)
+    }
+}
+
+/// Weighted round-robin over the configured weights: a precomputed,
+/// interleaved schedule walked by one atomic counter, so a pick is a single
+/// `fetch_add` when the scheduled server is available.
+#[derive(Debug)]
+pub(super) struct StaticRr {
+    /// Server indices; server `i` appears `weight_i / gcd` times.
+    schedule: Box<[u32]>,
+    next: AtomicUsize,
+}
+
+impl StaticRr {
+    pub(super) fn new(weights: &[u32]) -> StaticRr {
+        // Configured weight 0 is scheduled as 1: the server is unusable while
+        // its runtime weight is 0, and HAProxy lets `set weight` bring it
+        // back (changes to and from 0 are the ones static-rr honours).
+        let ws: Vec<u64> = weights
+            .iter()
+            .take(u32::MAX as usize)
+            .map(|&w| u64::from(w.clamp(1, 256)))
+            .collect();
+        let g = ws.iter().fold(0, |g, &w| gcd(g, w)).max(1);
+        // Server i's k-th slot sits at (k + ½) / w_i of the cycle; ordering
+        // all slots by position spreads each server evenly (the same
+        // interleaving smooth WRR produces). Positions are compared as
+        // exact fractions, ties by index, so the schedule is deterministic.
+        let mut slots: Vec<(u64, u64, u32)> = Vec::new();
+        for (i, &w) in ws.iter().enumerate() {
+            let w = w / g;
+            for k in 0..w {
+                slots.push((2 * k + 1, 2 * w, i as u32));
+            }
+        }
+        slots.sort_unstable_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)).then(a.2.cmp(&b.2)));
+        StaticRr {
+            schedule: slots.into_iter().map(|s| s.2).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// `avail(i)` tells whether server `i` may be chosen now.
+    pub(super) fn pick(
+        &self,
+        avail: impl Fn(usize) -> bool,
+        any_avail: impl Fn() -> bool,
+    ) -> Option<usize> {
+        let len = self.schedule.len();
+        if len == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for k in 0..len {
+            if k == super::WALK_CHECK && !any_avail() {
+                return None;
+            }
+            let i = self.schedule[start.wrapping_add(k) % len] as usize;
+            if avail(i) {
+                // The slots walked over are consumed: otherwise the server
+                // after an unavailable one would also get that one's turns,
+                // and the remaining servers would drift from their ratio.
+                if k > 0 {
+                    self.next.fetch_add(k, Ordering::Relaxed);
+                }
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    #[cfg(test)]
+    pub(super) fn schedule(&self) -> &[u32] {
+        &self.schedule
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
