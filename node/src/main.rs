@@ -208,7 +208,7 @@ async fn serve(cfg: config::Config, path: Option<PathBuf>, embedded: bool) -> Re
             let _ = writeln!(
                 stdout,
                 "serving the embedded default config: requests go to the built-in mock provider.\n\
-                 To use real providers, write a config (see examples/openai-anthropic-vllm.toml) and run\n\
+                 To use real providers, write a config (see deploy/examples/openai-anthropic-vllm.toml) and run\n\
                  `llmgw run -c FILE`; check it first with `llmgw check -c FILE`."
             );
         }

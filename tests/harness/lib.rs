@@ -43,12 +43,16 @@ pub struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
     pub seen: Vec<String>,
+    /// stderr goes to a file so tests can inspect the logs.
+    logs: TempDir,
 }
 
 impl Proc {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let logs = TempDir::new("logs");
+        let stderr = std::fs::File::create(logs.path().join("stderr")).expect("stderr file");
         let mut cmd = Command::new(llmgw_bin());
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+        cmd.args(args).stdout(Stdio::piped()).stderr(stderr).stdin(Stdio::null());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -62,7 +66,12 @@ impl Proc {
                 }
             }
         });
-        Proc { child, lines: rx, seen: Vec::new() }
+        Proc { child, lines: rx, seen: Vec::new(), logs }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
     }
 
     /// Waits for a stdout line containing `needle`; returns it.
@@ -117,6 +126,9 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- stderr of {} ---\n{}", self.child.id(), self.stderr());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

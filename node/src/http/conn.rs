@@ -20,7 +20,8 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use crate::config::Timeouts;
@@ -44,6 +45,12 @@ pub struct Activity {
     last: AtomicU64,
     /// Requests whose response is not finished yet.
     pub inflight: AtomicU32,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Activity {
@@ -156,12 +163,154 @@ impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
     }
 }
 
+/// What arrived of the first request within `timeout http-request`.
+enum Prelude {
+    /// Request headers complete (or an h2 preface): hand these bytes to hyper.
+    Ready(BytesMut),
+    /// Not HTTP: answered with 400.
+    Malformed,
+    /// No end of headers within the size limit: answered with 431.
+    TooLarge,
+    TimedOut,
+    Closed,
+}
+
+const PRELUDE_MAX: usize = 64 * 1024;
+
+/// Reads the first request's head so that a client too slow to send it gets
+/// HAProxy's `408 Request Timeout` rather than a silent close (hyper's own
+/// header timeout, which covers later keep-alive requests, only closes).
+async fn read_prelude<IO: AsyncRead + Unpin>(io: &mut IO, limit: Duration) -> Prelude {
+    let mut buf = BytesMut::with_capacity(1024);
+    let read = async {
+        loop {
+            // Only the new bytes (and the 3 before them) can complete CRLFCRLF.
+            let from = buf.len().saturating_sub(3);
+            match io.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return Some(false),
+                Ok(_) => {}
+            }
+            if buf.starts_with(b"PRI ") || memfind(&buf[from..], b"\r\n\r\n") {
+                return Some(true);
+            }
+            if buf.len() >= PRELUDE_MAX {
+                return None;
+            }
+        }
+    };
+    match tokio::time::timeout(limit, read).await {
+        Ok(Some(true)) if buf.starts_with(b"PRI ") => Prelude::Ready(buf),
+        Ok(Some(true)) => {
+            // Parse the head once here so garbage gets the gateway's JSON
+            // 400 instead of hyper's empty one.
+            let mut headers = [httparse::EMPTY_HEADER; 100]; // hyper's own limit
+            match httparse::Request::new(&mut headers).parse(&buf) {
+                Ok(_) => Prelude::Ready(buf),
+                Err(httparse::Error::TooManyHeaders) => Prelude::TooLarge,
+                Err(_) => Prelude::Malformed,
+            }
+        }
+        Ok(Some(false)) | Ok(None) if buf.is_empty() => Prelude::Closed,
+        Ok(None) => Prelude::TooLarge,
+        Ok(Some(false)) => Prelude::Closed,
+        Err(_) => Prelude::TimedOut,
+    }
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Answers a first request that never became a request, then closes.
+async fn answer_and_close<IO: AsyncWrite + Unpin>(io: &mut IO, status: &str, code: &str, message: &str) {
+    let body = format!(
+        r#"{{"error":{{"message":"{message}","type":"invalid_request_error","code":"{code}"}}}}"#
+    );
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let body = body.as_bytes();
+    let _ = io.write_all(head.as_bytes()).await;
+    let _ = io.write_all(body).await;
+    let _ = io.shutdown().await;
+}
+
+pin_project_lite::pin_project! {
+    /// Replays bytes read ahead of hyper, then reads from the IO itself.
+    pub struct Rewind<T> {
+        prefix: Bytes,
+        #[pin]
+        inner: T,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Rewind<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Rewind<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
 /// Serves HTTP on one accepted (and, if configured, TLS-terminated) client
-/// connection until it closes.
-pub async fn serve<IO>(io: IO, shared: Arc<Shared>, info: ConnInfo, timeouts: &Timeouts)
+/// connection until it closes. `h2` says ALPN already chose HTTP/2.
+pub async fn serve<IO>(mut io: IO, shared: Arc<Shared>, info: ConnInfo, timeouts: &Timeouts, h2: bool)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let prefix = if h2 {
+        Bytes::new()
+    } else {
+        match read_prelude(&mut io, timeouts.http_request).await {
+            Prelude::Ready(b) => b.freeze(),
+            Prelude::Closed => return,
+            Prelude::TimedOut => {
+                let msg = "The request was not received in time.";
+                return answer_and_close(&mut io, "408 Request Timeout", "request_timeout", msg).await;
+            }
+            Prelude::Malformed => {
+                let msg = "The request is not valid HTTP.";
+                return answer_and_close(&mut io, "400 Bad Request", "bad_request", msg).await;
+            }
+            Prelude::TooLarge => {
+                let msg = "The request headers are too large.";
+                return answer_and_close(&mut io, "431 Request Header Fields Too Large", "headers_too_large", msg)
+                    .await;
+            }
+        }
+    };
+    let io = Rewind { prefix, inner: io };
     let activity = Arc::new(Activity::new());
     let info = Arc::new(info);
     let svc = {

@@ -139,11 +139,12 @@ impl Listener {
             tls,
         };
         match &self.tls {
-            None => serve(stream, self.shared.clone(), info(false), &self.timeouts).await,
+            None => serve(stream, self.shared.clone(), info(false), &self.timeouts, false).await,
             Some(acceptor) => {
                 match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        serve(tls, self.shared.clone(), info(true), &self.timeouts).await
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        serve(tls, self.shared.clone(), info(true), &self.timeouts, h2).await
                     }
                     Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%client, "TLS handshake timeout"),

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `llmgw` binary as gateway and as mock
+//! provider, on ephemeral loopback ports.
+
+mod balancing;
+mod config_errors;
+mod errors;
+mod listeners;
+mod rewriting;
+mod routing;
+mod sdk;
+mod streaming;

@@ -1,0 +1,109 @@
+//! Responses pass through as they come: SSE events reach the client before
+//! the upstream has finished, an upstream cut mid-stream is visible to the
+//! client as a broken body, and upgraded connections are tunnelled.
+
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use llmgw_e2e::{Client, Gateway, Mock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn single(addr: impl std::fmt::Display, extra_backend: &str) -> String {
+    format!(
+        "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n[[backend]]\nname = \"b\"\n{extra_backend}\n[[backend.server]]\nname = \"s\"\naddress = \"{addr}\"\n"
+    )
+}
+
+#[tokio::test]
+async fn sse_events_arrive_as_the_upstream_sends_them() {
+    let m = Mock::start("m", &[]);
+    let gw = Gateway::start(&single(m.addr, ""), 1);
+    for client in [Client::http1(), Client::h2c()] {
+        let (parts, mut body) = client
+            .stream(
+                &gw.url("/v1/chat/completions"),
+                &[("x-mock-tokens", "6"), ("x-mock-token-delay-ms", "250")],
+                r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+            )
+            .await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(parts.headers["content-type"], "text/event-stream");
+        let mut arrivals = Vec::new();
+        let mut text = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("stream broke");
+            if let Ok(data) = frame.into_data() {
+                arrivals.push(Instant::now());
+                text.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+        assert!(text.contains("\"usage\""), "{text}");
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        // Six tokens 250 ms apart: had the gateway buffered the response,
+        // everything would arrive at once. Frames must span most of it.
+        let spread = arrivals.last().unwrap().duration_since(arrivals[0]);
+        assert!(arrivals.len() >= 6, "only {} frames", arrivals.len());
+        assert!(spread >= Duration::from_millis(1000), "frames arrived within {spread:?}: buffered?");
+    }
+}
+
+#[tokio::test]
+async fn upstream_cut_mid_stream_is_never_a_clean_end() {
+    let m = Mock::start("m", &[]);
+    let gw = Gateway::start(&single(m.addr, ""), 1);
+    let (parts, body) = Client::http1()
+        .stream(
+            &gw.url("/v1/chat/completions"),
+            &[("x-mock-fail", "reset-mid-stream"), ("x-mock-tokens", "10")],
+            r#"{"model":"gpt-4o","stream":true,"messages":[]}"#,
+        )
+        .await;
+    assert_eq!(parts.status, 200);
+    let r = body.collect().await;
+    assert!(r.is_err(), "the client saw a complete body although the upstream broke off");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled() {
+    // A tiny upstream that accepts any upgrade and echoes bytes, upper-cased.
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = up.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.contains("upgrade: websocket"), "{head}");
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            s.write_all(&buf[..n].to_ascii_uppercase()).await.unwrap();
+        }
+    });
+    let gw = Gateway::start(&single(up_addr, ""), 1);
+    let mut c = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    c.write_all(b"GET /v1/realtime HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"hello"[..], b"realtime"] {
+        c.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, msg.to_ascii_uppercase());
+    }
+}

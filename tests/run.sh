@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace after installing what the tests need:
+# Debian packages (python3-venv, curl), and the official OpenAI and
+# Anthropic Python SDKs in a virtualenv under target/. Safe to run again; it
+# only installs what is missing. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+
+venv=target/test-venv
+missing=()
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "tests/run.sh: installing ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+if ! "$venv/bin/python" -c "import openai, anthropic" >/dev/null 2>&1; then
+    echo "tests/run.sh: creating $venv with the openai and anthropic SDKs"
+    mkdir -p target
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check openai anthropic
+fi
+export LLMGW_TEST_PYTHON="$PWD/$venv/bin/python"
+
+# The end-to-end tests start the real binary; build it first.
+cargo build --workspace --bins
+cargo test --workspace "$@"
