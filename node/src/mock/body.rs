@@ -8,7 +8,7 @@
 //! resets an HTTP/2 stream, which is exactly what a client must see as a
 //! failed response rather than a clean end.
 
-use std::future::Future;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -70,7 +70,7 @@ impl MockBody {
         let len = bytes.len() as u64;
         self.0 = Kind::Cut(Cut {
             first: Some(bytes.slice(..bytes.len() / 2)),
-            flush: None,
+            settle: None,
         });
         Some(len)
     }
@@ -108,31 +108,28 @@ impl Body for MockBody {
     }
 }
 
-/// Lets the data already handed to hyper reach the socket before the break:
-/// hyper's HTTP/1.1 dispatcher flushes when the body is pending, and an
-/// HTTP/2 reset discards data still queued for the stream. Yielding twice
-/// (deferred past the I/O driver) gives the connection task its turn.
-fn flush_then_fail() -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(async {
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
-    })
-}
+/// How long a break waits after the last data it let through. The data must
+/// reach the socket first: hyper's HTTP/1.1 dispatcher flushes only when the
+/// body is pending, and an HTTP/2 reset discards whatever is still queued for
+/// the stream (headers included). No signal tells the body that the
+/// connection task has written, and mere yields proved too short on a
+/// multi-threaded runtime, so this is a plain, generous timer.
+const SETTLE: Duration = Duration::from_millis(10);
 
 struct Cut {
     first: Option<Bytes>,
-    flush: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    settle: Option<Pin<Box<Sleep>>>,
 }
 
 impl Cut {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, MockError>>> {
         if let Some(first) = self.first.take() {
-            self.flush = Some(flush_then_fail());
+            self.settle = Some(Box::pin(tokio::time::sleep_until(deadline_after(SETTLE))));
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }
-        if let Some(flush) = &mut self.flush {
-            ready!(flush.as_mut().poll(cx));
-            self.flush = None;
+        if let Some(settle) = &mut self.settle {
+            ready!(settle.as_mut().poll(cx));
+            self.settle = None;
         }
         Poll::Ready(Some(Err(MockError::Reset)))
     }
@@ -179,7 +176,6 @@ pub(super) struct Sse {
     cut_at: Option<u32>,
     sleep: Option<Pin<Box<Sleep>>>,
     sleeping: bool,
-    flush: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl Sse {
@@ -191,7 +187,6 @@ impl Sse {
             cut_at: None,
             sleep: None,
             sleeping: false,
-            flush: None,
         };
         let tokens = sse.token_frames();
         sse.total = sse.lead_frames() + tokens + 1;
@@ -250,14 +245,13 @@ impl Sse {
         if self.next >= self.total {
             return Poll::Ready(None);
         }
-        if self.cut_at == Some(self.next) {
-            let flush = self.flush.get_or_insert_with(flush_then_fail);
-            ready!(flush.as_mut().poll(cx));
-            self.next = self.total;
-            return Poll::Ready(Some(Err(MockError::Reset)));
-        }
+        let cut = self.cut_at == Some(self.next);
         if !self.sleeping {
-            let delay = self.delay_before(self.next);
+            let delay = if cut {
+                SETTLE
+            } else {
+                self.delay_before(self.next)
+            };
             if !delay.is_zero() {
                 let deadline = deadline_after(delay);
                 match &mut self.sleep {
@@ -273,6 +267,10 @@ impl Sse {
                 ready!(sleep.as_mut().poll(cx));
             }
             self.sleeping = false;
+        }
+        if cut {
+            self.next = self.total;
+            return Poll::Ready(Some(Err(MockError::Reset)));
         }
         let frame = self.frame(self.next);
         self.next += 1;

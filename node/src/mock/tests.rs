@@ -685,27 +685,26 @@ async fn reset_mid_stream_is_an_error_for_the_client() {
     }
 }
 
-#[tokio::test]
-async fn reset_mid_stream_sends_about_half_when_paced() {
-    // With a token delay each token is flushed on its own, so what arrived
-    // before the cut is exactly the first half.
+/// What arrived before the cut is exactly the first half of the tokens:
+/// the mock lets them reach the socket before breaking off. Multi-threaded,
+/// where the connection task runs beside the stream's task (on HTTP/2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_mid_stream_delivers_the_first_half() {
     let (addr, _) = start(MockOptions::default()).await;
-    let h = [
-        ("x-mock-fail", "reset-mid-stream"),
-        ("x-mock-tokens", "6"),
-        ("x-mock-token-delay-ms", "5"),
-    ];
-    for client in [h1(), h2()] {
-        let r = post(
-            &client,
-            addr,
-            "/v1/chat/completions",
-            &h,
-            r#"{"stream":true}"#,
-        )
-        .await;
-        let (partial, _) = r.body.expect_err("must fail");
-        assert_eq!(sse_events(&partial).len(), 3);
+    let h = [("x-mock-fail", "reset-mid-stream"), ("x-mock-tokens", "6")];
+    for (client, proto) in [(h1(), "h1"), (h2(), "h2")] {
+        for path in ["/v1/chat/completions", "/v1/messages"] {
+            let r = post(&client, addr, path, &h, r#"{"stream":true}"#).await;
+            let (partial, _) = r.body.expect_err("must fail");
+            let events = sse_events(&partial);
+            let deltas = events
+                .iter()
+                .filter(|(name, data)| {
+                    name == "content_block_delta" || data.contains("\"delta\":{\"")
+                })
+                .count();
+            assert_eq!(deltas, 3, "{proto} {path}: {events:?}");
+        }
     }
 }
 
