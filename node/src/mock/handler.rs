@@ -2,8 +2,8 @@
 //! the endpoints themselves.
 //!
 //! [`handle`] reads the whole request first (so keep-alive survives every
-//! answer, including injected errors), then applies `x-mock-fail`, then
-//! routes. Request bodies are deserialized into small borrowed structs that
+//! answer, including injected errors, and hyper notices a client that gives
+//! up on a hanging request), then applies `x-mock-fail`, then routes. Request bodies are deserialized into small borrowed structs that
 //! name only the fields the mock needs; serde skips everything else without
 //! building values, and still rejects malformed JSON with a 400.
 
@@ -300,12 +300,10 @@ pub(super) async fn handle(
         Ok(plan) if !route.is_control() => plan.fail,
         _ => None,
     };
-    match fail {
+    if fail == Some(Fail::Close) {
         // An error from the service makes hyper drop the connection (HTTP/1.1)
         // or reset the stream (HTTP/2) without a response.
-        Some(Fail::Close) => return Err(MockError::Close),
-        Some(Fail::Hang) => std::future::pending().await,
-        _ => {}
+        return Err(MockError::Close);
     }
 
     let (parts, body) = req.into_parts();
@@ -323,6 +321,12 @@ pub(super) async fn handle(
         // The client went away mid-body: nobody is left to answer.
         Err(ReadError::Broken) => return Err(MockError::Close),
     };
+    if fail == Some(Fail::Hang) {
+        // Only now, with the request fully read, does hyper watch the
+        // connection for EOF and drop this future when the client gives up;
+        // otherwise every abandoned hang would live forever.
+        std::future::pending::<()>().await;
+    }
     let plan = match plan {
         Ok(plan) => plan,
         Err(msg) => {

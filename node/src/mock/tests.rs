@@ -754,6 +754,31 @@ async fn close_and_hang_never_answer() {
 }
 
 #[tokio::test]
+async fn hang_is_released_when_the_client_gives_up() {
+    // A client that half-closes its side after a hanging POST must see the
+    // server close too: proof that the parked handler does not outlive it.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _) = start(MockOptions::default()).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Larger than what hyper reads ahead unasked.
+    let body = format!(r#"{{"model":"m","pad":"{}"}}"#, "x".repeat(200_000));
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: mock\r\nx-mock-fail: hang\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    // The timeout only turns a regression into a failure instead of a hang.
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("server kept the hanging connection open")
+        .ok();
+    assert!(rest.is_empty(), "no response bytes: {rest:?}");
+}
+
+#[tokio::test]
 async fn delays_hold_headers_and_tokens() {
     let (addr, _) = start(MockOptions::default()).await;
     let client = h1();
