@@ -21,11 +21,12 @@ use tokio::time::{Instant, Sleep};
 use super::handler::Shared;
 use super::render;
 
-/// Why a response ended without a response or mid-body; the only errors the
-/// mock's service and bodies produce.
+/// Why the mock answered nothing or broke off mid-body; the only errors its
+/// service and bodies produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum MockError {
-    /// Injected `close`: drop the connection without answering.
+    /// End the connection without answering: injected `close`, or a client
+    /// that went away before its request was fully read.
     Close,
     /// Injected `reset-mid-stream`: cut the body halfway.
     Reset,
