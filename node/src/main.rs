@@ -18,11 +18,15 @@ use tokio::sync::Semaphore;
 #[command(
     name = "llmgw",
     version,
-    about = "LLM API gateway: HAProxy-grade proxying for LLM traffic"
+    about = "LLM API gateway: HAProxy-grade proxying for LLM traffic",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// With no command, `llmgw` runs: these are `run`'s options.
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand)]
@@ -54,7 +58,7 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
+    match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run(args),
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {

@@ -24,12 +24,19 @@ fn config(balance: &str, extra: &str, servers: &[(&Mock, &str, u32)]) -> String 
     s
 }
 
-async fn count(client: &Client, gw: &Gateway, n: usize, path: impl Fn(usize) -> String) -> HashMap<String, usize> {
+async fn count(
+    client: &Client,
+    gw: &Gateway,
+    n: usize,
+    path: impl Fn(usize) -> String,
+) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for i in 0..n {
         let r = client.get(&gw.url(&path(i))).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        *seen.entry(r.header("x-mock-server").unwrap_or("?").to_owned()).or_insert(0) += 1;
+        *seen
+            .entry(r.header("x-mock-server").unwrap_or("?").to_owned())
+            .or_insert(0) += 1;
     }
     seen
 }
@@ -37,14 +44,24 @@ async fn count(client: &Client, gw: &Gateway, n: usize, path: impl Fn(usize) -> 
 #[tokio::test]
 async fn weighted_roundrobin_ratios_within_two_percent() {
     let m = pool(&["a", "b", "c"]);
-    let gw = Gateway::start(&config("roundrobin", "", &[(&m[0], "a", 1), (&m[1], "b", 2), (&m[2], "c", 5)]), 1);
+    let gw = Gateway::start(
+        &config(
+            "roundrobin",
+            "",
+            &[(&m[0], "a", 1), (&m[1], "b", 2), (&m[2], "c", 5)],
+        ),
+        1,
+    );
     let c = Client::http1();
     let n = 800;
     let seen = count(&c, &gw, n, |_| "/v1/models".into()).await;
     for (name, w) in [("a", 1.0), ("b", 2.0), ("c", 5.0)] {
         let share = seen.get(name).copied().unwrap_or(0) as f64 / n as f64;
         let want = w / 8.0;
-        assert!((share - want).abs() <= 0.02, "{name}: {share} vs {want} ({seen:?})");
+        assert!(
+            (share - want).abs() <= 0.02,
+            "{name}: {share} vs {want} ({seen:?})"
+        );
     }
 }
 
@@ -66,7 +83,10 @@ async fn static_rr_and_random_spread_by_weight() {
 #[tokio::test]
 async fn leastconn_spreads_long_streams() {
     let m = pool(&["a", "b"]);
-    let gw = Gateway::start(&config("leastconn", "", &[(&m[0], "a", 1), (&m[1], "b", 1)]), 1);
+    let gw = Gateway::start(
+        &config("leastconn", "", &[(&m[0], "a", 1), (&m[1], "b", 1)]),
+        1,
+    );
     let c = Client::http1();
     // Six long streams (each holds its server for seconds), opened one by one:
     // each new one must go to the server with fewer open streams.
@@ -82,7 +102,10 @@ async fn leastconn_spreads_long_streams() {
             .await;
         let server = parts.headers["x-mock-server"].to_str().unwrap().to_owned();
         *per_server.entry(server).or_default() += 1;
-        let (a, b) = (per_server.get("a").copied().unwrap_or(0), per_server.get("b").copied().unwrap_or(0));
+        let (a, b) = (
+            per_server.get("a").copied().unwrap_or(0),
+            per_server.get("b").copied().unwrap_or(0),
+        );
         assert!(a.abs_diff(b) <= 1, "streams not balanced: {per_server:?}");
         open.push(body);
     }
@@ -93,7 +116,11 @@ async fn leastconn_spreads_long_streams() {
 #[tokio::test]
 async fn source_hash_is_sticky_per_client_address() {
     let m = pool(&["a", "b", "c", "d"]);
-    let servers: Vec<_> = m.iter().zip(["a", "b", "c", "d"]).map(|(m, n)| (m, n, 1)).collect();
+    let servers: Vec<_> = m
+        .iter()
+        .zip(["a", "b", "c", "d"])
+        .map(|(m, n)| (m, n, 1))
+        .collect();
     let gw = Gateway::start(&config("source", "", &servers), 1);
     let mut chosen = HashMap::new();
     for last in 1..=12u8 {
@@ -111,11 +138,18 @@ async fn source_hash_is_sticky_per_client_address() {
             let r = llmgw_e2e::send_on(stream, false, req).await;
             seen.insert(r.header("x-mock-server").unwrap().to_owned());
         }
-        assert_eq!(seen.len(), 1, "source 127.0.0.{last} moved between servers: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "source 127.0.0.{last} moved between servers: {seen:?}"
+        );
         chosen.insert(last, seen.into_iter().next().unwrap());
     }
     let distinct: std::collections::HashSet<_> = chosen.values().collect();
-    assert!(distinct.len() >= 2, "12 sources all on one server: {chosen:?}");
+    assert!(
+        distinct.len() >= 2,
+        "12 sources all on one server: {chosen:?}"
+    );
 }
 
 #[tokio::test]
@@ -129,14 +163,27 @@ async fn consistent_hash_moves_only_the_removed_servers_keys() {
     let path = |i: usize| format!("/echo/key-{i}");
     let mut before = Vec::new();
     for i in 0..keys {
-        before.push(c.get(&gw.url(&path(i))).await.header("x-mock-server").unwrap().to_owned());
+        before.push(
+            c.get(&gw.url(&path(i)))
+                .await
+                .header("x-mock-server")
+                .unwrap()
+                .to_owned(),
+        );
     }
     // Same keys, same servers: the mapping is stable.
     for i in (0..keys).step_by(37) {
-        assert_eq!(c.get(&gw.url(&path(i))).await.header("x-mock-server"), Some(before[i].as_str()));
+        assert_eq!(
+            c.get(&gw.url(&path(i))).await.header("x-mock-server"),
+            Some(before[i].as_str())
+        );
     }
     // Remove server "d" with a hot reload (SIGHUP) and wait until it applies.
-    std::fs::write(&gw.config_path, config("uri", "hash_type = \"consistent\"", &all[..3])).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        config("uri", "hash_type = \"consistent\"", &all[..3]),
+    )
+    .unwrap();
     gw.proc.signal("HUP");
     eventually(Duration::from_secs(10), || async {
         let owners = owners_of_keys_on_d(&c, &gw, &before, &path).await;
@@ -146,7 +193,12 @@ async fn consistent_hash_moves_only_the_removed_servers_keys() {
     let mut moved = 0;
     let mut on_d = 0;
     for (i, was) in before.iter().enumerate() {
-        let now = c.get(&gw.url(&path(i))).await.header("x-mock-server").unwrap().to_owned();
+        let now = c
+            .get(&gw.url(&path(i)))
+            .await
+            .header("x-mock-server")
+            .unwrap()
+            .to_owned();
         if was == "d" {
             on_d += 1;
             assert_ne!(now, "d");
@@ -172,7 +224,13 @@ async fn owners_of_keys_on_d(
     let mut out = Vec::new();
     for (i, was) in before.iter().enumerate() {
         if was == "d" {
-            out.push(c.get(&gw.url(&path(i))).await.header("x-mock-server").unwrap_or("?").to_owned());
+            out.push(
+                c.get(&gw.url(&path(i)))
+                    .await
+                    .header("x-mock-server")
+                    .unwrap_or("?")
+                    .to_owned(),
+            );
         }
     }
     out

@@ -9,9 +9,17 @@ fn check(text: &str) -> (bool, String, String) {
     let dir = TempDir::new("check");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(llmgw_bin()).args(["check", "-c"]).arg(&path).output().unwrap();
+    let out = Command::new(llmgw_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "FILE");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
 }
 
 #[test]
@@ -84,7 +92,10 @@ address = "127.0.0.1:9000"
 "#;
     let (ok, _, err) = check(text);
     assert!(!ok);
-    assert_eq!(err.trim(), "FILE:8: auth: environment variable 'LLMGW_E2E_SURELY_UNSET' is not set");
+    assert_eq!(
+        err.trim(),
+        "FILE:8: auth: environment variable 'LLMGW_E2E_SURELY_UNSET' is not set"
+    );
 }
 
 #[test]
@@ -98,7 +109,11 @@ fn valid_config_passes_and_run_refuses_a_bad_one() {
     let dir = TempDir::new("run-bad");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[[frontend]]\nname = 1\n").unwrap();
-    let out = Command::new(llmgw_bin()).args(["run", "-c"]).arg(&path).output().unwrap();
+    let out = Command::new(llmgw_bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml:2: "));
 }

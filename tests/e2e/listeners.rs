@@ -10,7 +10,11 @@ use llmgw_e2e::{send_on, tls_connect, Cert, Client, Gateway, Mock, TempDir};
 use tokio::io::AsyncWriteExt;
 
 fn req(path: &str) -> http::Request<Full<Bytes>> {
-    http::Request::builder().uri(path).header("host", "gw.test").body(Full::new(Bytes::new())).unwrap()
+    http::Request::builder()
+        .uri(path)
+        .header("host", "gw.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -21,7 +25,9 @@ async fn ipv6_listener() {
         1,
     );
     assert!(gw.addr().is_ipv6());
-    let r = Client::http1().get(&format!("http://{}/v1/models", gw.addr())).await;
+    let r = Client::http1()
+        .get(&format!("http://{}/v1/models", gw.addr()))
+        .await;
     assert_eq!(r.status, 200);
 }
 
@@ -83,7 +89,11 @@ async fn h2c_clients_and_h2_upstreams() {
     let r = Client::h2c().get(&gw.url("/echo/x")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.version, http::Version::HTTP_2);
-    assert_eq!(r.json()["version"], "HTTP/2.0", "the upstream leg must be h2c");
+    assert_eq!(
+        r.json()["version"],
+        "HTTP/2.0",
+        "the upstream leg must be h2c"
+    );
     let r = Client::http1().get(&gw.url("/echo/x")).await;
     assert_eq!(r.json()["version"], "HTTP/2.0");
 }
@@ -100,15 +110,27 @@ async fn proxy_protocol_gives_the_real_client_address() {
     );
     // v1
     let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 443\r\n").await.unwrap();
+    s.write_all(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 443\r\n")
+        .await
+        .unwrap();
     let r = send_on(s, false, req("/echo/v1")).await;
     assert!(r.text().contains("\"203.0.113.7\""), "{}", r.text());
     // v2, IPv6
     let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     h.extend_from_slice(&[0x21, 0x21, 0, 36]);
-    h.extend_from_slice(&"2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    h.extend_from_slice(&"2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    h.extend_from_slice(
+        &"2001:db8::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    h.extend_from_slice(
+        &"2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
     h.extend_from_slice(&[0x9c, 0x40, 0x01, 0xbb]);
     s.write_all(&h).await.unwrap();
     let r = send_on(s, false, req("/echo/v2")).await;
@@ -133,18 +155,31 @@ async fn maxconn_keeps_extra_connections_waiting_not_dropped() {
     let io = hyper_util::rt::TokioIo::new(s1);
     let (mut first, conn1) = hyper::client::conn::http1::handshake(io).await.unwrap();
     let conn1 = tokio::spawn(conn1);
-    assert_eq!(first.send_request(req("/v1/models")).await.unwrap().status(), 200);
+    assert_eq!(
+        first
+            .send_request(req("/v1/models"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // The second connects (the kernel completes the handshake) but is not
     // accepted: its request waits.
     let s2 = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     let pending = tokio::spawn(send_on(s2, false, req("/v1/models")));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!pending.is_finished(), "second connection served beyond maxconn 1");
+    assert!(
+        !pending.is_finished(),
+        "second connection served beyond maxconn 1"
+    );
 
     // Freeing the slot lets it through, without error.
     drop(first);
     conn1.abort();
-    let r = tokio::time::timeout(Duration::from_secs(10), pending).await.expect("never served").unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("never served")
+        .unwrap();
     assert_eq!(r.status, 200);
 }

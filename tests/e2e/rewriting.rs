@@ -40,23 +40,37 @@ address = "{}"
 "#,
         m.addr, m.addr
     );
-    let gw = Gateway::start_env(&cfg, 1, &[("LLMGW_E2E_PROVIDER_KEY", secret), ("RUST_LOG", "debug")]);
+    let gw = Gateway::start_env(
+        &cfg,
+        1,
+        &[("LLMGW_E2E_PROVIDER_KEY", secret), ("RUST_LOG", "debug")],
+    );
     let c = Client::http1();
     let r = c
         .send(
             Method::POST,
             &gw.url("/echo/v1/chat"),
-            &[("authorization", "Bearer client-own-key"), ("x-api-key", "client-x"), ("api-key", "client-y")],
+            &[
+                ("authorization", "Bearer client-own-key"),
+                ("x-api-key", "client-x"),
+                ("api-key", "client-y"),
+            ],
             "{}",
         )
         .await;
     assert_eq!(r.status, 200);
     let echo = r.json();
-    assert_eq!(echoed_header(&echo, "authorization"), vec![format!("Bearer {secret}")]);
+    assert_eq!(
+        echoed_header(&echo, "authorization"),
+        vec![format!("Bearer {secret}")]
+    );
     assert!(echoed_header(&echo, "x-api-key").is_empty());
     assert!(echoed_header(&echo, "api-key").is_empty());
     for (name, value) in &r.headers {
-        assert!(!value.to_str().unwrap_or_default().contains(secret), "secret in response header {name}");
+        assert!(
+            !value.to_str().unwrap_or_default().contains(secret),
+            "secret in response header {name}"
+        );
     }
     // Nor do the logs, even at debug level.
     assert!(!gw.proc.stderr().contains(secret), "secret in logs");
@@ -93,7 +107,11 @@ address = "{}"
         .send(
             Method::POST,
             &gw.url("/openai/chat/completions?x=1"),
-            &[("x-debug", "1"), ("x-forwarded-for", "198.51.100.1"), ("x-tag", "client")],
+            &[
+                ("x-debug", "1"),
+                ("x-forwarded-for", "198.51.100.1"),
+                ("x-tag", "client"),
+            ],
             "{}",
         )
         .await;
@@ -105,10 +123,16 @@ address = "{}"
     assert_eq!(echoed_header(&echo, "x-gateway"), vec!["llmgw"]);
     assert!(echoed_header(&echo, "x-debug").is_empty());
     assert_eq!(echoed_header(&echo, "x-tag"), vec!["client", "b"]);
-    assert_eq!(echoed_header(&echo, "x-forwarded-for"), vec!["198.51.100.1, 127.0.0.1"]);
+    assert_eq!(
+        echoed_header(&echo, "x-forwarded-for"),
+        vec!["198.51.100.1, 127.0.0.1"]
+    );
     let fwd = echoed_header(&echo, "forwarded");
     assert_eq!(fwd.len(), 1);
-    assert!(fwd[0].starts_with("for=127.0.0.1;proto=http;host="), "{fwd:?}");
+    assert!(
+        fwd[0].starts_with("for=127.0.0.1;proto=http;host="),
+        "{fwd:?}"
+    );
     assert_eq!(r.header("x-frontend"), Some("f"));
     assert_eq!(r.header("x-backend"), Some("b"));
     assert_eq!(r.header("x-mock-server"), None);
@@ -137,13 +161,21 @@ async fn request_id_and_traceparent() {
     // span becomes the gateway's.
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = c
-        .send(Method::GET, &gw.url("/echo/b"), &[("x-request-id", "client-req-1"), ("traceparent", incoming)], "")
+        .send(
+            Method::GET,
+            &gw.url("/echo/b"),
+            &[("x-request-id", "client-req-1"), ("traceparent", incoming)],
+            "",
+        )
         .await;
     assert_eq!(r.header("x-request-id"), Some("client-req-1"));
     let echo = r.json();
     assert_eq!(echoed_header(&echo, "x-request-id"), vec!["client-req-1"]);
     let tp = echoed_header(&echo, "traceparent")[0];
-    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{tp}"
+    );
     assert!(tp.ends_with("-01"));
     assert_ne!(tp, incoming);
 }

@@ -43,16 +43,23 @@ address = "{}"
 #[tokio::test]
 async fn model_field_picks_the_backend_over_h1_and_h2() {
     let (o, a) = (Mock::start("openai", &[]), Mock::start("anthropic", &[]));
-    let gw = Gateway::start(&two_backend_config(&o, &a, "model_aliases = { fast = \"gpt-4o-mini\" }"), 1);
+    let gw = Gateway::start(
+        &two_backend_config(&o, &a, "model_aliases = { fast = \"gpt-4o-mini\" }"),
+        1,
+    );
     for client in [Client::http1(), Client::h2c()] {
         let url = gw.url("/v1/chat/completions");
         let r = client.post_json(&url, r#"{"messages":[{"role":"user","content":"{\"model\":\"gpt-x\"}"}],"model":"claude-3-5-haiku"}"#).await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.header("x-mock-server"), Some("anthropic"));
-        let r = client.post_json(&url, r#"{"model":"gpt-4o","messages":[]}"#).await;
+        let r = client
+            .post_json(&url, r#"{"model":"gpt-4o","messages":[]}"#)
+            .await;
         assert_eq!(r.header("x-mock-server"), Some("openai"));
         // The alias resolves to a gpt- model, so it goes to openai...
-        let r = client.post_json(&gw.url("/echo/chat"), r#"{"model":"fast","messages":[]}"#).await;
+        let r = client
+            .post_json(&gw.url("/echo/chat"), r#"{"model":"fast","messages":[]}"#)
+            .await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.header("x-mock-server"), Some("openai"));
         // ...and the upstream sees the real model name, with a matching length.
@@ -67,14 +74,27 @@ async fn unknown_model_is_404_in_the_openai_shape() {
     let (o, a) = (Mock::start("openai", &[]), Mock::start("anthropic", &[]));
     let gw = Gateway::start(&two_backend_config(&o, &a, ""), 1);
     let c = Client::http1();
-    let r = c.post_json(&gw.url("/v1/chat/completions"), r#"{"model":"mistral-large","messages":[]}"#).await;
+    let r = c
+        .post_json(
+            &gw.url("/v1/chat/completions"),
+            r#"{"model":"mistral-large","messages":[]}"#,
+        )
+        .await;
     assert_eq!(r.status, 404);
     let v = r.json();
     assert_eq!(v["error"]["code"], "model_not_found");
-    assert!(v["error"]["message"].as_str().unwrap().contains("mistral-large"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("mistral-large"));
     assert!(v["error"]["type"].is_string());
     // A path rule still routes a body without a matching model.
-    let r = c.post_json(&gw.url("/v1/messages"), r#"{"model":"whatever","messages":[]}"#).await;
+    let r = c
+        .post_json(
+            &gw.url("/v1/messages"),
+            r#"{"model":"whatever","messages":[]}"#,
+        )
+        .await;
     assert_eq!(r.header("x-mock-server"), Some("anthropic"));
 }
 
@@ -85,12 +105,14 @@ async fn body_bound_applies_only_until_the_model_is_found() {
     let c = Client::http1();
     let filler = "x".repeat(16 * 1024);
     // The model comes after 16 KiB: the gateway cannot route within 4 KiB.
-    let late = format!(r#"{{"messages":[{{"role":"user","content":"{filler}"}}],"model":"gpt-4o"}}"#);
+    let late =
+        format!(r#"{{"messages":[{{"role":"user","content":"{filler}"}}],"model":"gpt-4o"}}"#);
     let r = c.post_json(&gw.url("/echo/x"), &late).await;
     assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "request_too_large");
     // The model comes first: routing needs only the start, the rest streams.
-    let early = format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{filler}"}}]}}"#);
+    let early =
+        format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{filler}"}}]}}"#);
     let r = c.post_json(&gw.url("/echo/x"), &early).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["body"].as_str().unwrap().len(), early.len());
@@ -114,7 +136,11 @@ async fn bodies_stream_untouched_when_no_rule_reads_them() {
 
 #[tokio::test]
 async fn host_header_method_and_query_rules() {
-    let (m1, m2, m3) = (Mock::start("m1", &[]), Mock::start("m2", &[]), Mock::start("m3", &[]));
+    let (m1, m2, m3) = (
+        Mock::start("m1", &[]),
+        Mock::start("m2", &[]),
+        Mock::start("m3", &[]),
+    );
     let gw = Gateway::start(
         &format!(
             r#"
@@ -154,9 +180,23 @@ address = "{}"
         1,
     );
     let c = Client::http1();
-    let r = c.send(http::Method::GET, &gw.url("/v1/models"), &[("host", "API.example.com:443")], "").await;
+    let r = c
+        .send(
+            http::Method::GET,
+            &gw.url("/v1/models"),
+            &[("host", "API.example.com:443")],
+            "",
+        )
+        .await;
     assert_eq!(r.header("x-mock-server"), Some("m1"));
-    let r = c.send(http::Method::GET, &gw.url("/v1/models"), &[("x-tenant", "team-7")], "").await;
+    let r = c
+        .send(
+            http::Method::GET,
+            &gw.url("/v1/models"),
+            &[("x-tenant", "team-7")],
+            "",
+        )
+        .await;
     assert_eq!(r.header("x-mock-server"), Some("m2"));
     let r = c.get(&gw.url("/v1/models?beta=1")).await;
     assert_eq!(r.header("x-mock-server"), Some("m2"));

@@ -43,7 +43,10 @@ async fn sse_events_arrive_as_the_upstream_sends_them() {
         // everything would arrive at once. Frames must span most of it.
         let spread = arrivals.last().unwrap().duration_since(arrivals[0]);
         assert!(arrivals.len() >= 6, "only {} frames", arrivals.len());
-        assert!(spread >= Duration::from_millis(1000), "frames arrived within {spread:?}: buffered?");
+        assert!(
+            spread >= Duration::from_millis(1000),
+            "frames arrived within {spread:?}: buffered?"
+        );
     }
 }
 
@@ -60,7 +63,10 @@ async fn upstream_cut_mid_stream_is_never_a_clean_end() {
         .await;
     assert_eq!(parts.status, 200);
     let r = body.collect().await;
-    assert!(r.is_err(), "the client saw a complete body although the upstream broke off");
+    assert!(
+        r.is_err(),
+        "the client saw a complete body although the upstream broke off"
+    );
 }
 
 #[tokio::test]

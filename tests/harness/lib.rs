@@ -19,7 +19,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// The workspace's root directory.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
 }
 
 /// The `llmgw` binary built next to this test executable.
@@ -29,7 +32,11 @@ pub fn llmgw_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> → target/<profile>/llmgw
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("llmgw");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("llmgw");
     assert!(
         bin.exists(),
         "{} does not exist: build it first (`cargo build -p llmgw`, or run tests/run.sh)",
@@ -52,7 +59,10 @@ impl Proc {
         let logs = TempDir::new("logs");
         let stderr = std::fs::File::create(logs.path().join("stderr")).expect("stderr file");
         let mut cmd = Command::new(llmgw_bin());
-        cmd.args(args).stdout(Stdio::piped()).stderr(stderr).stdin(Stdio::null());
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .stdin(Stdio::null());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -66,7 +76,12 @@ impl Proc {
                 }
             }
         });
-        Proc { child, lines: rx, seen: Vec::new(), logs }
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            logs,
+        }
     }
 
     /// Everything the process wrote to stderr so far.
@@ -91,7 +106,10 @@ impl Proc {
                 }
                 Err(_) => {
                     let status = self.child.try_wait().ok().flatten();
-                    panic!("no line containing {needle:?} (exit status {status:?}); saw {:?}", self.seen)
+                    panic!(
+                        "no line containing {needle:?} (exit status {status:?}); saw {:?}",
+                        self.seen
+                    )
                 }
             }
         }
@@ -101,9 +119,12 @@ impl Proc {
     pub fn wait_addr(&mut self, needle: &str) -> SocketAddr {
         let line = self.wait_line(needle);
         let tail = line.rsplit(' ').next().unwrap_or_default();
-        let tail = tail.trim_start_matches("http://").trim_start_matches("https://");
+        let tail = tail
+            .trim_start_matches("http://")
+            .trim_start_matches("https://");
         let tail = tail.split_whitespace().next().unwrap_or(tail);
-        tail.parse().unwrap_or_else(|_| panic!("no address in {line:?}"))
+        tail.parse()
+            .unwrap_or_else(|_| panic!("no address in {line:?}"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -176,9 +197,18 @@ impl Gateway {
         for _ in 0..expected_binds {
             let line = proc.wait_line_next("listening on");
             let tail = line.rsplit("://").next().unwrap_or_default();
-            addrs.push(tail.trim().parse().unwrap_or_else(|_| panic!("bad line {line:?}")));
+            addrs.push(
+                tail.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad line {line:?}")),
+            );
         }
-        Gateway { proc, dir, addrs, config_path }
+        Gateway {
+            proc,
+            dir,
+            addrs,
+            config_path,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -267,12 +297,17 @@ impl Resp {
 
 /// A plain HTTP/1.1 or h2c client with a keep-alive pool.
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    inner: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
 }
 
 impl Client {
     pub fn http1() -> Client {
-        Client { inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http() }
+        Client {
+            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+        }
     }
 
     pub fn h2c() -> Client {
@@ -283,16 +318,29 @@ impl Client {
         }
     }
 
-    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Resp {
         let mut b = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(Full::new(Bytes::from(body.to_owned()))).expect("request");
+        let req = b
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
         let resp = self.inner.request(req).await.expect("request failed");
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("body").to_bytes();
-        Resp { status: parts.status, headers: parts.headers, body, version: parts.version }
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            version: parts.version,
+        }
     }
 
     pub async fn get(&self, url: &str) -> Resp {
@@ -300,7 +348,13 @@ impl Client {
     }
 
     pub async fn post_json(&self, url: &str, body: &str) -> Resp {
-        self.send(Method::POST, url, &[("content-type", "application/json")], body).await
+        self.send(
+            Method::POST,
+            url,
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
     }
 
     /// Sends a request and returns the response head and its body frames
@@ -311,11 +365,16 @@ impl Client {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (http::response::Parts, hyper::body::Incoming) {
-        let mut b = Request::builder().method(Method::POST).uri(url).header("content-type", "application/json");
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header("content-type", "application/json");
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(Full::new(Bytes::from(body.to_owned()))).expect("request");
+        let req = b
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
         let resp = self.inner.request(req).await.expect("request failed");
         resp.into_parts()
     }
@@ -336,7 +395,11 @@ impl Cert {
         let key_path = dir.join(format!("{stem}.key"));
         std::fs::write(&cert_path, ck.cert.pem()).expect("write cert");
         std::fs::write(&key_path, ck.key_pair.serialize_pem()).expect("write key");
-        Cert { cert_path, key_path, der: ck.cert.der().clone() }
+        Cert {
+            cert_path,
+            key_path,
+            der: ck.cert.der().clone(),
+        }
     }
 }
 
@@ -348,7 +411,11 @@ pub async fn tls_connect(
     sni: &str,
     roots: &[&rustls_pki_types::CertificateDer<'static>],
     alpn: &[&[u8]],
-) -> (tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Option<Vec<u8>>, Vec<u8>) {
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Option<Vec<u8>>,
+    Vec<u8>,
+) {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store.add((*r).clone()).expect("root");
@@ -361,12 +428,18 @@ pub async fn tls_connect(
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp connect");
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("tcp connect");
     let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).expect("sni");
     let tls = connector.connect(name, tcp).await.expect("tls handshake");
     let (_, conn) = tls.get_ref();
     let alpn = conn.alpn_protocol().map(|p| p.to_vec());
-    let leaf = conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
     (tls, alpn, leaf)
 }
 
@@ -377,17 +450,26 @@ where
 {
     let io = TokioIo::new(stream);
     let resp = if h2 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2 handshake");
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
         tokio::spawn(conn);
         sender.send_request(req).await.expect("h2 request")
     } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1 handshake");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("h1 handshake");
         tokio::spawn(conn);
         sender.send_request(req).await.expect("h1 request")
     };
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    Resp { status: parts.status, headers: parts.headers, body, version: parts.version }
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    }
 }
 
 /// Polls `f` until it returns `Some`, for at most `limit`.
@@ -401,7 +483,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "condition not met within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

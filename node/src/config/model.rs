@@ -258,8 +258,8 @@ pub struct Backend {
     pub hash_type: HashType,
     pub servers: Vec<Server>,
     pub timeouts: Timeouts,
-    /// Rewrite `Host` (and `:authority`) sent upstream.
-    pub host: Option<String>,
+    /// Rewrite `Host` sent upstream.
+    pub host: Option<http::HeaderValue>,
     /// Replace this path prefix with another before forwarding.
     pub path_rewrite: Option<(String, String)>,
     /// Provider credentials injected into every request.

@@ -39,7 +39,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawGlobal {
     maxconn: Option<Spanned<u32>>,
-    /// Stats listener address, or `false` for none.
+    /// Stats listener address (`true` = 127.0.0.1:8404); none by default.
     stats: Option<Spanned<StringOrBool>>,
 }
 
@@ -334,8 +334,9 @@ impl Compiler<'_> {
                 .as_ref()
                 .map(|m| *m.get_ref())
                 .unwrap_or(10_000),
+            // Like HAProxy, no stats listener unless the config asks for one.
             stats: match raw.global.stats {
-                None => Some(SocketAddr::from(([127, 0, 0, 1], 8404))),
+                None => None,
                 Some(s) => {
                     let span = s.span();
                     match s.into_inner() {
@@ -839,7 +840,16 @@ impl Compiler<'_> {
             hash_type,
             servers,
             timeouts: self.timeouts(defaults, &rb.timeout),
-            host: rb.host,
+            host: rb.host.and_then(|h| match HeaderValue::from_str(&h) {
+                Ok(v) if !h.is_empty() => Some(v),
+                _ => {
+                    self.err(
+                        rb.name.span(),
+                        format!("backend '{}': invalid host '{h}'", rb.name.get_ref()),
+                    );
+                    None
+                }
+            }),
             path_rewrite: rb.replace_path_prefix.map(|p| (p.from, p.to)),
             credential,
             request_headers: self.header_rules(rb.http_request, rb.name.span()),

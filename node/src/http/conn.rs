@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
@@ -222,7 +222,12 @@ fn memfind(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Answers a first request that never became a request, then closes.
-async fn answer_and_close<IO: AsyncWrite + Unpin>(io: &mut IO, status: &str, code: &str, message: &str) {
+async fn answer_and_close<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    status: &str,
+    code: &str,
+    message: &str,
+) {
     let body = format!(
         r#"{{"error":{{"message":"{message}","type":"invalid_request_error","code":"{code}"}}}}"#
     );
@@ -246,7 +251,11 @@ pin_project_lite::pin_project! {
 }
 
 impl<T: AsyncRead> AsyncRead for Rewind<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
@@ -258,7 +267,11 @@ impl<T: AsyncRead> AsyncRead for Rewind<T> {
 }
 
 impl<T: AsyncWrite> AsyncWrite for Rewind<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write(cx, buf)
     }
 
@@ -285,8 +298,13 @@ impl<T: AsyncWrite> AsyncWrite for Rewind<T> {
 
 /// Serves HTTP on one accepted (and, if configured, TLS-terminated) client
 /// connection until it closes. `h2` says ALPN already chose HTTP/2.
-pub async fn serve<IO>(mut io: IO, shared: Arc<Shared>, info: ConnInfo, timeouts: &Timeouts, h2: bool)
-where
+pub async fn serve<IO>(
+    mut io: IO,
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    timeouts: &Timeouts,
+    h2: bool,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let prefix = if h2 {
@@ -297,7 +315,8 @@ where
             Prelude::Closed => return,
             Prelude::TimedOut => {
                 let msg = "The request was not received in time.";
-                return answer_and_close(&mut io, "408 Request Timeout", "request_timeout", msg).await;
+                return answer_and_close(&mut io, "408 Request Timeout", "request_timeout", msg)
+                    .await;
             }
             Prelude::Malformed => {
                 let msg = "The request is not valid HTTP.";
@@ -305,8 +324,13 @@ where
             }
             Prelude::TooLarge => {
                 let msg = "The request headers are too large.";
-                return answer_and_close(&mut io, "431 Request Header Fields Too Large", "headers_too_large", msg)
-                    .await;
+                return answer_and_close(
+                    &mut io,
+                    "431 Request Header Fields Too Large",
+                    "headers_too_large",
+                    msg,
+                )
+                .await;
             }
         }
     };

@@ -118,19 +118,17 @@ async fn proxy(
     let guard = server.begin();
     let upstream = &brt.upstreams[si];
 
-    if let Err(resp) = rewrite_request(
+    rewrite_request(
         fe,
         be,
         conn,
         &mut parts,
         request_id,
         client_upgrade.is_some(),
-    ) {
-        return resp;
-    }
+    );
     parts.uri = match upstream_uri(be, &parts.uri, upstream) {
         Ok(u) => u,
-        Err(resp) => return resp,
+        Err(_) => return error::bad_request("The request target cannot be forwarded."),
     };
     parts.version = Version::HTTP_11;
 
@@ -363,7 +361,7 @@ fn rewrite_request(
     parts: &mut Parts,
     request_id: Option<&HeaderValue>,
     upgrade: bool,
-) -> Result<(), Response<RespBody>> {
+) {
     let h = &mut parts.headers;
     strip_hop_by_hop(h, upgrade);
     if upgrade {
@@ -419,14 +417,8 @@ fn rewrite_request(
         h.insert(cred.header.clone(), cred.value.clone());
     }
     if let Some(host) = &be.host {
-        match HeaderValue::from_str(host) {
-            Ok(v) => {
-                h.insert(header::HOST, v);
-            }
-            Err(_) => return Err(error::bad_gateway("Invalid host rewrite.")),
-        }
+        h.insert(header::HOST, host.clone());
     }
-    Ok(())
 }
 
 fn append_list(h: &mut HeaderMap, name: &HeaderName, item: &str) {
@@ -443,7 +435,7 @@ fn upstream_uri(
     be: &Backend,
     uri: &Uri,
     up: &crate::upstream::Upstream,
-) -> Result<Uri, Response<RespBody>> {
+) -> Result<Uri, http::Error> {
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
     let pq: std::borrow::Cow<str> = match &be.path_rewrite {
         Some((from, to)) if pq.starts_with(from.as_str()) => {
@@ -461,7 +453,6 @@ fn upstream_uri(
         .authority(up.authority.clone())
         .path_and_query(pq.as_ref())
         .build()
-        .map_err(|_| error::bad_request("The request target cannot be forwarded."))
 }
 
 fn upstream_error(be: &Backend, e: &hyper_util::client::legacy::Error) -> Response<RespBody> {

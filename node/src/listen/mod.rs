@@ -139,7 +139,16 @@ impl Listener {
             tls,
         };
         match &self.tls {
-            None => serve(stream, self.shared.clone(), info(false), &self.timeouts, false).await,
+            None => {
+                serve(
+                    stream,
+                    self.shared.clone(),
+                    info(false),
+                    &self.timeouts,
+                    false,
+                )
+                .await
+            }
             Some(acceptor) => {
                 match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
