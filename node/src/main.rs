@@ -91,6 +91,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -132,19 +133,29 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(s) = args.stats {
         cfg.global.stats = Some(s);
     }
-    cfg.global.maxconn = listen::fit_maxconn(cfg.global.maxconn);
+    let maxconn = listen::fit_maxconn(cfg.global.maxconn);
 
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread: a current-thread runtime, no cross-thread wake-ups.
+    let rt = match cfg.global.nbthread {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(cfg, args.config, embedded)) {
+    match rt.block_on(serve(cfg, maxconn, args.config, embedded)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("llmgw: {e}");
@@ -153,7 +164,12 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-async fn serve(cfg: config::Config, path: Option<PathBuf>, embedded: bool) -> Result<(), String> {
+async fn serve(
+    cfg: config::Config,
+    maxconn: u32,
+    path: Option<PathBuf>,
+    embedded: bool,
+) -> Result<(), String> {
     let mock = if cfg.uses_builtin_mock() {
         Some(
             mock::spawn_builtin()
@@ -163,7 +179,7 @@ async fn serve(cfg: config::Config, path: Option<PathBuf>, embedded: bool) -> Re
     } else {
         None
     };
-    let global_slots = Arc::new(Semaphore::new(cfg.global.maxconn as usize));
+    let global_slots = Arc::new(Semaphore::new(maxconn as usize));
     let stats_addr = cfg.global.stats;
     let frontends = cfg.frontends.clone();
     let shared = gateway::Shared::new(cfg, mock)?;

@@ -183,3 +183,100 @@ async fn maxconn_keeps_extra_connections_waiting_not_dropped() {
         .unwrap();
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn tls_to_upstreams_is_verified_unless_told_otherwise() {
+    // The upstream: another llmgw terminating TLS for "upstream.test" in
+    // front of a mock.
+    let m = Mock::start("m", &[]);
+    let dir = TempDir::new("uptls");
+    let cert = Cert::generate(dir.path(), "up", &["upstream.test"]);
+    let upstream = Gateway::start(
+        &format!(
+            "[[frontend]]\nname = \"f\"\ndefault_backend = \"b\"\n[[frontend.bind]]\naddress = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n[[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"{}\"\n",
+            cert.cert_path.display(),
+            cert.key_path.display(),
+            m.addr
+        ),
+        1,
+    );
+    let front = |tls: &str| {
+        Gateway::start(
+            &format!(
+                "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n[[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"{}\"\ntls = {tls}\n",
+                upstream.addr()
+            ),
+            1,
+        )
+    };
+    let c = Client::http1();
+    // Trusting its CA, with the right SNI: served.
+    let gw = front(&format!(
+        "{{ sni = \"upstream.test\", ca = \"{}\" }}",
+        cert.cert_path.display()
+    ));
+    let r = c.get(&gw.url("/echo/x")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Webpki roots only: a self-signed certificate is refused.
+    let gw = front("{ sni = \"upstream.test\" }");
+    let r = c.get(&gw.url("/echo/x")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    // The wrong name is refused too, even with the CA.
+    let gw = front(&format!(
+        "{{ sni = \"other.test\", ca = \"{}\" }}",
+        cert.cert_path.display()
+    ));
+    assert_eq!(c.get(&gw.url("/echo/x")).await.status, 502);
+    // Only an explicit `verify = "none"` accepts it.
+    let gw = front("{ verify = \"none\" }");
+    assert_eq!(c.get(&gw.url("/echo/x")).await.status, 200);
+}
+
+#[test]
+fn maxconn_beyond_the_file_limit_is_capped_with_a_warning() {
+    let dir = TempDir::new("nofile");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[global]\nmaxconn = 100000\n[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n[[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"mock\"\n",
+    )
+    .unwrap();
+    // A hard limit of 1000 open files cannot be raised by the process.
+    let script = format!(
+        "ulimit -n 1000 && exec {} run -c {}",
+        llmgw_e2e::llmgw_bin().display(),
+        cfg.display()
+    );
+    let mut p =
+        llmgw_e2e::Proc::spawn_program(std::path::Path::new("/bin/sh"), &["-c", &script], &[]);
+    p.wait_line("listening on");
+    let err = p.stderr();
+    assert!(err.contains("capped maxconn to 372"), "{err}");
+}
+
+#[tokio::test]
+async fn a_silent_tls_client_is_dropped_after_the_handshake_timeout() {
+    let dir = TempDir::new("hs");
+    let cert = Cert::generate(dir.path(), "c", &["gw.test"]);
+    let gw = Gateway::start(
+        &format!(
+            "[defaults]\ntimeout = {{ handshake = \"300ms\" }}\n[[frontend]]\nname = \"f\"\ndefault_backend = \"b\"\n[[frontend.bind]]\naddress = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n[[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"mock\"\n",
+            cert.cert_path.display(),
+            cert.key_path.display()
+        ),
+        1,
+    );
+    // Connect and say nothing: the gateway must close, not wait forever.
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "connection still open long after the handshake timeout"
+    );
+    assert!(buf.is_empty());
+}

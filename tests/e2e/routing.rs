@@ -88,6 +88,12 @@ async fn unknown_model_is_404_in_the_openai_shape() {
         .unwrap()
         .contains("mistral-large"));
     assert!(v["error"]["type"].is_string());
+    // No model at all: the client is told so.
+    let r = c
+        .post_json(&gw.url("/v1/chat/completions"), r#"{"messages":[]}"#)
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "model_required");
     // A path rule still routes a body without a matching model.
     let r = c
         .post_json(

@@ -113,3 +113,38 @@ async fn websocket_upgrade_is_tunnelled() {
         assert_eq!(got, msg.to_ascii_uppercase());
     }
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_timeout_client() {
+    let m = Mock::start("m", &[]);
+    let mut gw = Gateway::start(
+        &format!(
+            "[global]\nstats = \"127.0.0.1:0\"\n{}",
+            single(m.addr, "").replace("bind = [", "timeout = { client = \"500ms\" }\nbind = [")
+        ),
+        1,
+    );
+    let stats = gw.proc.wait_addr("stats listening on");
+    // A long, fast stream the client never reads: the socket buffers fill,
+    // the gateway's writes wait, and `timeout client` ends the request.
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let body = r#"{"model":"m","stream":true,"messages":[]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\nx-mock-tokens: 1000000\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let c = Client::http1();
+    let active = |v: serde_json::Value| v["backends"][0]["servers"][0]["active"].as_u64();
+    llmgw_e2e::eventually(Duration::from_secs(10), || async {
+        let v = c.get(&format!("http://{stats}/stats.json")).await.json();
+        (active(v) == Some(1)).then_some(())
+    })
+    .await;
+    llmgw_e2e::eventually(Duration::from_secs(10), || async {
+        let v = c.get(&format!("http://{stats}/stats.json")).await.json();
+        (active(v) == Some(0)).then_some(())
+    })
+    .await;
+    drop(s);
+}

@@ -55,10 +55,15 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Runs `llmgw ARGS`.
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        Self::spawn_program(&llmgw_bin(), args, envs)
+    }
+
+    pub fn spawn_program(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
         let logs = TempDir::new("logs");
         let stderr = std::fs::File::create(logs.path().join("stderr")).expect("stderr file");
-        let mut cmd = Command::new(llmgw_bin());
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -115,16 +120,16 @@ impl Proc {
         }
     }
 
-    /// The address at the end of a line like `... listening on http://1.2.3.4:5`.
+    /// The first address in a line like `... listening on http://1.2.3.4:5 (...)`.
     pub fn wait_addr(&mut self, needle: &str) -> SocketAddr {
         let line = self.wait_line(needle);
-        let tail = line.rsplit(' ').next().unwrap_or_default();
-        let tail = tail
-            .trim_start_matches("http://")
-            .trim_start_matches("https://");
-        let tail = tail.split_whitespace().next().unwrap_or(tail);
-        tail.parse()
-            .unwrap_or_else(|_| panic!("no address in {line:?}"))
+        line.split_whitespace()
+            .map(|w| {
+                w.trim_start_matches("http://")
+                    .trim_start_matches("https://")
+            })
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
     pub fn pid(&self) -> u32 {

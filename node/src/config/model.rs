@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+/// Global maxconn when the configuration does not set one.
+pub const DEFAULT_MAXCONN: u32 = 10_000;
+
 /// The whole configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -21,8 +24,11 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct Global {
-    /// Process-wide concurrent connection limit.
-    pub maxconn: u32,
+    /// Process-wide concurrent connection limit; `None` = as many as the
+    /// open-file limit allows, at most [`DEFAULT_MAXCONN`].
+    pub maxconn: Option<u32>,
+    /// Worker threads (HAProxy's `nbthread`); 0 = one per CPU.
+    pub nbthread: usize,
     /// Where the stats listener binds (metrics and stats page hang here).
     pub stats: Option<SocketAddr>,
 }

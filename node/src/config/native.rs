@@ -39,6 +39,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawGlobal {
     maxconn: Option<Spanned<u32>>,
+    /// Worker threads; 0 or absent = one per CPU.
+    nbthread: Option<usize>,
     /// Stats listener address (`true` = 127.0.0.1:8404); none by default.
     stats: Option<Spanned<StringOrBool>>,
 }
@@ -328,12 +330,8 @@ impl Compiler<'_> {
 
     fn compile(&mut self, raw: RawConfig) -> Config {
         let global = Global {
-            maxconn: raw
-                .global
-                .maxconn
-                .as_ref()
-                .map(|m| *m.get_ref())
-                .unwrap_or(10_000),
+            maxconn: raw.global.maxconn.as_ref().map(|m| *m.get_ref()),
+            nbthread: raw.global.nbthread.unwrap_or(0),
             // Like HAProxy, no stats listener unless the config asks for one.
             stats: match raw.global.stats {
                 None => None,
@@ -347,14 +345,8 @@ impl Compiler<'_> {
                 }
             },
         };
-        if global.maxconn == 0 {
-            let span = raw
-                .global
-                .maxconn
-                .as_ref()
-                .map(|m| m.span())
-                .unwrap_or(0..0);
-            self.err(span, "global maxconn must be at least 1");
+        if let Some(m) = raw.global.maxconn.as_ref().filter(|m| *m.get_ref() == 0) {
+            self.err(m.span(), "global maxconn must be at least 1");
         }
 
         let default_timeouts = self.timeouts(&Timeouts::default(), &raw.defaults.timeout);
@@ -1109,6 +1101,7 @@ address = "127.0.0.1:9000"
         let c = load(MIN).unwrap();
         assert_eq!(c.frontends[0].default_backend, Some(0));
         assert_eq!(c.backends[0].servers[0].weight, 1);
+        assert_eq!(c.global.maxconn, None);
         assert_eq!(c.frontends[0].body_limit, DEFAULT_BODY_LIMIT);
         assert!(!c.frontends[0].needs_model());
     }

@@ -45,6 +45,9 @@ pub struct Activity {
     last: AtomicU64,
     /// Requests whose response is not finished yet.
     pub inflight: AtomicU32,
+    /// 1 + milliseconds since `epoch` when a write to the client started
+    /// waiting for the socket (the client is not reading); 0 when not.
+    write_blocked: AtomicU64,
 }
 
 impl Default for Activity {
@@ -59,6 +62,35 @@ impl Activity {
             epoch: Instant::now(),
             last: AtomicU64::new(0),
             inflight: AtomicU32::new(0),
+            write_blocked: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn wrote(&self) {
+        self.touch();
+        if self.write_blocked.load(Ordering::Relaxed) != 0 {
+            self.write_blocked.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn write_waits(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) == 0 {
+            self.write_blocked
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the current write to the client has been waiting, if one is.
+    fn write_blocked_for(&self) -> Option<Duration> {
+        match self.write_blocked.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(
+                self.now_ms().saturating_sub(since - 1),
+            )),
         }
     }
 
@@ -131,8 +163,10 @@ impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
+        match r {
+            Poll::Ready(Ok(n)) if n > 0 => this.activity.wrote(),
+            Poll::Pending => this.activity.write_waits(),
+            _ => {}
         }
         r
     }
@@ -144,8 +178,10 @@ impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let r = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
+        match r {
+            Poll::Ready(Ok(n)) if n > 0 => this.activity.wrote(),
+            Poll::Pending => this.activity.write_waits(),
+            _ => {}
         }
         r
     }
@@ -336,6 +372,7 @@ pub async fn serve<IO>(
     };
     let io = Rewind { prefix, inner: io };
     let activity = Arc::new(Activity::new());
+    let info_client = info.client;
     let info = Arc::new(info);
     let svc = {
         let activity = activity.clone();
@@ -364,7 +401,8 @@ pub async fn serve<IO>(
         .serve_connection_with_upgrades(TokioIo::new(Tracked::new(io, activity.clone())), svc);
     tokio::pin!(conn);
     let keep_alive = timeouts.http_keep_alive;
-    let mut wake = Box::pin(tokio::time::sleep(keep_alive));
+    let client = timeouts.client;
+    let mut wake = Box::pin(tokio::time::sleep(keep_alive.min(client)));
     let mut closing = false;
     loop {
         tokio::select! {
@@ -374,15 +412,26 @@ pub async fn serve<IO>(
                 }
                 return;
             }
-            _ = &mut wake, if !closing => {
+            _ = &mut wake => {
+                // `timeout client`: the client stopped reading what we send.
+                let blocked = activity.write_blocked_for();
+                if blocked.is_some_and(|b| b >= client) {
+                    tracing::debug!(client = %info_client, "client inactivity timeout, closing");
+                    return;
+                }
                 let idle = activity.idle_for();
-                if activity.inflight.load(Ordering::Relaxed) == 0 && idle >= keep_alive {
+                let inflight = activity.inflight.load(Ordering::Relaxed);
+                if !closing && inflight == 0 && idle >= keep_alive {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
-                } else {
-                    let left = keep_alive.saturating_sub(idle).max(Duration::from_millis(10));
-                    wake.as_mut().reset(Instant::now() + left);
                 }
+                let mut next = if inflight == 0 && !closing { keep_alive.saturating_sub(idle) } else { client };
+                if let Some(b) = blocked {
+                    next = next.min(client.saturating_sub(b));
+                } else if inflight > 0 {
+                    next = next.min(client);
+                }
+                wake.as_mut().reset(Instant::now() + next.max(Duration::from_millis(10)));
             }
         }
     }

@@ -47,6 +47,14 @@ pub fn model_not_found(model: &str) -> Response<RespBody> {
     )
 }
 
+pub fn model_required() -> Response<RespBody> {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        "model_required",
+        "The request body has no `model` field, and no other rule routes this request.",
+    )
+}
+
 pub fn too_large(limit: usize) -> Response<RespBody> {
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,

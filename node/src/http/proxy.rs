@@ -72,20 +72,14 @@ async fn proxy(
     let (mut parts, incoming) = req.into_parts();
 
     // Read the body only as far as the model, and only if a rule needs it.
-    let mut body = ReqBody::Stream(incoming);
-    let mut model_name: Option<String> = None;
-    if fe.needs_model() && may_have_body(&parts.method, &body) {
-        let ReqBody::Stream(incoming) = body else {
-            unreachable!()
-        };
+    let (body, model_name) = if fe.needs_model() && may_have_body(&parts.method, &incoming) {
         match inspect_model(fe, &mut parts, incoming).await {
-            Ok((b, m)) => {
-                body = b;
-                model_name = m;
-            }
+            Ok(read) => read,
             Err(resp) => return resp,
         }
-    }
+    } else {
+        (ReqBody::Stream(incoming), None)
+    };
 
     let facts = Facts {
         parts: &parts,
@@ -95,7 +89,7 @@ async fn proxy(
     let Some(bi) = route::select(fe, &facts) else {
         return match model_name {
             Some(m) => error::model_not_found(&m),
-            None if fe.needs_model() && parts.method == Method::POST => error::model_not_found(""),
+            None if fe.needs_model() && parts.method == Method::POST => error::model_required(),
             None => error::no_route(&format!(
                 "No route for {} {}.",
                 parts.method,
@@ -173,7 +167,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
         })
 }
 
-fn may_have_body(method: &Method, body: &ReqBody) -> bool {
+fn may_have_body(method: &Method, body: &Incoming) -> bool {
     !matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE

@@ -163,49 +163,47 @@ impl Listener {
     }
 }
 
-/// Makes sure the process may open enough file descriptors for `maxconn`
-/// (each client connection may hold an upstream one too). Raises the soft
-/// limit up to the hard one; if even that is too low, returns a lower
-/// maxconn that fits and says so.
-pub fn fit_maxconn(maxconn: u32) -> u32 {
-    let needed = (maxconn as u64) * 2 + 256;
+/// Makes sure the process may open enough file descriptors for the global
+/// maxconn (each client connection may hold an upstream one too): raises the
+/// soft limit up to the hard one, and if even that is too low, lowers
+/// maxconn to what fits — with a warning when the operator asked for more,
+/// quietly for the default, as HAProxy derives its own from the limit.
+pub fn fit_maxconn(configured: Option<u32>) -> u32 {
+    let wanted = configured.unwrap_or(crate::config::DEFAULT_MAXCONN);
+    let needed = (wanted as u64) * 2 + 256;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return maxconn;
-    }
-    if lim.rlim_cur >= needed {
-        return maxconn;
+        return wanted;
     }
     let target = needed.min(lim.rlim_max);
-    let raised = libc::rlimit {
-        rlim_cur: target,
-        rlim_max: lim.rlim_max,
-    };
-    // SAFETY: as above.
-    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
-    let have = if ok { target } else { lim.rlim_cur };
-    if have >= needed {
-        tracing::info!(
-            from = lim.rlim_cur,
-            to = have,
-            "raised the open-file limit for maxconn {maxconn}"
-        );
-        return maxconn;
+    if lim.rlim_cur < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::debug!(
+                from = lim.rlim_cur,
+                to = target,
+                "raised the open-file limit"
+            );
+            lim.rlim_cur = target;
+        }
     }
-    let capped = (have.saturating_sub(256) / 2).max(1) as u32;
-    tracing::warn!(
-        maxconn,
-        capped,
-        nofile = have,
-        "maxconn needs {needed} file descriptors but the hard limit allows {}; maxconn capped to {capped}",
-        lim.rlim_max
-    );
-    eprintln!(
-        "warning: global maxconn {maxconn} needs {needed} open files, the limit is {have}: capped maxconn to {capped}"
-    );
+    if lim.rlim_cur >= needed {
+        return wanted;
+    }
+    let capped = (lim.rlim_cur.saturating_sub(256) / 2).max(1) as u32;
+    if configured.is_some() {
+        tracing::warn!(
+            "global maxconn {wanted} needs {needed} open files but the limit is {}: capped maxconn to {capped}",
+            lim.rlim_cur
+        );
+    }
     capped
 }
