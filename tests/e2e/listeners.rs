@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use llmgw_e2e::{send_on, tls_connect, Cert, Client, Gateway, Mock, TempDir};
+use llmgw_e2e::{one_backend, send_on, tls_connect, Cert, Client, Gateway, Mock, TempDir};
 use tokio::io::AsyncWriteExt;
 
 fn req(path: &str) -> http::Request<Full<Bytes>> {
@@ -146,10 +146,7 @@ async fn proxy_protocol_gives_the_real_client_address() {
 #[tokio::test]
 async fn maxconn_keeps_extra_connections_waiting_not_dropped() {
     let m = Mock::start("m", &[]);
-    let gw = Gateway::start(
-        &format!("[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\nmaxconn = 1\ndefault_backend = \"b\"\n[[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"{}\"\n", m.addr),
-        1,
-    );
+    let gw = Gateway::start(&one_backend("maxconn = 1", "", m.addr), 1);
     // The first connection holds the only slot (kept alive after a request).
     let s1 = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     let io = hyper_util::rt::TokioIo::new(s1);

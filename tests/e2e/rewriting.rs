@@ -3,7 +3,7 @@
 //! Forwarded, the request id and the W3C trace context.
 
 use http::Method;
-use llmgw_e2e::{Client, Gateway, Mock};
+use llmgw_e2e::{one_backend, Client, Gateway, Mock};
 
 fn echoed_header<'a>(echo: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
     echo["headers"]
@@ -141,10 +141,7 @@ address = "{}"
 #[tokio::test]
 async fn request_id_and_traceparent() {
     let m = Mock::start("m", &[]);
-    let cfg = format!(
-        "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n[[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"{}\"\n",
-        m.addr
-    );
+    let cfg = one_backend("", "", m.addr);
     let gw = Gateway::start(&cfg, 1);
     let c = Client::http1();
     // Generated when absent: the client and the upstream see the same id.

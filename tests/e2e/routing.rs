@@ -2,7 +2,7 @@
 //! names, aliases rewritten in the body, unknown models, the body bound, and
 //! bodies that stream through untouched when no rule needs them.
 
-use llmgw_e2e::{Client, Gateway, Mock};
+use llmgw_e2e::{one_backend, Client, Gateway, Mock};
 
 fn two_backend_config(openai: &Mock, anthropic: &Mock, extra_frontend: &str) -> String {
     format!(
@@ -129,8 +129,8 @@ async fn bodies_stream_untouched_when_no_rule_reads_them() {
     let m = Mock::start("m", &[]);
     let gw = Gateway::start(
         &format!(
-            "[defaults]\nbody_limit = \"1k\"\n[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n[[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"{}\"\n",
-            m.addr
+            "[defaults]\nbody_limit = \"1k\"\n{}",
+            one_backend("", "", m.addr)
         ),
         1,
     );

@@ -5,19 +5,13 @@
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use llmgw_e2e::{Client, Gateway, Mock};
+use llmgw_e2e::{one_backend, Client, Gateway, Mock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn single(addr: impl std::fmt::Display, extra_backend: &str) -> String {
-    format!(
-        "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n[[backend]]\nname = \"b\"\n{extra_backend}\n[[backend.server]]\nname = \"s\"\naddress = \"{addr}\"\n"
-    )
-}
 
 #[tokio::test]
 async fn sse_events_arrive_as_the_upstream_sends_them() {
     let m = Mock::start("m", &[]);
-    let gw = Gateway::start(&single(m.addr, ""), 1);
+    let gw = Gateway::start(&one_backend("", "", m.addr), 1);
     for client in [Client::http1(), Client::h2c()] {
         let (parts, mut body) = client
             .stream(
@@ -53,7 +47,7 @@ async fn sse_events_arrive_as_the_upstream_sends_them() {
 #[tokio::test]
 async fn upstream_cut_mid_stream_is_never_a_clean_end() {
     let m = Mock::start("m", &[]);
-    let gw = Gateway::start(&single(m.addr, ""), 1);
+    let gw = Gateway::start(&one_backend("", "", m.addr), 1);
     let (parts, body) = Client::http1()
         .stream(
             &gw.url("/v1/chat/completions"),
@@ -94,7 +88,7 @@ async fn websocket_upgrade_is_tunnelled() {
             s.write_all(&buf[..n].to_ascii_uppercase()).await.unwrap();
         }
     });
-    let gw = Gateway::start(&single(up_addr, ""), 1);
+    let gw = Gateway::start(&one_backend("", "", up_addr), 1);
     let mut c = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     c.write_all(b"GET /v1/realtime HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
     let mut head = Vec::new();
@@ -120,7 +114,7 @@ async fn a_client_that_stops_reading_is_cut_after_timeout_client() {
     let mut gw = Gateway::start(
         &format!(
             "[global]\nstats = \"127.0.0.1:0\"\n{}",
-            single(m.addr, "").replace("bind = [", "timeout = { client = \"500ms\" }\nbind = [")
+            one_backend("timeout = { client = \"500ms\" }", "", m.addr)
         ),
         1,
     );

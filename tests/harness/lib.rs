@@ -94,11 +94,17 @@ impl Proc {
         std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
     }
 
-    /// Waits for a stdout line containing `needle`; returns it.
+    /// Waits for a stdout line containing `needle` (one already seen
+    /// counts); returns it.
     pub fn wait_line(&mut self, needle: &str) -> String {
         if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
             return l.clone();
         }
+        self.wait_line_next(needle)
+    }
+
+    /// Waits for a line containing `needle` among lines not seen yet.
+    pub fn wait_line_next(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -225,23 +231,14 @@ impl Gateway {
     }
 }
 
-impl Proc {
-    /// Like `wait_line`, but only lines not returned by an earlier call.
-    pub fn wait_line_next(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!("no further line containing {needle:?}; saw {:?}", self.seen),
-            }
-        }
-    }
+/// A config with one frontend `f` on an ephemeral port whose default
+/// backend `b` has one server `s` at `server`; `frontend` and `backend` are
+/// extra TOML lines for those sections.
+pub fn one_backend(frontend: &str, backend: &str, server: impl std::fmt::Display) -> String {
+    format!(
+        "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n{frontend}\n\
+         [[backend]]\nname = \"b\"\n{backend}\n[[backend.server]]\nname = \"s\"\naddress = \"{server}\"\n"
+    )
 }
 
 /// A directory removed on drop.
