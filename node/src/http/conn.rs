@@ -9,6 +9,7 @@
 //! `timeout server`'s business.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -20,7 +21,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
@@ -384,22 +384,59 @@ pub async fn serve<IO>(
         })
     };
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.http_request)
-        .keep_alive(true)
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024);
+    // The prelude (or ALPN) already told which protocol this is, so the
+    // connection goes straight to the right hyper server, without the
+    // per-read version sniffing of hyper-util's `auto` builder.
+    let h2 = h2 || io.prefix.starts_with(b"PRI ");
+    let io = TokioIo::new(Tracked::new(io, activity.clone()));
+    if h2 {
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024);
+        let conn = b.serve_connection(io, svc);
+        tokio::pin!(conn);
+        watch(
+            conn,
+            |c| c.graceful_shutdown(),
+            &activity,
+            timeouts,
+            info_client,
+        )
+        .await;
+    } else {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(timeouts.http_request)
+            .keep_alive(true)
+            .max_buf_size(64 * 1024);
+        let conn = b.serve_connection(io, svc).with_upgrades();
+        tokio::pin!(conn);
+        watch(
+            conn,
+            |c| c.graceful_shutdown(),
+            &activity,
+            timeouts,
+            info_client,
+        )
+        .await;
+    }
+}
 
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(Tracked::new(io, activity.clone())), svc);
-    tokio::pin!(conn);
+/// Drives a connection to its end while enforcing the idle policy:
+/// `timeout client` for a client that stops reading, and `timeout
+/// http-keep-alive` between requests (then a graceful close: h1 closes,
+/// h2 sends GOAWAY).
+async fn watch<F, E>(
+    mut conn: Pin<&mut F>,
+    graceful_shutdown: fn(Pin<&mut F>),
+    activity: &Activity,
+    timeouts: &Timeouts,
+    client_addr: SocketAddr,
+) where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let keep_alive = timeouts.http_keep_alive;
     let client = timeouts.client;
     let mut wake = Box::pin(tokio::time::sleep(keep_alive.min(client)));
@@ -416,13 +453,13 @@ pub async fn serve<IO>(
                 // `timeout client`: the client stopped reading what we send.
                 let blocked = activity.write_blocked_for();
                 if blocked.is_some_and(|b| b >= client) {
-                    tracing::debug!(client = %info_client, "client inactivity timeout, closing");
+                    tracing::debug!(client = %client_addr, "client inactivity timeout, closing");
                     return;
                 }
                 let idle = activity.idle_for();
                 let inflight = activity.inflight.load(Ordering::Relaxed);
                 if !closing && inflight == 0 && idle >= keep_alive {
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
                     closing = true;
                 }
                 let mut next = if inflight == 0 && !closing { keep_alive.saturating_sub(idle) } else { client };

@@ -7,9 +7,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -182,17 +183,17 @@ async fn inspect_model(
     parts: &mut Parts,
     mut incoming: Incoming,
 ) -> Result<(ReqBody, Option<String>), Response<RespBody>> {
-    let mut buf = BytesMut::new();
+    let mut read = BodyPrefix::default();
     let mut scanner = ModelScanner::default();
     let mut ended = false;
     let found = loop {
-        match scanner.scan(&buf) {
+        match scanner.scan(read.as_slice()) {
             Scan::Found(r) => break Some(r),
             Scan::Absent => break None,
             Scan::Pending if ended => break None,
             Scan::Pending => {}
         }
-        if buf.len() > fe.body_limit {
+        if read.len() > fe.body_limit {
             return Err(error::too_large(fe.body_limit));
         }
         match incoming.frame().await {
@@ -200,22 +201,23 @@ async fn inspect_model(
             Some(Err(_)) => return Err(error::bad_request("The request body could not be read.")),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
+                    read.push(data);
                 }
             }
         }
     };
     let rest = (!ended && !incoming.is_end_stream()).then_some(incoming);
+    let head = read.freeze();
     let Some(range) = found else {
         return Ok((
             ReqBody::Prefixed {
-                head: Some(buf.freeze()),
+                head: Some(head),
                 rest,
             },
             None,
         ));
     };
-    let Some(name) = model::decode(&buf[range.clone()]).map(|c| c.into_owned()) else {
+    let Some(name) = model::decode(&head[range.clone()]).map(|c| c.into_owned()) else {
         return Err(error::bad_request(
             "The `model` field is not a valid JSON string.",
         ));
@@ -228,17 +230,17 @@ async fn inspect_model(
     let Some(target) = alias else {
         return Ok((
             ReqBody::Prefixed {
-                head: Some(buf.freeze()),
+                head: Some(head),
                 rest,
             },
             Some(name),
         ));
     };
     let encoded = model::encode(&target);
-    let mut head = BytesMut::with_capacity(buf.len() + encoded.len());
-    head.extend_from_slice(&buf[..range.start]);
-    head.extend_from_slice(encoded.as_bytes());
-    head.extend_from_slice(&buf[range.end..]);
+    let mut rewritten = BytesMut::with_capacity(head.len() + encoded.len());
+    rewritten.extend_from_slice(&head[..range.start]);
+    rewritten.extend_from_slice(encoded.as_bytes());
+    rewritten.extend_from_slice(&head[range.end..]);
     if let Some(cl) = parts.headers.get(header::CONTENT_LENGTH) {
         let len = cl.to_str().ok().and_then(|s| s.parse::<u64>().ok());
         let Some(len) = len else {
@@ -251,11 +253,59 @@ async fn inspect_model(
     }
     Ok((
         ReqBody::Prefixed {
-            head: Some(head.freeze()),
+            head: Some(rewritten.freeze()),
             rest,
         },
         Some(target),
     ))
+}
+
+/// The part of a request body read so far. Most bodies arrive in one frame,
+/// which is kept as it is; only a second frame makes it a copy.
+#[derive(Default)]
+enum BodyPrefix {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl BodyPrefix {
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::take(self) {
+            BodyPrefix::Empty => BodyPrefix::One(data),
+            BodyPrefix::One(first) => {
+                let mut b = BytesMut::with_capacity(first.len() + data.len());
+                b.extend_from_slice(&first);
+                b.extend_from_slice(&data);
+                BodyPrefix::Many(b)
+            }
+            BodyPrefix::Many(mut b) => {
+                b.extend_from_slice(&data);
+                BodyPrefix::Many(b)
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            BodyPrefix::Empty => &[],
+            BodyPrefix::One(b) => b,
+            BodyPrefix::Many(b) => b,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            BodyPrefix::Empty => Bytes::new(),
+            BodyPrefix::One(b) => b,
+            BodyPrefix::Many(b) => b.freeze(),
+        }
+    }
 }
 
 /// Keeps the client's request id, or makes one.
@@ -430,23 +480,21 @@ fn upstream_uri(
     uri: &Uri,
     up: &crate::upstream::Upstream,
 ) -> Result<Uri, http::Error> {
-    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-    let pq: std::borrow::Cow<str> = match &be.path_rewrite {
-        Some((from, to)) if pq.starts_with(from.as_str()) => {
-            format!("{to}{}", &pq[from.len()..]).into()
+    // Without a rewrite the client's path and query are reused as they are
+    // (a reference-counted clone, no copy).
+    let pq = match (&be.path_rewrite, uri.path_and_query()) {
+        (Some((from, to)), Some(pq)) if pq.path().starts_with(from.as_str()) => {
+            PathAndQuery::try_from(format!("{to}{}", &pq.as_str()[from.len()..]))?
         }
-        _ => pq.into(),
+        (_, Some(pq)) if pq.as_str().starts_with('/') => pq.clone(),
+        (_, Some(pq)) => PathAndQuery::try_from(format!("/{}", pq.as_str()))?,
+        (_, None) => PathAndQuery::from_static("/"),
     };
-    let pq = if pq.starts_with('/') {
-        pq
-    } else {
-        format!("/{pq}").into()
-    };
-    Uri::builder()
-        .scheme(up.scheme.clone())
-        .authority(up.authority.clone())
-        .path_and_query(pq.as_ref())
-        .build()
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(up.scheme.clone());
+    parts.authority = Some(up.authority.clone());
+    parts.path_and_query = Some(pq);
+    Ok(Uri::from_parts(parts)?)
 }
 
 fn upstream_error(be: &Backend, e: &hyper_util::client::legacy::Error) -> Response<RespBody> {
