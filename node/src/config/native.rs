@@ -344,6 +344,8 @@ impl Compiler<'_> {
                     }
                 }
             },
+            stats_socket: None,
+            tune_bufsize: None,
         };
         if let Some(m) = raw.global.maxconn.as_ref().filter(|m| *m.get_ref() == 0) {
             self.err(m.span(), "global maxconn must be at least 1");
@@ -406,6 +408,7 @@ impl Compiler<'_> {
             global,
             frontends,
             backends,
+            stick_tables: Vec::new(),
         }
     }
 
@@ -604,6 +607,8 @@ impl Compiler<'_> {
                 forwarded: rf.forwarded,
             },
             request_id_header,
+            http_request: Vec::new(),
+            http_response: Vec::new(),
         }
     }
 
@@ -719,7 +724,7 @@ impl Compiler<'_> {
             }
         }
         Some(Route {
-            conditions,
+            cond: Expr::All(conditions.into_iter().map(Expr::Test).collect()),
             backend: backend?,
         })
     }
@@ -846,6 +851,9 @@ impl Compiler<'_> {
             credential,
             request_headers: self.header_rules(rb.http_request, rb.name.span()),
             response_headers: self.header_rules(rb.http_response, rb.name.span()),
+            http_request: Vec::new(),
+            http_response: Vec::new(),
+            opts: BackendOpts::default(),
             pool_max_idle: pool.max_idle.unwrap_or(64),
             pool_idle_timeout,
             name,
@@ -915,6 +923,7 @@ impl Compiler<'_> {
             maxconn: s.maxconn.unwrap_or(0),
             tls,
             proto,
+            opts: ServerOpts::default(),
         })
     }
 }
@@ -1189,7 +1198,7 @@ address = "127.0.0.1:9001"
         let f = &c.frontends[0];
         assert!(f.needs_model());
         assert!(
-            matches!(&f.routes[0].conditions[0], Condition::Model(Match::Glob(g)) if g == "claude-*")
+            matches!(&f.routes[0].cond, Expr::All(v) if matches!(&v[0], Expr::Test(Condition::Model(Match::Glob(g))) if g == "claude-*"))
         );
         assert_eq!(
             f.model_aliases,
