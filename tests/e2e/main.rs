@@ -4,6 +4,7 @@
 mod balancing;
 mod config_errors;
 mod errors;
+mod haproxy;
 mod listeners;
 mod rewriting;
 mod routing;

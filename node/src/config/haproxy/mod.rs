@@ -1009,18 +1009,19 @@ impl Cx<'_> {
                 }
             }
             (t, rest) if t.starts_with("track-sc") => {
-                let sc =
-                    match t {
-                        "track-sc0" => 0,
-                        "track-sc1" => 1,
-                        "track-sc2" => 2,
-                        _ => return self.err(
+                let sc = match t {
+                    "track-sc0" => 0,
+                    "track-sc1" => 1,
+                    "track-sc2" => 2,
+                    _ => {
+                        return self.err(
                             line,
                             format!(
                                 "'{t}' is not supported (use track-sc0, track-sc1 or track-sc2)"
                             ),
-                        ),
-                    };
+                        )
+                    }
+                };
                 let (key, table) = match rest {
                     [k] => (k.to_string(), None),
                     [k, "table", t] => (k.to_string(), Some(t.to_string())),
