@@ -3,6 +3,7 @@
 
 mod balancing;
 mod config_errors;
+mod differential;
 mod errors;
 mod haproxy;
 mod listeners;

@@ -958,15 +958,19 @@ impl Cx<'_> {
                 let mut status = StatusCode::FORBIDDEN;
                 match rest {
                     [] => {}
-                    ["deny_status", s] => match s
-                        .parse::<u16>()
-                        .ok()
-                        .and_then(|n| StatusCode::from_u16(n).ok())
-                        .filter(|s| (200..=599).contains(&s.as_u16()))
-                    {
-                        Some(s) => status = s,
-                        None => return self.err(line, format!("invalid deny_status '{s}'")),
-                    },
+                    ["deny_status", s] => {
+                        // HAProxy answers only the statuses it has an error page for.
+                        const KNOWN: [u16; 17] = [
+                            200, 400, 401, 403, 404, 405, 407, 408, 410, 413, 425, 429, 500, 501,
+                            502, 503, 504,
+                        ];
+                        match s.parse::<u16>().ok().filter(|n| KNOWN.contains(n)).and_then(|n| StatusCode::from_u16(n).ok()) {
+                            Some(s) => status = s,
+                            None => {
+                                return self.err(line, format!("invalid deny_status '{s}' (HAProxy knows 200, 400, 401, 403, 404, 405, 407, 408, 410, 413, 425, 429, 500, 501, 502, 503 and 504)"))
+                            }
+                        }
+                    }
                     _ => {
                         return self.err(
                             line,
