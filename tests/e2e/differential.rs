@@ -77,7 +77,10 @@ fn config(port: u16, m: &[Mock]) -> String {
 }
 
 /// Requests in order: (method, path, headers). The same list goes to both.
-fn requests() -> Vec<(Method, String, Vec<(&'static str, String)>)> {
+/// A request: method, path and headers.
+type Req<P, V> = (Method, P, Vec<(&'static str, V)>);
+
+fn requests() -> Vec<Req<String, String>> {
     let mut v = Vec::new();
     for b in ["rr", "srr", "lc", "src"] {
         for i in 0..12 {
@@ -99,7 +102,7 @@ fn requests() -> Vec<(Method, String, Vec<(&'static str, String)>)> {
 }
 
 /// ACL-routed requests whose statuses must agree.
-fn acl_requests() -> Vec<(Method, &'static str, Vec<(&'static str, &'static str)>)> {
+fn acl_requests() -> Vec<Req<&'static str, &'static str>> {
     vec![
         (Method::GET, "/healthz", vec![]),
         (Method::GET, "/admin/x", vec![]),
