@@ -42,6 +42,13 @@ enum Command {
         #[arg(long)]
         lenient: bool,
     },
+    /// Print an HAProxy `.cfg` as equivalent native TOML.
+    Convert {
+        /// The HAProxy configuration.
+        file: PathBuf,
+        #[arg(long)]
+        lenient: bool,
+    },
     /// Run the mock LLM provider (OpenAI and Anthropic APIs) on its own.
     MockUpstream(mock::MockArgs),
 }
@@ -68,6 +75,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run(args),
+        Command::Convert { file, lenient } => match config::convert::convert_file(&file, lenient) {
+            Ok((toml, warnings)) => {
+                for w in &warnings {
+                    eprintln!("{w}");
+                }
+                print!("{toml}");
+                ExitCode::SUCCESS
+            }
+            Err(diags) => {
+                eprintln!("{diags}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config, lenient } => match config::load_with(&config, lenient) {
             Ok((c, warnings)) => {
                 for w in &warnings {

@@ -36,7 +36,7 @@ fn haproxy() -> Option<std::path::PathBuf> {
     (!p.is_empty()).then(|| p.into())
 }
 
-fn config(port: u16, m: &[Mock]) -> String {
+pub fn config(port: u16, m: &[Mock]) -> String {
     let servers = |weights: [u32; 3]| {
         m.iter()
             .zip(weights)
@@ -116,7 +116,7 @@ fn acl_requests() -> Vec<Req<&'static str, &'static str>> {
 }
 
 /// Which server each request reached, and the statuses of the ACL requests.
-async fn run(base: SocketAddr) -> (Vec<String>, Vec<u16>) {
+pub async fn run(base: SocketAddr) -> (Vec<String>, Vec<u16>) {
     let c = Client::http1();
     let mut servers = Vec::new();
     for (m, p, h) in requests() {

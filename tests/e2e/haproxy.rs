@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use http::Method;
-use llmgw_e2e::{llmgw_bin, root, start_cfg, Cert, Client, Mock, TempDir};
+use llmgw_e2e::{llmgw_bin, root, start_cfg, Cert, Client, Gateway, Mock, TempDir};
 
 /// `llmgw check [--lenient] -c FILE`: `None` when valid, else the error
 /// lines (warnings and continuation lines left out) without the file name.
@@ -195,11 +195,8 @@ fn echoed<'a>(echo: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-#[tokio::test]
-async fn http_request_rules_and_acl_routing() {
-    let a = Mock::start("a", &[]);
-    let b = Mock::start("b", &[]);
-    let cfg = format!(
+fn rules_cfg(a: &Mock, b: &Mock) -> String {
+    format!(
         r#"
 frontend f
     bind 127.0.0.1:0
@@ -224,8 +221,69 @@ backend anthropic
     server b {}
 "#,
         a.addr, b.addr
+    )
+}
+
+/// `llmgw convert` on a `.cfg` text.
+fn convert(cfg: &str) -> String {
+    let dir = TempDir::new("convert");
+    let path = dir.path().join("in.cfg");
+    std::fs::write(&path, cfg).expect("write");
+    let out = Command::new(llmgw_bin())
+        .arg("convert")
+        .arg(&path)
+        .output()
+        .expect("convert");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let gw = start_cfg(&cfg, 1, &[]);
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[tokio::test]
+async fn http_request_rules_and_acl_routing() {
+    let a = Mock::start("a", &[]);
+    let b = Mock::start("b", &[]);
+    let gw = start_cfg(&rules_cfg(&a, &b), 1, &[]);
+    assert_rules(&gw).await;
+}
+
+/// The converted TOML serves the same rules the same way.
+#[tokio::test]
+async fn converted_toml_serves_the_same_rules() {
+    let a = Mock::start("a", &[]);
+    let b = Mock::start("b", &[]);
+    let toml = convert(&rules_cfg(&a, &b));
+    assert!(toml.contains("http_request_rules"), "{toml}");
+    let gw = Gateway::start(&toml, 1);
+    assert_rules(&gw).await;
+}
+
+/// The differential configuration (every balancing algorithm, ACL-routed
+/// statuses) answers identically as `.cfg` and as converted TOML.
+#[tokio::test]
+async fn converted_toml_balances_the_same() {
+    let mocks: Vec<Mock> = (1..=3)
+        .map(|i| Mock::start(&format!("s{i}"), &[]))
+        .collect();
+    let cfg = crate::differential::config(1, &mocks);
+    let gw = start_cfg(&cfg, 1, &["--bind", "127.0.0.1:0"]);
+    let from_cfg = crate::differential::run(gw.addr()).await;
+    drop(gw);
+    let gw = Gateway::start_file(
+        "llmgw.toml",
+        &convert(&cfg),
+        1,
+        &["--bind", "127.0.0.1:0"],
+        &[],
+    );
+    let from_toml = crate::differential::run(gw.addr()).await;
+    assert_eq!(from_cfg, from_toml);
+}
+
+async fn assert_rules(gw: &Gateway) {
     let c = Client::http1();
 
     let r = c.get(&gw.url("/healthz")).await;

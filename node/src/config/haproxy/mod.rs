@@ -243,6 +243,164 @@ struct Proxy {
     conds: Vec<(usize, Expr)>,
 }
 
+impl Proxy {
+    fn new(kind: Kind, name: &str, line: usize, d: Draft) -> Proxy {
+        Proxy {
+            kind,
+            name: name.to_owned(),
+            line,
+            d,
+            binds: Vec::new(),
+            bind_lines: 0,
+            default_backend: None,
+            use_backend: Vec::new(),
+            acls: Acls::new(),
+            req_rules: Vec::new(),
+            resp_rules: Vec::new(),
+            servers: Vec::new(),
+            server_names: HashSet::new(),
+            stick_table: None,
+            tracks: Vec::new(),
+            misplaced: Vec::new(),
+            conds: Vec::new(),
+        }
+    }
+}
+
+/// `acl`, `http-request` and `http-response` lines embedded in the native
+/// TOML (as `acl = [...]`, `http_request_rules = [...]`, …), compiled the
+/// way this dialect compiles them, so a converted `.cfg` serves the same.
+#[derive(Debug, Default)]
+pub struct Embedded {
+    pub acls: Acls,
+    pub req: Vec<HttpReqRule>,
+    pub resp: Vec<HttpRespRule>,
+}
+
+/// Compiles embedded lines for the section `name`; each error names the
+/// line it comes from.
+pub fn embedded_rules(
+    name: &str,
+    acl: &[String],
+    req: &[String],
+    resp: &[String],
+) -> (Embedded, Vec<String>) {
+    let mut cx = Cx {
+        file: "",
+        base: Path::new("."),
+        opts: Options::default(),
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut p = Proxy::new(Kind::Listen, name, 0, Draft::default());
+    let mut errors = Vec::new();
+    for (prefix, lines) in [("acl", acl), ("http-request", req), ("http-response", resp)] {
+        for text in lines {
+            let (mut lines, lex_errors) = lex(&format!("{prefix} {text}"));
+            for (_, e) in lex_errors {
+                errors.push(format!("'{text}': {e}"));
+            }
+            if let Some(l) = lines.pop() {
+                cx.proxy_line(&l, &mut p);
+                for d in cx.errors.drain(..) {
+                    errors.push(format!("'{text}': {}", d.message));
+                }
+            }
+        }
+    }
+    (
+        Embedded {
+            acls: p.acls,
+            req: p.req_rules,
+            resp: p.resp_rules,
+        },
+        errors,
+    )
+}
+
+/// Compiles an embedded `if …` / `unless …` condition.
+pub fn embedded_cond(text: &str, acls: &Acls) -> Result<Expr, String> {
+    let (mut lines, lex_errors) = lex(text);
+    if let Some((_, e)) = lex_errors.into_iter().next() {
+        return Err(e);
+    }
+    let words = lines.pop().map(|l| l.words).unwrap_or_default();
+    if !words.first().is_some_and(|w| w.is("if") || w.is("unless")) {
+        return Err(format!(
+            "condition '{text}' must start with 'if' or 'unless'"
+        ));
+    }
+    match split_cond(&words, acls)? {
+        (_, Some(e)) => Ok(e),
+        (_, None) => Err(format!("condition '{text}' is empty")),
+    }
+}
+
+/// The raw lines of each proxy section: (kind, name, lines), for `convert`.
+pub fn proxy_sections(text: &str) -> Vec<(&'static str, String, Vec<Line>)> {
+    let mut out: Vec<(&'static str, String, Vec<Line>)> = Vec::new();
+    let mut inside = false;
+    for l in lex(text).0 {
+        let head = &l.words[0];
+        let kind = match head.text.as_str() {
+            _ if head.quoted => None,
+            "frontend" => Some("frontend"),
+            "backend" => Some("backend"),
+            "listen" => Some("listen"),
+            "global" | "defaults" => Some(""),
+            k if UNSUPPORTED_SECTIONS.contains(&k) => Some(""),
+            _ => None,
+        };
+        match kind {
+            Some("") => inside = false,
+            Some(k) => {
+                inside = true;
+                let name = l.words.get(1).map(|w| w.text.clone()).unwrap_or_default();
+                out.push((k, name, Vec::new()));
+            }
+            None if inside => {
+                if let Some(s) = out.last_mut() {
+                    s.2.push(l);
+                }
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+/// Writes words back in HAProxy syntax, quoting where the lexer needs it.
+pub fn render(words: &[Word]) -> String {
+    words.iter().map(render_word).collect::<Vec<_>>().join(" ")
+}
+
+fn render_word(w: &Word) -> String {
+    let special = ["{", "}", "!", "||", "if", "unless", "or"];
+    let plain = !w.text.is_empty()
+        && !w
+            .text
+            .contains(|c: char| c.is_whitespace() || "\"'\\#$".contains(c))
+        && !(w.quoted && (special.contains(&w.text.as_str()) || w.text.starts_with('!')));
+    if plain {
+        return w.text.clone();
+    }
+    let mut out = String::from("\"");
+    for c in w.text.chars() {
+        match c {
+            '"' | '\\' | '$' | '#' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 struct Cx<'a> {
     file: &'a str,
     base: &'a Path,
@@ -349,25 +507,7 @@ impl Cx<'_> {
                                 format!("unexpected '{}' after the {kw} name", l.words[2].text),
                             );
                         }
-                        proxies.push(Proxy {
-                            kind,
-                            name: name.text.clone(),
-                            line: l.line,
-                            d: template.clone(),
-                            binds: Vec::new(),
-                            bind_lines: 0,
-                            default_backend: None,
-                            use_backend: Vec::new(),
-                            acls: Acls::new(),
-                            req_rules: Vec::new(),
-                            resp_rules: Vec::new(),
-                            servers: Vec::new(),
-                            server_names: HashSet::new(),
-                            stick_table: None,
-                            tracks: Vec::new(),
-                            misplaced: Vec::new(),
-                            conds: Vec::new(),
-                        });
+                        proxies.push(Proxy::new(kind, &name.text, l.line, template.clone()));
                     }
                 }
                 continue;
