@@ -208,7 +208,8 @@ fn fetch_of(f: &str) -> Result<(Fetch, Meth), String> {
                 }
             }
             if let Some(rest) = f.strip_prefix("sc") {
-                let (n, data) = rest.split_at(rest.len().min(1));
+                // `get` rather than `split_at`: the text may not be ASCII.
+                let (n, data) = (rest.get(..1).unwrap_or(""), rest.get(1..).unwrap_or(""));
                 let sc = match n {
                     "0" => 0,
                     "1" => 1,
