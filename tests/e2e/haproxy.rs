@@ -214,6 +214,7 @@ frontend f
     use_backend anthropic if claude || {{ url_param(to) anthropic }}
     default_backend openai
 backend openai
+    option forwardfor
     http-request set-header X-Backend openai
     server a {}
 backend anthropic
@@ -318,6 +319,7 @@ async fn assert_rules(gw: &Gateway) {
     assert_eq!(echoed(&e, "x-hop"), ["zero", "one"]);
     assert_eq!(echoed(&e, "x-backend"), ["openai"]);
     assert!(echoed(&e, "x-debug").is_empty());
+    assert_eq!(echoed(&e, "x-forwarded-for"), ["127.0.0.1"], "the backend's option forwardfor");
 
     let r = c.get(&gw.url("/models")).await;
     assert_eq!(r.json()["path"], "/echo/models");
@@ -342,5 +344,6 @@ async fn assert_rules(gw: &Gateway) {
     assert_eq!(r.header("x-mock-server"), Some("a"));
     let r = c.get(&gw.url("/echo/q?to=anthropic")).await;
     assert_eq!(r.header("x-mock-server"), None);
+    assert!(echoed(&r.json(), "x-forwarded-for").is_empty());
     assert_eq!(r.status, 200);
 }

@@ -226,6 +226,9 @@ pub fn convert(c: &Config, text: &str) -> String {
             HashType::Consistent => "consistent",
         };
         t.insert("hash_type".into(), Value::String(ht.into()));
+        if b.x_forwarded_for {
+            t.insert("forwardfor".into(), Value::Boolean(true));
+        }
         t.insert("timeout".into(), timeouts(&b.timeouts));
         // A listen section's rules run on its frontend side.
         if kind == "backend" {

@@ -455,6 +455,10 @@ pub struct Backend {
     /// `http-request` rules, in order, evaluated after routing.
     pub http_request: Vec<HttpReqRule>,
     pub http_response: Vec<HttpRespRule>,
+    /// Append the client address to `X-Forwarded-For` for requests through
+    /// this backend (HAProxy's `option forwardfor` in a backend); the
+    /// frontend's setting adds it too.
+    pub x_forwarded_for: bool,
     /// Settings whose behaviour arrives with issue 5 (checks, retries, queue).
     pub opts: BackendOpts,
     /// Pooled idle connections kept per server.

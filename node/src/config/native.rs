@@ -222,6 +222,8 @@ struct RawBackend {
     http_response: RawHeaderRules,
     #[serde(default, rename = "server")]
     servers: Vec<Spanned<RawServer>>,
+    #[serde(default)]
+    forwardfor: bool,
     acl: Option<Spanned<Vec<String>>>,
     http_request_rules: Option<Spanned<Vec<String>>>,
     http_response_rules: Option<Spanned<Vec<String>>>,
@@ -912,6 +914,7 @@ impl Compiler<'_> {
             response_headers: self.header_rules(rb.http_response, rb.name.span()),
             http_request: embedded.req,
             http_response: embedded.resp,
+            x_forwarded_for: rb.forwardfor,
             opts: BackendOpts::default(),
             pool_max_idle: pool.max_idle.unwrap_or(64),
             pool_idle_timeout,

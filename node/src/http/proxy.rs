@@ -482,7 +482,7 @@ fn rewrite_request(
         }
     }
     let ip = conn.client.ip();
-    if fe.forward_for.x_forwarded_for {
+    if fe.forward_for.x_forwarded_for || be.x_forwarded_for {
         append_list(h, &X_FORWARDED_FOR, &ip.to_string());
     }
     if fe.forward_for.forwarded {

@@ -1449,6 +1449,14 @@ impl Cx<'_> {
                 if p.servers.iter().any(|s| s.opts.backup) {
                     self.warn(p.line, format!("backend '{}': backup servers are accepted; until issue 5 they take traffic like the others", p.name));
                 }
+                if p.kind == Kind::Backend
+                    && p.req_rules
+                        .iter()
+                        .any(|r| r.cond.as_ref().is_some_and(Expr::needs_model))
+                {
+                    // The body is scanned before routing, by the frontend.
+                    self.err(p.line, format!("backend '{}': conditions on req.body,json_query('$.model') work in frontend and listen rules only (move the rule, or route with use_backend)", p.name));
+                }
                 if backend_index
                     .get(&p.name)
                     .is_some_and(|&i| i == backends.len())
@@ -1475,6 +1483,7 @@ impl Cx<'_> {
                         } else {
                             Vec::new()
                         },
+                        x_forwarded_for: p.d.forwardfor,
                         opts: p.d.opts.clone(),
                         pool_max_idle: 64,
                         pool_idle_timeout: Duration::from_secs(60),

@@ -138,6 +138,10 @@ backend anthropic
     assert_eq!(c.backends[0].hash_type, HashType::Consistent);
     assert_eq!(c.backends[0].servers[0].weight, 3);
     assert_eq!(c.backends[1].balance, Balance::Random(3));
+    assert!(
+        c.backends[0].x_forwarded_for,
+        "defaults apply to backends too"
+    );
     let tls = c.backends[1].servers[0].tls.as_ref().unwrap();
     assert!(!tls.verify);
     assert_eq!(tls.sni.as_deref(), Some("api.anthropic.com"));
