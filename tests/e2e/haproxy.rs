@@ -319,7 +319,11 @@ async fn assert_rules(gw: &Gateway) {
     assert_eq!(echoed(&e, "x-hop"), ["zero", "one"]);
     assert_eq!(echoed(&e, "x-backend"), ["openai"]);
     assert!(echoed(&e, "x-debug").is_empty());
-    assert_eq!(echoed(&e, "x-forwarded-for"), ["127.0.0.1"], "the backend's option forwardfor");
+    assert_eq!(
+        echoed(&e, "x-forwarded-for"),
+        ["127.0.0.1"],
+        "the backend's option forwardfor"
+    );
 
     let r = c.get(&gw.url("/models")).await;
     assert_eq!(r.json()["path"], "/echo/models");

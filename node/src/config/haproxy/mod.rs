@@ -1449,6 +1449,64 @@ impl Cx<'_> {
                 if p.servers.iter().any(|s| s.opts.backup) {
                     self.warn(p.line, format!("backend '{}': backup servers are accepted; until issue 5 they take traffic like the others", p.name));
                 }
+                let o = &p.d.opts;
+                let mut later: Vec<&str> = Vec::new();
+                for (set, name) in [
+                    (
+                        o.retries.is_some() || !o.retry_on.is_empty(),
+                        "retries/retry-on",
+                    ),
+                    (o.redispatch, "option redispatch"),
+                    (o.allbackups, "option allbackups"),
+                    (o.timeout_queue.is_some(), "timeout queue"),
+                    (o.timeout_check.is_some(), "timeout check"),
+                    (o.http_check_expect.is_some(), "http-check expect"),
+                    (
+                        p.servers.iter().any(|s| s.opts.maxqueue.is_some()),
+                        "maxqueue",
+                    ),
+                    (
+                        p.servers.iter().any(|s| s.opts.slowstart.is_some()),
+                        "slowstart",
+                    ),
+                    (
+                        p.servers.iter().any(|s| {
+                            s.opts.observe_layer7
+                                || s.opts.error_limit.is_some()
+                                || s.opts.on_error.is_some()
+                        }),
+                        "observe/error-limit/on-error",
+                    ),
+                ] {
+                    if set {
+                        later.push(name);
+                    }
+                }
+                if !later.is_empty() {
+                    self.warn(
+                        p.line,
+                        format!(
+                            "backend '{}': {} accepted; the behaviour arrives with issue 5",
+                            p.name,
+                            later.join(", ")
+                        ),
+                    );
+                }
+                if p.servers.iter().any(|s| s.opts.disabled) {
+                    self.warn(p.line, format!("backend '{}': disabled servers take no traffic (weight 0) until the runtime API of issue 7 can enable them", p.name));
+                }
+                let servers: Vec<Server> = p
+                    .servers
+                    .iter()
+                    .cloned()
+                    .map(|mut s| {
+                        // HAProxy starts a disabled server in maintenance.
+                        if s.opts.disabled {
+                            s.weight = 0;
+                        }
+                        s
+                    })
+                    .collect();
                 if p.kind == Kind::Backend
                     && p.req_rules
                         .iter()
@@ -1465,7 +1523,7 @@ impl Cx<'_> {
                         name: p.name.clone(),
                         balance: p.d.balance.clone().unwrap_or(Balance::RoundRobin),
                         hash_type: p.d.hash_type.unwrap_or_default(),
-                        servers: p.servers.clone(),
+                        servers,
                         timeouts: timeouts.clone(),
                         host: None,
                         path_rewrite: None,

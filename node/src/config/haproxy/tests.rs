@@ -223,3 +223,19 @@ fn store_and_backrefs() {
     assert!(!valid_store("bogus"));
     assert_eq!(backrefs(r"/v1/\1$"), "/v1/${1}$$");
 }
+
+#[test]
+fn disabled_server_takes_no_traffic_and_deferred_settings_warn() {
+    let l = load(
+        "frontend f\n    bind :1\n    default_backend b\nbackend b\n    retries 2\n    server a 127.0.0.1:1 weight 5 disabled\n    server c 127.0.0.1:2 slowstart 10s\n",
+        false,
+    )
+    .unwrap();
+    let s = &l.config.backends[0].servers;
+    assert_eq!((s[0].weight, s[0].opts.disabled), (0, true));
+    let w: Vec<String> = l.warnings.iter().map(|d| d.to_string()).collect();
+    assert!(
+        w.contains(&"t.cfg:4: warning: backend 'b': retries/retry-on, slowstart accepted; the behaviour arrives with issue 5".to_string()),
+        "{w:#?}"
+    );
+}
