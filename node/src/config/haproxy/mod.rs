@@ -656,7 +656,7 @@ impl Cx<'_> {
                     // Validated now so errors point at this line.
                     let mut probe = ServerOpts::default();
                     let mut s = blank_server();
-                    self.server_opts(l.line, a, &mut s, &mut probe, true);
+                    self.server_opts(l.line, a, &mut s, &mut probe);
                     d.default_server.push((l.line, a.to_vec()));
                 }
             }
@@ -1274,10 +1274,10 @@ impl Cx<'_> {
         for (line, words) in p.d.default_server.clone() {
             // Already reported at the default-server line.
             let before = self.errors.len();
-            self.server_opts(line, &words, &mut s, &mut o, true);
+            self.server_opts(line, &words, &mut s, &mut o);
             self.errors.truncate(before);
         }
-        self.server_opts(l.line, &a[2..], &mut s, &mut o, false);
+        self.server_opts(l.line, &a[2..], &mut s, &mut o);
         if s.addr == ServerAddr::BuiltinMock && s.tls.is_some() {
             self.err(l.line, "the built-in mock provider does not speak TLS");
         }
@@ -1286,14 +1286,7 @@ impl Cx<'_> {
     }
 
     /// Server options (also `default-server`'s).
-    fn server_opts(
-        &mut self,
-        line: usize,
-        a: &[Word],
-        s: &mut Server,
-        o: &mut ServerOpts,
-        _default: bool,
-    ) {
+    fn server_opts(&mut self, line: usize, a: &[Word], s: &mut Server, o: &mut ServerOpts) {
         let mut i = 0;
         while i < a.len() {
             let opt = a[i].text.as_str();
@@ -1686,7 +1679,7 @@ impl Cx<'_> {
                 let mut s = blank_server();
                 for srv in &mut p.servers {
                     let mut o = srv.opts.clone();
-                    self.server_opts(line, &w, &mut s, &mut o, true);
+                    self.server_opts(line, &w, &mut s, &mut o);
                     srv.opts = o;
                 }
                 self.warn(line, format!("'{}' is a server option, not a backend directive; applied to every server of '{}' (--lenient)", w[0].text, p.name));
