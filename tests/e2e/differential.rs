@@ -54,6 +54,7 @@ pub fn config(port: u16, m: &[Mock]) -> String {
          \x20   http-request deny if {{ path_beg /admin }} !internal\n\
          \x20   http-request deny deny_status 429 if {{ hdr(x-flood) -m found }}\n\
          \x20   http-request deny deny_status 410 if api {{ url_param(region) -m str xx }} || {{ method DELETE }}\n\
+         \x20   http-request deny deny_status 401 if {{ hdr(x-tier) silver }}\n\
          \x20   use_backend rr if {{ path_beg /rr/ }}\n\
          \x20   use_backend srr if {{ path_beg /srr/ }}\n\
          \x20   use_backend lc if {{ path_beg /lc/ }}\n\
@@ -112,6 +113,9 @@ fn acl_requests() -> Vec<Req<&'static str, &'static str>> {
         (Method::GET, "/v2/echo?region=xx", vec![]),
         (Method::DELETE, "/echo/d", vec![]),
         (Method::GET, "/echo/plain", vec![]),
+        // hdr() matches each comma-separated value.
+        (Method::GET, "/echo/t", vec![("x-tier", "gold, silver")]),
+        (Method::GET, "/echo/t", vec![("x-tier", "silvery")]),
     ]
 }
 
@@ -213,7 +217,10 @@ async fn same_cfg_same_choices_as_haproxy() {
         gw_statuses, hap_statuses,
         "statuses of ACL-routed requests (llmgw left, haproxy right)"
     );
-    assert_eq!(gw_statuses, [200, 403, 429, 410, 404, 404, 410, 200]);
+    assert_eq!(
+        gw_statuses,
+        [200, 403, 429, 410, 404, 404, 410, 200, 401, 200]
+    );
     let diffs = differences(&gw_servers, &hap_servers, &["/srr/", "/lc/", "/src/"]);
     assert!(diffs.is_empty(), "choices differ:\n{}", diffs.join("\n"));
     // Same proportions over whole cycles of the weights.

@@ -271,6 +271,9 @@ pub enum Condition {
     Path(Match),
     Method(http::Method),
     Header(HeaderName, Match),
+    /// Any comma-separated value of a header (HAProxy's `hdr()`/`req.hdr()`
+    /// see `a, b` as two values), leading and trailing blanks trimmed.
+    HeaderValues(HeaderName, Match),
     /// A query-string parameter's value.
     Query(String, Match),
     /// The client's address (after PROXY protocol) is within a network.

@@ -64,6 +64,13 @@ fn holds(c: &Condition, f: &Facts) -> bool {
             .get_all(name)
             .iter()
             .any(|v| v.to_str().is_ok_and(|v| m.matches(v))),
+        Condition::HeaderValues(name, m) => f.parts.headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                matches!(m, crate::config::Match::Found)
+                    || v.split(',')
+                        .any(|item| m.matches(item.trim_matches([' ', '\t'])))
+            })
+        }),
         Condition::Query(name, m) => f.query_param(name).is_some_and(|v| m.matches(v)),
         Condition::Src(nets) => nets.iter().any(|n| n.contains(f.src)),
         Condition::Model(m) => f.model.is_some_and(|v| m.matches(v)),

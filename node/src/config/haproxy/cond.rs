@@ -145,7 +145,7 @@ pub fn parse_test(words: &[Word]) -> Result<Expr, String> {
                 .map(|m| {
                     Expr::Test(match &fetch {
                         Fetch::Path => Condition::Path(m),
-                        Fetch::Header(h) => Condition::Header(h.clone(), m),
+                        Fetch::Header(h) => Condition::HeaderValues(h.clone(), m),
                         Fetch::UrlParam(p) => Condition::Query(p.clone(), m),
                         Fetch::Query => Condition::QueryString(m),
                         _ => Condition::Model(m),
@@ -480,6 +480,21 @@ mod tests {
     fn headers_case_and_model() {
         let acls = Acls::new();
         let hd = [("x-tenant", "Team-A"), ("host", "api.example.com")];
+        let list = [("x-tier", "gold, silver"), ("x-tier", "bronze")];
+        for (cond, want) in [
+            ("{ hdr(x-tier) silver }", true),
+            ("{ hdr(x-tier) bronze }", true),
+            ("{ hdr(x-tier) gold, }", false),
+            ("{ hdr_beg(x-tier) sil }", true),
+            ("{ hdr(x-tier) -m found }", true),
+            ("{ hdr(x-none) -m found }", false),
+        ] {
+            assert_eq!(
+                check(cond, &acls, "GET", "/", &list, "1.1.1.1", None),
+                want,
+                "{cond}"
+            );
+        }
         assert!(check(
             "{ hdr(x-tenant) -i team-a }",
             &acls,
