@@ -42,6 +42,17 @@ enum Command {
     Check {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
+        /// HAProxy dialect: unsupported tuning-only directives (and the
+        /// known faults of HAProxy configurations) become warnings.
+        #[arg(long)]
+        lenient: bool,
+    },
+    /// Print an HAProxy `.cfg` as equivalent native TOML.
+    Convert {
+        /// The HAProxy configuration.
+        file: PathBuf,
+        #[arg(long)]
+        lenient: bool,
     },
     /// Run the mock LLM provider (OpenAI and Anthropic APIs) on its own.
     MockUpstream(mock::MockArgs),
@@ -59,14 +70,34 @@ struct RunArgs {
     /// Replace the stats listener's address.
     #[arg(long = "stats", value_name = "ADDR")]
     stats: Option<SocketAddr>,
+    /// HAProxy dialect: unsupported tuning-only directives (and the known
+    /// faults of HAProxy configurations) become warnings.
+    #[arg(long)]
+    lenient: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run(args),
-        Command::Check { config } => match config::load(&config) {
-            Ok(c) => {
+        Command::Convert { file, lenient } => match config::convert::convert_file(&file, lenient) {
+            Ok((toml, warnings)) => {
+                for w in &warnings {
+                    eprintln!("{w}");
+                }
+                print!("{toml}");
+                ExitCode::SUCCESS
+            }
+            Err(diags) => {
+                eprintln!("{diags}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { config, lenient } => match config::load_with(&config, lenient) {
+            Ok((c, warnings)) => {
+                for w in &warnings {
+                    eprintln!("{w}");
+                }
                 println!(
                     "{}: configuration is valid ({} frontend(s), {} backend(s))",
                     config.display(),
@@ -105,7 +136,12 @@ fn run(args: RunArgs) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let embedded = args.config.is_none();
     let loaded = match &args.config {
-        Some(path) => config::load(path),
+        Some(path) => config::load_with(path, args.lenient).map(|(c, warnings)| {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            c
+        }),
         None => config::load_embedded_default(),
     };
     let mut cfg = match loaded {
@@ -160,7 +196,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(cfg, maxconn, args.config, embedded)) {
+    match rt.block_on(serve(cfg, maxconn, args.config, embedded, args.lenient)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("llmgw: {e}");
@@ -174,6 +210,7 @@ async fn serve(
     maxconn: u32,
     path: Option<PathBuf>,
     embedded: bool,
+    lenient: bool,
 ) -> Result<(), String> {
     let mock = if cfg.uses_builtin_mock() {
         Some(
@@ -240,13 +277,13 @@ async fn serve(
         let _ = stdout.flush();
     }
 
-    wait_for_signals(&shared, path.as_deref()).await;
+    wait_for_signals(&shared, path.as_deref(), lenient).await;
     Ok(())
 }
 
 /// SIGINT/SIGTERM stop the process; SIGHUP reloads the configuration file
 /// (validated first; a bad one is refused and the running one stays).
-async fn wait_for_signals(shared: &gateway::Shared, path: Option<&std::path::Path>) {
+async fn wait_for_signals(shared: &gateway::Shared, path: Option<&std::path::Path>, lenient: bool) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -265,7 +302,7 @@ async fn wait_for_signals(shared: &gateway::Shared, path: Option<&std::path::Pat
                     tracing::warn!("SIGHUP: serving the embedded default, nothing to reload");
                     continue;
                 };
-                match config::load(path) {
+                match config::load_with(path, lenient).map(|(c, _)| c) {
                     Err(diags) => tracing::error!("reload refused, the running configuration stays:\n{diags}"),
                     Ok(new) => {
                         let old = shared.current.load();

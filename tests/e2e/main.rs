@@ -3,7 +3,9 @@
 
 mod balancing;
 mod config_errors;
+mod differential;
 mod errors;
+mod haproxy;
 mod listeners;
 mod rewriting;
 mod routing;

@@ -198,11 +198,24 @@ impl Gateway {
     }
 
     pub fn start_env(config: &str, expected_binds: usize, envs: &[(&str, &str)]) -> Gateway {
+        Self::start_file("llmgw.toml", config, expected_binds, &[], envs)
+    }
+
+    /// Starts `llmgw run -c DIR/FILE_NAME ARGS…` (e.g. an HAProxy `.cfg`).
+    pub fn start_file(
+        file_name: &str,
+        config: &str,
+        expected_binds: usize,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Gateway {
         let dir = TempDir::new("gw");
-        let config_path = dir.path().join("llmgw.toml");
+        let config_path = dir.path().join(file_name);
         std::fs::write(&config_path, config).expect("write config");
         let path = config_path.to_string_lossy().into_owned();
-        let mut proc = Proc::spawn(&["run", "-c", &path], envs);
+        let mut all = vec!["run", "-c", &path];
+        all.extend_from_slice(args);
+        let mut proc = Proc::spawn(&all, envs);
         let mut addrs = Vec::new();
         proc.wait_line("llmgw ");
         for _ in 0..expected_binds {
@@ -229,6 +242,11 @@ impl Gateway {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addrs[0], path)
     }
+}
+
+/// Starts an HAProxy-dialect gateway (`llmgw.cfg`).
+pub fn start_cfg(config: &str, expected_binds: usize, args: &[&str]) -> Gateway {
+    Gateway::start_file("llmgw.cfg", config, expected_binds, args, &[])
 }
 
 /// A config with one frontend `f` on an ephemeral port whose default

@@ -77,20 +77,36 @@ impl StaticRr {
             .map(|&w| u64::from(w.clamp(1, 256)))
             .collect();
         let g = ws.iter().fold(0, |g, &w| gcd(g, w)).max(1);
-        // Server i's k-th slot sits at (k + ½) / w_i of the cycle; ordering
-        // all slots by position spreads each server evenly (the same
-        // interleaving smooth WRR produces). Positions are compared as
-        // exact fractions, ties by index, so the schedule is deterministic.
-        let mut slots: Vec<(u64, u64, u32)> = Vec::new();
-        for (i, &w) in ws.iter().enumerate() {
-            let w = w / g;
-            for k in 0..w {
-                slots.push((2 * k + 1, 2 * w, i as u32));
+        let ws: Vec<i64> = ws.iter().map(|&w| (w / g) as i64).collect();
+        // HAProxy's server map (lb_map.c, recalc_server_map), so the order
+        // is the one HAProxy serves: each slot, every server's score grows
+        // by its weight; the first server with the highest
+        // `(score + total) / total` takes the slot and pays `total` back.
+        // Equal weights keep declaration order, and the first server
+        // declared always comes first.
+        let tot: i64 = ws.iter().sum();
+        let mut score = vec![0i64; ws.len()];
+        let mut schedule = Vec::with_capacity(tot as usize);
+        for _ in 0..tot {
+            let mut best: Option<(usize, i64)> = None;
+            for (i, &w) in ws.iter().enumerate() {
+                if tot == 1 {
+                    best = Some((i, 0));
+                    break;
+                }
+                score[i] += w;
+                let v = (score[i] + tot) / tot;
+                if best.is_none_or(|(_, max)| v > max) {
+                    best = Some((i, v));
+                }
+            }
+            if let Some((b, _)) = best {
+                schedule.push(b as u32);
+                score[b] -= tot;
             }
         }
-        slots.sort_unstable_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)).then(a.2.cmp(&b.2)));
         StaticRr {
-            schedule: slots.into_iter().map(|s| s.2).collect(),
+            schedule: schedule.into_boxed_slice(),
             next: AtomicUsize::new(0),
         }
     }

@@ -1,6 +1,8 @@
 //! Configuration: the compiled model and the readers that produce it.
 
+pub mod convert;
 pub mod diag;
+pub mod haproxy;
 pub mod model;
 pub mod native;
 pub mod units;
@@ -14,9 +16,26 @@ pub use diag::Diags;
 /// The configuration `llmgw` serves when given none.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 
-/// Loads a configuration file, choosing the reader by its extension.
+/// Loads a configuration file strictly, choosing the reader by its
+/// extension (warnings are dropped; see [`load_with`]).
 pub fn load(path: &Path) -> Result<Config, Diags> {
-    native::load_file(path)
+    load_with(path, false).map(|(c, _)| c)
+}
+
+/// Is this an HAProxy configuration (by its `.cfg` extension)?
+pub fn is_haproxy(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "cfg")
+}
+
+/// Loads a configuration file: `.cfg` is the HAProxy dialect, anything else
+/// the native TOML. Returns the warnings too; `lenient` relaxes the HAProxy
+/// reader (see [`haproxy::Options`]).
+pub fn load_with(path: &Path, lenient: bool) -> Result<(Config, Vec<diag::Diag>), Diags> {
+    if is_haproxy(path) {
+        haproxy::load_file(path, haproxy::Options { lenient }).map(|l| (l.config, l.warnings))
+    } else {
+        native::load_file(path).map(|c| (c, Vec::new()))
+    }
 }
 
 pub fn load_embedded_default() -> Result<Config, Diags> {

@@ -1,6 +1,6 @@
 //! The compiled configuration: one immutable snapshot the data plane reads.
 //!
-//! Both readers (the native TOML and, later, the HAProxy dialect) produce
+//! Both readers (the native TOML and the HAProxy dialect) produce
 //! this model; nothing here knows which syntax it came from. Everything is
 //! resolved ahead of time — backend references are indices, patterns are
 //! compiled — so the request path does no lookups by name.
@@ -20,6 +20,22 @@ pub struct Config {
     pub global: Global,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
+    /// Declared stick tables (validated now; counted from issue 6 on).
+    pub stick_tables: Vec<StickTable>,
+}
+
+/// HAProxy's `stick-table`: declared and validated; tracking arrives with
+/// issue 6, until then nothing is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StickTable {
+    /// The name of the section that declares it.
+    pub name: String,
+    /// `ip`, `ipv6`, `integer`, `string` or `binary`.
+    pub key_type: String,
+    pub size: u64,
+    pub expire: Option<Duration>,
+    /// Stored data as written: `conn_rate(10s)`, `http_req_rate(10s)`, `conn_cur`, …
+    pub store: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +47,10 @@ pub struct Global {
     pub nbthread: usize,
     /// Where the stats listener binds (metrics and stats page hang here).
     pub stats: Option<SocketAddr>,
+    /// HAProxy's `stats socket PATH`: the runtime API arrives with issue 7.
+    pub stats_socket: Option<PathBuf>,
+    /// HAProxy's `tune.bufsize`, carried for the buffer work to come.
+    pub tune_bufsize: Option<usize>,
 }
 
 /// Timeouts, resolved from defaults → frontend / backend.
@@ -86,12 +106,86 @@ pub struct Frontend {
     pub request_id_header: Option<HeaderName>,
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
+    /// `http-request` rules, in order, evaluated before routing.
+    pub http_request: Vec<HttpReqRule>,
+    /// `http-response` rules, in order.
+    pub http_response: Vec<HttpRespRule>,
 }
 
 impl Frontend {
-    /// Does any route (or alias) need the request body's `model`?
+    /// Does any route, rule (or alias) need the request body's `model`?
     pub fn needs_model(&self) -> bool {
-        !self.model_aliases.is_empty() || self.routes.iter().any(|r| r.needs_model())
+        !self.model_aliases.is_empty()
+            || self.routes.iter().any(|r| r.needs_model())
+            || self
+                .http_request
+                .iter()
+                .any(|r| r.cond.as_ref().is_some_and(Expr::needs_model))
+    }
+}
+
+/// One `http-request` rule: the action runs when the condition holds (or
+/// always, without one).
+#[derive(Debug, Clone)]
+pub struct HttpReqRule {
+    pub cond: Option<Expr>,
+    pub action: ReqAction,
+}
+
+#[derive(Debug, Clone)]
+pub enum ReqAction {
+    SetHeader(HeaderName, http::HeaderValue),
+    AddHeader(HeaderName, http::HeaderValue),
+    DelHeader(HeaderName),
+    /// Regex on the path (query kept), replacement with `\1`-style groups
+    /// already translated to `${1}`.
+    ReplacePath(regex::Regex, String),
+    /// New path; the query string is kept.
+    SetPath(String),
+    /// Answer with this status (403 by default) in the OpenAI error shape.
+    Deny(http::StatusCode),
+    Return {
+        status: http::StatusCode,
+        content_type: Option<http::HeaderValue>,
+        body: Option<bytes::Bytes>,
+    },
+    /// Stop evaluating `http-request` rules of this section.
+    Allow,
+    /// `track-sc0|1|2 KEY [table T]`: accepted; counting arrives with issue 6.
+    TrackSc {
+        sc: u8,
+        key: String,
+        table: String,
+    },
+}
+
+/// One `http-response` rule.
+#[derive(Debug, Clone)]
+pub struct HttpRespRule {
+    pub cond: Option<Expr>,
+    pub action: RespAction,
+}
+
+#[derive(Debug, Clone)]
+pub enum RespAction {
+    SetHeader(HeaderName, http::HeaderValue),
+    AddHeader(HeaderName, http::HeaderValue),
+    DelHeader(HeaderName),
+}
+
+impl RespAction {
+    pub fn apply(&self, h: &mut http::HeaderMap) {
+        match self {
+            RespAction::SetHeader(n, v) => {
+                h.insert(n.clone(), v.clone());
+            }
+            RespAction::AddHeader(n, v) => {
+                h.append(n.clone(), v.clone());
+            }
+            RespAction::DelHeader(n) => {
+                h.remove(n);
+            }
+        }
     }
 }
 
@@ -124,18 +218,49 @@ pub struct CertFiles {
     pub key: PathBuf,
 }
 
-/// One content-switching rule: every condition must hold.
+/// One content-switching rule: the backend serves requests for which the
+/// condition holds. A native TOML route is the AND of its conditions; an
+/// HAProxy `use_backend … if|unless …` is any expression.
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub conditions: Vec<Condition>,
+    pub cond: Expr,
     pub backend: usize,
 }
 
 impl Route {
     pub fn needs_model(&self) -> bool {
-        self.conditions
-            .iter()
-            .any(|c| matches!(c, Condition::Model(_)))
+        self.cond.needs_model()
+    }
+}
+
+/// A boolean expression over request facts: HAProxy's ACL conditions
+/// (`!`, `||`, implicit AND, named and anonymous ACLs) compile into this.
+#[derive(Debug, Clone)]
+pub enum Expr {
+    Test(Condition),
+    Not(Box<Expr>),
+    /// Every part holds (true when empty).
+    All(Vec<Expr>),
+    /// Some part holds (false when empty).
+    Any(Vec<Expr>),
+}
+
+impl Expr {
+    pub fn needs_model(&self) -> bool {
+        self.any_test(&|c| matches!(c, Condition::Model(_)))
+    }
+
+    /// Does the expression read a stick counter (`sc0_conn_rate`, …)?
+    pub fn uses_stick_counters(&self) -> bool {
+        self.any_test(&|c| matches!(c, Condition::Int(IntFetch::StickCounter { .. }, _, _)))
+    }
+
+    pub fn any_test(&self, f: &dyn Fn(&Condition) -> bool) -> bool {
+        match self {
+            Expr::Test(c) => f(c),
+            Expr::Not(e) => e.any_test(f),
+            Expr::All(v) | Expr::Any(v) => v.iter().any(|e| e.any_test(f)),
+        }
     }
 }
 
@@ -146,18 +271,74 @@ pub enum Condition {
     Path(Match),
     Method(http::Method),
     Header(HeaderName, Match),
+    /// Any comma-separated value of a header (HAProxy's `hdr()`/`req.hdr()`
+    /// see `a, b` as two values), leading and trailing blanks trimmed.
+    HeaderValues(HeaderName, Match),
     /// A query-string parameter's value.
     Query(String, Match),
     /// The client's address (after PROXY protocol) is within a network.
     Src(Vec<IpNet>),
     /// The JSON body's top-level `model` field (after alias rewriting).
     Model(Match),
+    /// The whole query string (HAProxy's `query`); absent without `?`.
+    QueryString(Match),
+    /// An integer fetch compared with a constant.
+    Int(IntFetch, IntOp, i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntFetch {
+    /// `scN_conn_rate`, `scN_http_req_rate`, `scN_conn_cur`: stick tables
+    /// arrive with issue 6; until then the fetch is absent (never matches).
+    StickCounter { sc: u8, data: ScData },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScData {
+    ConnRate,
+    HttpReqRate,
+    ConnCur,
+}
+
+impl ScData {
+    /// The `store` entry a stick table needs for this counter.
+    pub fn store_entry(&self) -> &'static str {
+        match self {
+            ScData::ConnRate => "conn_rate(10s)",
+            ScData::HttpReqRate => "http_req_rate(10s)",
+            ScData::ConnCur => "conn_cur",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntOp {
+    Eq,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl IntOp {
+    pub fn holds(self, a: i64, b: i64) -> bool {
+        match self {
+            IntOp::Eq => a == b,
+            IntOp::Gt => a > b,
+            IntOp::Ge => a >= b,
+            IntOp::Lt => a < b,
+            IntOp::Le => a <= b,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub enum Match {
     Exact(String),
     Prefix(String),
+    Suffix(String),
+    /// Contains the substring (HAProxy's `-m sub`).
+    Contains(String),
     /// `*` matches any run, `?` one character.
     Glob(String),
     Regex(regex::Regex),
@@ -170,6 +351,8 @@ impl Match {
         match self {
             Match::Exact(s) => value == s,
             Match::Prefix(p) => value.starts_with(p.as_str()),
+            Match::Suffix(p) => value.ends_with(p.as_str()),
+            Match::Contains(p) => value.contains(p.as_str()),
             Match::Glob(g) => glob_match(g.as_bytes(), value.as_bytes()),
             Match::Regex(r) => r.is_match(value),
             Match::Found => true,
@@ -272,6 +455,15 @@ pub struct Backend {
     pub credential: Option<Credential>,
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
+    /// `http-request` rules, in order, evaluated after routing.
+    pub http_request: Vec<HttpReqRule>,
+    pub http_response: Vec<HttpRespRule>,
+    /// Append the client address to `X-Forwarded-For` for requests through
+    /// this backend (HAProxy's `option forwardfor` in a backend); the
+    /// frontend's setting adds it too.
+    pub x_forwarded_for: bool,
+    /// Settings whose behaviour arrives with issue 5 (checks, retries, queue).
+    pub opts: BackendOpts,
     /// Pooled idle connections kept per server.
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
@@ -334,6 +526,44 @@ pub struct Server {
     pub maxconn: u32,
     pub tls: Option<UpstreamTls>,
     pub proto: UpstreamProto,
+    /// Settings whose behaviour arrives with issue 5 (checks, backup, queue).
+    pub opts: ServerOpts,
+}
+
+/// Backend settings carried for issue 5 (health checks, retries, queueing).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackendOpts {
+    pub retries: Option<u32>,
+    /// `retry-on` keywords as written.
+    pub retry_on: Vec<String>,
+    pub redispatch: bool,
+    pub allbackups: bool,
+    /// `option httpchk METHOD URI`.
+    pub httpchk: Option<(String, String)>,
+    /// `http-check expect …` as written.
+    pub http_check_expect: Option<String>,
+    pub timeout_queue: Option<Duration>,
+    pub timeout_check: Option<Duration>,
+}
+
+/// Server settings carried for issue 5.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerOpts {
+    pub check: bool,
+    pub inter: Option<Duration>,
+    pub fastinter: Option<Duration>,
+    pub downinter: Option<Duration>,
+    pub fall: Option<u32>,
+    pub rise: Option<u32>,
+    pub backup: bool,
+    pub maxqueue: Option<u32>,
+    pub slowstart: Option<Duration>,
+    pub observe_layer7: bool,
+    pub error_limit: Option<u32>,
+    /// `fastinter`, `fail-check`, `sudden-death` or `mark-down`.
+    pub on_error: Option<String>,
+    /// Starts in maintenance.
+    pub disabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

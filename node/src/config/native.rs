@@ -120,6 +120,11 @@ struct RawFrontend {
     http_response: RawHeaderRules,
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
+    /// HAProxy-syntax lines (what `llmgw convert` writes): named ACLs,
+    /// ordered `http-request` and `http-response` rules.
+    acl: Option<Spanned<Vec<String>>>,
+    http_request_rules: Option<Spanned<Vec<String>>>,
+    http_response_rules: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +189,8 @@ struct RawRoute {
     model: Option<String>,
     model_prefix: Option<String>,
     model_regex: Option<String>,
+    /// An HAProxy condition, `if …` or `unless …`, over the frontend's ACLs.
+    cond: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +222,11 @@ struct RawBackend {
     http_response: RawHeaderRules,
     #[serde(default, rename = "server")]
     servers: Vec<Spanned<RawServer>>,
+    #[serde(default)]
+    forwardfor: bool,
+    acl: Option<Spanned<Vec<String>>>,
+    http_request_rules: Option<Spanned<Vec<String>>>,
+    http_response_rules: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -344,6 +356,8 @@ impl Compiler<'_> {
                     }
                 }
             },
+            stats_socket: None,
+            tune_bufsize: None,
         };
         if let Some(m) = raw.global.maxconn.as_ref().filter(|m| *m.get_ref() == 0) {
             self.err(m.span(), "global maxconn must be at least 1");
@@ -406,6 +420,7 @@ impl Compiler<'_> {
             global,
             frontends,
             backends,
+            stick_tables: Vec::new(),
         }
     }
 
@@ -561,10 +576,16 @@ impl Compiler<'_> {
             }
             found
         });
+        let embedded = self.embedded(
+            &name,
+            &rf.acl,
+            &rf.http_request_rules,
+            &rf.http_response_rules,
+        );
         let mut routes = Vec::new();
         for r in rf.route {
             let span = r.span();
-            if let Some(route) = self.route(r.into_inner(), span, backends) {
+            if let Some(route) = self.route(r.into_inner(), span, backends, &embedded.acls) {
                 routes.push(route);
             }
         }
@@ -604,7 +625,38 @@ impl Compiler<'_> {
                 forwarded: rf.forwarded,
             },
             request_id_header,
+            http_request: embedded.req,
+            http_response: embedded.resp,
         }
+    }
+
+    /// HAProxy-syntax ACLs and rules embedded in a section.
+    fn embedded(
+        &mut self,
+        section: &str,
+        acl: &Option<Spanned<Vec<String>>>,
+        req: &Option<Spanned<Vec<String>>>,
+        resp: &Option<Spanned<Vec<String>>>,
+    ) -> super::haproxy::Embedded {
+        fn lines(v: &Option<Spanned<Vec<String>>>) -> &[String] {
+            v.as_ref().map_or(&[][..], |s| s.get_ref().as_slice())
+        }
+        let span = |v: &Option<Spanned<Vec<String>>>| v.as_ref().map_or(0..0, |s| s.span());
+        let (e, errors) =
+            super::haproxy::embedded_rules(section, lines(acl), lines(req), lines(resp));
+        // Each error names its line; point at the list that holds it.
+        for m in errors {
+            let from = |v| lines(v).iter().any(|a| m.starts_with(&format!("'{a}'")));
+            let sp = if from(acl) {
+                span(acl)
+            } else if from(resp) {
+                span(resp)
+            } else {
+                span(req)
+            };
+            self.err(sp, m);
+        }
+        e
     }
 
     fn bind_tls(&mut self, t: &RawBindTls, span: std::ops::Range<usize>) -> Option<Tls> {
@@ -647,6 +699,7 @@ impl Compiler<'_> {
         r: RawRoute,
         span: std::ops::Range<usize>,
         backends: &HashMap<String, usize>,
+        acls: &super::haproxy::cond::Acls,
     ) -> Option<Route> {
         let backend = match backends.get(r.backend.get_ref()) {
             Some(&i) => Some(i),
@@ -718,8 +771,15 @@ impl Compiler<'_> {
                 conditions.push(Condition::Model(Match::Regex(re)));
             }
         }
+        let mut all: Vec<Expr> = conditions.into_iter().map(Expr::Test).collect();
+        if let Some(c) = &r.cond {
+            match super::haproxy::embedded_cond(c, acls) {
+                Ok(e) => all.push(e),
+                Err(e) => self.err(span.clone(), e),
+            }
+        }
         Some(Route {
-            conditions,
+            cond: Expr::All(all),
             backend: backend?,
         })
     }
@@ -815,6 +875,12 @@ impl Compiler<'_> {
                 }
             }
         });
+        let embedded = self.embedded(
+            &name,
+            &rb.acl,
+            &rb.http_request_rules,
+            &rb.http_response_rules,
+        );
         let pool = RawPool {
             max_idle: rb.pool.max_idle.or(default_pool.max_idle),
             idle_timeout: rb
@@ -846,6 +912,10 @@ impl Compiler<'_> {
             credential,
             request_headers: self.header_rules(rb.http_request, rb.name.span()),
             response_headers: self.header_rules(rb.http_response, rb.name.span()),
+            http_request: embedded.req,
+            http_response: embedded.resp,
+            x_forwarded_for: rb.forwardfor,
+            opts: BackendOpts::default(),
             pool_max_idle: pool.max_idle.unwrap_or(64),
             pool_idle_timeout,
             name,
@@ -915,6 +985,7 @@ impl Compiler<'_> {
             maxconn: s.maxconn.unwrap_or(0),
             tls,
             proto,
+            opts: ServerOpts::default(),
         })
     }
 }
@@ -1189,7 +1260,7 @@ address = "127.0.0.1:9001"
         let f = &c.frontends[0];
         assert!(f.needs_model());
         assert!(
-            matches!(&f.routes[0].conditions[0], Condition::Model(Match::Glob(g)) if g == "claude-*")
+            matches!(&f.routes[0].cond, Expr::All(v) if matches!(&v[0], Expr::Test(Condition::Model(Match::Glob(g))) if g == "claude-*"))
         );
         assert_eq!(
             f.model_aliases,

@@ -20,7 +20,7 @@ use super::body::{ReqBody, RespBody};
 use super::conn::{ConnInfo, InflightGuard};
 use super::error;
 use crate::balance::PickCtx;
-use crate::config::{Backend, Frontend};
+use crate::config::{Backend, Frontend, HttpReqRule, ReqAction};
 use crate::gateway::{Shared, Snapshot};
 use crate::llm::model::{self, ModelScanner, Scan};
 use crate::route::{self, Facts};
@@ -59,6 +59,9 @@ pub async fn handle(
         resp.headers_mut().insert(name.clone(), id);
     }
     fe.response_headers.apply(resp.headers_mut());
+    for r in &fe.http_response {
+        r.action.apply(resp.headers_mut());
+    }
     resp.map(|b| b.with_inflight(inflight))
 }
 
@@ -82,6 +85,14 @@ async fn proxy(
         (ReqBody::Stream(incoming), None)
     };
 
+    if let Some(resp) = http_request_rules(
+        &fe.http_request,
+        &mut parts,
+        conn.client.ip(),
+        model_name.as_deref(),
+    ) {
+        return resp;
+    }
     let facts = Facts {
         parts: &parts,
         src: conn.client.ip(),
@@ -100,6 +111,14 @@ async fn proxy(
     };
     let be = &snap.config.backends[bi];
     let brt = &snap.backends[bi];
+    if let Some(resp) = http_request_rules(
+        &be.http_request,
+        &mut parts,
+        conn.client.ip(),
+        model_name.as_deref(),
+    ) {
+        return resp;
+    }
 
     let ctx = PickCtx {
         src: conn.client.ip(),
@@ -145,6 +164,9 @@ async fn proxy(
             ));
             let (mut rparts, _) = resp.into_parts();
             be.response_headers.apply(&mut rparts.headers);
+            for r in &be.http_response {
+                r.action.apply(&mut rparts.headers);
+            }
             return Response::from_parts(rparts, RespBody::empty());
         }
     }
@@ -152,8 +174,98 @@ async fn proxy(
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers, false);
     be.response_headers.apply(&mut rparts.headers);
+    for r in &be.http_response {
+        r.action.apply(&mut rparts.headers);
+    }
     rparts.version = Version::HTTP_11;
     Response::from_parts(rparts, RespBody::upstream(rbody, be.timeouts.server, guard))
+}
+
+/// Runs `http-request` rules in order. A rule whose condition does not hold
+/// costs its evaluation only (no allocation); `deny` and `return` answer
+/// here, `allow` stops the section's rules.
+fn http_request_rules(
+    rules: &[HttpReqRule],
+    parts: &mut Parts,
+    src: IpAddr,
+    model: Option<&str>,
+) -> Option<Response<RespBody>> {
+    for r in rules {
+        if let Some(c) = &r.cond {
+            if !route::eval(c, &Facts { parts, src, model }) {
+                continue;
+            }
+        }
+        match &r.action {
+            ReqAction::SetHeader(n, v) => {
+                parts.headers.insert(n.clone(), v.clone());
+            }
+            ReqAction::AddHeader(n, v) => {
+                parts.headers.append(n.clone(), v.clone());
+            }
+            ReqAction::DelHeader(n) => {
+                parts.headers.remove(n);
+            }
+            ReqAction::ReplacePath(re, to) => {
+                // As in HAProxy, a match replaces the whole path with the
+                // expanded replacement.
+                let new = re.captures(parts.uri.path()).map(|caps| {
+                    let mut out = String::new();
+                    caps.expand(to, &mut out);
+                    out
+                });
+                if let Some(new) = new {
+                    set_path(parts, &new);
+                }
+            }
+            ReqAction::SetPath(p) => set_path(parts, p),
+            ReqAction::Deny(status) => {
+                let code = if status.as_u16() == 429 {
+                    "rate_limited"
+                } else {
+                    "denied"
+                };
+                return Some(error::error_response(
+                    *status,
+                    code,
+                    "The request was denied by the gateway's rules.",
+                ));
+            }
+            ReqAction::Return {
+                status,
+                content_type,
+                body,
+            } => {
+                let mut resp = Response::new(match body {
+                    Some(b) => RespBody::full(b.clone()),
+                    None => RespBody::empty(),
+                });
+                *resp.status_mut() = *status;
+                if let Some(ct) = content_type {
+                    resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+                }
+                return Some(resp);
+            }
+            // Stick tables count from issue 6 on.
+            ReqAction::TrackSc { .. } => {}
+            ReqAction::Allow => break,
+        }
+    }
+    None
+}
+
+/// Replaces the request path, keeping the query string; a path that would
+/// not form a valid URI leaves the request unchanged.
+fn set_path(parts: &mut Parts, path: &str) {
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let Ok(pq) = pq.parse() else { return };
+    let old = parts.uri.clone();
+    let mut up = old.clone().into_parts();
+    up.path_and_query = Some(pq);
+    parts.uri = Uri::from_parts(up).unwrap_or(old);
 }
 
 /// `Connection: upgrade` with an `Upgrade` header, on HTTP/1.1.
@@ -420,7 +532,7 @@ fn rewrite_request(
         }
     }
     let ip = conn.client.ip();
-    if fe.forward_for.x_forwarded_for {
+    if fe.forward_for.x_forwarded_for || be.x_forwarded_for {
         append_list(h, &X_FORWARDED_FOR, &ip.to_string());
     }
     if fe.forward_for.forwarded {

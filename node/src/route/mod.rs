@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use http::request::Parts;
 
-use crate::config::{Condition, Frontend};
+use crate::config::{Condition, Expr, Frontend};
 
 /// The request facts conditions look at.
 pub struct Facts<'a> {
@@ -31,7 +31,7 @@ impl Facts<'_> {
         Some(strip_port(raw))
     }
 
-    fn query_param(&self, name: &str) -> Option<&str> {
+    pub fn query_param(&self, name: &str) -> Option<&str> {
         self.parts.uri.query()?.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             (k == name).then_some(v)
@@ -64,9 +64,31 @@ fn holds(c: &Condition, f: &Facts) -> bool {
             .get_all(name)
             .iter()
             .any(|v| v.to_str().is_ok_and(|v| m.matches(v))),
+        Condition::HeaderValues(name, m) => f.parts.headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                matches!(m, crate::config::Match::Found)
+                    || v.split(',')
+                        .any(|item| m.matches(item.trim_matches([' ', '\t'])))
+            })
+        }),
         Condition::Query(name, m) => f.query_param(name).is_some_and(|v| m.matches(v)),
         Condition::Src(nets) => nets.iter().any(|n| n.contains(f.src)),
         Condition::Model(m) => f.model.is_some_and(|v| m.matches(v)),
+        Condition::QueryString(m) => f.parts.uri.query().is_some_and(|q| m.matches(q)),
+        // Stick counters are absent until stick tables exist (issue 6): an
+        // absent fetch never matches, as in HAProxy.
+        Condition::Int(..) => false,
+    }
+}
+
+/// Evaluates a condition expression; allocates nothing (except to lowercase
+/// a mixed-case Host).
+pub fn eval(e: &Expr, f: &Facts) -> bool {
+    match e {
+        Expr::Test(c) => holds(c, f),
+        Expr::Not(e) => !eval(e, f),
+        Expr::All(v) => v.iter().all(|e| eval(e, f)),
+        Expr::Any(v) => v.iter().any(|e| eval(e, f)),
     }
 }
 
@@ -75,7 +97,7 @@ fn holds(c: &Condition, f: &Facts) -> bool {
 pub fn select(fe: &Frontend, facts: &Facts) -> Option<usize> {
     fe.routes
         .iter()
-        .find(|r| r.conditions.iter().all(|c| holds(c, facts)))
+        .find(|r| eval(&r.cond, facts))
         .map(|r| r.backend)
         .or(fe.default_backend)
 }

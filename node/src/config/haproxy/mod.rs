@@ -1,0 +1,1814 @@
+//! The HAProxy configuration dialect: `llmgw check|run -c FILE.cfg`.
+//!
+//! This module owns reading an `haproxy.cfg` — sections `global`,
+//! `defaults`, `frontend`, `backend` and `listen` — and compiling the subset
+//! llmgw implements into the same [`Config`] model the native TOML reader
+//! produces. Every problem is collected as `FILE:LINE: message` (with the
+//! fix where it is obvious); anything outside the subset is an error rather
+//! than silently ignored, and `--lenient` turns the tuning-only ones (and
+//! the seed configuration's two known faults) into warnings. Directives
+//! whose behaviour arrives with later issues (health checks and retries: 5,
+//! stick tables: 6, the runtime socket: 7) are accepted, carried in the
+//! model, and noted in a warning.
+
+pub mod cond;
+pub mod lexer;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use self::cond::{parse_test, split_cond, Acls};
+use self::lexer::{lex, Line, Word};
+use super::diag::{Diag, Diags};
+use super::model::*;
+use super::native::{parse_balance, parse_listen_addr, parse_server_addr, DEFAULT_BODY_LIMIT};
+use super::units::{parse_duration, parse_size};
+
+/// How strictly to read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Unsupported tuning-only directives become warnings, and the seed
+    /// configuration's faults are repaired (with a warning each).
+    pub lenient: bool,
+}
+
+/// A compiled configuration and the warnings about it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Diag>,
+}
+
+pub fn load_file(path: &Path, opts: Options) -> Result<Loaded, Diags> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diags(vec![Diag {
+            file: name.clone(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    load_str(&name, &text, path.parent().unwrap_or(Path::new(".")), opts)
+}
+
+/// Compiles HAProxy configuration text; `file` names it in diagnostics and
+/// relative paths are resolved against `base`.
+pub fn load_str(file: &str, text: &str, base: &Path, opts: Options) -> Result<Loaded, Diags> {
+    let mut cx = Cx {
+        file,
+        base,
+        opts,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let (lines, lex_errors) = lex(text);
+    for (line, m) in lex_errors {
+        cx.err(line, m);
+    }
+    let config = cx.compile(lines);
+    cx.errors.sort_by_key(|d| d.line);
+    cx.warnings.sort_by_key(|d| d.line);
+    if cx.errors.is_empty() {
+        Ok(Loaded {
+            config,
+            warnings: cx.warnings,
+        })
+    } else {
+        Err(Diags(cx.errors))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Global,
+    Defaults,
+    Frontend,
+    Backend,
+    Listen,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Global => "global",
+            Kind::Defaults => "defaults",
+            Kind::Frontend => "frontend",
+            Kind::Backend => "backend",
+            Kind::Listen => "listen",
+        }
+    }
+    fn is_fe(self) -> bool {
+        matches!(self, Kind::Frontend | Kind::Listen)
+    }
+    fn is_be(self) -> bool {
+        matches!(self, Kind::Backend | Kind::Listen)
+    }
+}
+
+/// Sections HAProxy has that llmgw does not.
+const UNSUPPORTED_SECTIONS: &[&str] = &[
+    "peers",
+    "resolvers",
+    "userlist",
+    "cache",
+    "program",
+    "http-errors",
+    "ring",
+    "mailers",
+    "crt-store",
+    "traces",
+    "log-forward",
+    "fcgi-app",
+    "dynamic-update",
+];
+
+/// Directives that only tune HAProxy's own machinery; `--lenient` ignores
+/// them with a warning.
+fn tuning_only(dir: &str, args: &[Word]) -> bool {
+    let a0 = args.first().map(|w| w.text.as_str()).unwrap_or("");
+    dir.starts_with("tune.")
+        || matches!(
+            dir,
+            "daemon"
+                | "master-worker"
+                | "chroot"
+                | "user"
+                | "group"
+                | "uid"
+                | "gid"
+                | "pidfile"
+                | "ulimit-n"
+                | "spread-checks"
+                | "maxsslconn"
+                | "cpu-map"
+                | "hard-stop-after"
+                | "nbproc"
+                | "log-send-hostname"
+                | "log-tag"
+                | "node"
+                | "description"
+                | "ssl-default-bind-ciphers"
+                | "ssl-default-bind-ciphersuites"
+                | "ssl-default-bind-options"
+                | "ssl-default-server-ciphers"
+                | "ssl-default-server-ciphersuites"
+                | "ssl-default-server-options"
+                | "ssl-dh-param-file"
+                | "fullconn"
+                | "backlog"
+                | "maxcompcost"
+                | "maxcomprate"
+                | "busy-polling"
+                | "max-spread-checks"
+                | "noepoll"
+                | "nopoll"
+                | "nosplice"
+                | "insecure-fork-wanted"
+                | "set-dumpable"
+                | "localpeer"
+                | "grace"
+                | "id"
+                | "capture"
+                | "log-format"
+                | "unique-id-format"
+                | "unique-id-header"
+        )
+        || (dir == "option"
+            && matches!(
+                a0,
+                "http-server-close"
+                    | "httpclose"
+                    | "abortonclose"
+                    | "log-health-checks"
+                    | "splice-auto"
+                    | "splice-request"
+                    | "splice-response"
+                    | "tcp-smart-accept"
+                    | "tcp-smart-connect"
+                    | "contstats"
+                    | "socket-stats"
+                    | "logasap"
+                    | "dontlog-normal"
+                    | "log-separate-errors"
+                    | "tcplog"
+                    | "clitcpka"
+                    | "srvtcpka"
+                    | "tcpka"
+                    | "http-no-delay"
+                    | "http-pretend-keepalive"
+            ))
+        || (dir == "timeout" && matches!(a0, "client-fin" | "server-fin" | "tarpit"))
+        || (dir == "stats" && matches!(a0, "timeout" | "maxconn" | "bind-process"))
+}
+
+/// Per-section settings; `defaults` sections produce the template each
+/// later proxy starts from.
+#[derive(Clone, Default)]
+struct Draft {
+    timeouts: Option<Timeouts>,
+    maxconn: Option<u32>,
+    forwardfor: bool,
+    balance: Option<Balance>,
+    hash_type: Option<HashType>,
+    opts: BackendOpts,
+    /// `default-server` options (line, words), applied before each server's.
+    default_server: Vec<(usize, Vec<Word>)>,
+}
+
+/// A proxy section being compiled.
+struct Proxy {
+    kind: Kind,
+    name: String,
+    line: usize,
+    d: Draft,
+    binds: Vec<Bind>,
+    bind_lines: usize,
+    default_backend: Option<(usize, String)>,
+    use_backend: Vec<(usize, String, Expr)>,
+    acls: Acls,
+    req_rules: Vec<HttpReqRule>,
+    resp_rules: Vec<HttpRespRule>,
+    servers: Vec<Server>,
+    server_names: HashSet<String>,
+    stick_table: Option<StickTable>,
+    /// `track-sc` rules: (line, key, table named explicitly).
+    tracks: Vec<(usize, String, Option<String>)>,
+    /// `observe` / `error-limit` / `on-error` written as backend directives.
+    misplaced: Vec<(usize, Vec<Word>)>,
+    /// Conditions read, with their line, for the stick-counter notes.
+    conds: Vec<(usize, Expr)>,
+}
+
+impl Proxy {
+    fn new(kind: Kind, name: &str, line: usize, d: Draft) -> Proxy {
+        Proxy {
+            kind,
+            name: name.to_owned(),
+            line,
+            d,
+            binds: Vec::new(),
+            bind_lines: 0,
+            default_backend: None,
+            use_backend: Vec::new(),
+            acls: Acls::new(),
+            req_rules: Vec::new(),
+            resp_rules: Vec::new(),
+            servers: Vec::new(),
+            server_names: HashSet::new(),
+            stick_table: None,
+            tracks: Vec::new(),
+            misplaced: Vec::new(),
+            conds: Vec::new(),
+        }
+    }
+}
+
+/// `acl`, `http-request` and `http-response` lines embedded in the native
+/// TOML (as `acl = [...]`, `http_request_rules = [...]`, …), compiled the
+/// way this dialect compiles them, so a converted `.cfg` serves the same.
+#[derive(Debug, Default)]
+pub struct Embedded {
+    pub acls: Acls,
+    pub req: Vec<HttpReqRule>,
+    pub resp: Vec<HttpRespRule>,
+}
+
+/// Compiles embedded lines for the section `name`; each error names the
+/// line it comes from.
+pub fn embedded_rules(
+    name: &str,
+    acl: &[String],
+    req: &[String],
+    resp: &[String],
+) -> (Embedded, Vec<String>) {
+    let mut cx = Cx {
+        file: "",
+        base: Path::new("."),
+        opts: Options::default(),
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut p = Proxy::new(Kind::Listen, name, 0, Draft::default());
+    let mut errors = Vec::new();
+    for (prefix, lines) in [("acl", acl), ("http-request", req), ("http-response", resp)] {
+        for text in lines {
+            let (mut lines, lex_errors) = lex(&format!("{prefix} {text}"));
+            for (_, e) in lex_errors {
+                errors.push(format!("'{text}': {e}"));
+            }
+            if let Some(l) = lines.pop() {
+                cx.proxy_line(&l, &mut p);
+                for d in cx.errors.drain(..) {
+                    errors.push(format!("'{text}': {}", d.message));
+                }
+            }
+        }
+    }
+    (
+        Embedded {
+            acls: p.acls,
+            req: p.req_rules,
+            resp: p.resp_rules,
+        },
+        errors,
+    )
+}
+
+/// Compiles an embedded `if …` / `unless …` condition.
+pub fn embedded_cond(text: &str, acls: &Acls) -> Result<Expr, String> {
+    let (mut lines, lex_errors) = lex(text);
+    if let Some((_, e)) = lex_errors.into_iter().next() {
+        return Err(e);
+    }
+    let words = lines.pop().map(|l| l.words).unwrap_or_default();
+    if !words.first().is_some_and(|w| w.is("if") || w.is("unless")) {
+        return Err(format!(
+            "condition '{text}' must start with 'if' or 'unless'"
+        ));
+    }
+    match split_cond(&words, acls)? {
+        (_, Some(e)) => Ok(e),
+        (_, None) => Err(format!("condition '{text}' is empty")),
+    }
+}
+
+/// The raw lines of each proxy section: (kind, name, lines), for `convert`.
+pub fn proxy_sections(text: &str) -> Vec<(&'static str, String, Vec<Line>)> {
+    let mut out: Vec<(&'static str, String, Vec<Line>)> = Vec::new();
+    let mut inside = false;
+    for l in lex(text).0 {
+        let head = &l.words[0];
+        let kind = match head.text.as_str() {
+            _ if head.quoted => None,
+            "frontend" => Some("frontend"),
+            "backend" => Some("backend"),
+            "listen" => Some("listen"),
+            "global" | "defaults" => Some(""),
+            k if UNSUPPORTED_SECTIONS.contains(&k) => Some(""),
+            _ => None,
+        };
+        match kind {
+            Some("") => inside = false,
+            Some(k) => {
+                inside = true;
+                let name = l.words.get(1).map(|w| w.text.clone()).unwrap_or_default();
+                out.push((k, name, Vec::new()));
+            }
+            None if inside => {
+                if let Some(s) = out.last_mut() {
+                    s.2.push(l);
+                }
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+/// Writes words back in HAProxy syntax, quoting where the lexer needs it.
+pub fn render(words: &[Word]) -> String {
+    words.iter().map(render_word).collect::<Vec<_>>().join(" ")
+}
+
+fn render_word(w: &Word) -> String {
+    let special = ["{", "}", "!", "||", "if", "unless", "or"];
+    let plain = !w.text.is_empty()
+        && !w
+            .text
+            .contains(|c: char| c.is_whitespace() || "\"'\\#$".contains(c))
+        && !(w.quoted && (special.contains(&w.text.as_str()) || w.text.starts_with('!')));
+    if plain {
+        return w.text.clone();
+    }
+    let mut out = String::from("\"");
+    for c in w.text.chars() {
+        match c {
+            '"' | '\\' | '$' | '#' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+struct Cx<'a> {
+    file: &'a str,
+    base: &'a Path,
+    opts: Options,
+    errors: Vec<Diag>,
+    warnings: Vec<Diag>,
+}
+
+fn texts(w: &[Word]) -> Vec<&str> {
+    w.iter().map(|w| w.text.as_str()).collect()
+}
+
+impl Cx<'_> {
+    fn err(&mut self, line: usize, m: impl Into<String>) {
+        self.errors.push(Diag {
+            file: self.file.to_owned(),
+            line,
+            message: m.into(),
+        });
+    }
+
+    fn warn(&mut self, line: usize, m: impl Into<String>) {
+        self.warnings.push(Diag {
+            file: self.file.to_owned(),
+            line,
+            message: format!("warning: {}", m.into()),
+        });
+    }
+
+    /// An unsupported directive: an error, or with `--lenient` a warning
+    /// when it only tunes HAProxy itself.
+    fn unsupported(&mut self, l: &Line) {
+        let dir = &l.words[0].text;
+        let shown = if matches!(dir.as_str(), "option" | "timeout" | "stats" | "http-check") {
+            texts(&l.words[..l.words.len().min(2)]).join(" ")
+        } else {
+            dir.clone()
+        };
+        if tuning_only(dir, &l.words[1..]) {
+            if self.opts.lenient {
+                self.warn(
+                    l.line,
+                    format!("directive '{shown}' is not supported; ignored (--lenient)"),
+                );
+            } else {
+                self.err(
+                    l.line,
+                    format!("directive '{shown}' is not supported (it only tunes HAProxy: --lenient ignores it)"),
+                );
+            }
+        } else {
+            self.err(l.line, format!("directive '{shown}' is not supported"));
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn compile(&mut self, lines: Vec<Line>) -> Config {
+        let mut global = Global {
+            maxconn: None,
+            nbthread: 0,
+            stats: None,
+            stats_socket: None,
+            tune_bufsize: None,
+        };
+        let mut template = Draft::default();
+        let mut proxies: Vec<Proxy> = Vec::new();
+        // The section being read: None before any, Some(None) in an
+        // unsupported one (its lines are skipped).
+        let mut current: Option<Option<Kind>> = None;
+        for l in lines {
+            let head = &l.words[0];
+            let kw = if head.quoted { "" } else { head.text.as_str() };
+            let kind = match kw {
+                "global" => Some(Kind::Global),
+                "defaults" => Some(Kind::Defaults),
+                "frontend" => Some(Kind::Frontend),
+                "backend" => Some(Kind::Backend),
+                "listen" => Some(Kind::Listen),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                current = Some(Some(kind));
+                match kind {
+                    Kind::Global => {}
+                    // A new defaults section starts from scratch, as in HAProxy.
+                    Kind::Defaults => template = Draft::default(),
+                    _ => {
+                        let Some(name) = l.words.get(1) else {
+                            self.err(l.line, format!("'{kw}' needs a name"));
+                            current = Some(None);
+                            continue;
+                        };
+                        if l.words.len() > 2 {
+                            self.err(
+                                l.line,
+                                format!("unexpected '{}' after the {kw} name", l.words[2].text),
+                            );
+                        }
+                        proxies.push(Proxy::new(kind, &name.text, l.line, template.clone()));
+                    }
+                }
+                continue;
+            }
+            if UNSUPPORTED_SECTIONS.contains(&kw) {
+                self.err(l.line, format!("section '{kw}' is not supported"));
+                current = Some(None);
+                continue;
+            }
+            match current {
+                None => self.err(l.line, format!("'{}' appears before any section (global, defaults, frontend, backend or listen)", head.text)),
+                Some(None) => {}
+                Some(Some(Kind::Global)) => self.global(&l, &mut global),
+                Some(Some(Kind::Defaults)) => {
+                    let mut d = std::mem::take(&mut template);
+                    self.defaults(&l, &mut d);
+                    template = d;
+                }
+                Some(Some(_)) => {
+                    if let Some(mut p) = proxies.pop() {
+                        self.proxy_line(&l, &mut p);
+                        proxies.push(p);
+                    }
+                }
+            }
+        }
+        self.finish(global, proxies)
+    }
+
+    fn global(&mut self, l: &Line, g: &mut Global) {
+        let a = &l.words[1..];
+        match l.words[0].text.as_str() {
+            "maxconn" => match one_num::<u32>(a) {
+                Some(n) if n > 0 => g.maxconn = Some(n),
+                _ => self.err(l.line, "'maxconn' needs a positive number"),
+            },
+            "nbthread" => match one_num::<usize>(a) {
+                Some(n) if n > 0 => g.nbthread = n,
+                _ => self.err(l.line, "'nbthread' needs a positive number"),
+            },
+            "tune.bufsize" => match a.first().map(|w| parse_size(&w.text)) {
+                Some(Ok(n)) if a.len() == 1 && n >= 1024 => g.tune_bufsize = Some(n as usize),
+                _ => self.err(l.line, "'tune.bufsize' needs a size of at least 1024"),
+            },
+            // Logs go to stderr; the syslog targets are accepted as written.
+            "log" => {
+                if a.is_empty() {
+                    self.err(
+                        l.line,
+                        "'log' needs a target (e.g. 'log stdout format raw local0')",
+                    );
+                }
+            }
+            "stats" if a.first().is_some_and(|w| w.text == "socket") => {
+                let Some(path) = a.get(1) else {
+                    self.err(l.line, "'stats socket' needs a path");
+                    return;
+                };
+                let mut i = 2;
+                while i < a.len() {
+                    match a[i].text.as_str() {
+                        "mode" | "level" | "user" | "group" | "uid" | "gid" | "expose-fd" => {
+                            if a.get(i + 1).is_none() {
+                                self.err(l.line, format!("'{}' needs a value", a[i].text));
+                            }
+                            if a[i].text == "level"
+                                && !matches!(
+                                    a.get(i + 1).map(|w| w.text.as_str()),
+                                    Some("user" | "operator" | "admin") | None
+                                )
+                            {
+                                self.err(
+                                    l.line,
+                                    "stats socket 'level' must be user, operator or admin",
+                                );
+                            }
+                            i += 2;
+                        }
+                        other => {
+                            self.err(
+                                l.line,
+                                format!("stats socket option '{other}' is not supported"),
+                            );
+                            i += 1;
+                        }
+                    }
+                }
+                g.stats_socket = Some(self.path(&path.text));
+                self.warn(
+                    l.line,
+                    "'stats socket' is accepted; the runtime API on it arrives with issue 7",
+                );
+            }
+            _ => self.unsupported(l),
+        }
+    }
+
+    /// Directives valid in `defaults` (and also in proxies).
+    fn common(&mut self, l: &Line, d: &mut Draft, kind: Kind) -> bool {
+        let a = &l.words[1..];
+        let dir = l.words[0].text.as_str();
+        match dir {
+            "mode" => match texts(a).as_slice() {
+                ["http"] => {}
+                ["tcp"] => self.err(l.line, "'mode tcp' is not supported yet (layer-4 proxying is planned); use 'mode http'"),
+                _ => self.err(l.line, "'mode' must be 'http' or 'tcp'"),
+            },
+            "log" => {}
+            "timeout" => self.timeout(l, d),
+            "option" => self.option(l, d, kind),
+            "maxconn" => {
+                if kind == Kind::Backend {
+                    self.err(l.line, "'maxconn' is not allowed in a backend (set it on the frontend, or per server)");
+                } else {
+                    match one_num::<u32>(a) {
+                        Some(n) => d.maxconn = Some(n),
+                        None => self.err(l.line, "'maxconn' needs a number"),
+                    }
+                }
+            }
+            "retries" => match one_num::<u32>(a) {
+                Some(n) => d.opts.retries = Some(n),
+                None => self.err(l.line, "'retries' needs a number"),
+            },
+            "retry-on" => {
+                if a.is_empty() {
+                    self.err(l.line, "'retry-on' needs at least one keyword");
+                }
+                for w in a {
+                    let ok = matches!(
+                        w.text.as_str(),
+                        "none" | "conn-failure" | "empty-response" | "junk-response" | "response-timeout"
+                            | "0rtt-rejected" | "all-retryable-errors"
+                            | "401" | "403" | "404" | "408" | "425" | "500" | "501" | "502" | "503" | "504"
+                    );
+                    if !ok {
+                        self.err(l.line, format!("unknown retry-on keyword '{}'", w.text));
+                    }
+                }
+                d.opts.retry_on = a.iter().map(|w| w.text.clone()).collect();
+            }
+            "default-server" => {
+                if kind == Kind::Frontend {
+                    self.err(l.line, "'default-server' is not allowed in a frontend");
+                } else {
+                    // Validated now so errors point at this line.
+                    let mut probe = ServerOpts::default();
+                    let mut s = blank_server();
+                    self.server_opts(l.line, a, &mut s, &mut probe);
+                    d.default_server.push((l.line, a.to_vec()));
+                }
+            }
+            "balance" | "hash-type" if kind == Kind::Frontend => {
+                self.err(l.line, format!("'{dir}' is not allowed in a frontend (it belongs in a backend or listen)"));
+            }
+            "balance" => {
+                let spec = texts(a).join(" ");
+                match parse_balance(&spec) {
+                    Ok(b) => d.balance = Some(b),
+                    Err(e) => self.err(l.line, e),
+                }
+            }
+            "hash-type" => match a.first().map(|w| w.text.as_str()) {
+                Some("consistent") => d.hash_type = Some(HashType::Consistent),
+                Some("map-based") => d.hash_type = Some(HashType::MapBased),
+                _ => self.err(l.line, "'hash-type' must be 'map-based' or 'consistent'"),
+            },
+            "http-check" => {
+                if a.first().is_some_and(|w| w.text == "expect") && a.len() >= 3 {
+                    let known = ["status", "rstatus", "string", "rstring", "hdr"];
+                    let k = if a[1].text == "!" { 2 } else { 1 };
+                    if a.get(k).is_some_and(|w| known.contains(&w.text.as_str())) {
+                        d.opts.http_check_expect = Some(texts(&a[1..]).join(" "));
+                    } else {
+                        self.err(l.line, "'http-check expect' needs status, rstatus, string, rstring or hdr and a value");
+                    }
+                } else {
+                    self.unsupported(l);
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn defaults(&mut self, l: &Line, d: &mut Draft) {
+        if !self.common(l, d, Kind::Defaults) {
+            match l.words[0].text.as_str() {
+                "bind" | "acl" | "use_backend" | "default_backend" | "server" | "http-request"
+                | "http-response" | "stick-table" => self.err(
+                    l.line,
+                    format!("'{}' is not allowed in a defaults section", l.words[0].text),
+                ),
+                _ => self.unsupported(l),
+            }
+        }
+    }
+
+    fn timeout(&mut self, l: &Line, d: &mut Draft) {
+        let a = &l.words[1..];
+        let (Some(which), Some(v), true) = (a.first(), a.get(1), a.len() == 2) else {
+            if a.first()
+                .is_some_and(|w| matches!(w.text.as_str(), "client-fin" | "server-fin" | "tarpit"))
+            {
+                return self.unsupported(l);
+            }
+            return self.err(
+                l.line,
+                "'timeout' needs a name and a duration (e.g. 'timeout connect 5s')",
+            );
+        };
+        let dur = match parse_duration(&v.text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => return self.err(l.line, "a timeout of 0 is not allowed"),
+            Err(e) => return self.err(l.line, e),
+        };
+        let t = d.timeouts.get_or_insert_with(Timeouts::default);
+        match which.text.as_str() {
+            "connect" => t.connect = dur,
+            "client" => t.client = dur,
+            "server" => t.server = dur,
+            "http-request" => t.http_request = dur,
+            "http-keep-alive" => t.http_keep_alive = dur,
+            "tunnel" => t.tunnel = dur,
+            "queue" => d.opts.timeout_queue = Some(dur),
+            "check" => d.opts.timeout_check = Some(dur),
+            _ => self.unsupported(l),
+        }
+    }
+
+    fn option(&mut self, l: &Line, d: &mut Draft, kind: Kind) {
+        let a = &l.words[1..];
+        let Some(o) = a.first() else {
+            return self.err(l.line, "'option' needs a name");
+        };
+        let be_only = |cx: &mut Self| {
+            if kind == Kind::Frontend {
+                cx.err(l.line, format!("'option {}' is not allowed in a frontend (it belongs in a backend or listen)", o.text));
+                false
+            } else {
+                true
+            }
+        };
+        match o.text.as_str() {
+            // Logging and keep-alive are how llmgw behaves anyway.
+            "httplog" | "dontlognull" | "http-keep-alive" | "http-buffer-request" => {}
+            "forwardfor" => {
+                if a.len() > 1 {
+                    self.err(l.line, format!("'option forwardfor {}' is not supported (only plain 'option forwardfor')", a[1].text));
+                }
+                d.forwardfor = true;
+            }
+            "redispatch" => {
+                if be_only(self) {
+                    d.opts.redispatch = true;
+                }
+            }
+            "allbackups" => {
+                if be_only(self) {
+                    d.opts.allbackups = true;
+                }
+            }
+            "httpchk" => {
+                if be_only(self) {
+                    let (m, u) = match texts(&a[1..]).as_slice() {
+                        [] => ("OPTIONS", "/"),
+                        [u] => ("OPTIONS", *u),
+                        [m, u] | [m, u, _] => (*m, *u),
+                        _ => {
+                            self.err(l.line, "'option httpchk' takes [METHOD] [URI] [VERSION]");
+                            return;
+                        }
+                    };
+                    d.opts.httpchk = Some((m.to_owned(), u.to_owned()));
+                }
+            }
+            _ => self.unsupported(l),
+        }
+    }
+
+    fn proxy_line(&mut self, l: &Line, p: &mut Proxy) {
+        let dir = l.words[0].text.clone();
+        let a = &l.words[1..];
+        let kind = p.kind;
+        let mut d = std::mem::take(&mut p.d);
+        let handled = self.common(l, &mut d, kind);
+        p.d = d;
+        if handled {
+            return;
+        }
+        let fe_only = |cx: &mut Self| {
+            if !kind.is_fe() {
+                cx.err(
+                    l.line,
+                    format!(
+                        "'{dir}' is not allowed in a backend (it belongs in a frontend or listen)"
+                    ),
+                );
+            }
+            kind.is_fe()
+        };
+        match dir.as_str() {
+            "bind" => {
+                if fe_only(self) {
+                    p.bind_lines += 1;
+                    self.bind(l, p);
+                }
+            }
+            "default_backend" => {
+                if fe_only(self) {
+                    match texts(a).as_slice() {
+                        [b] => p.default_backend = Some((l.line, b.to_string())),
+                        _ => self.err(l.line, "'default_backend' needs one backend name"),
+                    }
+                }
+            }
+            "use_backend" => {
+                if fe_only(self) {
+                    match split_cond(a, &p.acls) {
+                        Err(e) => self.err(l.line, e),
+                        Ok((args, cond)) => match texts(args).as_slice() {
+                            [b] if b.contains("%[") => self.err(l.line, "dynamic backend names ('%[...]') are not supported"),
+                            [b] => {
+                                let cond = cond.unwrap_or(Expr::All(vec![]));
+                                p.conds.push((l.line, cond.clone()));
+                                p.use_backend.push((l.line, b.to_string(), cond));
+                            }
+                            _ => self.err(l.line, "'use_backend' needs one backend name, then 'if' or 'unless' and a condition"),
+                        },
+                    }
+                }
+            }
+            "acl" => {
+                let Some(name) = a.first() else {
+                    return self.err(l.line, "'acl' needs a name and a test");
+                };
+                let valid = !name.text.is_empty()
+                    && name.text.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')
+                    });
+                if !valid {
+                    return self.err(l.line, format!("invalid ACL name '{}'", name.text));
+                }
+                match parse_test(&a[1..]) {
+                    Ok(e) => {
+                        p.conds.push((l.line, e.clone()));
+                        p.acls.entry(name.text.clone()).or_default().push(e);
+                    }
+                    Err(e) => self.err(l.line, e),
+                }
+            }
+            "http-request" => self.http_request(l, p),
+            "http-response" => self.http_response(l, p),
+            "stick-table" => self.stick_table(l, p),
+            "server" => {
+                if kind.is_be() {
+                    self.server(l, p);
+                } else {
+                    self.err(
+                        l.line,
+                        "'server' is not allowed in a frontend (it belongs in a backend or listen)",
+                    );
+                }
+            }
+            "observe" | "error-limit" | "on-error" if kind.is_be() => {
+                p.misplaced.push((l.line, l.words.clone()))
+            }
+            _ => self.unsupported(l),
+        }
+    }
+
+    fn bind(&mut self, l: &Line, p: &mut Proxy) {
+        let a = &l.words[1..];
+        let Some(addrs) = a.first() else {
+            return self.err(l.line, "'bind' needs an address (e.g. 'bind *:80')");
+        };
+        let mut ssl = false;
+        let mut crts: Vec<CertFiles> = Vec::new();
+        let mut alpn: Option<Vec<Vec<u8>>> = None;
+        let mut accept_proxy = false;
+        let mut i = 1;
+        while i < a.len() {
+            let opt = a[i].text.as_str();
+            let val = a.get(i + 1).map(|w| w.text.as_str());
+            match (opt, val) {
+                ("ssl", _) => ssl = true,
+                ("accept-proxy", _) => accept_proxy = true,
+                ("crt", Some(v)) => {
+                    let cert = self.path(v);
+                    // HAProxy looks for the key in the PEM, or next to it as PEM.key.
+                    let side = PathBuf::from(format!("{}.key", cert.display()));
+                    let key = if side.exists() { side } else { cert.clone() };
+                    crts.push(CertFiles { cert, key });
+                    i += 1;
+                }
+                ("alpn", Some(v)) => {
+                    alpn = Some(
+                        v.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(|s| s.as_bytes().to_vec())
+                            .collect(),
+                    );
+                    i += 1;
+                }
+                ("name", Some(_)) => i += 1,
+                ("crt" | "alpn" | "name", None) => {
+                    self.err(l.line, format!("bind option '{opt}' needs a value"))
+                }
+                _ => self.err(l.line, format!("bind option '{opt}' is not supported")),
+            }
+            i += 1;
+        }
+        let tls = if ssl {
+            if crts.is_empty() {
+                self.err(l.line, "'ssl' needs at least one 'crt FILE.pem'");
+                None
+            } else {
+                for c in &crts {
+                    if let Err(e) = crate::listen::tls::load_certified_key(c) {
+                        self.err(l.line, e);
+                    }
+                }
+                // HAProxy 2.6 offers no ALPN unless told: HTTP/1.1 only.
+                Some(Tls {
+                    certs: crts,
+                    alpn: alpn.unwrap_or_default(),
+                })
+            }
+        } else {
+            if !crts.is_empty() || alpn.is_some() {
+                self.err(l.line, "'crt' and 'alpn' need 'ssl' on the same bind line");
+            }
+            None
+        };
+        for addr in addrs.text.split(',') {
+            match parse_bind_addr(addr) {
+                Ok(a) => p.binds.push(Bind {
+                    addr: a,
+                    tls: tls.clone(),
+                    accept_proxy,
+                }),
+                Err(e) => self.err(l.line, e),
+            }
+        }
+    }
+
+    fn stick_table(&mut self, l: &Line, p: &mut Proxy) {
+        let a = texts(&l.words[1..]);
+        if p.stick_table.is_some() {
+            return self.err(
+                l.line,
+                format!("{} '{}' already has a stick-table", p.kind.name(), p.name),
+            );
+        }
+        let mut t = StickTable {
+            name: p.name.clone(),
+            key_type: String::new(),
+            size: 0,
+            expire: None,
+            store: Vec::new(),
+        };
+        let mut i = 0;
+        while i < a.len() {
+            let v = a.get(i + 1).copied();
+            match (a[i], v) {
+                ("type", Some(v)) => {
+                    if !matches!(v, "ip" | "ipv6" | "integer" | "string" | "binary") {
+                        self.err(l.line, format!("stick-table type '{v}' is unknown (use ip, ipv6, integer, string or binary)"));
+                    }
+                    t.key_type = v.to_owned();
+                    // `len N` may follow string/binary types.
+                    if a.get(i + 2) == Some(&"len") {
+                        i += 2;
+                    }
+                }
+                ("size", Some(v)) => match parse_size(v) {
+                    Ok(n) if n > 0 => t.size = n,
+                    _ => self.err(l.line, format!("invalid stick-table size '{v}'")),
+                },
+                ("expire", Some(v)) => match parse_duration(v) {
+                    Ok(d) => t.expire = Some(d),
+                    Err(e) => self.err(l.line, e),
+                },
+                ("store", Some(v)) => {
+                    for s in v.split(',') {
+                        if valid_store(s) {
+                            t.store.push(s.to_owned());
+                        } else {
+                            self.err(l.line, format!("unknown stick-table data '{s}'"));
+                        }
+                    }
+                }
+                ("nopurge", _) => {
+                    i += 1;
+                    continue;
+                }
+                ("peers", Some(_)) => self.err(
+                    l.line,
+                    "stick-table 'peers' is not supported (cluster sharing arrives with issue 6)",
+                ),
+                (o, None) if matches!(o, "type" | "size" | "expire" | "store") => {
+                    self.err(l.line, format!("stick-table '{o}' needs a value"));
+                }
+                (o, _) => {
+                    self.err(l.line, format!("stick-table option '{o}' is not supported"));
+                    i += 1;
+                    continue;
+                }
+            }
+            i += 2;
+        }
+        if t.key_type.is_empty() || t.size == 0 {
+            self.err(l.line, "stick-table needs 'type' and 'size' (e.g. 'stick-table type ip size 100k expire 30s store conn_rate(10s)')");
+        }
+        p.stick_table = Some(t);
+    }
+
+    fn header_name(&mut self, line: usize, s: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(s.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.err(line, format!("invalid header name '{s}'"));
+                None
+            }
+        }
+    }
+
+    /// A literal header value; HAProxy's log-format expressions are not
+    /// evaluated yet, so they are refused rather than sent verbatim.
+    fn header_value(&mut self, line: usize, s: &str) -> Option<HeaderValue> {
+        if s.contains('%') && s != "%%" {
+            self.err(
+                line,
+                format!("log-format expressions in '{s}' are not supported (use a literal value)"),
+            );
+            return None;
+        }
+        match HeaderValue::from_str(s) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.err(line, format!("invalid header value '{s}'"));
+                None
+            }
+        }
+    }
+
+    fn http_request(&mut self, l: &Line, p: &mut Proxy) {
+        let (args, cond) = match split_cond(&l.words[1..], &p.acls) {
+            Ok(x) => x,
+            Err(e) => return self.err(l.line, e),
+        };
+        if let Some(c) = &cond {
+            p.conds.push((l.line, c.clone()));
+        }
+        let a = texts(args);
+        let Some(&action) = a.first() else {
+            return self.err(l.line, "'http-request' needs an action");
+        };
+        let line = l.line;
+        let act = match (action, &a[1..]) {
+            ("set-header" | "add-header", [n, v]) => {
+                let (n, v) = (self.header_name(line, n), self.header_value(line, v));
+                let (Some(n), Some(v)) = (n, v) else { return };
+                if action == "set-header" {
+                    ReqAction::SetHeader(n, v)
+                } else {
+                    ReqAction::AddHeader(n, v)
+                }
+            }
+            ("del-header", [n]) => match self.header_name(line, n) {
+                Some(n) => ReqAction::DelHeader(n),
+                None => return,
+            },
+            ("replace-path", [re, to]) => match regex::Regex::new(re) {
+                Ok(r) => ReqAction::ReplacePath(r, backrefs(to)),
+                Err(e) => return self.err(line, format!("invalid regex '{re}': {e}")),
+            },
+            ("set-path", [to]) => {
+                if to.contains('%') || !to.starts_with('/') {
+                    return self.err(
+                        line,
+                        format!("'set-path' needs a literal path starting with '/', not '{to}'"),
+                    );
+                }
+                ReqAction::SetPath(to.to_string())
+            }
+            ("deny", rest) => {
+                let mut status = StatusCode::FORBIDDEN;
+                match rest {
+                    [] => {}
+                    ["deny_status", s] => {
+                        // HAProxy answers only the statuses it has an error page for.
+                        const KNOWN: [u16; 17] = [
+                            200, 400, 401, 403, 404, 405, 407, 408, 410, 413, 425, 429, 500, 501,
+                            502, 503, 504,
+                        ];
+                        match s.parse::<u16>().ok().filter(|n| KNOWN.contains(n)).and_then(|n| StatusCode::from_u16(n).ok()) {
+                            Some(s) => status = s,
+                            None => {
+                                return self.err(line, format!("invalid deny_status '{s}' (HAProxy knows 200, 400, 401, 403, 404, 405, 407, 408, 410, 413, 425, 429, 500, 501, 502, 503 and 504)"))
+                            }
+                        }
+                    }
+                    _ => {
+                        return self.err(
+                            line,
+                            "'http-request deny' takes only 'deny_status N' (and a condition)",
+                        )
+                    }
+                }
+                ReqAction::Deny(status)
+            }
+            ("return", rest) => {
+                let mut status = StatusCode::OK;
+                let mut content_type = None;
+                let mut body = None;
+                let mut i = 0;
+                while i < rest.len() {
+                    match (rest[i], rest.get(i + 1)) {
+                        ("status", Some(s)) => match s.parse::<u16>().ok().and_then(|n| StatusCode::from_u16(n).ok()).filter(|s| (200..=599).contains(&s.as_u16())) {
+                            Some(s) => status = s,
+                            None => return self.err(line, format!("invalid return status '{s}'")),
+                        },
+                        ("content-type", Some(t)) => match HeaderValue::from_str(t) {
+                            Ok(v) => content_type = Some(v),
+                            Err(_) => return self.err(line, format!("invalid content-type '{t}'")),
+                        },
+                        ("string", Some(s)) => body = Some(bytes::Bytes::from(s.to_string())),
+                        (o, _) => return self.err(line, format!("'http-request return' option '{o}' is not supported (use status, content-type and string)")),
+                    }
+                    i += 2;
+                }
+                if body.is_some() && content_type.is_none() {
+                    return self.err(
+                        line,
+                        "'http-request return' with 'string' needs 'content-type'",
+                    );
+                }
+                ReqAction::Return {
+                    status,
+                    content_type,
+                    body,
+                }
+            }
+            (t, rest) if t.starts_with("track-sc") => {
+                let sc = match t {
+                    "track-sc0" => 0,
+                    "track-sc1" => 1,
+                    "track-sc2" => 2,
+                    _ => {
+                        return self.err(
+                            line,
+                            format!(
+                                "'{t}' is not supported (use track-sc0, track-sc1 or track-sc2)"
+                            ),
+                        )
+                    }
+                };
+                let (key, table) = match rest {
+                    [k] => (k.to_string(), None),
+                    [k, "table", t] => (k.to_string(), Some(t.to_string())),
+                    _ => {
+                        return self.err(
+                            line,
+                            format!("'{t}' needs a key and optionally 'table NAME'"),
+                        )
+                    }
+                };
+                if !matches!(key.as_str(), "src")
+                    && !key.starts_with("req.hdr(")
+                    && !key.starts_with("hdr(")
+                {
+                    return self.err(
+                        line,
+                        format!("track key '{key}' is not supported (use src or req.hdr(NAME))"),
+                    );
+                }
+                p.tracks.push((line, key.clone(), table.clone()));
+                self.warn(line, format!("'{t}' is accepted; stick tables count from issue 6 on, until then nothing is tracked"));
+                ReqAction::TrackSc {
+                    sc,
+                    key,
+                    table: table.unwrap_or_else(|| p.name.clone()),
+                }
+            }
+            ("allow", []) => ReqAction::Allow,
+            (
+                "set-header" | "add-header" | "del-header" | "replace-path" | "set-path" | "allow",
+                _,
+            ) => {
+                return self.err(line, format!("wrong arguments for 'http-request {action}'"));
+            }
+            (other, _) => {
+                return self.err(
+                    line,
+                    format!("http-request action '{other}' is not supported"),
+                )
+            }
+        };
+        p.req_rules.push(HttpReqRule { cond, action: act });
+    }
+
+    fn http_response(&mut self, l: &Line, p: &mut Proxy) {
+        let (args, cond) = match split_cond(&l.words[1..], &p.acls) {
+            Ok(x) => x,
+            Err(e) => return self.err(l.line, e),
+        };
+        if cond.is_some() {
+            return self.err(
+                l.line,
+                "conditions on 'http-response' rules are not supported yet",
+            );
+        }
+        let a = texts(args);
+        let line = l.line;
+        let act = match a.as_slice() {
+            [act @ ("set-header" | "add-header"), n, v] => {
+                let (n, v) = (self.header_name(line, n), self.header_value(line, v));
+                let (Some(n), Some(v)) = (n, v) else { return };
+                if *act == "set-header" {
+                    RespAction::SetHeader(n, v)
+                } else {
+                    RespAction::AddHeader(n, v)
+                }
+            }
+            ["del-header", n] => match self.header_name(line, n) {
+                Some(n) => RespAction::DelHeader(n),
+                None => return,
+            },
+            [act, ..] => return self.err(line, format!("http-response action '{act}' is not supported (use set-header, add-header or del-header)")),
+            [] => return self.err(line, "'http-response' needs an action"),
+        };
+        p.resp_rules.push(HttpRespRule {
+            cond: None,
+            action: act,
+        });
+    }
+
+    fn server(&mut self, l: &Line, p: &mut Proxy) {
+        let a = &l.words[1..];
+        let (Some(name), Some(addr)) = (a.first(), a.get(1)) else {
+            return self.err(
+                l.line,
+                "'server' needs a name and an address (e.g. 'server s1 10.0.0.1:8080 check')",
+            );
+        };
+        if !p.server_names.insert(name.text.clone()) {
+            return self.err(
+                l.line,
+                format!(
+                    "duplicate server name '{}' in backend '{}'",
+                    name.text, p.name
+                ),
+            );
+        }
+        let addr = match parse_server_addr(&addr.text) {
+            Ok(a) => a,
+            Err(e) => return self.err(l.line, e),
+        };
+        let mut s = blank_server();
+        s.name = name.text.clone();
+        s.addr = addr;
+        let mut o = ServerOpts::default();
+        for (line, words) in p.d.default_server.clone() {
+            // Already reported at the default-server line.
+            let before = self.errors.len();
+            self.server_opts(line, &words, &mut s, &mut o);
+            self.errors.truncate(before);
+        }
+        self.server_opts(l.line, &a[2..], &mut s, &mut o);
+        if s.addr == ServerAddr::BuiltinMock && s.tls.is_some() {
+            self.err(l.line, "the built-in mock provider does not speak TLS");
+        }
+        s.opts = o;
+        p.servers.push(s);
+    }
+
+    /// Server options (also `default-server`'s).
+    fn server_opts(&mut self, line: usize, a: &[Word], s: &mut Server, o: &mut ServerOpts) {
+        let mut i = 0;
+        while i < a.len() {
+            let opt = a[i].text.as_str();
+            let val = a.get(i + 1).map(|w| w.text.as_str());
+            let takes = matches!(
+                opt,
+                "inter"
+                    | "fastinter"
+                    | "downinter"
+                    | "fall"
+                    | "rise"
+                    | "weight"
+                    | "maxconn"
+                    | "maxqueue"
+                    | "slowstart"
+                    | "verify"
+                    | "sni"
+                    | "ca-file"
+                    | "observe"
+                    | "error-limit"
+                    | "on-error"
+                    | "proto"
+            );
+            if takes && val.is_none() {
+                self.err(line, format!("server option '{opt}' needs a value"));
+                return;
+            }
+            let v = val.unwrap_or("");
+            let dur = |cx: &mut Self| match parse_duration(v) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    cx.err(line, format!("'{opt}': {e}"));
+                    None
+                }
+            };
+            let num = |cx: &mut Self| match v.parse::<u32>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    cx.err(line, format!("'{opt}' needs a number, not '{v}'"));
+                    None
+                }
+            };
+            match opt {
+                "check" => o.check = true,
+                "no-check" => o.check = false,
+                "backup" => o.backup = true,
+                "disabled" => o.disabled = true,
+                "enabled" => o.disabled = false,
+                "ssl" => {
+                    s.tls.get_or_insert(UpstreamTls { verify: true, sni: None, ca: None });
+                }
+                "no-ssl" => s.tls = None,
+                "inter" => o.inter = dur(self),
+                "fastinter" => o.fastinter = dur(self),
+                "downinter" => o.downinter = dur(self),
+                "slowstart" => o.slowstart = dur(self),
+                "fall" => o.fall = num(self).filter(|n| *n > 0),
+                "rise" => o.rise = num(self).filter(|n| *n > 0),
+                "maxqueue" => o.maxqueue = num(self),
+                "error-limit" => o.error_limit = num(self),
+                "maxconn" => s.maxconn = num(self).unwrap_or(0),
+                "weight" => match num(self) {
+                    Some(w) if w <= 256 => s.weight = w,
+                    Some(w) => self.err(line, format!("server weight {w} is out of range 0..256")),
+                    None => {}
+                },
+                "verify" => match v {
+                    "none" | "required" => {
+                        let t = s.tls.get_or_insert(UpstreamTls { verify: true, sni: None, ca: None });
+                        t.verify = v == "required";
+                    }
+                    _ => self.err(line, format!("'verify' must be 'none' or 'required', not '{v}'")),
+                },
+                "sni" => {
+                    // HAProxy's sni is an expression; a constant is `str(NAME)`.
+                    match v.strip_prefix("str(").and_then(|r| r.strip_suffix(')')) {
+                        Some(n) if !n.is_empty() => {
+                            let t = s.tls.get_or_insert(UpstreamTls { verify: true, sni: None, ca: None });
+                            t.sni = Some(n.to_owned());
+                        }
+                        _ => self.err(line, format!("'sni {v}' is not supported (use sni str(NAME))")),
+                    }
+                }
+                "ca-file" => {
+                    let ca = self.path(v);
+                    let t = s.tls.get_or_insert(UpstreamTls { verify: true, sni: None, ca: None });
+                    t.ca = Some(ca);
+                }
+                "observe" => match v {
+                    "layer7" => o.observe_layer7 = true,
+                    "layer4" => o.observe_layer7 = false,
+                    _ => self.err(line, format!("'observe' must be layer4 or layer7, not '{v}'")),
+                },
+                "on-error" => match v {
+                    "fastinter" | "fail-check" | "sudden-death" | "mark-down" => o.on_error = Some(v.to_owned()),
+                    _ => self.err(line, format!("'on-error' must be fastinter, fail-check, sudden-death or mark-down, not '{v}'")),
+                },
+                "proto" => match v {
+                    "h2" => s.proto = UpstreamProto::Http2,
+                    _ => self.err(line, format!("server 'proto {v}' is not supported (use proto h2)")),
+                },
+                other => {
+                    // The rest of the line would be this option's arguments.
+                    return self.err(line, format!("server option '{other}' is not supported"));
+                }
+            }
+            i += if takes { 2 } else { 1 };
+        }
+    }
+
+    /// Resolves names across sections and builds the model.
+    fn finish(&mut self, global: Global, mut proxies: Vec<Proxy>) -> Config {
+        // Backends (and listens) by name, in order.
+        let mut backend_index: HashMap<String, usize> = HashMap::new();
+        let mut fe_names = HashSet::new();
+        for p in &proxies {
+            if p.kind.is_be() {
+                if backend_index.contains_key(&p.name) {
+                    self.err(p.line, format!("duplicate backend name '{}'", p.name));
+                } else {
+                    let n = backend_index.len();
+                    backend_index.insert(p.name.clone(), n);
+                }
+            }
+            if p.kind.is_fe() && !fe_names.insert(p.name.clone()) {
+                self.err(p.line, format!("duplicate frontend name '{}'", p.name));
+            }
+        }
+
+        // Stick tables and the rules that use them.
+        let mut tables: Vec<StickTable> = proxies
+            .iter()
+            .filter_map(|p| p.stick_table.clone())
+            .collect();
+        for p in &mut proxies {
+            self.seed_faults(p, &mut tables);
+            for (line, c) in &p.conds {
+                if c.uses_stick_counters() {
+                    self.warn(*line, "stick counters (scN_*) parse, but stick tables arrive with issue 6: until then they are absent and never match");
+                }
+            }
+        }
+
+        let mut frontends = Vec::new();
+        let mut backends = Vec::new();
+        let mut bound: HashMap<SocketAddr, String> = HashMap::new();
+        for p in proxies {
+            let timeouts = p.d.timeouts.clone().unwrap_or_default();
+            if p.kind.is_be() {
+                if p.servers.iter().any(|s| s.opts.check) || p.d.opts.httpchk.is_some() {
+                    self.warn(p.line, format!("backend '{}': health checks are accepted; they run from issue 5 on, until then every server counts as up", p.name));
+                }
+                if p.servers.iter().any(|s| s.opts.backup) {
+                    self.warn(p.line, format!("backend '{}': backup servers are accepted; until issue 5 they take traffic like the others", p.name));
+                }
+                let o = &p.d.opts;
+                let mut later: Vec<&str> = Vec::new();
+                for (set, name) in [
+                    (
+                        o.retries.is_some() || !o.retry_on.is_empty(),
+                        "retries/retry-on",
+                    ),
+                    (o.redispatch, "option redispatch"),
+                    (o.allbackups, "option allbackups"),
+                    (o.timeout_queue.is_some(), "timeout queue"),
+                    (o.timeout_check.is_some(), "timeout check"),
+                    (o.http_check_expect.is_some(), "http-check expect"),
+                    (
+                        p.servers.iter().any(|s| s.opts.maxqueue.is_some()),
+                        "maxqueue",
+                    ),
+                    (
+                        p.servers.iter().any(|s| s.opts.slowstart.is_some()),
+                        "slowstart",
+                    ),
+                    (
+                        p.servers.iter().any(|s| {
+                            s.opts.observe_layer7
+                                || s.opts.error_limit.is_some()
+                                || s.opts.on_error.is_some()
+                        }),
+                        "observe/error-limit/on-error",
+                    ),
+                ] {
+                    if set {
+                        later.push(name);
+                    }
+                }
+                if !later.is_empty() {
+                    self.warn(
+                        p.line,
+                        format!(
+                            "backend '{}': {} accepted; the behaviour arrives with issue 5",
+                            p.name,
+                            later.join(", ")
+                        ),
+                    );
+                }
+                if p.servers.iter().any(|s| s.opts.disabled) {
+                    self.warn(p.line, format!("backend '{}': disabled servers take no traffic (weight 0) until the runtime API of issue 7 can enable them", p.name));
+                }
+                let servers: Vec<Server> = p
+                    .servers
+                    .iter()
+                    .cloned()
+                    .map(|mut s| {
+                        // HAProxy starts a disabled server in maintenance.
+                        if s.opts.disabled {
+                            s.weight = 0;
+                        }
+                        s
+                    })
+                    .collect();
+                if p.kind == Kind::Backend
+                    && p.req_rules
+                        .iter()
+                        .any(|r| r.cond.as_ref().is_some_and(Expr::needs_model))
+                {
+                    // The body is scanned before routing, by the frontend.
+                    self.err(p.line, format!("backend '{}': conditions on req.body,json_query('$.model') work in frontend and listen rules only (move the rule, or route with use_backend)", p.name));
+                }
+                if backend_index
+                    .get(&p.name)
+                    .is_some_and(|&i| i == backends.len())
+                {
+                    backends.push(Backend {
+                        name: p.name.clone(),
+                        balance: p.d.balance.clone().unwrap_or(Balance::RoundRobin),
+                        hash_type: p.d.hash_type.unwrap_or_default(),
+                        servers,
+                        timeouts: timeouts.clone(),
+                        host: None,
+                        path_rewrite: None,
+                        credential: None,
+                        request_headers: HeaderRules::default(),
+                        response_headers: HeaderRules::default(),
+                        // A listen's rules run once, on its frontend side.
+                        http_request: if p.kind == Kind::Backend {
+                            p.req_rules.clone()
+                        } else {
+                            Vec::new()
+                        },
+                        http_response: if p.kind == Kind::Backend {
+                            p.resp_rules.clone()
+                        } else {
+                            Vec::new()
+                        },
+                        x_forwarded_for: p.d.forwardfor,
+                        opts: p.d.opts.clone(),
+                        pool_max_idle: 64,
+                        pool_idle_timeout: Duration::from_secs(60),
+                    });
+                }
+            }
+            if p.kind.is_fe() {
+                if p.bind_lines == 0 {
+                    self.err(
+                        p.line,
+                        format!("{} '{}' has no 'bind' line", p.kind.name(), p.name),
+                    );
+                }
+                let resolve = |cx: &mut Self, line: usize, name: &str| -> Option<usize> {
+                    let i = backend_index.get(name).copied();
+                    if i.is_none() {
+                        cx.err(line, format!("backend '{name}' does not exist"));
+                    }
+                    i
+                };
+                let mut default_backend = match &p.default_backend {
+                    Some((line, b)) => resolve(self, *line, b),
+                    None => None,
+                };
+                if default_backend.is_none() && p.kind == Kind::Listen {
+                    default_backend = backend_index.get(&p.name).copied();
+                }
+                let mut routes = Vec::new();
+                for (line, b, cond) in &p.use_backend {
+                    if let Some(backend) = resolve(self, *line, b) {
+                        routes.push(Route {
+                            cond: cond.clone(),
+                            backend,
+                        });
+                    }
+                }
+                for b in &p.binds {
+                    if let Some(other) = bound.insert(b.addr, p.name.clone()) {
+                        self.err(
+                            p.line,
+                            format!(
+                                "address {} is bound by both '{other}' and '{}'",
+                                b.addr, p.name
+                            ),
+                        );
+                    }
+                }
+                frontends.push(Frontend {
+                    name: p.name,
+                    binds: p.binds,
+                    maxconn: p.d.maxconn.unwrap_or(0),
+                    timeouts,
+                    routes,
+                    default_backend,
+                    model_aliases: Vec::new(),
+                    body_limit: global
+                        .tune_bufsize
+                        .map_or(DEFAULT_BODY_LIMIT, |b| b.max(DEFAULT_BODY_LIMIT)),
+                    forward_for: ForwardFor {
+                        x_forwarded_for: p.d.forwardfor,
+                        forwarded: false,
+                    },
+                    // HAProxy adds no request id unless configured.
+                    request_id_header: None,
+                    request_headers: HeaderRules::default(),
+                    response_headers: HeaderRules::default(),
+                    http_request: p.req_rules,
+                    http_response: p.resp_rules,
+                });
+            }
+        }
+        if frontends.is_empty() {
+            self.err(1, "no frontend or listen section: nothing would listen");
+        }
+        Config {
+            global,
+            frontends,
+            backends,
+            stick_tables: tables,
+        }
+    }
+
+    /// The two faults of the seed configuration HAProxy itself rejects: a
+    /// `track-sc … table T` naming an undeclared table, and the server
+    /// options `observe`/`error-limit`/`on-error` written as backend
+    /// directives. Strict: an error with the fix. Lenient: repaired, with a
+    /// warning each.
+    fn seed_faults(&mut self, p: &mut Proxy, tables: &mut Vec<StickTable>) {
+        let mut store: Vec<String> = Vec::new();
+        for (_, c) in &p.conds {
+            for data in [ScData::ConnRate, ScData::HttpReqRate, ScData::ConnCur] {
+                if c.any_test(&|t| matches!(t, Condition::Int(IntFetch::StickCounter { data: d, .. }, _, _) if *d == data))
+                    && !store.iter().any(|s| s == data.store_entry())
+                {
+                    store.push(data.store_entry().to_owned());
+                }
+            }
+        }
+        if store.is_empty() {
+            store.push("conn_rate(10s)".into());
+        }
+        for (line, key, table) in p.tracks.clone() {
+            let name = table.clone().unwrap_or_else(|| p.name.clone());
+            if tables.iter().any(|t| t.name == name) {
+                continue;
+            }
+            let key_type = if key == "src" { "ip" } else { "string" };
+            let decl = format!(
+                "stick-table type {key_type} size 100k expire 30s store {}",
+                store.join(",")
+            );
+            if self.opts.lenient {
+                self.warn(
+                    line,
+                    format!(
+                        "stick table '{name}' is not declared; created as '{decl}' (--lenient)"
+                    ),
+                );
+                tables.push(StickTable {
+                    name,
+                    key_type: key_type.into(),
+                    size: 100 << 10,
+                    expire: Some(Duration::from_secs(30)),
+                    store: store.clone(),
+                });
+            } else if table.is_some() {
+                self.err(line, format!("stick table '{name}' is not declared; fix: add a section 'backend {name}' containing '{decl}'"));
+            } else {
+                self.err(line, format!("{} '{name}' has no stick-table to track into; fix: add '{decl}' to it, or name one with 'table NAME'", p.kind.name()));
+            }
+        }
+        if p.misplaced.is_empty() {
+            return;
+        }
+        let all: Vec<String> = p
+            .misplaced
+            .iter()
+            .map(|(_, w)| texts(w).join(" "))
+            .collect();
+        if self.opts.lenient {
+            for (line, w) in p.misplaced.clone() {
+                let mut s = blank_server();
+                for srv in &mut p.servers {
+                    let mut o = srv.opts.clone();
+                    self.server_opts(line, &w, &mut s, &mut o);
+                    srv.opts = o;
+                }
+                self.warn(line, format!("'{}' is a server option, not a backend directive; applied to every server of '{}' (--lenient)", w[0].text, p.name));
+            }
+        } else {
+            let names: Vec<String> = p
+                .misplaced
+                .iter()
+                .map(|(_, w)| format!("'{}'", w[0].text))
+                .collect();
+            let names = match names.as_slice() {
+                [one] => one.clone(),
+                [init @ .., last] => format!("{} and {last}", init.join(", ")),
+                [] => String::new(),
+            };
+            let verb = if p.misplaced.len() == 1 {
+                "is a server option"
+            } else {
+                "are server options"
+            };
+            self.err(
+                p.misplaced[0].0,
+                format!("{names} {verb}, not backend directives; fix: replace them with 'default-server {}' before the 'server' lines", all.join(" ")),
+            );
+        }
+    }
+}
+
+fn blank_server() -> Server {
+    Server {
+        name: String::new(),
+        addr: ServerAddr::BuiltinMock,
+        weight: 1,
+        maxconn: 0,
+        tls: None,
+        proto: UpstreamProto::Auto,
+        opts: ServerOpts::default(),
+    }
+}
+
+fn one_num<T: std::str::FromStr>(a: &[Word]) -> Option<T> {
+    match a {
+        [w] => w.text.parse().ok(),
+        _ => None,
+    }
+}
+
+/// HAProxy's `\1` back-references become the regex crate's `${1}`.
+fn backrefs(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(|d| d.is_ascii_digit()) => {
+                let d = chars.next().unwrap_or('0');
+                out.push_str(&format!("${{{d}}}"));
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn valid_store(s: &str) -> bool {
+    let (name, period) = match s.split_once('(') {
+        Some((n, rest)) => (n, rest.strip_suffix(')')),
+        None => (s, None),
+    };
+    let rate = matches!(
+        name,
+        "conn_rate"
+            | "http_req_rate"
+            | "http_err_rate"
+            | "bytes_in_rate"
+            | "bytes_out_rate"
+            | "sess_rate"
+            | "gpc0_rate"
+            | "gpc1_rate"
+            | "http_fail_rate"
+    );
+    let plain = matches!(
+        name,
+        "conn_cnt"
+            | "conn_cur"
+            | "http_req_cnt"
+            | "http_err_cnt"
+            | "bytes_in_cnt"
+            | "bytes_out_cnt"
+            | "sess_cnt"
+            | "gpc0"
+            | "gpc1"
+            | "gpt0"
+            | "server_id"
+            | "http_fail_cnt"
+    );
+    if rate {
+        period.is_some_and(|p| parse_duration(p).is_ok())
+    } else {
+        plain && !s.contains('(')
+    }
+}
+
+/// `*:80`, `:80`, `:::80`, `1.2.3.4:80`, `[::1]:80`, `::1:80`, `ipv4@…`, `ipv6@…`.
+fn parse_bind_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s
+        .strip_prefix("ipv4@")
+        .or_else(|| s.strip_prefix("ipv6@"))
+        .unwrap_or(s);
+    if let Some(port) = s.strip_prefix(':').filter(|r| !r.contains(':')) {
+        return parse_listen_addr(&format!("*:{port}"));
+    }
+    if let Ok(a) = parse_listen_addr(s) {
+        return Ok(a);
+    }
+    if let Some((ip, port)) = s.rsplit_once(':') {
+        if let (Ok(ip), Ok(port)) = (ip.parse::<std::net::Ipv6Addr>(), port.parse::<u16>()) {
+            return Ok(SocketAddr::from((ip, port)));
+        }
+    }
+    if s.starts_with("unix@") || s.starts_with('/') || s.starts_with("abns@") {
+        return Err(format!(
+            "bind address '{s}': unix sockets are not supported"
+        ));
+    }
+    Err(format!(
+        "invalid bind address '{s}' (expected *:PORT, :::PORT, IP:PORT or [IPv6]:PORT)"
+    ))
+}
+
+#[cfg(test)]
+mod tests;

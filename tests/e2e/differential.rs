@@ -1,0 +1,253 @@
+//! Differential test: the same `.cfg` served by HAProxy and by llmgw in
+//! front of the same mock upstreams must pick the same server for each
+//! request (roundrobin, static-rr, leastconn, source, uri, hdr) and answer
+//! ACL-routed requests with the same statuses. Skipped, loudly, when no
+//! `haproxy` binary is installed.
+//!
+//! Known gap (found by this test): llmgw's dynamic round-robin order (smooth
+//! WRR) and its hash-to-server mapping (FNV + fmix64, chosen for spread)
+//! differ from HAProxy's (fwrr tree; sdbm over the weight-interleaved
+//! server map), so `roundrobin` agrees on proportions but not on order, and
+//! `uri`/`hdr` send a given key to a different (but stable) server. The
+//! strict per-request comparison for those is `exact_order_and_hashing`,
+//! ignored until the balancer matches; the always-run test compares what
+//! already agrees, `static-rr` (HAProxy's server map) included.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::Duration;
+
+use http::Method;
+use llmgw_e2e::{eventually, start_cfg, Client, Mock, Proc, TempDir};
+
+/// A free loopback port: bound, then released for HAProxy to take (HAProxy
+/// cannot bind port 0 and report it).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn haproxy() -> Option<std::path::PathBuf> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "command -v haproxy"])
+        .output()
+        .ok()?;
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!p.is_empty()).then(|| p.into())
+}
+
+pub fn config(port: u16, m: &[Mock]) -> String {
+    let servers = |weights: [u32; 3]| {
+        m.iter()
+            .zip(weights)
+            .enumerate()
+            .map(|(i, (m, w))| format!("    server s{} {} weight {w}\n", i + 1, m.addr))
+            .collect::<String>()
+    };
+    let mut cfg = format!(
+        "global\n    maxconn 1000\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+         frontend f\n    bind 127.0.0.1:{port}\n\
+         \x20   acl internal src 10.0.0.0/8\n\
+         \x20   acl api path_beg /v1/\n\
+         \x20   http-request return status 200 content-type text/plain string ok if {{ path /healthz }}\n\
+         \x20   http-request deny if {{ path_beg /admin }} !internal\n\
+         \x20   http-request deny deny_status 429 if {{ hdr(x-flood) -m found }}\n\
+         \x20   http-request deny deny_status 410 if api {{ url_param(region) -m str xx }} || {{ method DELETE }}\n\
+         \x20   http-request deny deny_status 401 if {{ hdr(x-tier) silver }}\n\
+         \x20   use_backend rr if {{ path_beg /rr/ }}\n\
+         \x20   use_backend srr if {{ path_beg /srr/ }}\n\
+         \x20   use_backend lc if {{ path_beg /lc/ }}\n\
+         \x20   use_backend src if {{ path_beg /src/ }}\n\
+         \x20   use_backend uri if {{ path_beg /uri/ }}\n\
+         \x20   use_backend hdr if {{ path_beg /hdr/ }}\n\
+         \x20   default_backend rr\n"
+    );
+    for (name, balance, weights) in [
+        ("rr", "roundrobin", [1, 2, 1]),
+        ("srr", "static-rr", [3, 1, 2]),
+        ("lc", "leastconn", [1, 1, 1]),
+        ("src", "source", [1, 1, 1]),
+        ("uri", "uri", [1, 1, 1]),
+        ("hdr", "hdr(x-user)", [1, 1, 1]),
+    ] {
+        cfg.push_str(&format!("backend {name}\n    balance {balance}\n"));
+        cfg.push_str(&servers(weights));
+    }
+    cfg
+}
+
+/// Requests in order: (method, path, headers). The same list goes to both.
+/// A request: method, path and headers.
+type Req<P, V> = (Method, P, Vec<(&'static str, V)>);
+
+fn requests() -> Vec<Req<String, String>> {
+    let mut v = Vec::new();
+    for b in ["rr", "srr", "lc", "src"] {
+        for i in 0..12 {
+            v.push((Method::GET, format!("/{b}/echo/{i}"), vec![]));
+        }
+    }
+    for i in 0..20 {
+        v.push((Method::GET, format!("/uri/echo/item-{i}"), vec![]));
+    }
+    for i in 0..20 {
+        v.push((
+            Method::GET,
+            "/hdr/echo".to_string(),
+            vec![("x-user", format!("user-{i}"))],
+        ));
+    }
+    v.push((Method::GET, "/hdr/echo".to_string(), vec![]));
+    v
+}
+
+/// ACL-routed requests whose statuses must agree.
+fn acl_requests() -> Vec<Req<&'static str, &'static str>> {
+    vec![
+        (Method::GET, "/healthz", vec![]),
+        (Method::GET, "/admin/x", vec![]),
+        (Method::GET, "/echo/x", vec![("x-flood", "1")]),
+        (Method::GET, "/v1/echo?region=xx", vec![]),
+        (Method::GET, "/v1/echo?region=eu", vec![]),
+        (Method::GET, "/v2/echo?region=xx", vec![]),
+        (Method::DELETE, "/echo/d", vec![]),
+        (Method::GET, "/echo/plain", vec![]),
+        // hdr() matches each comma-separated value.
+        (Method::GET, "/echo/t", vec![("x-tier", "gold, silver")]),
+        (Method::GET, "/echo/t", vec![("x-tier", "silvery")]),
+    ]
+}
+
+/// Which server each request reached, and the statuses of the ACL requests.
+pub async fn run(base: SocketAddr) -> (Vec<String>, Vec<u16>) {
+    let c = Client::http1();
+    let mut servers = Vec::new();
+    for (m, p, h) in requests() {
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = c.send(m, &format!("http://{base}{p}"), &h, "").await;
+        servers.push(format!(
+            "{p} {h:?} -> {}",
+            r.header("x-mock-server").unwrap_or("-")
+        ));
+    }
+    let mut statuses = Vec::new();
+    for (m, p, h) in acl_requests() {
+        statuses.push(
+            c.send(m, &format!("http://{base}{p}"), &h, "")
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    (servers, statuses)
+}
+
+/// Runs the requests through llmgw and HAProxy serving the same file.
+async fn both() -> Option<((Vec<String>, Vec<u16>), (Vec<String>, Vec<u16>))> {
+    let Some(haproxy) = haproxy() else {
+        eprintln!("SKIPPED: no haproxy binary installed; the differential test did not run");
+        return None;
+    };
+    let mocks: Vec<Mock> = (1..=3)
+        .map(|i| Mock::start(&format!("s{i}"), &[]))
+        .collect();
+    let port = free_port();
+    let cfg = config(port, &mocks);
+    let dir = TempDir::new("diff");
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, &cfg).expect("write cfg");
+
+    // llmgw serves the very same file (its bind replaced by an ephemeral one).
+    let gw = start_cfg(&cfg, 1, &["--bind", "127.0.0.1:0"]);
+    let ours = run(gw.addr()).await;
+
+    let check = std::process::Command::new(&haproxy)
+        .args(["-c", "-f"])
+        .arg(&path)
+        .output()
+        .expect("haproxy -c");
+    assert!(
+        check.status.success(),
+        "haproxy rejects the config: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let _hap = Proc::spawn_program(
+        Path::new(&haproxy),
+        &["-db", "-f", &path.to_string_lossy()],
+        &[],
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+    })
+    .await;
+    let theirs = run(addr).await;
+    Some((ours, theirs))
+}
+
+fn differences(ours: &[String], theirs: &[String], prefixes: &[&str]) -> Vec<String> {
+    ours.iter()
+        .zip(theirs)
+        .filter(|(a, _)| prefixes.iter().any(|p| a.starts_with(p)))
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("llmgw {a} | haproxy {b}"))
+        .collect()
+}
+
+/// Requests per server for one backend's prefix.
+fn counts(choices: &[String], prefix: &str) -> [usize; 3] {
+    let mut c = [0; 3];
+    for x in choices.iter().filter(|x| x.starts_with(prefix)) {
+        for (i, name) in ["s1", "s2", "s3"].iter().enumerate() {
+            if x.ends_with(&format!("-> {name}")) {
+                c[i] += 1;
+            }
+        }
+    }
+    c
+}
+
+#[tokio::test]
+async fn same_cfg_same_choices_as_haproxy() {
+    let Some(((gw_servers, gw_statuses), (hap_servers, hap_statuses))) = both().await else {
+        return;
+    };
+    assert_eq!(
+        gw_statuses, hap_statuses,
+        "statuses of ACL-routed requests (llmgw left, haproxy right)"
+    );
+    assert_eq!(
+        gw_statuses,
+        [200, 403, 429, 410, 404, 404, 410, 200, 401, 200]
+    );
+    let diffs = differences(&gw_servers, &hap_servers, &["/srr/", "/lc/", "/src/"]);
+    assert!(diffs.is_empty(), "choices differ:\n{}", diffs.join("\n"));
+    // Same proportions over whole cycles of the weights.
+    assert_eq!(counts(&gw_servers, "/rr/"), counts(&hap_servers, "/rr/"));
+    // A missing hash key falls back to round-robin in both; a present one
+    // always reaches the same server in llmgw.
+    assert!(
+        gw_servers.iter().all(|s| !s.ends_with("-> -")),
+        "{gw_servers:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "known gap: llmgw's round-robin order and hash mapping differ from HAProxy's (see module doc)"]
+async fn exact_order_and_hashing() {
+    let Some(((gw_servers, _), (hap_servers, _))) = both().await else {
+        return;
+    };
+    let diffs = differences(
+        &gw_servers,
+        &hap_servers,
+        &["/rr/", "/srr/", "/uri/", "/hdr/"],
+    );
+    assert!(
+        diffs.is_empty(),
+        "{} choices differ:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}
