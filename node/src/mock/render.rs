@@ -102,16 +102,24 @@ impl Answer<'_> {
     }
 }
 
+/// `…"id":"<prefix><hex>","object":"<object>","created":<t>,"model":<m>` —
+/// the envelope every OpenAI object and chunk starts with.
+fn push_object_head(b: &mut Vec<u8>, start: &[u8], object: &[u8], a: &Answer) {
+    b.extend_from_slice(start);
+    push_hex(b, a.id);
+    b.extend_from_slice(b"\",\"object\":\"");
+    b.extend_from_slice(object);
+    b.extend_from_slice(b"\",\"created\":");
+    push_u64(b, a.created);
+    b.extend_from_slice(b",\"model\":");
+    push_json_str(b, a.model);
+}
+
 // ---- OpenAI chat completions ------------------------------------------------
 
 pub(super) fn chat_completion(a: &Answer, content: &Content) -> Bytes {
     let mut b = Vec::with_capacity(a.capacity());
-    b.extend_from_slice(b"{\"id\":\"chatcmpl-");
-    push_hex(&mut b, a.id);
-    b.extend_from_slice(b"\",\"object\":\"chat.completion\",\"created\":");
-    push_u64(&mut b, a.created);
-    b.extend_from_slice(b",\"model\":");
-    push_json_str(&mut b, a.model);
+    push_object_head(&mut b, b"{\"id\":\"chatcmpl-", b"chat.completion", a);
     b.extend_from_slice(
         b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"",
     );
@@ -128,12 +136,12 @@ pub(super) fn chat_completion(a: &Answer, content: &Content) -> Bytes {
 /// every chunk of one stream shares.
 pub(super) fn chat_chunk_head(a: &Answer) -> Bytes {
     let mut b = Vec::with_capacity(200 + a.model.len() * 2);
-    b.extend_from_slice(b"data: {\"id\":\"chatcmpl-");
-    push_hex(&mut b, a.id);
-    b.extend_from_slice(b"\",\"object\":\"chat.completion.chunk\",\"created\":");
-    push_u64(&mut b, a.created);
-    b.extend_from_slice(b",\"model\":");
-    push_json_str(&mut b, a.model);
+    push_object_head(
+        &mut b,
+        b"data: {\"id\":\"chatcmpl-",
+        b"chat.completion.chunk",
+        a,
+    );
     b.extend_from_slice(b",\"choices\":[");
     Bytes::from(b)
 }
@@ -173,12 +181,7 @@ pub(super) fn chat_stream_end(head: &[u8], a: &Answer, include_usage: bool) -> B
 
 pub(super) fn text_completion(a: &Answer, content: &Content) -> Bytes {
     let mut b = Vec::with_capacity(a.capacity());
-    b.extend_from_slice(b"{\"id\":\"cmpl-");
-    push_hex(&mut b, a.id);
-    b.extend_from_slice(b"\",\"object\":\"text_completion\",\"created\":");
-    push_u64(&mut b, a.created);
-    b.extend_from_slice(b",\"model\":");
-    push_json_str(&mut b, a.model);
+    push_object_head(&mut b, b"{\"id\":\"cmpl-", b"text_completion", a);
     b.extend_from_slice(b",\"choices\":[{\"text\":\"");
     content.push(&mut b, a.completion_tokens);
     b.extend_from_slice(b"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"");
@@ -191,12 +194,7 @@ pub(super) fn text_completion(a: &Answer, content: &Content) -> Bytes {
 
 pub(super) fn text_chunk_head(a: &Answer) -> Bytes {
     let mut b = Vec::with_capacity(200 + a.model.len() * 2);
-    b.extend_from_slice(b"data: {\"id\":\"cmpl-");
-    push_hex(&mut b, a.id);
-    b.extend_from_slice(b"\",\"object\":\"text_completion\",\"created\":");
-    push_u64(&mut b, a.created);
-    b.extend_from_slice(b",\"model\":");
-    push_json_str(&mut b, a.model);
+    push_object_head(&mut b, b"data: {\"id\":\"cmpl-", b"text_completion", a);
     b.extend_from_slice(b",\"choices\":[");
     Bytes::from(b)
 }
