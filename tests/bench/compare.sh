@@ -250,7 +250,7 @@ start_proxy() {
     direct) P_PORT=$UP; P_PID=$UP_PID; P_PIDS=$UP_PID; return 0 ;;
     llmgw) taskset -c "$cores" "$@" "$BIN" run -c "$f" >"$work/$name.out" 2>&1 & ;;
     haproxy) taskset -c "$cores" "$@" haproxy -f "$f" >"$work/$name.out" 2>&1 & ;;
-    nginx) taskset -c "$cores" "$@" nginx -p "$work/nginx" -c "$f" >"$work/$name.out" 2>&1 & ;;
+    nginx) taskset -c "$cores" "$@" nginx -p "$work/nginx" -c "$f" ${NGINX_G:+-g "$NGINX_G"} >"$work/$name.out" 2>&1 & ;;
     esac
     P_PID=$!; pids+=("$P_PID")
     if ! wait_port "$P_PORT" "${WAIT_S:-10}"; then
@@ -380,31 +380,29 @@ row_cpu() {
         if [ -z "$perf_ok" ]; then cpu_callgrind "$name"; fi
     done
     if [ -n "$perf_ok" ]; then note "cpu: perf stat -e instructions,task-clock on the proxy process over $CPU_REQUESTS POSTs (h2load --h1 -c 16)."
-    else note "cpu: hardware counters are NOT available in this VM (perf stat -e instructions: <not supported>); instructions per request come from valgrind --tool=callgrind (collection switched on only around $CALLGRIND_REQUESTS POSTs after warm-up; valgrind serialises threads), and task-clock (software counter) per 1k requests over $CPU_REQUESTS POSTs, h2load --h1 -c 16."; fi
+    else note "cpu: hardware counters are NOT available in this VM (perf stat -e instructions: <not supported>); instructions per request come from valgrind --tool=callgrind (Ir of a run with 200+$CALLGRIND_REQUESTS POSTs minus Ir of a run with 200, divided by $CALLGRIND_REQUESTS; nginx with master_process off; valgrind serialises threads), and task-clock (software counter) per 1k requests over $CPU_REQUESTS POSTs, h2load --h1 -c 16."; fi
 }
 
-cpu_callgrind() { # NAME: Ir per request under callgrind, collection toggled around the measured requests
+cpu_callgrind() { # NAME: Ir per request under callgrind = (Ir(N+warm) - Ir(warm)) / N, two runs of the proxy
     local name=$1 r
     command -v valgrind >/dev/null || { note "cpu: valgrind missing, no instruction counts"; return; }
+    local h2="h2load --h1 -c 4 -d $work/body.json -H content-type:application/json"
     for ((r = 0; r < RUNS; r++)); do
-        local cg=$work/cg.$name.$r
-        rm -f "$cg"*
-        local wrap=(valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$cg.%p")
-        [ "$name" = nginx ] && wrap+=(--trace-children=yes)
-        WAIT_S=60 start_proxy "$name" 1 none on 5000 "${wrap[@]}" || return
-        local h2="h2load --h1 -c 4 -d $work/body.json -H content-type:application/json"
-        taskset -c "$CORE_PROXY" $h2 -n 200 "http://127.0.0.1:$P_PORT/v1/chat/completions" >/dev/null 2>&1  # warm-up
-        local w; for w in $P_WORKERS; do callgrind_control -i on "$w" >/dev/null 2>&1; done
-        taskset -c "$CORE_PROXY" $h2 -n "$CALLGRIND_REQUESTS" "http://127.0.0.1:$P_PORT/v1/chat/completions" >"$work/h2load.out" 2>&1
-        for w in $P_WORKERS; do callgrind_control -i off "$w" >/dev/null 2>&1; done
-        stop_proxy
-        sleep 0.5
-        local ir; ir=$(cat "$cg".* 2>/dev/null | awk '/^(summary|totals):/ {s += $2} END {print s+0}')
-        local ok; ok=$(awk '/^requests:/ {print $8}' "$work/h2load.out")
-        if [ "${ir:-0}" -gt 0 ] && [ "${ok:-0}" -gt 0 ]; then
-            sample cpu "instructions per request (callgrind)" instr lo "$name" "$(awk -v t="$ir" -v n="$ok" 'BEGIN {print t / n}')"
+        local n tot=() ok=()
+        for n in 200 $((CALLGRIND_REQUESTS + 200)); do
+            local cg=$work/cg.$name.$r.$n
+            rm -f "$cg".*
+            local wrap=(valgrind --tool=callgrind --vgdb=no --callgrind-out-file="$cg.%p")
+            NGINX_G="master_process off;" WAIT_S=60 start_proxy "$name" 1 none on 5000 "${wrap[@]}" || return
+            taskset -c "$CORE_PROXY" $h2 -n "$n" "http://127.0.0.1:$P_PORT/v1/chat/completions" >"$work/h2load.out" 2>&1
+            ok+=("$(awk '/^requests:/ {print $8}' "$work/h2load.out")")
+            stop_proxy
+            tot+=("$(cat "$cg".* 2>/dev/null | awk '/^(summary|totals):/ {s = $2} END {print s+0}')")
+        done
+        if [ "${tot[0]}" -gt 0 ] && [ "${tot[1]}" -gt "${tot[0]}" ] && [ "${ok[1]}" = $((CALLGRIND_REQUESTS + 200)) ]; then
+            sample cpu "instructions per request (callgrind)" instr lo "$name" "$(awk -v a="${tot[0]}" -v b="${tot[1]}" -v n="$CALLGRIND_REQUESTS" 'BEGIN {print (b - a) / n}')"
         else
-            note "cpu $name: callgrind measurement failed (Ir=${ir:-?}, ok=${ok:-?})"
+            note "cpu $name: callgrind measurement failed (Ir ${tot[*]}, ok ${ok[*]})"
         fi
     done
 }
@@ -527,7 +525,7 @@ for row in ${ROWS//,/ }; do
 done
 mkdir -p "$OUT"
 python3 "$here/report.py" "$samples" "$notes" "$OUT/latest.md" "$OUT/latest.json" \
-    "date=$started" "llmgw=$("$BIN" --version 2>/dev/null | awk '{print $2}') ($(cd "$root" && git rev-parse --short HEAD 2>/dev/null))" \
+    "date=$started" "llmgw=$("$BIN" --version 2>/dev/null | awk '{print $2}') ($BIN$(git -C "$(dirname "$BIN")" rev-parse --short HEAD 2>/dev/null | sed 's/^/ @ /'))" \
     "haproxy=$(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}')" "nginx=$(nginx -v 2>&1 | sed 's|.*/||')" \
     "cpus=$ncpu" "runs=$RUNS" "duration=$DURATION"
 cp "$samples" "$OUT/latest.samples.tsv"
