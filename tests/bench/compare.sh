@@ -427,8 +427,9 @@ row_streams() {
                 read -r opened errs per g50 g99 g999 rss kinds <<<"$line"
                 [ "$name" != direct ] && sample streams "RSS per stream @$n" KiB lo "$name" "$per"
                 sample streams "errors @$n" count lo "$name" "$errs"
-                sample streams "event gap p99 @$n (nominal $STREAM_DELAY_MS)" ms lo "$name" "$g99"
-                sample streams "event gap p99.9 @$n" ms lo "$name" "$g999"
+                sample streams "event gap p50 − nominal @$n" ms lo "$name" "$(awk -v g="$g50" -v d="$STREAM_DELAY_MS" 'BEGIN {print g - d}')"
+                sample streams "event gap p99 − nominal @$n" ms lo "$name" "$(awk -v g="$g99" -v d="$STREAM_DELAY_MS" 'BEGIN {print g - d}')"
+                sample streams "event gap p99.9 − nominal @$n" ms lo "$name" "$(awk -v g="$g999" -v d="$STREAM_DELAY_MS" 'BEGIN {print g - d}')"
                 [ "$errs" != 0 ] && note "streams $name @$n run $r: $opened/$n opened, $errs errors $kinds"
                 # let the proxy release the closed streams before the next run
                 sleep 2
@@ -436,7 +437,7 @@ row_streams() {
             stop_proxy
         done
     done
-    note "streams: one process (tests/bench/sse_hold.py, core $CORE_UP) holds N streams through a 1-thread proxy; RSS per stream = (VmRSS with streams − VmRSS before) / streams (nginx: master + worker); gap = time between consecutive events on a stream (the mock sends one every $STREAM_DELAY_MS ms); nginx runs with proxy_buffering off."
+    note "streams: one process (tests/bench/sse_hold.py, core $CORE_UP) holds N streams through a 1-thread proxy; RSS per stream = (VmRSS with streams − VmRSS before) / streams (nginx: master + worker); gap − nominal = time between consecutive events on a stream minus the $STREAM_DELAY_MS ms the mock waits between events (the upstream-direct column is the client's own baseline; a proxy's added inter-event latency is its figure minus that one); nginx runs with proxy_buffering off."
 }
 
 row_tls() {
