@@ -440,34 +440,47 @@ row_streams() {
     note "streams: one process (tests/bench/sse_hold.py, core $CORE_UP) holds N streams through a 1-thread proxy; RSS per stream = (VmRSS with streams − VmRSS before) / streams (nginx: master + worker); gap − nominal = time between consecutive events on a stream minus the $STREAM_DELAY_MS ms the mock waits between events (the upstream-direct column is the client's own baseline; a proxy's added inter-event latency is its figure minus that one); nginx runs with proxy_buffering off."
 }
 
+stime_rate() { # PORT -> full handshakes/s from TLS_CLIENTS parallel `openssl s_time -new` (no session reuse)
+    local k t0 t1 n=${TLS_CLIENTS:-4}
+    t0=$(date +%s.%N)
+    for ((k = 0; k < n; k++)); do
+        taskset -c "$CORE_UP" openssl s_time -connect "127.0.0.1:$1" -new -time "$dur_s" >"$work/stime.$k" 2>&1 &
+    done
+    wait $(jobs -p | tail -n "$n") 2>/dev/null
+    t1=$(date +%s.%N)
+    cat "$work"/stime.* | awk -v w="$(echo "$t1 - $t0" | bc)" '/connections in .* real seconds/ {c += $1} END {if (c) print c / w}'
+    rm -f "$work"/stime.*
+}
+
 row_tls() {
     command -v h2load >/dev/null || { loud "tls row SKIPPED: h2load missing"; return; }
-    log "== tls: handshakes/s (h2load, Connection: close) and h2 keep-alive"
+    log "== tls: handshakes/s and h2 over TLS keep-alive"
     start_mock; gen_certs
-    local name cert r resume
+    local name cert r resume v
     local h2="h2load -d $work/body.json -H content-type:application/json"
     for cert in rsa ecdsa; do
+        local C=${cert^^}
         for name in $(targets); do
             for resume in off on; do
+                # llmgw cannot switch resumption off: one instance, both kinds of measurement
                 [ "$name" = llmgw ] && [ "$resume" = off ] && continue
                 start_proxy "$name" 1 "$cert" "$resume" || continue
                 local url="https://localhost:$P_PORT/v1/chat/completions"
                 for ((r = 0; r < RUNS; r++)); do
-                    local v
+                    if [ "$resume" = off ] || [ "$name" = llmgw ]; then
+                        sample tls "full handshakes/s, openssl s_time -new ×${TLS_CLIENTS:-4}, $C" "conn/s" hi "$name" "$(stime_rate "$P_PORT")"
+                    fi
                     v=$(taskset -c "$CORE_PROXY" $h2 --h1 -H 'connection: close' -c 16 -n "$TLS_REQUESTS" "$url" 2>&1 | tee "$work/h2load.out" | awk '/^finished in/ {print $4}')
                     local ok; ok=$(awk '/^requests:/ {print $8}' "$work/h2load.out")
-                    [ "${ok:-0}" = "$TLS_REQUESTS" ] || note "tls $name $cert resume=$resume: ${ok:-0}/$TLS_REQUESTS requests succeeded"
-                    local label="full handshakes/s"
-                    [ "$resume" = on ] && label="handshakes/s, resumption on"
-                    [ "$name" = llmgw ] && label="full handshakes/s"  # see note: llmgw cannot disable resumption
-                    sample tls "$label, ${cert^^}" "conn/s" hi "$name" "$v"
-                    [ "$name" = llmgw ] && sample tls "handshakes/s, resumption on, ${cert^^}" "conn/s" hi "$name" "$v"
+                    [ "${ok:-0}" = "$TLS_REQUESTS" ] || note "tls $name $C resumption=$resume: ${ok:-0}/$TLS_REQUESTS requests succeeded"
+                    if [ "$resume" = off ]; then sample tls "full handshakes/s, h2load conn: close, server resumption off, $C" "conn/s" hi "$name" "$v"
+                    else sample tls "handshakes/s, h2load conn: close, resumption on (h2load resumes), $C" "conn/s" hi "$name" "$v"; fi
                 done
                 if [ "$cert" = ecdsa ] && [ "$resume" = on ]; then
                     for ((r = 0; r < RUNS; r++)); do
-                        local v
                         v=$(taskset -c "$CORE_PROXY" $h2 -c 16 -m 10 -D "$dur_s" "$url" 2>&1 | tee "$work/h2load.out" | awk '/^finished in/ {print $4}')
-                        sample tls "h2 over TLS keep-alive (-c16 -m10)" "req/s" hi "$name" "$v"
+                        grep -q 'h2' "$work/h2load.out" || true
+                        sample tls "h2 over TLS keep-alive, h2load -c16 -m10, ECDSA" "req/s" hi "$name" "$v"
                     done
                 fi
                 stop_proxy
@@ -475,7 +488,7 @@ row_tls() {
         done
     done
     local reused; reused=$(tls_resumption_check)
-    note "tls: h2load --h1 -c 16 -n $TLS_REQUESTS with 'connection: close' (a new TLS connection per request), TLS 1.3, 1 proxy thread. 'full': HAProxy with no-tls-tickets + tune.ssl.cachesize 0, nginx with ssl_session_cache off + ssl_session_tickets off. 'resumption on': HAProxy/nginx defaults plus an nginx shared session cache. llmgw has no switch to disable resumption (rustls keeps a session cache and may issue tickets), so its single measurement is shown in both rows. $reused"
+    note "tls: TLS 1.3, 1 proxy thread, a new TLS connection per request. 'full, s_time': ${TLS_CLIENTS:-4} parallel 'openssl s_time -new' clients (never resume) on core $CORE_UP (the mock is idle then: s_time sends no request), connections / wall time. 'full, h2load': h2load --h1 -c 16 -n $TLS_REQUESTS with 'connection: close' against HAProxy with no-tls-tickets + tune.ssl.cachesize 0 and nginx with ssl_session_cache off + ssl_session_tickets off; llmgw has NO switch to disable session resumption (rustls session cache / tickets on by default), so it has no figure in that row. 'resumption on': the same h2load command against each proxy's defaults (nginx with a shared session cache), and h2load resumes: $reused h2 keep-alive: h2load -c 16 -m 10 over TLS with ALPN h2 (proxies speak HTTP/1.1 to the mock)."
 }
 
 tls_resumption_check() { # does h2load resume sessions? ask nginx ($ssl_session_reused)
