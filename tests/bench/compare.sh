@@ -22,7 +22,7 @@
 #   RUNS=3 DURATION=10s ROWS=all RATE=5000 STREAMS=5000,9000 STREAM_DELAY_MS=1000
 #   STREAM_HOLD=10 CPU_REQUESTS=20000 CALLGRIND_REQUESTS=2000 TLS_REQUESTS=3000
 #   PROXIES=llmgw,haproxy,nginx   NO_INSTALL=1 (never apt-get / cargo install)
-#   OUT=tests/bench/results
+#   OUT=tests/bench/results   KEEP_OTHER_ROWS=1 (rerun ROWS, keep the other rows of $OUT/latest.*)
 #
 # Placement on a 2-core machine: the mock upstream (and the SSE client) on
 # core 1; proxies and load generators on core 0 for the 1-thread rows; the
@@ -416,8 +416,9 @@ row_streams() {
     for n in ${STREAMS//,/ }; do
         for name in $(targets direct); do
             local mc=$((n + 500)); [ "$name" = nginx ] && mc=$((2 * n + 500))
-            start_proxy "$name" 1 none on "$mc" || { note "streams $name @$n: proxy did not start with maxconn $mc"; continue; }
             for ((r = 0; r < RUNS; r++)); do
+                # a fresh proxy per run: allocators keep memory after the streams close
+                start_proxy "$name" 1 none on "$mc" || { note "streams $name @$n: proxy did not start with maxconn $mc"; continue; }
                 sleep 1
                 local res
                 res=$(taskset -c "$CORE_UP" python3 "$here/sse_hold.py" --port "$P_PORT" --streams "$n" --delay-ms "$STREAM_DELAY_MS" \
@@ -433,10 +434,14 @@ row_streams() {
                 sample streams "event gap p99 − nominal @$n" ms lo "$name" "$(awk -v g="$g99" -v d="$STREAM_DELAY_MS" 'BEGIN {print g - d}')"
                 sample streams "event gap p99.9 − nominal @$n" ms lo "$name" "$(awk -v g="$g999" -v d="$STREAM_DELAY_MS" 'BEGIN {print g - d}')"
                 [ "$errs" != 0 ] && note "streams $name @$n run $r: $opened/$n opened, $errs errors $kinds"
-                # let the proxy release the closed streams before the next run
-                sleep 2
+                if [ "$name" != direct ]; then
+                    sleep 2
+                    local after; after=$(rss_kib $P_PIDS)
+                    sample streams "RSS 2 s after the $n streams closed" MiB lo "$name" "$(awk -v k="$after" 'BEGIN {print k / 1024}')"
+                fi
+                stop_proxy
+                sleep 1
             done
-            stop_proxy
         done
     done
     note "streams: one process (tests/bench/sse_hold.py, core $CORE_UP) holds N streams through a 1-thread proxy; RSS per stream = (VmRSS with streams − VmRSS before) / streams (nginx: master + worker); gap − nominal = time between consecutive events on a stream minus the $STREAM_DELAY_MS ms the mock waits between events (the upstream-direct column is the client's own baseline; a proxy's added inter-event latency is its figure minus that one); nginx runs with proxy_buffering off."
@@ -536,6 +541,12 @@ row_idle() {
 
 # ------------------------------------------------------------------ main ----
 started=$(date -u +%FT%TZ)
+if [ -n "${KEEP_OTHER_ROWS:-}" ] && [ -f "$OUT/latest.samples.tsv" ]; then
+    # rerun some rows, keep the previous run's figures for the others
+    awk -F'\t' -v rows=",$ROWS," 'index(rows, "," $1 ",") == 0' "$OUT/latest.samples.tsv" >> "$samples"
+    [ -f "$OUT/latest.notes.txt" ] && awk -v rows=",$ROWS," '{r = $1; sub(/:$/, "", r)} r != "rows" && index(rows, "," r ",") == 0' "$OUT/latest.notes.txt" >> "$notes"
+    note "rows not in '$ROWS' are from the previous run in $OUT"
+fi
 for row in ${ROWS//,/ }; do
     if declare -F "row_$row" >/dev/null; then "row_$row"; else log "unknown row '$row'"; fi
 done
@@ -544,6 +555,6 @@ python3 "$here/report.py" "$samples" "$notes" "$OUT/latest.md" "$OUT/latest.json
     "date=$started" "llmgw=$("$BIN" --version 2>/dev/null | awk '{print $2}') ($BIN$(git -C "$(dirname "$BIN")" rev-parse --short HEAD 2>/dev/null | sed 's/^/ @ /'))" \
     "haproxy=$(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}')" "nginx=$(nginx -v 2>&1 | sed 's|.*/||')" \
     "cpus=$ncpu" "runs=$RUNS" "duration=$DURATION"
-cp "$samples" "$OUT/latest.samples.tsv"
+cp "$samples" "$OUT/latest.samples.tsv"; cp "$notes" "$OUT/latest.notes.txt"
 [ -f "$work/streams.raw" ] && cp "$work/streams.raw" "$OUT/latest.streams.jsonl"
 log "written: $OUT/latest.md $OUT/latest.json"
