@@ -1,0 +1,560 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: llmgw vs HAProxy 2.6 vs nginx, same mock upstream,
+# same machine, same run (issue 3). Prints ONE Markdown table (median of RUNS
+# runs, each proxy's ratio to HAProxy) and writes it as
+# tests/bench/results/latest.md and latest.json.
+#
+#   tests/bench/compare.sh                          # everything, RUNS=3 DURATION=10s
+#   RUNS=1 DURATION=3s tests/bench/compare.sh       # quick pass
+#   ROWS=throughput,latency tests/bench/compare.sh  # some rows only
+#   tests/bench/compare.sh streams                  # rows may also be given as arguments
+#
+# Rows: throughput (wrk -t1 -c64, 1 and 2 proxy threads), latency (oha -q RATE
+# --latency-correction; skipped loudly if oha is missing), cpu (instructions
+# per request via perf, else callgrind, plus task-clock per 1k requests),
+# streams (STREAMS concurrent SSE streams: RSS per stream, inter-event gaps),
+# tls (full / resumed handshakes/s, RSA-2048 and ECDSA P-256; h2 over TLS
+# keep-alive), idle (RSS after start, binary size).
+#
+# Environment:
+#   LLMGW_BIN   llmgw binary (default: target/release/llmgw of this checkout,
+#               built with `cargo build --release -p llmgw` if missing)
+#   RUNS=3 DURATION=10s ROWS=all RATE=5000 STREAMS=5000,9000 STREAM_DELAY_MS=1000
+#   STREAM_HOLD=10 CPU_REQUESTS=20000 CALLGRIND_REQUESTS=2000 TLS_REQUESTS=3000
+#   PROXIES=llmgw,haproxy,nginx   NO_INSTALL=1 (never apt-get / cargo install)
+#   OUT=tests/bench/results   KEEP_OTHER_ROWS=1 (rerun ROWS, keep the other rows of $OUT/latest.*)
+#
+# Placement on a 2-core machine: the mock upstream (and the SSE client) on
+# core 1; proxies and load generators on core 0 for the 1-thread rows; the
+# 2-thread rows let the proxy use both cores. Loopback only; every process
+# started here is killed on exit.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10s}
+ROWS=${ROWS:-${1:-all}}
+[ "$ROWS" = all ] && ROWS=throughput,latency,cpu,streams,tls,idle
+RATE=${RATE:-5000}
+STREAMS=${STREAMS:-5000,9000}
+STREAM_DELAY_MS=${STREAM_DELAY_MS:-1000}
+STREAM_HOLD=${STREAM_HOLD:-10}
+CPU_REQUESTS=${CPU_REQUESTS:-20000}
+CALLGRIND_REQUESTS=${CALLGRIND_REQUESTS:-2000}
+TLS_REQUESTS=${TLS_REQUESTS:-3000}
+PROXIES=${PROXIES:-llmgw,haproxy,nginx}
+OUT=${OUT:-$here/results}
+CORE_PROXY=${CORE_PROXY:-0}
+CORE_UP=${CORE_UP:-1}
+ncpu=$(nproc)
+[ "$ncpu" -lt 2 ] && CORE_UP=0
+dur_s=${DURATION%s}
+
+log() { printf '[compare] %s\n' "$*" >&2; }
+loud() { printf '\n[compare] !!!!! %s !!!!!\n\n' "$*" >&2; note "$*"; }
+has_row() { [[ ",$ROWS," == *",$1,"* ]]; }
+has_proxy() { [[ ",$PROXIES," == *",$1,"* ]]; }
+
+# ---------------------------------------------------------------- setup ----
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+work=$(mktemp -d /tmp/llmgw-bench.XXXXXX)
+samples=$work/samples.tsv; notes=$work/notes.txt
+: > "$samples"; : > "$notes"
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    sleep 0.3
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+    [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+note() { printf '%s\n' "$*" >> "$notes"; }
+# sample ROW METRIC UNIT BETTER(hi|lo) PROXY VALUE
+sample() {
+    [ -n "${6:-}" ] || { log "no value for $1/$2/$5"; return; }
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$samples"
+    log "$1 / $2 / $5: $6 $3"
+}
+
+install_missing() {
+    [ -n "${NO_INSTALL:-}" ] && return
+    local sudo="" need=()
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    command -v haproxy >/dev/null || need+=(haproxy)
+    command -v nginx >/dev/null || need+=(nginx-light)
+    command -v wrk >/dev/null || need+=(wrk)
+    command -v h2load >/dev/null || need+=(nghttp2-client)
+    command -v openssl >/dev/null || need+=(openssl)
+    command -v perf >/dev/null || need+=(linux-perf)
+    command -v valgrind >/dev/null || need+=(valgrind)
+    if [ ${#need[@]} -gt 0 ]; then
+        log "installing ${need[*]}"
+        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >&2
+    fi
+    if ! command -v oha >/dev/null && [ ! -x "$HOME/.cargo/bin/oha" ]; then
+        log "oha missing: 'cargo install oha --locked' started in the background (log: /tmp/llmgw-oha-install.log); the latency row is skipped until it is installed"
+        ( flock /tmp/llmgw-cargo.lock cargo install oha --locked >/tmp/llmgw-oha-install.log 2>&1 & )
+    fi
+}
+install_missing
+OHA=$(command -v oha || echo "$HOME/.cargo/bin/oha")
+
+BIN=${LLMGW_BIN:-$root/target/release/llmgw}
+if [ ! -x "$BIN" ]; then
+    log "building $BIN"
+    (cd "$root" && flock /tmp/llmgw-cargo.lock cargo build --release -p llmgw >&2) || { log "build failed"; exit 1; }
+fi
+log "llmgw: $BIN ($("$BIN" --version 2>/dev/null))"
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # PORT [TIMEOUT_S]
+    local i n=$(( ${2:-10} * 20 ))
+    for ((i = 0; i < n; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    log "port $1 did not open"; return 1
+}
+median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}'; }
+rss_kib() { # PID... -> summed VmRSS
+    local t=0 p v
+    for p in "$@"; do v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null); t=$((t + ${v:-0})); done
+    echo $t
+}
+killwait() { local p; for p in "$@"; do kill "$p" 2>/dev/null; done; for p in "$@"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; kill -9 "$p" 2>/dev/null; done; return 0; }
+
+BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}'
+printf '%s' "$BODY" > "$work/body.json"
+cat > "$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$BODY'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+# ------------------------------------------------------------ processes ----
+UP=""; UP_PID=""
+start_mock() { # start the mock upstream once, on its own core
+    [ -n "$UP_PID" ] && kill -0 "$UP_PID" 2>/dev/null && return
+    UP=$(port)
+    taskset -c "$CORE_UP" "$BIN" mock-upstream --listen "127.0.0.1:$UP" --threads 1 >/dev/null 2>"$work/mock.err" &
+    UP_PID=$!; pids+=("$UP_PID")
+    wait_port "$UP" || { cat "$work/mock.err" >&2; exit 1; }
+}
+
+gen_certs() {
+    [ -f "$work/rsa.pem" ] && return
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/rsa.key" -out "$work/rsa.pem" -days 2 -subj /CN=localhost 2>/dev/null
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/ecdsa.key" -out "$work/ecdsa.pem" -days 2 -subj /CN=localhost 2>/dev/null
+    local k; for k in rsa ecdsa; do cat "$work/$k.pem" "$work/$k.key" > "$work/$k.bundle.pem"; done
+}
+
+# proxy_conf NAME THREADS PORT TLS(none|rsa|ecdsa) RESUME(on|off) MAXCONN -> config path
+proxy_conf() {
+    local name=$1 th=$2 p=$3 tls=$4 resume=$5 maxconn=$6 f=""
+    case $name in
+    llmgw)
+        f=$work/llmgw-$th-$tls.toml
+        {
+            printf '[global]\nnbthread = %s\nmaxconn = %s\n\n[[frontend]]\nname = "bench"\ndefault_backend = "mock"\n' "$th" "$maxconn"
+            if [ "$tls" = none ]; then
+                printf 'bind = ["127.0.0.1:%s"]\n' "$p"
+            else
+                printf '[[frontend.bind]]\naddress = "127.0.0.1:%s"\ntls = { cert = "%s", key = "%s", alpn = ["h2", "http/1.1"] }\n' \
+                    "$p" "$work/$tls.pem" "$work/$tls.key"
+            fi
+            printf '[[frontend.route]]\nbackend = "mock"\nmodel_prefix = "gpt-"\n\n'
+            printf '[[backend]]\nname = "mock"\n[[backend.server]]\nname = "m1"\naddress = "127.0.0.1:%s"\n' "$UP"
+        } > "$f" ;;
+    haproxy)
+        f=$work/haproxy-$th-$tls-$resume.cfg
+        local bindopt="" glob=""
+        if [ "$tls" != none ]; then
+            bindopt=" ssl crt $work/$tls.bundle.pem alpn h2,http/1.1"
+            [ "$resume" = off ] && { bindopt+=" no-tls-tickets"; glob="    tune.ssl.cachesize 0"; }
+        fi
+        cat > "$f" <<CFG
+global
+    nbthread $th
+    maxconn $maxconn
+$glob
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend bench
+    bind 127.0.0.1:$p$bindopt
+    use_backend mock if { path_beg /v1/ }
+    default_backend mock
+backend mock
+    http-reuse always
+    server m1 127.0.0.1:$UP
+CFG
+        ;;
+    nginx)
+        f=$work/nginx-$th-$tls-$resume.conf
+        mkdir -p "$work/nginx"
+        local listen="listen 127.0.0.1:$p;" ssl=""
+        if [ "$tls" != none ]; then
+            listen="listen 127.0.0.1:$p ssl http2;"
+            ssl="ssl_certificate $work/$tls.pem; ssl_certificate_key $work/$tls.key;"
+            if [ "$resume" = off ]; then ssl+=" ssl_session_cache off; ssl_session_tickets off;"
+            else ssl+=" ssl_session_cache shared:SSL:10m; ssl_session_tickets on;"; fi
+        fi
+        cat > "$f" <<CFG
+worker_processes $th;
+worker_rlimit_nofile $(ulimit -Hn);
+daemon off;
+pid $work/nginx/nginx-$p.pid;
+error_log $work/nginx/error.log error;
+events { worker_connections $maxconn; multi_accept on; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fcgi; uwsgi_temp_path $work/nginx/uwsgi; scgi_temp_path $work/nginx/scgi;
+    keepalive_requests 1000000;
+    upstream mock { server 127.0.0.1:$UP; keepalive 256; }
+    server {
+        $listen
+        $ssl
+        location /v1/ {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 300s;
+        }
+        location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+CFG
+        ;;
+    esac
+    echo "$f"
+}
+
+# start_proxy NAME THREADS [TLS=none] [RESUME=on] [MAXCONN=5000] [WRAP...]
+# sets P_PORT, P_PID (the process to signal) and P_PIDS (the processes doing the work)
+start_proxy() {
+    local name=$1 th=$2 tls=${3:-none} resume=${4:-on} maxconn=${5:-5000}; shift 5 2>/dev/null || shift $#
+    local cores=$CORE_PROXY f
+    [ "$th" -gt 1 ] && cores=0-$((ncpu - 1))
+    P_PORT=$(port)
+    f=$(proxy_conf "$name" "$th" "$P_PORT" "$tls" "$resume" "$maxconn")
+    case $name in
+    direct) P_PORT=$UP; P_PID=$UP_PID; P_PIDS=$UP_PID; return 0 ;;
+    llmgw) taskset -c "$cores" "$@" "$BIN" run -c "$f" >"$work/$name.out" 2>&1 & ;;
+    haproxy) taskset -c "$cores" "$@" haproxy -f "$f" >"$work/$name.out" 2>&1 & ;;
+    nginx) taskset -c "$cores" "$@" nginx -p "$work/nginx" -c "$f" ${NGINX_G:+-g "$NGINX_G"} >"$work/$name.out" 2>&1 & ;;
+    esac
+    P_PID=$!; pids+=("$P_PID")
+    if ! wait_port "$P_PORT" "${WAIT_S:-10}"; then
+        log "$name did not start:"; tail -5 "$work/$name.out" >&2; killwait "$P_PID"; return 1
+    fi
+    P_PIDS=$P_PID
+    if [ "$name" = nginx ]; then
+        sleep 0.2
+        local kids; kids=$(pgrep -P "$P_PID" | paste -sd' ')
+        # nginx: the workers do the work (RSS is reported for master + workers)
+        P_PIDS="$P_PID $kids"; P_WORKERS=$kids
+    else
+        P_WORKERS=$P_PID
+    fi
+}
+stop_proxy() { [ "$P_PID" = "$UP_PID" ] || killwait $P_PIDS; }
+
+targets() { # the proxies to measure, optionally with "direct" first
+    local t=() p
+    [ "${1:-}" = direct ] && t+=(direct)
+    for p in llmgw haproxy nginx; do has_proxy $p && t+=("$p"); done
+    echo "${t[@]}"
+}
+
+# ------------------------------------------------------------------ rows ----
+row_throughput() {
+    log "== throughput: wrk -t1 -c64 -d$DURATION, POST chat completion, keep-alive"
+    start_mock
+    local th name r v
+    for th in 1 2; do
+        for name in $(targets direct); do
+            [ "$name" = direct ] && [ "$th" = 2 ] && continue
+            start_proxy "$name" "$th" || continue
+            local wcores=$CORE_PROXY; [ "$name" = direct ] && wcores=$CORE_PROXY
+            for ((r = 0; r < RUNS; r++)); do
+                v=$(taskset -c "$wcores" wrk -t1 -c64 -d"$DURATION" -s "$work/post.lua" "http://127.0.0.1:$P_PORT/v1/chat/completions" 2>&1 | tee "$work/wrk.out" |
+                    awk '/Requests\/sec/ {print $2}')
+                local errs; errs=$(awk '/Non-2xx|Socket errors/ {print}' "$work/wrk.out")
+                [ -n "$errs" ] && { log "$name: $errs"; note "throughput $name ${th}t: wrk reported: $(echo $errs)"; }
+                if [ "$th" = 1 ]; then sample throughput "req/s, 1 thread" "req/s" hi "$name" "$v"
+                else sample throughput "req/s, 2 threads" "req/s" hi "$name" "$v"; fi
+            done
+            stop_proxy
+        done
+    done
+    note "throughput: wrk -t1 -c64 -d$DURATION; llmgw routes on the body model (model_prefix = \"gpt-\"), HAProxy/nginx on path; 1-thread rows: proxy and wrk on core $CORE_PROXY, mock on core $CORE_UP; 2-thread rows: proxy free on all $ncpu cores (nbthread 2 / worker_processes 2)."
+}
+
+row_latency() {
+    if [ ! -x "$OHA" ]; then
+        loud "latency row SKIPPED: oha is not installed (cargo install oha --locked; see /tmp/llmgw-oha-install.log)"
+        return
+    fi
+    log "== latency: oha -q $RATE --latency-correction -z $DURATION -c 64"
+    start_mock
+    local name r json
+    for name in $(targets direct); do
+        start_proxy "$name" 1 || continue
+        for ((r = 0; r < RUNS; r++)); do
+            json=$(taskset -c "$CORE_PROXY" "$OHA" --no-tui --output-format json -q "$RATE" --latency-correction -z "$DURATION" -c 64 -m POST \
+                -H 'content-type: application/json' -d "$BODY" "http://127.0.0.1:$P_PORT/v1/chat/completions" 2>"$work/oha.err")
+            local line
+            line=$(python3 - "$json" <<'PY'
+import json, sys
+d = json.loads(sys.argv[1])
+p = d.get("latencyPercentiles", {})
+s = d.get("summary", {})
+codes = d.get("statusCodeDistribution", {})
+errs = d.get("errorDistribution", {})
+non2xx = sum(v for k, v in codes.items() if not k.startswith("2"))
+# requests cut off by the end of the -z window are not the proxy's errors
+errs = {k: v for k, v in errs.items() if "deadline" not in k.lower() and "abort" not in k.lower()}
+print(p.get("p50", 0) * 1000, p.get("p99", 0) * 1000, p.get("p99.9", 0) * 1000, s.get("requestsPerSec", 0), sum(errs.values()) + non2xx, json.dumps(errs).replace(" ", "_"))
+PY
+            ) || { log "oha failed: $(tail -3 "$work/oha.err")"; continue; }
+            read -r p50 p99 p999 rps errs kinds <<<"$line"
+            sample latency "p50" ms lo "$name" "$p50"
+            sample latency "p99" ms lo "$name" "$p99"
+            sample latency "p99.9" ms lo "$name" "$p999"
+            sample latency "achieved rate" "req/s" hi "$name" "$rps"
+            [ "${errs%.*}" != 0 ] && note "latency $name: $errs errors / non-2xx answers $kinds"
+            printf '%s %s %s %s\n' "$name" "$p50" "$p99" "$p999" >> "$work/lat.raw"
+        done
+        stop_proxy
+    done
+    # added latency over the upstream called directly, from the medians
+    python3 - "$work/lat.raw" >> "$samples" <<'PY'
+import statistics, sys
+rows = {}
+for l in open(sys.argv[1]):
+    n, *v = l.split(); rows.setdefault(n, []).append([float(x) for x in v])
+if "direct" in rows:
+    d = [statistics.median(c) for c in zip(*rows["direct"])]
+    for n, runs in rows.items():
+        if n == "direct": continue
+        m = [statistics.median(c) for c in zip(*runs)]
+        for name, a, b in zip(["p50", "p99", "p99.9"], m, d):
+            print(f"latency\tadded {name} over direct\tms\tlo\t{n}\t{a - b}")
+PY
+    note "latency: oha -q $RATE --latency-correction -c 64 -z $DURATION, POST chat completion, 1 proxy thread; added = proxy median − direct median."
+}
+
+# measure_cpu NAME: instructions (perf or callgrind) and task-clock per request
+row_cpu() {
+    log "== cpu: cost per proxied request"
+    start_mock
+    local perf_ok=""
+    perf stat -e instructions -x, true 2>&1 | grep -q '^[0-9]' && perf_ok=1
+    local name r
+    for name in $(targets); do
+        start_proxy "$name" 1 || continue
+        local h2="h2load --h1 -c 16 -d $work/body.json -H content-type:application/json"
+        taskset -c "$CORE_PROXY" $h2 -n 2000 "http://127.0.0.1:$P_PORT/v1/chat/completions" >/dev/null 2>&1  # warm-up
+        for ((r = 0; r < RUNS; r++)); do
+            local events=task-clock; [ -n "$perf_ok" ] && events=instructions,task-clock
+            perf stat -e "$events" -x, -o "$work/perf.out" -p "$(echo $P_WORKERS | tr ' ' ,)" &
+            local sp=$!; sleep 0.3
+            taskset -c "$CORE_PROXY" $h2 -n "$CPU_REQUESTS" "http://127.0.0.1:$P_PORT/v1/chat/completions" >"$work/h2load.out" 2>&1
+            kill -INT $sp; wait $sp 2>/dev/null
+            local ok; ok=$(awk '/^requests:/ {print $8}' "$work/h2load.out")
+            [ "${ok:-0}" = "$CPU_REQUESTS" ] || note "cpu $name: only ${ok:-0}/$CPU_REQUESTS requests succeeded"
+            local tc ins
+            tc=$(awk -F, '$3 ~ /task-clock/ {print $1}' "$work/perf.out")
+            ins=$(awk -F, '$3 ~ /instructions/ {print $1}' "$work/perf.out")
+            [ -n "$tc" ] && sample cpu "task-clock per 1k requests" ms lo "$name" "$(awk -v t="$tc" -v n="$CPU_REQUESTS" 'BEGIN {print t / n * 1000}')"
+            [ -n "$perf_ok" ] && [ -n "$ins" ] && sample cpu "instructions per request (perf)" instr lo "$name" "$(awk -v t="$ins" -v n="$CPU_REQUESTS" 'BEGIN {print t / n}')"
+        done
+        stop_proxy
+        if [ -z "$perf_ok" ]; then cpu_callgrind "$name"; fi
+    done
+    if [ -n "$perf_ok" ]; then note "cpu: perf stat -e instructions,task-clock on the proxy process over $CPU_REQUESTS POSTs (h2load --h1 -c 16)."
+    else note "cpu: hardware counters are NOT available in this VM (perf stat -e instructions: <not supported>); instructions per request come from valgrind --tool=callgrind (Ir of a run with 200+$CALLGRIND_REQUESTS POSTs minus Ir of a run with 200, divided by $CALLGRIND_REQUESTS; nginx with master_process off; valgrind serialises threads), and task-clock (software counter) per 1k requests over $CPU_REQUESTS POSTs, h2load --h1 -c 16."; fi
+}
+
+cpu_callgrind() { # NAME: Ir per request under callgrind = (Ir(N+warm) - Ir(warm)) / N, two runs of the proxy
+    local name=$1 r
+    command -v valgrind >/dev/null || { note "cpu: valgrind missing, no instruction counts"; return; }
+    local h2="h2load --h1 -c 4 -d $work/body.json -H content-type:application/json"
+    for ((r = 0; r < RUNS; r++)); do
+        local n tot=() ok=()
+        for n in 200 $((CALLGRIND_REQUESTS + 200)); do
+            local cg=$work/cg.$name.$r.$n
+            rm -f "$cg".*
+            local wrap=(valgrind --tool=callgrind --vgdb=no --callgrind-out-file="$cg.%p")
+            NGINX_G="master_process off;" WAIT_S=60 start_proxy "$name" 1 none on 5000 "${wrap[@]}" || return
+            taskset -c "$CORE_PROXY" $h2 -n "$n" "http://127.0.0.1:$P_PORT/v1/chat/completions" >"$work/h2load.out" 2>&1
+            ok+=("$(awk '/^requests:/ {print $8}' "$work/h2load.out")")
+            stop_proxy
+            tot+=("$(cat "$cg".* 2>/dev/null | awk '/^(summary|totals):/ {s = $2} END {print s+0}')")
+        done
+        if [ "${tot[0]}" -gt 0 ] && [ "${tot[1]}" -gt "${tot[0]}" ] && [ "${ok[1]}" = $((CALLGRIND_REQUESTS + 200)) ]; then
+            sample cpu "instructions per request (callgrind)" instr lo "$name" "$(awk -v a="${tot[0]}" -v b="${tot[1]}" -v n="$CALLGRIND_REQUESTS" 'BEGIN {print (b - a) / n}')"
+        else
+            note "cpu $name: callgrind measurement failed (Ir ${tot[*]}, ok ${ok[*]})"
+        fi
+    done
+}
+
+row_streams() {
+    log "== streams: ${STREAMS} concurrent SSE streams, an event every ${STREAM_DELAY_MS} ms, held ${STREAM_HOLD}s"
+    start_mock
+    local n name r
+    for n in ${STREAMS//,/ }; do
+        for name in $(targets direct); do
+            local mc=$((n + 500)); [ "$name" = nginx ] && mc=$((2 * n + 500))
+            for ((r = 0; r < RUNS; r++)); do
+                # a fresh proxy per run: allocators keep memory after the streams close
+                start_proxy "$name" 1 none on "$mc" || { note "streams $name @$n: proxy did not start with maxconn $mc"; continue; }
+                sleep 1
+                local res
+                res=$(taskset -c "$CORE_UP" python3 "$here/sse_hold.py" --port "$P_PORT" --streams "$n" --delay-ms "$STREAM_DELAY_MS" \
+                    --hold "$STREAM_HOLD" --pids "$(echo $P_PIDS | tr ' ' ,)" 2>"$work/sse.err")
+                [ -n "$res" ] || { log "sse_hold failed: $(tail -3 "$work/sse.err")"; continue; }
+                echo "$res" >> "$work/streams.raw"
+                local line
+                line=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["opened"], d["errors"], d["rss_per_stream_kib"] or 0, d["gap_p50_ms"] or 0, d["gap_p99_ms"] or 0, d["gap_p999_ms"] or 0, d["rss_streams_kib"], json.dumps(d["error_kinds"]).replace(" ",""))' "$res")
+                read -r opened errs per g50 g99 g999 rss kinds <<<"$line"
+                [ "$name" != direct ] && sample streams "RSS per stream @$n" KiB lo "$name" "$per"
+                sample streams "errors @$n" count lo "$name" "$errs"
+                sample streams "event gap p50 − nominal @$n" ms lo "$name" "$(awk -v g="$g50" -v d="$STREAM_DELAY_MS" 'BEGIN {print g - d}')"
+                sample streams "event gap p99 − nominal @$n" ms lo "$name" "$(awk -v g="$g99" -v d="$STREAM_DELAY_MS" 'BEGIN {print g - d}')"
+                sample streams "event gap p99.9 − nominal @$n" ms lo "$name" "$(awk -v g="$g999" -v d="$STREAM_DELAY_MS" 'BEGIN {print g - d}')"
+                [ "$errs" != 0 ] && note "streams $name @$n run $r: $opened/$n opened, $errs errors $kinds"
+                if [ "$name" != direct ]; then
+                    sleep 2
+                    local after; after=$(rss_kib $P_PIDS)
+                    sample streams "RSS 2 s after the $n streams closed" MiB lo "$name" "$(awk -v k="$after" 'BEGIN {print k / 1024}')"
+                fi
+                stop_proxy
+                sleep 1
+            done
+        done
+    done
+    note "streams: one process (tests/bench/sse_hold.py, core $CORE_UP) holds N streams through a 1-thread proxy; RSS per stream = (VmRSS with streams − VmRSS before) / streams (nginx: master + worker); gap − nominal = time between consecutive events on a stream minus the $STREAM_DELAY_MS ms the mock waits between events (the upstream-direct column is the client's own baseline; a proxy's added inter-event latency is its figure minus that one); nginx runs with proxy_buffering off."
+}
+
+stime_rate() { # PORT -> full handshakes/s from TLS_CLIENTS parallel `openssl s_time -new` (no session reuse)
+    local k t0 t1 n=${TLS_CLIENTS:-4}
+    t0=$(date +%s.%N)
+    for ((k = 0; k < n; k++)); do
+        taskset -c "$CORE_UP" openssl s_time -connect "127.0.0.1:$1" -new -time "$dur_s" >"$work/stime.$k" 2>&1 &
+    done
+    wait $(jobs -p | tail -n "$n") 2>/dev/null
+    t1=$(date +%s.%N)
+    cat "$work"/stime.* | awk -v w="$(echo "$t1 - $t0" | bc)" '/connections in .* real seconds/ {c += $1} END {if (c) print c / w}'
+    rm -f "$work"/stime.*
+}
+
+row_tls() {
+    command -v h2load >/dev/null || { loud "tls row SKIPPED: h2load missing"; return; }
+    log "== tls: handshakes/s and h2 over TLS keep-alive"
+    start_mock; gen_certs
+    local name cert r resume v
+    local h2="h2load -d $work/body.json -H content-type:application/json"
+    for cert in rsa ecdsa; do
+        local C=${cert^^}
+        for name in $(targets); do
+            for resume in off on; do
+                # llmgw cannot switch resumption off: one instance, both kinds of measurement
+                [ "$name" = llmgw ] && [ "$resume" = off ] && continue
+                start_proxy "$name" 1 "$cert" "$resume" || continue
+                local url="https://localhost:$P_PORT/v1/chat/completions"
+                for ((r = 0; r < RUNS; r++)); do
+                    if [ "$resume" = off ] || [ "$name" = llmgw ]; then
+                        sample tls "full handshakes/s, openssl s_time -new ×${TLS_CLIENTS:-4}, $C" "conn/s" hi "$name" "$(stime_rate "$P_PORT")"
+                    fi
+                    v=$(taskset -c "$CORE_PROXY" $h2 --h1 -H 'connection: close' -c 16 -n "$TLS_REQUESTS" "$url" 2>&1 | tee "$work/h2load.out" | awk '/^finished in/ {print $4}')
+                    local ok; ok=$(awk '/^requests:/ {print $8}' "$work/h2load.out")
+                    [ "${ok:-0}" = "$TLS_REQUESTS" ] || note "tls $name $C resumption=$resume: ${ok:-0}/$TLS_REQUESTS requests succeeded"
+                    if [ "$resume" = off ]; then sample tls "full handshakes/s, h2load conn: close, server resumption off, $C" "conn/s" hi "$name" "$v"
+                    else sample tls "handshakes/s, h2load conn: close, resumption on (h2load resumes), $C" "conn/s" hi "$name" "$v"; fi
+                done
+                if [ "$cert" = ecdsa ] && [ "$resume" = on ]; then
+                    for ((r = 0; r < RUNS; r++)); do
+                        v=$(taskset -c "$CORE_PROXY" $h2 -c 16 -m 10 -D "$dur_s" "$url" 2>&1 | tee "$work/h2load.out" | awk '/^finished in/ {print $4}')
+                        grep -q 'h2' "$work/h2load.out" || true
+                        sample tls "h2 over TLS keep-alive, h2load -c16 -m10, ECDSA" "req/s" hi "$name" "$v"
+                    done
+                fi
+                stop_proxy
+            done
+        done
+    done
+    local reused; reused=$(tls_resumption_check)
+    note "tls: TLS 1.3, 1 proxy thread, a new TLS connection per request. 'full, s_time': ${TLS_CLIENTS:-4} parallel 'openssl s_time -new' clients (never resume) on core $CORE_UP (the mock is idle then: s_time sends no request), connections / wall time. 'full, h2load': h2load --h1 -c 16 -n $TLS_REQUESTS with 'connection: close' against HAProxy with no-tls-tickets + tune.ssl.cachesize 0 and nginx with ssl_session_cache off + ssl_session_tickets off; llmgw has NO switch to disable session resumption (rustls session cache / tickets on by default), so it has no figure in that row. 'resumption on': the same h2load command against each proxy's defaults (nginx with a shared session cache), and h2load resumes: $reused h2 keep-alive: h2load -c 16 -m 10 over TLS with ALPN h2 (proxies speak HTTP/1.1 to the mock)."
+}
+
+tls_resumption_check() { # does h2load resume sessions? ask nginx ($ssl_session_reused)
+    has_proxy nginx || { echo "(h2load resumption not checked)"; return; }
+    local f p
+    p=$(port); f=$(proxy_conf nginx 1 "$p" ecdsa on 1024)
+    sed -i "s|access_log off;|log_format r \"\$ssl_session_reused\"; access_log $work/nginx/reused.log r;|" "$f"
+    : > "$work/nginx/reused.log"
+    taskset -c "$CORE_PROXY" nginx -p "$work/nginx" -c "$f" >/dev/null 2>&1 & local np=$!; pids+=("$np")
+    wait_port "$p" || { echo "(h2load resumption check failed)"; return; }
+    h2load --h1 -H 'connection: close' -c 4 -n 200 "https://localhost:$p/health" >/dev/null 2>&1
+    killwait "$np"
+    local tot re
+    tot=$(wc -l < "$work/nginx/reused.log"); re=$(grep -c '^r' "$work/nginx/reused.log")
+    echo "Check: with resumption allowed by nginx, h2load resumed $re of $tot connections."
+}
+
+row_idle() {
+    log "== idle footprint"
+    start_mock
+    local name r
+    for name in $(targets); do
+        for ((r = 0; r < RUNS; r++)); do
+            start_proxy "$name" 1 || continue
+            sleep 1
+            sample idle "RSS after start (1 thread)" MiB lo "$name" "$(awk -v k="$(rss_kib $P_PIDS)" 'BEGIN {print k / 1024}')"
+            stop_proxy
+        done
+    done
+    for ((r = 0; r < RUNS; r++)); do
+        has_proxy llmgw || break
+        local p; p=$(port)
+        "$BIN" --bind "127.0.0.1:$p" >/dev/null 2>&1 & local ep=$!; pids+=("$ep")
+        if wait_port "$p"; then sleep 1; sample idle "RSS after start, embedded default config" MiB lo llmgw "$(awk -v k="$(rss_kib $ep)" 'BEGIN {print k / 1024}')"; fi
+        killwait "$ep"
+    done
+    local sz
+    has_proxy llmgw && sample idle "binary size" MiB lo llmgw "$(stat -c %s "$BIN" | awk '{print $1 / 1048576}')"
+    has_proxy haproxy && sample idle "binary size" MiB lo haproxy "$(stat -c %s "$(command -v haproxy)" | awk '{print $1 / 1048576}')"
+    has_proxy nginx && sample idle "binary size" MiB lo nginx "$(stat -c %s "$(command -v nginx)" | awk '{print $1 / 1048576}')"
+    note "idle: VmRSS 1 s after start with the bench config (nginx: master + 1 worker); binary size is the file on disk (HAProxy and nginx link OpenSSL/PCRE/… dynamically, llmgw is $(file -b "$BIN" | grep -q 'not stripped' && echo 'NOT stripped' || echo stripped))."
+}
+
+# ------------------------------------------------------------------ main ----
+started=$(date -u +%FT%TZ)
+if [ -n "${KEEP_OTHER_ROWS:-}" ] && [ -f "$OUT/latest.samples.tsv" ]; then
+    # rerun some rows, keep the previous run's figures for the others
+    awk -F'\t' -v rows=",$ROWS," 'index(rows, "," $1 ",") == 0' "$OUT/latest.samples.tsv" >> "$samples"
+    [ -f "$OUT/latest.notes.txt" ] && awk -v rows=",$ROWS," '{r = $1; sub(/:$/, "", r)} r != "rows" && index(rows, "," r ",") == 0' "$OUT/latest.notes.txt" >> "$notes"
+    note "rows not in '$ROWS' are from the previous run in $OUT"
+fi
+for row in ${ROWS//,/ }; do
+    if declare -F "row_$row" >/dev/null; then "row_$row"; else log "unknown row '$row'"; fi
+done
+mkdir -p "$OUT"
+python3 "$here/report.py" "$samples" "$notes" "$OUT/latest.md" "$OUT/latest.json" \
+    "date=$started" "llmgw=$("$BIN" --version 2>/dev/null | awk '{print $2}') ($BIN$(git -C "$(dirname "$BIN")" rev-parse --short HEAD 2>/dev/null | sed 's/^/ @ /'))" \
+    "haproxy=$(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}')" "nginx=$(nginx -v 2>&1 | sed 's|.*/||')" \
+    "cpus=$ncpu" "runs=$RUNS" "duration=$DURATION"
+cp "$samples" "$OUT/latest.samples.tsv"; cp "$notes" "$OUT/latest.notes.txt"
+[ -f "$work/streams.raw" ] && cp "$work/streams.raw" "$OUT/latest.streams.jsonl"
+log "written: $OUT/latest.md $OUT/latest.json"
