@@ -1369,4 +1369,48 @@ address = "127.0.0.1:9001"
         let e = errors("[[frontend]]\nname = \n");
         assert!(e[0].starts_with("test.toml:2: "), "{e:?}");
     }
+
+    #[test]
+    fn mode_tcp_and_tcp_request_rules() {
+        let c = load(
+            r#"
+[[frontend]]
+name = "t"
+mode = "tcp"
+bind = ["127.0.0.1:8443"]
+default_backend = "b"
+tcp_request_rules = ["inspect-delay 3s", "content reject if { req.ssl_sni -i x.test }"]
+[[frontend.route]]
+backend = "b"
+cond = "if { req.ssl_sni -m end .a.test }"
+
+[[backend]]
+name = "b"
+mode = "tcp"
+timeout = { tunnel = "2h" }
+[[backend.server]]
+name = "s1"
+address = "127.0.0.1:9000"
+"#,
+        )
+        .expect("valid");
+        let fe = &c.frontends[0];
+        assert_eq!(fe.mode, Mode::Tcp);
+        assert_eq!(fe.tcp_request.inspect_delay, Duration::from_secs(3));
+        assert_eq!(fe.tcp_request.content.len(), 1);
+        assert!(!fe.tcp_request.content[0].accept);
+        assert!(fe.needs_content());
+        assert_eq!(c.backends[0].mode, Mode::Tcp);
+        assert!(c.backends[0].timeouts.tunnel_set);
+
+        // A tcp frontend may only use tcp backends.
+        let e = errors(&MIN.replace("name = \"main\"", "name = \"main\"\nmode = \"tcp\""));
+        assert!(
+            e.iter()
+                .any(|m| m.contains("tcp frontend 'main' uses http backend 'b'")),
+            "{e:?}"
+        );
+        let e = errors(&MIN.replace("name = \"main\"", "name = \"main\"\nmode = \"udp\""));
+        assert!(e.iter().any(|m| m.contains("mode 'udp'")), "{e:?}");
+    }
 }
