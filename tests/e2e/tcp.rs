@@ -4,9 +4,11 @@
 //! reject` and the PROXY protocol.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use llmgw_e2e::{start_cfg, Cert, Client, Gateway, Mock, TempDir};
+use llmgw_e2e::{eventually, start_cfg, Cert, Client, Gateway, Mock, Proc, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -42,8 +44,12 @@ struct TlsUpstream {
 }
 
 fn tls_upstream(name: &str) -> TlsUpstream {
+    tls_upstream_for(name, &[name])
+}
+
+fn tls_upstream_for(name: &str, names: &[&str]) -> TlsUpstream {
     let dir = TempDir::new("tcp-up");
-    let cert = Cert::generate(dir.path(), name, &[name]);
+    let cert = Cert::generate(dir.path(), name, names);
     let pem = dir.path().join(format!("{name}.pem"));
     let bundle = std::fs::read_to_string(&cert.cert_path).expect("cert")
         + &std::fs::read_to_string(&cert.key_path).expect("key");
@@ -199,4 +205,125 @@ async fn accept_proxy_and_src_rules() {
             assert!(out.is_empty(), "{text}");
         }
     }
+}
+
+/// What a client gets through a `mode tcp` frontend, one line per attempt:
+/// plain HTTP requests (which server answered) and TLS handshakes with
+/// several SNIs (whose certificate, which server answered, or closed).
+async fn tcp_outcomes(addr: SocketAddr, a: &TlsUpstream, b: &TlsUpstream) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..6 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET /echo/{i} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        let server = text
+            .lines()
+            .find_map(|l| l.strip_prefix("x-mock-server: "))
+            .unwrap_or("closed")
+            .trim()
+            .to_owned();
+        out.push(format!("plain {i} -> {server}"));
+    }
+    let roots = [&a.cert.der, &b.cert.der];
+    for sni in ["a.test", "b.test", "x.b.test", "blocked.test", "other.test"] {
+        let got = match handshake(addr, sni, &roots).await {
+            Err(_) => "closed".to_owned(),
+            Ok((leaf, tls)) => {
+                let cert = if leaf == a.cert.der.to_vec() {
+                    "a"
+                } else {
+                    "b"
+                };
+                let req = http::Request::builder()
+                    .uri("/echo/x")
+                    .header("host", sni)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .expect("request");
+                let r = llmgw_e2e::send_on(tls, false, req).await;
+                format!(
+                    "cert {cert}, {} from {}",
+                    r.status,
+                    r.header("x-mock-server").unwrap_or("-")
+                )
+            }
+        };
+        out.push(format!("tls {sni} -> {got}"));
+    }
+    out
+}
+
+/// The same `mode tcp` `.cfg` under HAProxy and llmgw: same server for
+/// each plain connection (static-rr), same upstream (by certificate) for
+/// each SNI, and the same connections closed.
+#[tokio::test]
+async fn same_tcp_cfg_same_outcomes_as_haproxy() {
+    let haproxy = crate::differential::haproxy().expect(
+        "the differential test needs HAProxy (Debian package `haproxy`): run tests/run.sh, which installs it",
+    );
+    let a = tls_upstream("a.test");
+    let b = tls_upstream_for("b.test", &["b.test", "x.b.test"]);
+    let mocks: Vec<Mock> = (1..=3)
+        .map(|i| Mock::start(&format!("p{i}"), &[]))
+        .collect();
+    let port = crate::differential::free_port();
+    let cfg = format!(
+        "global\n    maxconn 100\n\
+         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\
+         frontend sni\n    bind 127.0.0.1:{port}\n    tcp-request inspect-delay 2s\n\
+         \x20   tcp-request content reject if {{ req.ssl_sni -i blocked.test }}\n\
+         \x20   tcp-request content accept if {{ req.ssl_hello_type 1 }}\n\
+         \x20   tcp-request content accept if {{ src 127.0.0.0/8 }}\n\
+         \x20   tcp-request content reject\n\
+         \x20   use_backend up_a if {{ req.ssl_sni -i a.test }}\n\
+         \x20   use_backend up_b if {{ req_ssl_sni -m end b.test }}\n\
+         \x20   use_backend plain if !{{ req.ssl_hello_type 1 }}\n\
+         backend up_a\n    server a {}\n\
+         backend up_b\n    balance source\n    server b {}\n\
+         backend plain\n    balance static-rr\n\
+         \x20   server p1 {} weight 3\n    server p2 {} weight 1\n    server p3 {} weight 2\n",
+        a.gw.addr(),
+        b.gw.addr(),
+        mocks[0].addr,
+        mocks[1].addr,
+        mocks[2].addr,
+    );
+    let gw = start_cfg(&cfg, 1, &["--bind", "127.0.0.1:0"]);
+    let ours = tcp_outcomes(gw.addr(), &a, &b).await;
+
+    let dir = TempDir::new("diff-tcp");
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, &cfg).expect("write cfg");
+    let check = std::process::Command::new(&haproxy)
+        .args(["-c", "-f"])
+        .arg(&path)
+        .output()
+        .expect("haproxy -c");
+    assert!(
+        check.status.success(),
+        "haproxy rejects the config: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let _hap = Proc::spawn_program(
+        Path::new(&haproxy),
+        &["-db", "-f", &path.to_string_lossy()],
+        &[],
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // Ready when a TLS session to `a` goes through: a bare connect would
+    // itself be routed (to `plain`) and shift its static-rr order.
+    let roots = [&a.cert.der, &b.cert.der];
+    eventually(Duration::from_secs(10), || async {
+        handshake(addr, "a.test", &roots).await.ok().map(|_| ())
+    })
+    .await;
+    let theirs = tcp_outcomes(addr, &a, &b).await;
+    assert_eq!(ours, theirs, "llmgw left, haproxy right");
+    // And the outcomes are the intended ones.
+    assert_eq!(ours[6], "tls a.test -> cert a, 200 OK from a.test");
+    assert_eq!(ours[8], "tls x.b.test -> cert b, 200 OK from b.test");
+    assert_eq!(ours[9], "tls blocked.test -> closed");
+    assert_eq!(ours[10], "tls other.test -> closed");
 }
