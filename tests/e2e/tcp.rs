@@ -327,3 +327,49 @@ async fn same_tcp_cfg_same_outcomes_as_haproxy() {
     assert_eq!(ours[9], "tls blocked.test -> closed");
     assert_eq!(ours[10], "tls other.test -> closed");
 }
+
+/// An idle connection is closed after the shorter of `timeout client` and
+/// `timeout server`; a server that refuses the connection closes the
+/// client's too.
+#[tokio::test]
+async fn idle_and_refused_connections_are_closed() {
+    let mock = Mock::start("tcp-idle", &[]);
+    let refused = crate::differential::free_port();
+    let gw = start_cfg(
+        &format!(
+            "defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 300ms\n    timeout server 10s\n\
+             frontend f\n    bind 127.0.0.1:0\n    default_backend b\n\
+             frontend g\n    bind 127.0.0.1:0\n    default_backend dead\n\
+             backend b\n    server s {}\n\
+             backend dead\n    server s 127.0.0.1:{refused}\n",
+            mock.addr
+        ),
+        2,
+        &[],
+    );
+    let started = std::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(gw.addrs[0])
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("closed within 10s")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed after {:?}",
+        started.elapsed()
+    );
+
+    let mut s = tokio::net::TcpStream::connect(gw.addrs[1])
+        .await
+        .expect("connect");
+    let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("closed within 10s")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}

@@ -410,6 +410,10 @@ impl Compiler<'_> {
                 &modes,
             );
             for b in &f.binds {
+                // Port 0 takes a fresh ephemeral port each time: never a clash.
+                if b.addr.port() == 0 {
+                    continue;
+                }
                 if let Some(other) = bound.insert(b.addr, f.name.clone()) {
                     self.diags.push(Diag {
                         file: self.file.to_owned(),
@@ -960,8 +964,17 @@ impl Compiler<'_> {
             .as_ref()
             .and_then(|d| self.duration(d))
             .unwrap_or(Duration::from_secs(60));
+        let mode = self.mode(&rb.mode);
+        if mode == Mode::Tcp && matches!(balance, Balance::Uri | Balance::Hdr(_)) {
+            if let Some(b) = &rb.balance {
+                self.err(
+                    b.span(),
+                    format!("backend '{name}': balance '{}' needs mode http (a tcp backend has no URI or headers)", b.get_ref()),
+                );
+            }
+        }
         Backend {
-            mode: self.mode(&rb.mode),
+            mode,
             balance,
             hash_type,
             servers,
@@ -1408,6 +1421,15 @@ address = "127.0.0.1:9000"
         assert!(
             e.iter()
                 .any(|m| m.contains("tcp frontend 'main' uses http backend 'b'")),
+            "{e:?}"
+        );
+        let e = errors(&MIN.replace(
+            "name = \"b\"",
+            "name = \"b\"\nmode = \"tcp\"\nbalance = \"uri\"",
+        ));
+        assert!(
+            e.iter()
+                .any(|m| m.contains("balance 'uri' needs mode http")),
             "{e:?}"
         );
         let e = errors(&MIN.replace("name = \"main\"", "name = \"main\"\nmode = \"udp\""));

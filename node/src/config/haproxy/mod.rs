@@ -1713,6 +1713,10 @@ impl Cx<'_> {
                     }
                 }
                 for b in &p.binds {
+                    // Port 0 takes a fresh ephemeral port each time: never a clash.
+                    if b.addr.port() == 0 {
+                        continue;
+                    }
                     if let Some(other) = bound.insert(b.addr, p.name.clone()) {
                         self.err(
                             p.line,
