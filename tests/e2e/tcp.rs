@@ -373,3 +373,51 @@ async fn idle_and_refused_connections_are_closed() {
         .unwrap_or(0);
     assert_eq!(n, 0);
 }
+
+/// `maxconn` holds back `accept()` as for HTTP: with one slot taken, a
+/// second client waits in the backlog and is served once the first leaves.
+#[tokio::test]
+async fn maxconn_waits_in_the_backlog() {
+    let mock = Mock::start("tcp-max", &[]);
+    let gw = start_cfg(
+        &format!(
+            "frontend f\n    mode tcp\n    bind 127.0.0.1:0\n    maxconn 1\n    default_backend b\n\
+             backend b\n    mode tcp\n    server s {}\n",
+            mock.addr
+        ),
+        1,
+        &[],
+    );
+    // The first connection is proxied (its bytes reach the mock)...
+    let mut first = tokio::net::TcpStream::connect(gw.addr())
+        .await
+        .expect("connect");
+    first
+        .write_all(b"GET /echo/1 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 12];
+    first.read_exact(&mut buf).await.expect("first answered");
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    // ...and holds the only slot: the second is not served meanwhile.
+    let mut second = tokio::net::TcpStream::connect(gw.addr())
+        .await
+        .expect("connect (backlog)");
+    second
+        .write_all(b"GET /echo/2 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let waiting = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(waiting.is_err(), "served while the slot was taken");
+    drop(first);
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut out))
+        .await
+        .expect("served after the first left")
+        .expect("read");
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}

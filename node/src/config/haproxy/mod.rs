@@ -194,7 +194,6 @@ fn tuning_only(dir: &str, args: &[Word]) -> bool {
                     | "logasap"
                     | "dontlog-normal"
                     | "log-separate-errors"
-                    | "tcplog"
                     | "clitcpka"
                     | "srvtcpka"
                     | "tcpka"
@@ -794,7 +793,7 @@ impl Cx<'_> {
         };
         match o.text.as_str() {
             // Logging and keep-alive are how llmgw behaves anyway.
-            "httplog" | "dontlognull" | "http-keep-alive" | "http-buffer-request" => {}
+            "httplog" | "tcplog" | "dontlognull" | "http-keep-alive" | "http-buffer-request" => {}
             "forwardfor" => {
                 if a.len() > 1 {
                     self.err(l.line, format!("'option forwardfor {}' is not supported (only plain 'option forwardfor')", a[1].text));
