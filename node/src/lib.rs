@@ -16,4 +16,5 @@ pub mod mock;
 pub mod route;
 pub mod runtime;
 pub mod stats;
+pub mod tcp;
 pub mod upstream;

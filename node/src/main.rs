@@ -232,6 +232,7 @@ async fn serve(
         for bind in &fe.binds {
             let l = listen::Listener::new(
                 &fe.name,
+                fe.mode,
                 bind,
                 fe.timeouts.clone(),
                 fe_slots.clone(),
@@ -242,7 +243,12 @@ async fn serve(
             let sock = listen::bind_tcp(bind.addr)
                 .map_err(|e| format!("cannot bind {}: {e}", bind.addr))?;
             let local = sock.local_addr().map_err(|e| e.to_string())?;
-            let scheme = if bind.tls.is_some() { "https" } else { "http" };
+            let scheme = match (fe.mode, bind.tls.is_some()) {
+                (config::Mode::Tcp, false) => "tcp",
+                (config::Mode::Tcp, true) => "tcp+tls",
+                (config::Mode::Http, true) => "https",
+                (config::Mode::Http, false) => "http",
+            };
             out.push(format!(
                 "frontend '{}' listening on {scheme}://{local}",
                 fe.name
@@ -306,11 +312,11 @@ async fn wait_for_signals(shared: &gateway::Shared, path: Option<&std::path::Pat
                     Err(diags) => tracing::error!("reload refused, the running configuration stays:\n{diags}"),
                     Ok(new) => {
                         let old = shared.current.load();
-                        let same_binds = old.config.frontends.iter().map(|f| (&f.name, f.binds.iter().map(|b| b.addr).collect::<Vec<_>>())).eq(
-                            new.frontends.iter().map(|f| (&f.name, f.binds.iter().map(|b| b.addr).collect::<Vec<_>>())));
+                        let same_binds = old.config.frontends.iter().map(|f| (&f.name, f.mode, f.binds.iter().map(|b| b.addr).collect::<Vec<_>>())).eq(
+                            new.frontends.iter().map(|f| (&f.name, f.mode, f.binds.iter().map(|b| b.addr).collect::<Vec<_>>())));
                         drop(old);
                         if !same_binds {
-                            tracing::warn!("reload: listener changes need a restart for now; routes, backends and servers are reloaded");
+                            tracing::warn!("reload: listener changes (binds, mode) need a restart for now; routes, backends and servers are reloaded");
                         }
                         match shared.swap(new) {
                             Ok(()) => tracing::info!("configuration reloaded"),

@@ -23,12 +23,12 @@ use llmgw_e2e::{eventually, start_cfg, Client, Mock, Proc, TempDir};
 
 /// A free loopback port: bound, then released for HAProxy to take (HAProxy
 /// cannot bind port 0 and report it).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }
 
-fn haproxy() -> Option<std::path::PathBuf> {
+pub(crate) fn haproxy() -> Option<std::path::PathBuf> {
     let out = std::process::Command::new("sh")
         .args(["-c", "command -v haproxy"])
         .output()

@@ -226,7 +226,7 @@ backend anthropic
 }
 
 /// `llmgw convert` on a `.cfg` text.
-fn convert(cfg: &str) -> String {
+pub(crate) fn convert(cfg: &str) -> String {
     let dir = TempDir::new("convert");
     let path = dir.path().join("in.cfg");
     std::fs::write(&path, cfg).expect("write");

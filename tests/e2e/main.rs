@@ -11,3 +11,4 @@ mod rewriting;
 mod routing;
 mod sdk;
 mod streaming;
+mod tcp;

@@ -49,7 +49,9 @@ fn timeouts(t: &Timeouts) -> Value {
     m.insert("server".into(), dur(t.server));
     m.insert("http_request".into(), dur(t.http_request));
     m.insert("http_keep_alive".into(), dur(t.http_keep_alive));
-    m.insert("tunnel".into(), dur(t.tunnel));
+    if t.tunnel_set {
+        m.insert("tunnel".into(), dur(t.tunnel));
+    }
     m.insert("handshake".into(), dur(t.handshake));
     Value::Table(m)
 }
@@ -68,8 +70,14 @@ fn balance(b: &Balance) -> String {
 }
 
 /// The HAProxy-syntax lines of one section: (acl, http-request,
-/// http-response, use_backend (backend, cond)).
-type Lines = (Vec<String>, Vec<String>, Vec<String>, Vec<(String, String)>);
+/// http-response, use_backend (backend, cond), tcp-request).
+type Lines = (
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<(String, String)>,
+    Vec<String>,
+);
 
 fn section_lines(text: &str, kind: &str, name: &str) -> Lines {
     let mut out: Lines = Default::default();
@@ -83,6 +91,7 @@ fn section_lines(text: &str, kind: &str, name: &str) -> Lines {
                 "acl" => out.0.push(rest),
                 "http-request" => out.1.push(rest),
                 "http-response" => out.2.push(rest),
+                "tcp-request" => out.4.push(rest),
                 "use_backend" => {
                     let b = l.words.get(1).map(|w| w.text.clone()).unwrap_or_default();
                     let cond = render(&l.words[2..]);
@@ -132,9 +141,12 @@ pub fn convert(c: &Config, text: &str) -> String {
     let mut fes = Vec::new();
     for f in &c.frontends {
         let kind = kind_of(text, &f.name, true);
-        let (acl, req, resp, uses) = section_lines(text, kind, &f.name);
+        let (acl, req, resp, uses, tcp) = section_lines(text, kind, &f.name);
         let mut t = Table::new();
         t.insert("name".into(), Value::String(f.name.clone()));
+        if f.mode == Mode::Tcp {
+            t.insert("mode".into(), Value::String("tcp".into()));
+        }
         let binds = f
             .binds
             .iter()
@@ -193,11 +205,15 @@ pub fn convert(c: &Config, text: &str) -> String {
         if !acl.is_empty() {
             t.insert("acl".into(), strings(acl));
         }
-        if !req.is_empty() {
+        // In mode tcp, HTTP rules are ignored (with a warning when read).
+        if !req.is_empty() && f.mode == Mode::Http {
             t.insert("http_request_rules".into(), strings(req));
         }
-        if !resp.is_empty() {
+        if !resp.is_empty() && f.mode == Mode::Http {
             t.insert("http_response_rules".into(), strings(resp));
+        }
+        if !tcp.is_empty() {
+            t.insert("tcp_request_rules".into(), strings(tcp));
         }
         let routes: Vec<Value> = uses
             .into_iter()
@@ -220,6 +236,9 @@ pub fn convert(c: &Config, text: &str) -> String {
         let kind = kind_of(text, &b.name, false);
         let mut t = Table::new();
         t.insert("name".into(), Value::String(b.name.clone()));
+        if b.mode == Mode::Tcp {
+            t.insert("mode".into(), Value::String("tcp".into()));
+        }
         t.insert("balance".into(), Value::String(balance(&b.balance)));
         let ht = match b.hash_type {
             HashType::MapBased => "map-based",
@@ -231,8 +250,8 @@ pub fn convert(c: &Config, text: &str) -> String {
         }
         t.insert("timeout".into(), timeouts(&b.timeouts));
         // A listen section's rules run on its frontend side.
-        if kind == "backend" {
-            let (acl, req, resp, _) = section_lines(text, kind, &b.name);
+        if kind == "backend" && b.mode == Mode::Http {
+            let (acl, req, resp, _, _) = section_lines(text, kind, &b.name);
             if !acl.is_empty() {
                 t.insert("acl".into(), strings(acl));
             }

@@ -68,6 +68,9 @@ pub struct Timeouts {
     pub http_keep_alive: Duration,
     /// Inactivity on an upgraded (WebSocket) tunnel.
     pub tunnel: Duration,
+    /// `tunnel` was configured: a `mode tcp` connection then idles out
+    /// after `tunnel` instead of `client`/`server`, as in HAProxy.
+    pub tunnel_set: bool,
     /// TLS handshake (and PROXY header) must complete within this.
     pub handshake: Duration,
 }
@@ -81,14 +84,54 @@ impl Default for Timeouts {
             http_request: Duration::from_secs(10),
             http_keep_alive: Duration::from_secs(60),
             tunnel: Duration::from_secs(3600),
+            tunnel_set: false,
             handshake: Duration::from_secs(10),
         }
     }
 }
 
+/// HAProxy's `mode`: HTTP proxying, or layer-4 (`tcp`) forwarding of the
+/// byte stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Http,
+    Tcp,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        }
+    }
+}
+
+/// `tcp-request` settings of a frontend (used in `mode tcp`).
+#[derive(Debug, Clone, Default)]
+pub struct TcpRequest {
+    /// `tcp-request inspect-delay`: how long to wait for the client's first
+    /// bytes (the TLS ClientHello) when a rule looks at them; zero = rules
+    /// see no content.
+    pub inspect_delay: Duration,
+    /// `tcp-request content accept|reject [if|unless COND]`, in order; the
+    /// first whose condition holds decides, none = accept.
+    pub content: Vec<TcpRule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpRule {
+    pub cond: Option<Expr>,
+    pub accept: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Frontend {
     pub name: String,
+    /// `mode tcp` frontends forward bytes and use only `tcp` backends.
+    pub mode: Mode,
+    pub tcp_request: TcpRequest,
     pub binds: Vec<Bind>,
     /// Concurrent connections on this frontend; 0 = only the global limit.
     pub maxconn: u32,
@@ -113,6 +156,25 @@ pub struct Frontend {
 }
 
 impl Frontend {
+    /// Does any route or `tcp-request` rule look at the client's first
+    /// bytes (`req.ssl_sni`, `req.ssl_hello_type`)?
+    pub fn needs_content(&self) -> bool {
+        let content = |e: &Expr| {
+            e.any_test(&|c| {
+                matches!(
+                    c,
+                    Condition::Sni(_) | Condition::Int(IntFetch::SslHelloType, _, _)
+                )
+            })
+        };
+        self.routes.iter().any(|r| content(&r.cond))
+            || self
+                .tcp_request
+                .content
+                .iter()
+                .any(|r| r.cond.as_ref().is_some_and(content))
+    }
+
     /// Does any route, rule (or alias) need the request body's `model`?
     pub fn needs_model(&self) -> bool {
         !self.model_aliases.is_empty()
@@ -284,6 +346,9 @@ pub enum Condition {
     QueryString(Match),
     /// An integer fetch compared with a constant.
     Int(IntFetch, IntOp, i64),
+    /// `req.ssl_sni`: the server name of the client's TLS ClientHello
+    /// (`mode tcp`, within `tcp-request inspect-delay`); absent otherwise.
+    Sni(Match),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,6 +356,9 @@ pub enum IntFetch {
     /// `scN_conn_rate`, `scN_http_req_rate`, `scN_conn_cur`: stick tables
     /// arrive with issue 6; until then the fetch is absent (never matches).
     StickCounter { sc: u8, data: ScData },
+    /// `req.ssl_hello_type`: 1 when the client's first bytes are a TLS
+    /// ClientHello (`mode tcp`); absent otherwise.
+    SslHelloType,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -443,6 +511,8 @@ impl HeaderRules {
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub name: String,
+    /// A `tcp` backend serves `tcp` frontends only, and vice versa.
+    pub mode: Mode,
     pub balance: Balance,
     pub hash_type: HashType,
     pub servers: Vec<Server>,

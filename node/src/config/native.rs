@@ -99,6 +99,8 @@ struct RawPool {
 #[serde(deny_unknown_fields)]
 struct RawFrontend {
     name: Spanned<String>,
+    /// `"http"` (default) or `"tcp"`.
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     bind: Vec<Spanned<RawBind>>,
     maxconn: Option<u32>,
@@ -125,6 +127,9 @@ struct RawFrontend {
     acl: Option<Spanned<Vec<String>>>,
     http_request_rules: Option<Spanned<Vec<String>>>,
     http_response_rules: Option<Spanned<Vec<String>>>,
+    /// HAProxy-syntax `tcp-request` lines without the keyword:
+    /// `inspect-delay 5s`, `content reject if { … }`.
+    tcp_request_rules: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +212,8 @@ struct RawNamedMatch {
 #[serde(deny_unknown_fields)]
 struct RawBackend {
     name: Spanned<String>,
+    /// `"http"` (default) or `"tcp"`.
+    mode: Option<Spanned<String>>,
     balance: Option<Spanned<String>>,
     hash_type: Option<Spanned<String>>,
     #[serde(default)]
@@ -394,8 +401,19 @@ impl Compiler<'_> {
                 );
                 continue;
             }
-            let f = self.frontend(rf, &default_timeouts, default_body_limit, &backend_index);
+            let modes: Vec<Mode> = backends.iter().map(|b: &Backend| b.mode).collect();
+            let f = self.frontend(
+                rf,
+                &default_timeouts,
+                default_body_limit,
+                &backend_index,
+                &modes,
+            );
             for b in &f.binds {
+                // Port 0 takes a fresh ephemeral port each time: never a clash.
+                if b.addr.port() == 0 {
+                    continue;
+                }
                 if let Some(other) = bound.insert(b.addr, f.name.clone()) {
                     self.diags.push(Diag {
                         file: self.file.to_owned(),
@@ -472,6 +490,9 @@ impl Compiler<'_> {
             (&raw.tunnel, &mut t.tunnel),
             (&raw.handshake, &mut t.handshake),
         ];
+        if raw.tunnel.is_some() {
+            t.tunnel_set = true;
+        }
         for (raw, slot) in fields {
             if let Some(v) = raw {
                 if let Some(d) = self.duration(v) {
@@ -523,14 +544,27 @@ impl Compiler<'_> {
         rules
     }
 
+    fn mode(&mut self, m: &Option<Spanned<String>>) -> Mode {
+        match m.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+            None | Some(("http", _)) => Mode::Http,
+            Some(("tcp", _)) => Mode::Tcp,
+            Some((other, span)) => {
+                self.err(span, format!("mode '{other}' must be \"http\" or \"tcp\""));
+                Mode::Http
+            }
+        }
+    }
+
     fn frontend(
         &mut self,
         rf: RawFrontend,
         defaults: &Timeouts,
         default_body_limit: usize,
         backends: &HashMap<String, usize>,
+        modes: &[Mode],
     ) -> Frontend {
         let name = rf.name.get_ref().clone();
+        let mode = self.mode(&rf.mode);
         let mut binds = Vec::new();
         for b in &rf.bind {
             let span = b.span();
@@ -581,6 +615,7 @@ impl Compiler<'_> {
             &rf.acl,
             &rf.http_request_rules,
             &rf.http_response_rules,
+            &rf.tcp_request_rules,
         );
         let mut routes = Vec::new();
         for r in rf.route {
@@ -604,12 +639,39 @@ impl Compiler<'_> {
             Some(s) => self.size(s),
             None => default_body_limit,
         };
+        let used = routes.iter().map(|r| r.backend).chain(default_backend);
+        for b in used.collect::<HashSet<_>>() {
+            if let Some(&bm) = modes.get(b) {
+                if bm != mode {
+                    let bname = backends
+                        .iter()
+                        .find(|(_, &i)| i == b)
+                        .map_or("?", |(n, _)| n.as_str());
+                    self.err(
+                        rf.name.span(),
+                        format!(
+                            "{} frontend '{name}' uses {} backend '{bname}': a frontend may only use backends of its own mode",
+                            mode.as_str(),
+                            bm.as_str()
+                        ),
+                    );
+                }
+            }
+        }
+        if mode == Mode::Http && !embedded.tcp.content.is_empty() {
+            self.err(
+                rf.name.span(),
+                "tcp_request_rules 'content' rules work in mode tcp only",
+            );
+        }
         let model_aliases = rf
             .model_aliases
             .into_iter()
             .map(|(k, v)| (k, v.into_inner()))
             .collect();
         Frontend {
+            mode,
+            tcp_request: embedded.tcp,
             timeouts: self.timeouts(defaults, &rf.timeout),
             request_headers: self.header_rules(rf.http_request, rf.name.span()),
             response_headers: self.header_rules(rf.http_response, rf.name.span()),
@@ -637,18 +699,26 @@ impl Compiler<'_> {
         acl: &Option<Spanned<Vec<String>>>,
         req: &Option<Spanned<Vec<String>>>,
         resp: &Option<Spanned<Vec<String>>>,
+        tcp: &Option<Spanned<Vec<String>>>,
     ) -> super::haproxy::Embedded {
         fn lines(v: &Option<Spanned<Vec<String>>>) -> &[String] {
             v.as_ref().map_or(&[][..], |s| s.get_ref().as_slice())
         }
         let span = |v: &Option<Spanned<Vec<String>>>| v.as_ref().map_or(0..0, |s| s.span());
-        let (e, errors) =
-            super::haproxy::embedded_rules(section, lines(acl), lines(req), lines(resp));
+        let (e, errors) = super::haproxy::embedded_rules(
+            section,
+            lines(acl),
+            lines(req),
+            lines(resp),
+            lines(tcp),
+        );
         // Each error names its line; point at the list that holds it.
         for m in errors {
             let from = |v| lines(v).iter().any(|a| m.starts_with(&format!("'{a}'")));
             let sp = if from(acl) {
                 span(acl)
+            } else if from(tcp) {
+                span(tcp)
             } else if from(resp) {
                 span(resp)
             } else {
@@ -880,6 +950,7 @@ impl Compiler<'_> {
             &rb.acl,
             &rb.http_request_rules,
             &rb.http_response_rules,
+            &None,
         );
         let pool = RawPool {
             max_idle: rb.pool.max_idle.or(default_pool.max_idle),
@@ -893,7 +964,17 @@ impl Compiler<'_> {
             .as_ref()
             .and_then(|d| self.duration(d))
             .unwrap_or(Duration::from_secs(60));
+        let mode = self.mode(&rb.mode);
+        if mode == Mode::Tcp && matches!(balance, Balance::Uri | Balance::Hdr(_)) {
+            if let Some(b) = &rb.balance {
+                self.err(
+                    b.span(),
+                    format!("backend '{name}': balance '{}' needs mode http (a tcp backend has no URI or headers)", b.get_ref()),
+                );
+            }
+        }
         Backend {
+            mode,
             balance,
             hash_type,
             servers,
@@ -1300,5 +1381,58 @@ address = "127.0.0.1:9001"
     fn syntax_error_has_a_line() {
         let e = errors("[[frontend]]\nname = \n");
         assert!(e[0].starts_with("test.toml:2: "), "{e:?}");
+    }
+
+    #[test]
+    fn mode_tcp_and_tcp_request_rules() {
+        let c = load(
+            r#"
+[[frontend]]
+name = "t"
+mode = "tcp"
+bind = ["127.0.0.1:8443"]
+default_backend = "b"
+tcp_request_rules = ["inspect-delay 3s", "content reject if { req.ssl_sni -i x.test }"]
+[[frontend.route]]
+backend = "b"
+cond = "if { req.ssl_sni -m end .a.test }"
+
+[[backend]]
+name = "b"
+mode = "tcp"
+timeout = { tunnel = "2h" }
+[[backend.server]]
+name = "s1"
+address = "127.0.0.1:9000"
+"#,
+        )
+        .expect("valid");
+        let fe = &c.frontends[0];
+        assert_eq!(fe.mode, Mode::Tcp);
+        assert_eq!(fe.tcp_request.inspect_delay, Duration::from_secs(3));
+        assert_eq!(fe.tcp_request.content.len(), 1);
+        assert!(!fe.tcp_request.content[0].accept);
+        assert!(fe.needs_content());
+        assert_eq!(c.backends[0].mode, Mode::Tcp);
+        assert!(c.backends[0].timeouts.tunnel_set);
+
+        // A tcp frontend may only use tcp backends.
+        let e = errors(&MIN.replace("name = \"main\"", "name = \"main\"\nmode = \"tcp\""));
+        assert!(
+            e.iter()
+                .any(|m| m.contains("tcp frontend 'main' uses http backend 'b'")),
+            "{e:?}"
+        );
+        let e = errors(&MIN.replace(
+            "name = \"b\"",
+            "name = \"b\"\nmode = \"tcp\"\nbalance = \"uri\"",
+        ));
+        assert!(
+            e.iter()
+                .any(|m| m.contains("balance 'uri' needs mode http")),
+            "{e:?}"
+        );
+        let e = errors(&MIN.replace("name = \"main\"", "name = \"main\"\nmode = \"udp\""));
+        assert!(e.iter().any(|m| m.contains("mode 'udp'")), "{e:?}");
     }
 }

@@ -6,7 +6,8 @@
 //! HAProxy) instead of being accepted and dropped. After accept, the
 //! connection's own task reads the PROXY header (if the bind asks for it) and
 //! completes the TLS handshake, both within `timeout handshake`, then hands
-//! the stream to the HTTP layer.
+//! the stream to the HTTP layer, or for a `mode tcp` frontend to the
+//! layer-4 proxy ([`crate::tcp`]).
 
 pub mod proxy_protocol;
 pub mod tls;
@@ -21,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Bind, Timeouts};
+use crate::config::{Bind, Mode, Timeouts};
 use crate::gateway::Shared;
 use crate::http::conn::{serve, ConnInfo};
 
@@ -49,6 +50,7 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 #[derive(Clone)]
 pub struct Listener {
     pub frontend: Arc<str>,
+    pub mode: Mode,
     pub accept_proxy: bool,
     pub tls: Option<TlsAcceptor>,
     pub timeouts: Timeouts,
@@ -60,6 +62,7 @@ pub struct Listener {
 impl Listener {
     pub fn new(
         frontend: &str,
+        mode: Mode,
         bind: &Bind,
         timeouts: Timeouts,
         frontend_slots: Option<Arc<Semaphore>>,
@@ -72,6 +75,7 @@ impl Listener {
         };
         Ok(Listener {
             frontend: frontend.into(),
+            mode,
             accept_proxy: bind.accept_proxy,
             tls,
             timeouts,
@@ -138,8 +142,21 @@ impl Listener {
             local,
             tls,
         };
-        match &self.tls {
-            None => {
+        match (&self.tls, self.mode) {
+            (None, Mode::Tcp) => {
+                crate::tcp::serve(stream, self.shared.clone(), self.frontend.clone(), client).await
+            }
+            (Some(acceptor), Mode::Tcp) => {
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        crate::tcp::serve(tls, self.shared.clone(), self.frontend.clone(), client)
+                            .await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%client, "TLS handshake timeout"),
+                }
+            }
+            (None, Mode::Http) => {
                 serve(
                     stream,
                     self.shared.clone(),
@@ -149,7 +166,7 @@ impl Listener {
                 )
                 .await
             }
-            Some(acceptor) => {
+            (Some(acceptor), Mode::Http) => {
                 match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");

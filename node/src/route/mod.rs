@@ -78,6 +78,8 @@ fn holds(c: &Condition, f: &Facts) -> bool {
         // Stick counters are absent until stick tables exist (issue 6): an
         // absent fetch never matches, as in HAProxy.
         Condition::Int(..) => false,
+        // Content of a `mode tcp` connection: absent in HTTP.
+        Condition::Sni(_) => false,
     }
 }
 

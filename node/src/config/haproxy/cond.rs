@@ -36,6 +36,8 @@ enum Fetch {
     Model,
     Sc(u8, ScData),
     Bool(bool),
+    Sni,
+    SslHelloType,
 }
 
 /// Parses one ACL test: `FETCH [-i] [-m METH] [--] VALUES…`.
@@ -103,6 +105,10 @@ pub fn parse_test(words: &[Word]) -> Result<Expr, String> {
                 n,
             )))
         }
+        Fetch::SslHelloType => {
+            let (op, n) = int_match(name, &values)?;
+            Ok(Expr::Test(Condition::Int(IntFetch::SslHelloType, op, n)))
+        }
         Fetch::Src => {
             if values.is_empty() {
                 return Err(format!("'{name}' needs at least one address or network"));
@@ -148,6 +154,7 @@ pub fn parse_test(words: &[Word]) -> Result<Expr, String> {
                         Fetch::Header(h) => Condition::HeaderValues(h.clone(), m),
                         Fetch::UrlParam(p) => Condition::Query(p.clone(), m),
                         Fetch::Query => Condition::QueryString(m),
+                        Fetch::Sni => Condition::Sni(m),
                         _ => Condition::Model(m),
                     })
                 })
@@ -183,6 +190,8 @@ fn fetch_of(f: &str) -> Result<(Fetch, Meth), String> {
         "method" => (Fetch::Method, Meth::Str),
         "src" => (Fetch::Src, Meth::Str),
         "query" => (Fetch::Query, Meth::Str),
+        "req.ssl_sni" | "req_ssl_sni" => (Fetch::Sni, Meth::Str),
+        "req.ssl_hello_type" | "req_ssl_hello_type" => (Fetch::SslHelloType, Meth::Str),
         "always_true" => (Fetch::Bool(true), Meth::Str),
         "always_false" => (Fetch::Bool(false), Meth::Str),
         "req.body,json_query($.model)" => (Fetch::Model, Meth::Str),

@@ -194,7 +194,6 @@ fn tuning_only(dir: &str, args: &[Word]) -> bool {
                     | "logasap"
                     | "dontlog-normal"
                     | "log-separate-errors"
-                    | "tcplog"
                     | "clitcpka"
                     | "srvtcpka"
                     | "tcpka"
@@ -209,6 +208,7 @@ fn tuning_only(dir: &str, args: &[Word]) -> bool {
 /// later proxy starts from.
 #[derive(Clone, Default)]
 struct Draft {
+    mode: Option<Mode>,
     timeouts: Option<Timeouts>,
     maxconn: Option<u32>,
     forwardfor: bool,
@@ -241,6 +241,12 @@ struct Proxy {
     misplaced: Vec<(usize, Vec<Word>)>,
     /// Conditions read, with their line, for the stick-counter notes.
     conds: Vec<(usize, Expr)>,
+    tcp: TcpRequest,
+    /// Lines of `tcp-request content` rules, to report misuse in `mode http`.
+    tcp_lines: Vec<usize>,
+    /// Lines of rules and options that need HTTP, ignored in `mode tcp`
+    /// with a warning as HAProxy does: (line, what).
+    http_only: Vec<(usize, String)>,
 }
 
 impl Proxy {
@@ -263,6 +269,9 @@ impl Proxy {
             tracks: Vec::new(),
             misplaced: Vec::new(),
             conds: Vec::new(),
+            tcp: TcpRequest::default(),
+            tcp_lines: Vec::new(),
+            http_only: Vec::new(),
         }
     }
 }
@@ -275,6 +284,8 @@ pub struct Embedded {
     pub acls: Acls,
     pub req: Vec<HttpReqRule>,
     pub resp: Vec<HttpRespRule>,
+    /// `tcp-request inspect-delay` and `content` lines.
+    pub tcp: TcpRequest,
 }
 
 /// Compiles embedded lines for the section `name`; each error names the
@@ -284,6 +295,7 @@ pub fn embedded_rules(
     acl: &[String],
     req: &[String],
     resp: &[String],
+    tcp: &[String],
 ) -> (Embedded, Vec<String>) {
     let mut cx = Cx {
         file: "",
@@ -294,7 +306,12 @@ pub fn embedded_rules(
     };
     let mut p = Proxy::new(Kind::Listen, name, 0, Draft::default());
     let mut errors = Vec::new();
-    for (prefix, lines) in [("acl", acl), ("http-request", req), ("http-response", resp)] {
+    for (prefix, lines) in [
+        ("acl", acl),
+        ("http-request", req),
+        ("http-response", resp),
+        ("tcp-request", tcp),
+    ] {
         for text in lines {
             let (mut lines, lex_errors) = lex(&format!("{prefix} {text}"));
             for (_, e) in lex_errors {
@@ -313,6 +330,7 @@ pub fn embedded_rules(
             acls: p.acls,
             req: p.req_rules,
             resp: p.resp_rules,
+            tcp: p.tcp,
         },
         errors,
     )
@@ -611,8 +629,8 @@ impl Cx<'_> {
         let dir = l.words[0].text.as_str();
         match dir {
             "mode" => match texts(a).as_slice() {
-                ["http"] => {}
-                ["tcp"] => self.err(l.line, "'mode tcp' is not supported yet (layer-4 proxying is planned); use 'mode http'"),
+                ["http"] => d.mode = Some(Mode::Http),
+                ["tcp"] => d.mode = Some(Mode::Tcp),
                 _ => self.err(l.line, "'mode' must be 'http' or 'tcp'"),
             },
             "log" => {}
@@ -639,9 +657,23 @@ impl Cx<'_> {
                 for w in a {
                     let ok = matches!(
                         w.text.as_str(),
-                        "none" | "conn-failure" | "empty-response" | "junk-response" | "response-timeout"
-                            | "0rtt-rejected" | "all-retryable-errors"
-                            | "401" | "403" | "404" | "408" | "425" | "500" | "501" | "502" | "503" | "504"
+                        "none"
+                            | "conn-failure"
+                            | "empty-response"
+                            | "junk-response"
+                            | "response-timeout"
+                            | "0rtt-rejected"
+                            | "all-retryable-errors"
+                            | "401"
+                            | "403"
+                            | "404"
+                            | "408"
+                            | "425"
+                            | "500"
+                            | "501"
+                            | "502"
+                            | "503"
+                            | "504"
                     );
                     if !ok {
                         self.err(l.line, format!("unknown retry-on keyword '{}'", w.text));
@@ -661,7 +693,12 @@ impl Cx<'_> {
                 }
             }
             "balance" | "hash-type" if kind == Kind::Frontend => {
-                self.err(l.line, format!("'{dir}' is not allowed in a frontend (it belongs in a backend or listen)"));
+                self.err(
+                    l.line,
+                    format!(
+                        "'{dir}' is not allowed in a frontend (it belongs in a backend or listen)"
+                    ),
+                );
             }
             "balance" => {
                 let spec = texts(a).join(" ");
@@ -731,7 +768,10 @@ impl Cx<'_> {
             "server" => t.server = dur,
             "http-request" => t.http_request = dur,
             "http-keep-alive" => t.http_keep_alive = dur,
-            "tunnel" => t.tunnel = dur,
+            "tunnel" => {
+                t.tunnel = dur;
+                t.tunnel_set = true;
+            }
             "queue" => d.opts.timeout_queue = Some(dur),
             "check" => d.opts.timeout_check = Some(dur),
             _ => self.unsupported(l),
@@ -753,7 +793,7 @@ impl Cx<'_> {
         };
         match o.text.as_str() {
             // Logging and keep-alive are how llmgw behaves anyway.
-            "httplog" | "dontlognull" | "http-keep-alive" | "http-buffer-request" => {}
+            "httplog" | "tcplog" | "dontlognull" | "http-keep-alive" | "http-buffer-request" => {}
             "forwardfor" => {
                 if a.len() > 1 {
                     self.err(l.line, format!("'option forwardfor {}' is not supported (only plain 'option forwardfor')", a[1].text));
@@ -859,8 +899,19 @@ impl Cx<'_> {
                     Err(e) => self.err(l.line, e),
                 }
             }
-            "http-request" => self.http_request(l, p),
-            "http-response" => self.http_response(l, p),
+            "http-request" => {
+                p.http_only.push((l.line, "'http-request' rules".into()));
+                self.http_request(l, p)
+            }
+            "http-response" => {
+                p.http_only.push((l.line, "'http-response' rules".into()));
+                self.http_response(l, p)
+            }
+            "tcp-request" => {
+                if fe_only(self) {
+                    self.tcp_request(l, p);
+                }
+            }
             "stick-table" => self.stick_table(l, p),
             "server" => {
                 if kind.is_be() {
@@ -876,6 +927,38 @@ impl Cx<'_> {
                 p.misplaced.push((l.line, l.words.clone()))
             }
             _ => self.unsupported(l),
+        }
+    }
+
+    /// `tcp-request inspect-delay T` and `tcp-request content accept|reject
+    /// [if|unless COND]`.
+    fn tcp_request(&mut self, l: &Line, p: &mut Proxy) {
+        let (args, cond) = match split_cond(&l.words[1..], &p.acls) {
+            Ok(x) => x,
+            Err(e) => return self.err(l.line, e),
+        };
+        match texts(args).as_slice() {
+            ["inspect-delay", t] if cond.is_none() => match parse_duration(t) {
+                Ok(d) => p.tcp.inspect_delay = d,
+                Err(e) => self.err(l.line, e),
+            },
+            ["inspect-delay", ..] => self.err(l.line, "'tcp-request inspect-delay' needs one duration (e.g. 'tcp-request inspect-delay 5s')"),
+            ["content", act @ ("accept" | "reject")] => {
+                if let Some(c) = &cond {
+                    if let Some(f) = http_fetch(c) {
+                        return self.err(l.line, format!("'tcp-request content' conditions on HTTP fetches ({f}) are not supported; use src, req.ssl_sni or req.ssl_hello_type"));
+                    }
+                    p.conds.push((l.line, c.clone()));
+                }
+                p.tcp_lines.push(l.line);
+                p.tcp.content.push(TcpRule {
+                    cond,
+                    accept: *act == "accept",
+                });
+            }
+            ["content", other, ..] => self.err(l.line, format!("'tcp-request content {other}' is not supported (use accept or reject)")),
+            [other, ..] => self.err(l.line, format!("'tcp-request {other}' is not supported (use inspect-delay or content)")),
+            [] => self.err(l.line, "'tcp-request' needs 'inspect-delay' or 'content'"),
         }
     }
 
@@ -1401,6 +1484,8 @@ impl Cx<'_> {
     fn finish(&mut self, global: Global, mut proxies: Vec<Proxy>) -> Config {
         // Backends (and listens) by name, in order.
         let mut backend_index: HashMap<String, usize> = HashMap::new();
+        // Each backend's mode and the line that declares it.
+        let mut backend_mode: HashMap<String, (Mode, usize)> = HashMap::new();
         let mut fe_names = HashSet::new();
         for p in &proxies {
             if p.kind.is_be() {
@@ -1409,6 +1494,7 @@ impl Cx<'_> {
                 } else {
                     let n = backend_index.len();
                     backend_index.insert(p.name.clone(), n);
+                    backend_mode.insert(p.name.clone(), (p.d.mode.unwrap_or_default(), p.line));
                 }
             }
             if p.kind.is_fe() && !fe_names.insert(p.name.clone()) {
@@ -1435,6 +1521,33 @@ impl Cx<'_> {
         let mut bound: HashMap<SocketAddr, String> = HashMap::new();
         for p in proxies {
             let timeouts = p.d.timeouts.clone().unwrap_or_default();
+            let mode = p.d.mode.unwrap_or_default();
+            if mode == Mode::Tcp {
+                // As HAProxy: HTTP rules and options are ignored in mode tcp.
+                let mut seen = HashSet::new();
+                for (line, what) in &p.http_only {
+                    if seen.insert(what.clone()) {
+                        self.warn(
+                            *line,
+                            format!(
+                                "{what} ignored for {} '{}' as they require HTTP mode",
+                                p.kind.name(),
+                                p.name
+                            ),
+                        );
+                    }
+                }
+                if p.d.forwardfor {
+                    self.warn(
+                        p.line,
+                        format!(
+                            "'option forwardfor' ignored for {} '{}' as it requires HTTP mode",
+                            p.kind.name(),
+                            p.name
+                        ),
+                    );
+                }
+            }
             if p.kind.is_be() {
                 if p.servers.iter().any(|s| s.opts.check) || p.d.opts.httpchk.is_some() {
                     self.warn(p.line, format!("backend '{}': health checks are accepted; they run from issue 5 on, until then every server counts as up", p.name));
@@ -1488,6 +1601,16 @@ impl Cx<'_> {
                 if p.servers.iter().any(|s| s.opts.disabled) {
                     self.warn(p.line, format!("backend '{}': disabled servers take no traffic (weight 0) until the runtime API of issue 7 can enable them", p.name));
                 }
+                let mut balance = p.d.balance.clone().unwrap_or(Balance::RoundRobin);
+                if mode == Mode::Tcp {
+                    if matches!(balance, Balance::Uri | Balance::Hdr(_)) {
+                        self.warn(p.line, format!("Layer 7 hash not possible for backend '{}' (needs 'mode http'). Falling back to round robin.", p.name));
+                        balance = Balance::RoundRobin;
+                    }
+                    if p.servers.iter().any(|s| s.tls.is_some()) {
+                        self.err(p.line, format!("backend '{}': 'ssl' on servers of a mode tcp backend is not supported (TLS passes through unchanged; drop 'ssl')", p.name));
+                    }
+                }
                 let servers: Vec<Server> = p
                     .servers
                     .iter()
@@ -1514,7 +1637,8 @@ impl Cx<'_> {
                 {
                     backends.push(Backend {
                         name: p.name.clone(),
-                        balance: p.d.balance.clone().unwrap_or(Balance::RoundRobin),
+                        mode,
+                        balance,
                         hash_type: p.d.hash_type.unwrap_or_default(),
                         servers,
                         timeouts: timeouts.clone(),
@@ -1524,12 +1648,12 @@ impl Cx<'_> {
                         request_headers: HeaderRules::default(),
                         response_headers: HeaderRules::default(),
                         // A listen's rules run once, on its frontend side.
-                        http_request: if p.kind == Kind::Backend {
+                        http_request: if p.kind == Kind::Backend && mode == Mode::Http {
                             p.req_rules.clone()
                         } else {
                             Vec::new()
                         },
-                        http_response: if p.kind == Kind::Backend {
+                        http_response: if p.kind == Kind::Backend && mode == Mode::Http {
                             p.resp_rules.clone()
                         } else {
                             Vec::new()
@@ -1548,15 +1672,25 @@ impl Cx<'_> {
                         format!("{} '{}' has no 'bind' line", p.kind.name(), p.name),
                     );
                 }
-                let resolve = |cx: &mut Self, line: usize, name: &str| -> Option<usize> {
+                let (fe_kind, fe_name, fe_line) = (p.kind.name(), p.name.clone(), p.line);
+                let resolve = |cx: &mut Self,
+                               line: usize,
+                               name: &str,
+                               how: &str|
+                 -> Option<usize> {
                     let i = backend_index.get(name).copied();
                     if i.is_none() {
                         cx.err(line, format!("backend '{name}' does not exist"));
                     }
+                    match backend_mode.get(name) {
+                        Some(&(Mode::Tcp, bline)) if mode == Mode::Http => cx.err(line, format!("http {fe_kind} '{fe_name}' (line {fe_line}) tries to use incompatible tcp backend '{name}' (line {bline}) {how} (see 'mode')")),
+                        Some(&(Mode::Http, bline)) if mode == Mode::Tcp => cx.err(line, format!("tcp {fe_kind} '{fe_name}' (line {fe_line}) tries to use http backend '{name}' (line {bline}) {how}: HAProxy would upgrade the connection to HTTP, llmgw does not (see 'mode')")),
+                        _ => {}
+                    }
                     i
                 };
                 let mut default_backend = match &p.default_backend {
-                    Some((line, b)) => resolve(self, *line, b),
+                    Some((line, b)) => resolve(self, *line, b, "as its default backend"),
                     None => None,
                 };
                 if default_backend.is_none() && p.kind == Kind::Listen {
@@ -1564,7 +1698,13 @@ impl Cx<'_> {
                 }
                 let mut routes = Vec::new();
                 for (line, b, cond) in &p.use_backend {
-                    if let Some(backend) = resolve(self, *line, b) {
+                    if mode == Mode::Tcp {
+                        if let Some(f) = http_fetch(cond) {
+                            self.err(*line, format!("'use_backend' conditions on HTTP fetches ({f}) are not supported in mode tcp; use src, req.ssl_sni or req.ssl_hello_type"));
+                            continue;
+                        }
+                    }
+                    if let Some(backend) = resolve(self, *line, b, "in a 'use_backend' rule") {
                         routes.push(Route {
                             cond: cond.clone(),
                             backend,
@@ -1572,6 +1712,10 @@ impl Cx<'_> {
                     }
                 }
                 for b in &p.binds {
+                    // Port 0 takes a fresh ephemeral port each time: never a clash.
+                    if b.addr.port() == 0 {
+                        continue;
+                    }
                     if let Some(other) = bound.insert(b.addr, p.name.clone()) {
                         self.err(
                             p.line,
@@ -1582,8 +1726,16 @@ impl Cx<'_> {
                         );
                     }
                 }
+                if mode == Mode::Http {
+                    if let Some(line) = p.tcp_lines.first() {
+                        self.err(*line, "'tcp-request content' rules work in mode tcp only (llmgw's HTTP frontends do not run them)");
+                    }
+                }
+                let http = mode == Mode::Http;
                 frontends.push(Frontend {
                     name: p.name,
+                    mode,
+                    tcp_request: p.tcp,
                     binds: p.binds,
                     maxconn: p.d.maxconn.unwrap_or(0),
                     timeouts,
@@ -1594,16 +1746,24 @@ impl Cx<'_> {
                         .tune_bufsize
                         .map_or(DEFAULT_BODY_LIMIT, |b| b.max(DEFAULT_BODY_LIMIT)),
                     forward_for: ForwardFor {
-                        x_forwarded_for: p.d.forwardfor,
+                        x_forwarded_for: p.d.forwardfor && http,
                         forwarded: false,
                     },
                     // HAProxy adds no request id unless configured.
                     request_id_header: None,
                     request_headers: HeaderRules::default(),
                     response_headers: HeaderRules::default(),
-                    http_request: p.req_rules,
-                    http_response: p.resp_rules,
+                    http_request: if http { p.req_rules } else { Vec::new() },
+                    http_response: if http { p.resp_rules } else { Vec::new() },
                 });
+                if let Some(fe) = frontends.last() {
+                    if fe.mode == Mode::Tcp
+                        && fe.needs_content()
+                        && fe.tcp_request.inspect_delay.is_zero()
+                    {
+                        self.warn(fe_line, format!("{fe_kind} '{fe_name}': rules use req.ssl_sni or req.ssl_hello_type without 'tcp-request inspect-delay': they see no content and never match (add e.g. 'tcp-request inspect-delay 5s')"));
+                    }
+                }
             }
         }
         if frontends.is_empty() {
@@ -1706,6 +1866,32 @@ impl Cx<'_> {
             );
         }
     }
+}
+
+/// The first HTTP-only fetch an expression uses, for `mode tcp` errors.
+fn http_fetch(e: &Expr) -> Option<&'static str> {
+    let mut found = None;
+    for (name, f) in [
+        (
+            "path",
+            (|c: &Condition| matches!(c, Condition::Path(_))) as fn(&Condition) -> bool,
+        ),
+        ("hdr", |c| {
+            matches!(
+                c,
+                Condition::Host(_) | Condition::Header(..) | Condition::HeaderValues(..)
+            )
+        }),
+        ("method", |c| matches!(c, Condition::Method(_))),
+        ("url_param", |c| matches!(c, Condition::Query(..))),
+        ("query", |c| matches!(c, Condition::QueryString(_))),
+        ("req.body", |c| matches!(c, Condition::Model(_))),
+    ] {
+        if found.is_none() && e.any_test(&f) {
+            found = Some(name);
+        }
+    }
+    found
 }
 
 fn blank_server() -> Server {

@@ -239,3 +239,46 @@ fn disabled_server_takes_no_traffic_and_deferred_settings_warn() {
         "{w:#?}"
     );
 }
+
+#[test]
+fn mode_tcp_ignores_http_rules_with_haproxy_warnings() {
+    let l = load(
+        "defaults
+    mode tcp
+frontend f
+    bind 127.0.0.1:1
+    option forwardfor
+    http-request set-header x-a b
+    http-request del-header x-b
+    tcp-request content reject if { req.ssl_sni -i x.test }
+    default_backend b
+backend b
+    balance hdr(host)
+    timeout tunnel 30s
+    server s 127.0.0.1:2
+",
+        false,
+    )
+    .expect("valid");
+    let w: Vec<String> = l.warnings.iter().map(|d| d.to_string()).collect();
+    let has = |needle: &str| w.iter().any(|m| m.contains(needle));
+    assert!(has("t.cfg:6: warning: 'http-request' rules ignored for frontend 'f' as they require HTTP mode"), "{w:?}");
+    assert!(has("'option forwardfor' ignored for frontend 'f'"), "{w:?}");
+    assert!(has("Layer 7 hash not possible for backend 'b'"), "{w:?}");
+    assert!(has("without 'tcp-request inspect-delay'"), "{w:?}");
+    // One warning per kind of rule, not per line.
+    assert_eq!(
+        w.iter()
+            .filter(|m| m.contains("'http-request' rules"))
+            .count(),
+        1
+    );
+    let fe = &l.config.frontends[0];
+    assert_eq!(fe.mode, Mode::Tcp);
+    assert!(fe.http_request.is_empty());
+    assert!(!fe.forward_for.x_forwarded_for);
+    let be = &l.config.backends[0];
+    assert_eq!(be.balance, Balance::RoundRobin);
+    assert!(be.timeouts.tunnel_set);
+    assert_eq!(be.timeouts.tunnel, Duration::from_secs(30));
+}
