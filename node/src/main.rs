@@ -14,11 +14,6 @@ use clap::{Parser, Subcommand};
 use llmgw::{config, gateway, listen, mock, stats};
 use tokio::sync::Semaphore;
 
-// Many small, short-lived allocations per request (header maps, body
-// frames): mimalloc's thread-local free lists serve them faster than glibc's.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "llmgw",
