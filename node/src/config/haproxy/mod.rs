@@ -215,6 +215,10 @@ struct Draft {
     balance: Option<Balance>,
     hash_type: Option<HashType>,
     opts: BackendOpts,
+    /// `http-reuse never`: no idle upstream connection is kept for reuse.
+    /// (`safe`, `aggressive` and `always` all mean pooled keep-alive
+    /// connections here: an idle connection is only ever reused whole.)
+    reuse_never: bool,
     /// `default-server` options (line, words), applied before each server's.
     default_server: Vec<(usize, Vec<Word>)>,
 }
@@ -646,6 +650,17 @@ impl Cx<'_> {
                     }
                 }
             }
+            "http-reuse" if kind == Kind::Frontend => {
+                self.err(l.line, "'http-reuse' is not allowed in a frontend (it belongs in a backend, listen or defaults)");
+            }
+            "http-reuse" => match a.first().map(|w| w.text.as_str()) {
+                Some("never") if a.len() == 1 => d.reuse_never = true,
+                Some("safe" | "aggressive" | "always") if a.len() == 1 => d.reuse_never = false,
+                _ => self.err(
+                    l.line,
+                    "'http-reuse' takes one of never, safe, aggressive, always",
+                ),
+            },
             "retries" => match one_num::<u32>(a) {
                 Some(n) => d.opts.retries = Some(n),
                 None => self.err(l.line, "'retries' needs a number"),
@@ -1660,7 +1675,7 @@ impl Cx<'_> {
                         },
                         x_forwarded_for: p.d.forwardfor,
                         opts: p.d.opts.clone(),
-                        pool_max_idle: 64,
+                        pool_max_idle: if p.d.reuse_never { 0 } else { 64 },
                         pool_idle_timeout: Duration::from_secs(60),
                     });
                 }

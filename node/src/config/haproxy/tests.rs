@@ -282,3 +282,24 @@ backend b
     assert!(be.timeouts.tunnel_set);
     assert_eq!(be.timeouts.tunnel, Duration::from_secs(30));
 }
+
+#[test]
+fn http_reuse_keeps_or_disables_the_pool() {
+    let cfg = |reuse: &str| {
+        format!("defaults\n    mode http\n    {reuse}\nlisten l\n    bind 127.0.0.1:0\n    server s mock\n")
+    };
+    let pooled = load(&cfg("http-reuse always"), false).unwrap().config;
+    assert!(pooled.backends[0].pool_max_idle > 0);
+    let safe = load(&cfg("http-reuse safe"), false).unwrap().config;
+    assert!(safe.backends[0].pool_max_idle > 0);
+    let never = load(&cfg("http-reuse never"), false).unwrap().config;
+    assert_eq!(never.backends[0].pool_max_idle, 0);
+    assert_eq!(
+        errors(&cfg("http-reuse sometimes")),
+        vec!["t.cfg:3: 'http-reuse' takes one of never, safe, aggressive, always"]
+    );
+    assert_eq!(
+        errors("frontend f\n    bind 127.0.0.1:0\n    http-reuse always\n"),
+        vec!["t.cfg:3: 'http-reuse' is not allowed in a frontend (it belongs in a backend, listen or defaults)"]
+    );
+}
