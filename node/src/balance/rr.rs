@@ -77,34 +77,9 @@ impl StaticRr {
             .map(|&w| u64::from(w.clamp(1, 256)))
             .collect();
         let g = ws.iter().fold(0, |g, &w| gcd(g, w)).max(1);
-        let ws: Vec<i64> = ws.iter().map(|&w| (w / g) as i64).collect();
-        // HAProxy's server map (lb_map.c, recalc_server_map), so the order
-        // is the one HAProxy serves: each slot, every server's score grows
-        // by its weight; the first server with the highest
-        // `(score + total) / total` takes the slot and pays `total` back.
-        // Equal weights keep declaration order, and the first server
-        // declared always comes first.
-        let tot: i64 = ws.iter().sum();
-        let mut score = vec![0i64; ws.len()];
-        let mut schedule = Vec::with_capacity(tot as usize);
-        for _ in 0..tot {
-            let mut best: Option<(usize, i64)> = None;
-            for (i, &w) in ws.iter().enumerate() {
-                if tot == 1 {
-                    best = Some((i, 0));
-                    break;
-                }
-                score[i] += w;
-                let v = (score[i] + tot) / tot;
-                if best.is_none_or(|(_, max)| v > max) {
-                    best = Some((i, v));
-                }
-            }
-            if let Some((b, _)) = best {
-                schedule.push(b as u32);
-                score[b] -= tot;
-            }
-        }
+        let ws: Vec<u64> = ws.iter().map(|&w| w / g).collect();
+        // The order HAProxy serves: its server map.
+        let schedule = server_map(&ws);
         StaticRr {
             schedule: schedule.into_boxed_slice(),
             next: AtomicUsize::new(0),
@@ -146,7 +121,53 @@ impl StaticRr {
     }
 }
 
-fn gcd(mut a: u64, mut b: u64) -> u64 {
+/// HAProxy's server map (`lb_map.c`, `recalc_server_map`): server `i`
+/// appears `weights[i]` times (servers of weight 0 not at all), interleaved
+/// in the order HAProxy serves static-rr and indexes for map-based hashing.
+/// Each slot, every weighted server's score grows by its weight; the first
+/// server with the highest `(score + total) / total` takes the slot and pays
+/// `total` back. Equal weights keep declaration order, and the first
+/// weighted server always comes first.
+///
+/// Built once per configuration (static-rr) or per change of the usable
+/// servers (map-based hashing), never per pick.
+pub(super) fn server_map(weights: &[u64]) -> Vec<u32> {
+    let n = weights.len().min(u32::MAX as usize);
+    let ws: Vec<i64> = weights
+        .iter()
+        .take(n)
+        .map(|&w| w.min(1 << 24) as i64)
+        .collect();
+    let tot: i64 = ws.iter().sum();
+    let mut score = vec![0i64; ws.len()];
+    let mut map = Vec::with_capacity(tot as usize);
+    for _ in 0..tot {
+        let mut best: Option<(usize, i64)> = None;
+        for (i, &w) in ws.iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            // A single slot: HAProxy takes the first server and stops
+            // (the score division would be meaningless).
+            if tot == 1 {
+                best = Some((i, 0));
+                break;
+            }
+            score[i] += w;
+            let v = (score[i] + tot) / tot;
+            if best.is_none_or(|(_, max)| v > max) {
+                best = Some((i, v));
+            }
+        }
+        if let Some((b, _)) = best {
+            map.push(b as u32);
+            score[b] -= tot;
+        }
+    }
+    map
+}
+
+pub(super) fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {
         (a, b) = (b, a % b);
     }
