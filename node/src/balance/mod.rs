@@ -15,8 +15,9 @@
 //! keeps between picks (round-robin scores and counters) is only about
 //! fairness, so losing it on reload is harmless. Picking is on the hot path
 //! of every request: it allocates nothing, dispatches on an enum rather
-//! than a trait object, and takes at most one short mutex (smooth
-//! round-robin scores); everything else is atomics.
+//! than a trait object, and takes at most one short mutex (round-robin
+//! state) or read lock (the map-based hash map); everything else is
+//! atomics.
 //!
 //! A server is *eligible* for a pick when it is not in `exclude`, its admin
 //! state is ready, it is up, its runtime weight is above 0, and it has a free
@@ -25,22 +26,28 @@
 //! everyone else's keys; see [`Balancer::pick`].
 //!
 //! Compatibility with HAProxy 2.6 (checked per request against the real
-//! binary by `tests/e2e/differential.rs`): `static-rr` serves HAProxy's
-//! server map order; `leastconn` makes the same choices; `hash-type
-//! map-based` (the default) for `uri`, `hdr(name)` and `source` sends every
-//! key to the server HAProxy sends it to — same key extraction, same hash
-//! (sdbm; XORed address words for `source`), same weight-interleaved map
-//! over the usable servers, and the same round-robin walk of that map when
-//! `hdr(name)` finds no header. Differences: `roundrobin` is smooth WRR
-//! (HAProxy: fwrr), equal in proportions but not in order; `hash-type
-//! consistent` uses llmgw's own ring, not HAProxy's chash tree, so keys land
-//! elsewhere than under HAProxy (see `hash.rs`); a map-based key whose server
-//! is full or excluded goes to a second-hash choice for that request
-//! (HAProxy queues on the server or redispatches round-robin); `balance uri`
-//! hashes the URI's path, which is HAProxy's key for origin-form requests
-//! only (HAProxy includes scheme and authority of absolute-form and h2
-//! targets unless `path-only`); a dual-stack listener's IPv4-mapped clients
-//! hash as their IPv4 address (HAProxy: as the 16-byte IPv6 address).
+//! binary by `tests/e2e/differential.rs`): `roundrobin` serves HAProxy's
+//! fwrr order ([`rr::Fwrr`]); `static-rr` serves HAProxy's server map
+//! order; `leastconn` makes the same choices; `hash-type map-based` (the
+//! default) for `uri`, `hdr(name)` and `source` sends every key to the
+//! server HAProxy sends it to — same key extraction, same hash (sdbm;
+//! XORed address words for `source`), same weight-interleaved map over the
+//! usable servers, and the same round-robin walk of that map when
+//! `hdr(name)` finds no header.
+//!
+//! Differences: after a runtime change (a server down or up, `set weight`)
+//! `roundrobin` restarts its schedule where HAProxy adjusts it
+//! incrementally, so the order right after a change can differ;
+//! `hash-type consistent` uses llmgw's own ring, not HAProxy's chash tree,
+//! so keys land elsewhere than under HAProxy (see `hash.rs`), and without a
+//! `hdr(name)` header it falls back to smooth WRR ([`rr::Swrr`]); a
+//! map-based key whose server is full or excluded goes to a second-hash
+//! choice for that request (HAProxy queues on the server or redispatches
+//! round-robin); `balance uri` hashes the URI's path, which is HAProxy's
+//! key for origin-form requests only (HAProxy includes scheme and
+//! authority of absolute-form and h2 targets unless `path-only`); a
+//! dual-stack listener's IPv4-mapped clients hash as their IPv4 address
+//! (HAProxy: as the 16-byte IPv6 address).
 
 mod hash;
 mod rr;
@@ -56,7 +63,7 @@ use http::{HeaderMap, HeaderName};
 use crate::config::{Balance, HashType};
 use crate::runtime::{AdminState, ServerState};
 use hash::{Ring, ServerMap};
-use rr::{StaticRr, Swrr};
+use rr::{Fwrr, StaticRr, Swrr};
 
 /// After this many unavailable entries, a schedule or ring walk checks once
 /// whether any server is eligible at all, so that "everything is down"
@@ -87,7 +94,7 @@ pub struct Balancer {
 
 /// The algorithm and whatever state it carries between picks.
 enum Algo {
-    RoundRobin(Swrr),
+    RoundRobin(Fwrr),
     StaticRr(StaticRr),
     /// The counter rotates which of several equally loaded servers wins.
     LeastConn(AtomicUsize),
@@ -138,7 +145,7 @@ impl Balancer {
             },
         };
         let algo = match balance {
-            Balance::RoundRobin => Algo::RoundRobin(Swrr::new(n)),
+            Balance::RoundRobin => Algo::RoundRobin(Fwrr::new(n)),
             Balance::StaticRr => Algo::StaticRr(StaticRr::new(&weights)),
             Balance::LeastConn => Algo::LeastConn(AtomicUsize::new(0)),
             Balance::First => Algo::First,
@@ -166,7 +173,7 @@ impl Balancer {
         let avail = |i: usize| self.avail_weight(i, exclude);
         let any_avail = || (0..self.servers.len()).any(|i| avail(i) > 0);
         match &self.algo {
-            Algo::RoundRobin(swrr) => swrr.pick(avail),
+            Algo::RoundRobin(fwrr) => fwrr.pick(self.usable(), |i| avail(i) > 0),
             Algo::StaticRr(srr) => srr.pick(|i| avail(i) > 0, any_avail),
             Algo::LeastConn(rot) => self.least_conn(rot, exclude),
             Algo::First => (0..self.servers.len()).find(|&i| avail(i) > 0),

@@ -144,11 +144,15 @@ fn roundrobin_weighted_ratios() {
 }
 
 #[test]
-fn roundrobin_is_smooth() {
-    // nginx's documented sequence for weights 5:1:1.
+fn roundrobin_is_haproxys_order_and_smooth() {
+    // HAProxy 2.6's fwrr orders, recorded from the real binary (servers
+    // numbered from 0): 5:1:1 and 2:3:7.
     let b = bal(Balance::RoundRobin, &[5, 1, 1]);
-    let seq: Vec<usize> = (0..7).map(|_| pick_plain(&b).unwrap()).collect();
-    assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0]);
+    let seq: Vec<usize> = (0..14).map(|_| pick_plain(&b).unwrap()).collect();
+    assert_eq!(seq, [0, 0, 0, 1, 0, 0, 2, 0, 0, 0, 1, 0, 0, 2]);
+    let b = bal(Balance::RoundRobin, &[2, 3, 7]);
+    let seq: Vec<usize> = (0..12).map(|_| pick_plain(&b).unwrap()).collect();
+    assert_eq!(seq, [2, 2, 1, 2, 0, 2, 1, 2, 2, 2, 1, 0]);
 
     // 1:2:5 — never more than two in a row, and every 8 consecutive picks
     // (any window, not only aligned ones) hold each server ±1 of its weight.
