@@ -1,15 +1,157 @@
-//! Key hashing and the consistent-hash ring.
+//! Key hashing, HAProxy's map-based server map and the consistent-hash
+//! ring.
 //!
-//! Every node of a cluster must send the same key to the same server, so the
-//! hash is fixed and process-independent: no `RandomState`, no per-process
-//! seed. FNV-1a is cheap and byte-oriented but mixes its high bits poorly;
-//! the 64-bit finalizer from MurmurHash3 (`fmix64`) fixes that, so taking
-//! the top 32 bits (ring) or a modulo (map-based) both see well-spread
-//! values.
+//! Every node of a cluster must send the same key to the same server, so
+//! every hash here is fixed and process-independent: no `RandomState`, no
+//! per-process seed.
+//!
+//! * `hash-type map-based` (HAProxy's default) reproduces HAProxy 2.6
+//!   exactly, so that a configuration moved from HAProxy keeps its key →
+//!   server mapping (cache locality): the key is hashed with HAProxy's
+//!   default function, [`sdbm`] (`balance source`: the address's 32-bit
+//!   words XORed, [`source_words`]), and picks entry `hash % total weight`
+//!   of HAProxy's weight-interleaved server map ([`ServerMap`]).
+//! * `hash-type consistent` keeps llmgw's own ring (FNV-1a + MurmurHash3's
+//!   `fmix64`, 1024+ points per server placed by server *name*). It does
+//!   **not** reproduce HAProxy's chash tree (sdbm + avalanche, 16 points
+//!   per weight unit placed by server id): keys land on different servers
+//!   than under HAProxy, in exchange for a much more even spread and
+//!   placement that survives reordering servers.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::runtime::ServerState;
+
+/// HAProxy's default hash function (`hash_sdbm`): for each byte,
+/// `h = byte + (h << 6) + (h << 16) - h`, on 32 bits.
+pub(super) fn sdbm(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0u32, |h, &b| {
+        u32::from(b)
+            .wrapping_add(h << 6)
+            .wrapping_add(h << 16)
+            .wrapping_sub(h)
+    })
+}
+
+/// HAProxy's `balance source` key under map-based hashing: the address's
+/// 32-bit words (network order) XORed together, no hash function on top. For
+/// IPv4 this is the address itself as a number.
+pub(super) fn source_words(octets: &[u8]) -> u32 {
+    octets
+        .chunks_exact(4)
+        .fold(0, |h, w| h ^ u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+}
+
+/// HAProxy's map for `hash-type map-based`: every usable server `eweight`
+/// times, interleaved ([`super::rr::server_map`]), where `eweight` is the
+/// runtime weight divided by the GCD of the *configured* weights (rounded
+/// up), as HAProxy's `init_server_map` does. A key picks entry
+/// `hash % map length`.
+///
+/// HAProxy rebuilds the map when a server goes up or down or its weight
+/// changes; here it is rebuilt lazily by the first pick that sees the
+/// usable weights differ from the ones it was built for. A pick compares
+/// O(servers) weights under a read lock and allocates nothing; only a
+/// rebuild allocates.
+#[derive(Debug)]
+pub(super) struct ServerMap {
+    /// GCD of the configured weights (HAProxy's `wmult`).
+    gcd: u32,
+    built: RwLock<Built>,
+}
+
+#[derive(Debug, Default)]
+struct Built {
+    /// Effective weight of each server the map was built for (0: absent).
+    eweights: Box<[u32]>,
+    /// Server indices, HAProxy's order.
+    slots: Box<[u32]>,
+}
+
+impl ServerMap {
+    pub(super) fn new(configured: &[u32]) -> ServerMap {
+        let g = configured
+            .iter()
+            .fold(0, |g, &w| super::rr::gcd(g, u64::from(w.min(256))));
+        ServerMap {
+            gcd: g.clamp(1, 256) as u32,
+            built: RwLock::new(Built::default()),
+        }
+    }
+
+    fn eweight(&self, w: u32) -> u32 {
+        w.min(256).div_ceil(self.gcd)
+    }
+
+    /// The server at `h % total` of the map over the servers `usable`
+    /// gives a weight (0: not in the map), `None` when there is none.
+    pub(super) fn lookup(&self, h: u32, n: usize, usable: impl Fn(usize) -> u32) -> Option<usize> {
+        self.with_slots(n, usable, |slots| {
+            let len = slots.len();
+            (len > 0).then(|| slots[h as usize % len] as usize)
+        })
+    }
+
+    /// HAProxy's round-robin over the map (`map_get_server_rr`), used when
+    /// a hash key is missing: the slot at `*next`, walking on over servers
+    /// `avail` refuses; advances `next` past the slot taken.
+    pub(super) fn next_rr(
+        &self,
+        next: &std::sync::atomic::AtomicUsize,
+        n: usize,
+        usable: impl Fn(usize) -> u32,
+        avail: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        use std::sync::atomic::Ordering;
+        self.with_slots(n, usable, |slots| {
+            let len = slots.len();
+            if len == 0 {
+                return None;
+            }
+            let start = next.load(Ordering::Relaxed) % len;
+            for k in 0..len {
+                let i = slots[(start + k) % len] as usize;
+                if avail(i) {
+                    next.store((start + k + 1) % len, Ordering::Relaxed);
+                    return Some(i);
+                }
+            }
+            None
+        })
+    }
+
+    fn with_slots<T>(
+        &self,
+        n: usize,
+        usable: impl Fn(usize) -> u32,
+        f: impl FnOnce(&[u32]) -> T,
+    ) -> T {
+        {
+            let b = self.built.read().unwrap_or_else(|e| e.into_inner());
+            if b.eweights.len() == n
+                && b.eweights
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &w)| w == self.eweight(usable(i)))
+            {
+                return f(&b.slots);
+            }
+        }
+        // The usable servers or their weights changed: rebuild. Weights are
+        // read once, so the map and the weights recorded for it agree.
+        let eweights: Box<[u32]> = (0..n).map(|i| self.eweight(usable(i))).collect();
+        let ws: Vec<u64> = eweights.iter().map(|&w| u64::from(w)).collect();
+        let slots = super::rr::server_map(&ws).into_boxed_slice();
+        let mut b = self.built.write().unwrap_or_else(|e| e.into_inner());
+        *b = Built { eweights, slots };
+        f(&b.slots)
+    }
+
+    #[cfg(test)]
+    pub(super) fn slots(&self, n: usize, usable: impl Fn(usize) -> u32) -> Vec<u32> {
+        self.with_slots(n, usable, |s| s.to_vec())
+    }
+}
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;

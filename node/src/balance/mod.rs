@@ -15,14 +15,39 @@
 //! keeps between picks (round-robin scores and counters) is only about
 //! fairness, so losing it on reload is harmless. Picking is on the hot path
 //! of every request: it allocates nothing, dispatches on an enum rather
-//! than a trait object, and takes at most one short mutex (smooth
-//! round-robin scores); everything else is atomics.
+//! than a trait object, and takes at most one short mutex (round-robin
+//! state) or read lock (the map-based hash map); everything else is
+//! atomics.
 //!
 //! A server is *eligible* for a pick when it is not in `exclude`, its admin
 //! state is ready, it is up, its runtime weight is above 0, and it has a free
 //! maxconn slot. Hash algorithms place keys with a wider notion (ignoring
 //! `exclude` and slots) so that a momentarily full server does not reshuffle
 //! everyone else's keys; see [`Balancer::pick`].
+//!
+//! Compatibility with HAProxy 2.6 (checked per request against the real
+//! binary by `tests/e2e/differential.rs`): `roundrobin` serves HAProxy's
+//! fwrr order ([`rr::Fwrr`]); `static-rr` serves HAProxy's server map
+//! order; `leastconn` makes the same choices; `hash-type map-based` (the
+//! default) for `uri`, `hdr(name)` and `source` sends every key to the
+//! server HAProxy sends it to — same key extraction, same hash (sdbm;
+//! XORed address words for `source`), same weight-interleaved map over the
+//! usable servers, and the same round-robin walk of that map when
+//! `hdr(name)` finds no header.
+//!
+//! Differences: after a runtime change (a server down or up, `set weight`)
+//! `roundrobin` restarts its schedule where HAProxy adjusts it
+//! incrementally, so the order right after a change can differ;
+//! `hash-type consistent` uses llmgw's own ring, not HAProxy's chash tree,
+//! so keys land elsewhere than under HAProxy (see `hash.rs`), and without a
+//! `hdr(name)` header it falls back to smooth WRR ([`rr::Swrr`]); a
+//! map-based key whose server is full or excluded goes to a second-hash
+//! choice for that request (HAProxy queues on the server or redispatches
+//! round-robin); `balance uri` hashes the URI's path, which is HAProxy's
+//! key for origin-form requests only (HAProxy includes scheme and
+//! authority of absolute-form and h2 targets unless `path-only`); a
+//! dual-stack listener's IPv4-mapped clients hash as their IPv4 address
+//! (HAProxy: as the 16-byte IPv6 address).
 
 mod hash;
 mod rr;
@@ -37,8 +62,8 @@ use http::{HeaderMap, HeaderName};
 
 use crate::config::{Balance, HashType};
 use crate::runtime::{AdminState, ServerState};
-use hash::Ring;
-use rr::{StaticRr, Swrr};
+use hash::{Ring, ServerMap};
+use rr::{Fwrr, StaticRr, Swrr};
 
 /// After this many unavailable entries, a schedule or ring walk checks once
 /// whether any server is eligible at all, so that "everything is down"
@@ -69,7 +94,7 @@ pub struct Balancer {
 
 /// The algorithm and whatever state it carries between picks.
 enum Algo {
-    RoundRobin(Swrr),
+    RoundRobin(Fwrr),
     StaticRr(StaticRr),
     /// The counter rotates which of several equally loaded servers wins.
     LeastConn(AtomicUsize),
@@ -77,8 +102,6 @@ enum Algo {
     Hash {
         key: HashKey,
         placement: Placement,
-        /// `hdr(name)` falls back to round-robin when the header is absent.
-        fallback: Swrr,
     },
     Random(u32),
 }
@@ -90,10 +113,13 @@ enum HashKey {
 }
 
 enum Placement {
-    /// `hash-type map-based`: hash modulo the total weight.
-    MapBased,
-    /// `hash-type consistent`.
-    Consistent(Ring),
+    /// `hash-type map-based`: HAProxy's hash into HAProxy's server map.
+    /// The counter is the map's round-robin position, used when `hdr(name)`
+    /// finds no header (HAProxy then walks the same map round-robin).
+    MapBased(ServerMap, AtomicUsize),
+    /// `hash-type consistent`; `hdr(name)` without the header falls back to
+    /// smooth round-robin.
+    Consistent(Ring, Swrr),
 }
 
 impl Balancer {
@@ -110,13 +136,16 @@ impl Balancer {
         let hash = |key| Algo::Hash {
             key,
             placement: match hash_type {
-                HashType::MapBased => Placement::MapBased,
-                HashType::Consistent => Placement::Consistent(Ring::build(&servers, &weights)),
+                HashType::MapBased => {
+                    Placement::MapBased(ServerMap::new(&weights), AtomicUsize::new(0))
+                }
+                HashType::Consistent => {
+                    Placement::Consistent(Ring::build(&servers, &weights), Swrr::new(n))
+                }
             },
-            fallback: Swrr::new(n),
         };
         let algo = match balance {
-            Balance::RoundRobin => Algo::RoundRobin(Swrr::new(n)),
+            Balance::RoundRobin => Algo::RoundRobin(Fwrr::new(n)),
             Balance::StaticRr => Algo::StaticRr(StaticRr::new(&weights)),
             Balance::LeastConn => Algo::LeastConn(AtomicUsize::new(0)),
             Balance::First => Algo::First,
@@ -144,19 +173,18 @@ impl Balancer {
         let avail = |i: usize| self.avail_weight(i, exclude);
         let any_avail = || (0..self.servers.len()).any(|i| avail(i) > 0);
         match &self.algo {
-            Algo::RoundRobin(swrr) => swrr.pick(avail),
+            Algo::RoundRobin(fwrr) => fwrr.pick(self.usable(), |i| avail(i) > 0),
             Algo::StaticRr(srr) => srr.pick(|i| avail(i) > 0, any_avail),
             Algo::LeastConn(rot) => self.least_conn(rot, exclude),
             Algo::First => (0..self.servers.len()).find(|&i| avail(i) > 0),
-            Algo::Hash {
-                key,
-                placement,
-                fallback,
-            } => match key_hash(key, ctx) {
-                None => fallback.pick(avail),
-                Some(h) => match placement {
-                    Placement::MapBased => self.map_based(h, exclude),
-                    Placement::Consistent(ring) => ring.lookup(h, avail, any_avail),
+            Algo::Hash { key, placement } => match placement {
+                Placement::MapBased(map, rr) => match haproxy_key_hash(key, ctx) {
+                    Some(h) => self.map_based(map, h, exclude),
+                    None => map.next_rr(rr, self.servers.len(), self.usable(), |i| avail(i) > 0),
+                },
+                Placement::Consistent(ring, fallback) => match key_hash(key, ctx) {
+                    Some(h) => ring.lookup(h, avail, any_avail),
+                    None => fallback.pick(avail),
                 },
             },
             Algo::Random(draws) => self.random(*draws, exclude),
@@ -241,31 +269,37 @@ impl Balancer {
         Some(first)
     }
 
-    /// `hash-type map-based`: HAProxy's map holds each usable server
-    /// `weight` times and the key picks entry `hash % total weight`. Any
-    /// change to the usable set or a weight changes the modulus, so most
-    /// keys move (that is the documented cost of map-based; use consistent
-    /// hashing when stickiness across changes matters).
-    fn map_based(&self, h: u64, exclude: &[usize]) -> Option<usize> {
+    /// Runtime weight of server `i` if usable (ready, up), else 0.
+    fn usable(&self) -> impl Fn(usize) -> u32 + '_ {
+        |i| self.servers.get(i).map_or(0, |s| usable_weight(s))
+    }
+
+    /// `hash-type map-based`, as HAProxy 2.6: the key's hash picks entry
+    /// `hash % length` of HAProxy's server map, which holds each usable
+    /// server (up, ready, weight > 0) `weight / gcd` times, interleaved.
+    /// Any change to the usable set or a weight changes the map, so most
+    /// keys move (the documented cost of map-based; use consistent hashing
+    /// when stickiness across changes matters).
+    fn map_based(&self, map: &ServerMap, h: u32, exclude: &[usize]) -> Option<usize> {
         // The map is over usable servers only, not over "has a slot and is
         // not excluded": those change per request and must not remap keys.
-        let usable = |i: usize| self.servers.get(i).map_or(0, |s| usable_weight(s));
-        let total: u64 = (0..self.servers.len()).map(|i| u64::from(usable(i))).sum();
-        if total > 0 {
-            if let Some(i) = self.nth_by_weight(h % total, usable) {
-                if self.avail_weight(i, exclude) > 0 {
-                    return Some(i);
-                }
+        if let Some(i) = map.lookup(h, self.servers.len(), self.usable()) {
+            if self.avail_weight(i, exclude) > 0 {
+                return Some(i);
             }
         }
-        // The designated server is full or excluded: spread this request
-        // over the eligible servers with an independent hash of the key.
+        // The designated server is full or excluded (HAProxy would queue on
+        // it, or redispatch round-robin): spread this request over the
+        // eligible servers with an independent hash of the key.
         let avail = |i: usize| self.avail_weight(i, exclude);
         let total: u64 = (0..self.servers.len()).map(|i| u64::from(avail(i))).sum();
         if total == 0 {
             return None;
         }
-        self.nth_by_weight(hash::fmix64(h ^ 0x9e37_79b9_7f4a_7c15) % total, avail)
+        self.nth_by_weight(
+            hash::fmix64(u64::from(h) ^ 0x9e37_79b9_7f4a_7c15) % total,
+            avail,
+        )
     }
 
     /// `random(n)`: `n` weighted draws, keep the least loaded relative to
@@ -358,9 +392,73 @@ fn usable_weight(s: &ServerState) -> u32 {
     }
 }
 
-/// The key a hash algorithm hashes, or `None` when there is none (only
-/// `hdr(name)` with the header absent or empty: HAProxy then uses
-/// round-robin).
+/// HAProxy 2.6's hash of the key for `hash-type map-based` (default hash
+/// function sdbm, no avalanche), or `None` when there is no key (only
+/// `hdr(name)` with the header absent or its first value empty: HAProxy
+/// then uses round-robin over the map).
+fn haproxy_key_hash(key: &HashKey, ctx: &PickCtx) -> Option<u32> {
+    match key {
+        // HAProxy XORs the address's 32-bit words (IPv4: the address).
+        HashKey::Source => Some(match ctx.src {
+            IpAddr::V4(a) => hash::source_words(&a.octets()),
+            // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d;
+            // hash them as the IPv4 address so both listeners agree (HAProxy
+            // hashes the 16 bytes there, i.e. the address XOR 0xffff).
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => hash::source_words(&v4.octets()),
+                None => hash::source_words(&a.octets()),
+            },
+        }),
+        // `balance uri`: the request target up to the first '?'. llmgw
+        // hashes the path of the request's URI, which is that target for
+        // origin-form requests (absolute-form and h2 targets differ: HAProxy
+        // hashes scheme and authority too unless `path-only`).
+        HashKey::Uri => {
+            let path = ctx.path.split_once('?').map_or(ctx.path, |(p, _)| p);
+            Some(hash::sdbm(path.as_bytes()))
+        }
+        // `balance hdr(name)`: the first occurrence's first comma-separated
+        // value (commas inside double quotes do not split), without
+        // surrounding blanks, as HAProxy's `http_find_header`.
+        HashKey::Hdr(name) => {
+            let v = first_value(ctx.headers.get(name)?.as_bytes());
+            (!v.is_empty()).then(|| hash::sdbm(v))
+        }
+    }
+}
+
+/// The first comma-separated element of a header value, trimmed of spaces
+/// and tabs; a comma inside a double-quoted string (with `\` escapes) does
+/// not end it.
+fn first_value(v: &[u8]) -> &[u8] {
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut end = v.len();
+    for (i, &c) in v.iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if quoted && c == b'\\' {
+            escaped = true;
+        } else if c == b'"' {
+            quoted = !quoted;
+        } else if c == b',' && !quoted {
+            end = i;
+            break;
+        }
+    }
+    let v = v.get(..end).unwrap_or(v);
+    let is_blank = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = v.iter().position(|c| !is_blank(c)).unwrap_or(v.len());
+    let stop = v
+        .iter()
+        .rposition(|c| !is_blank(c))
+        .map_or(start, |p| p + 1);
+    v.get(start..stop.max(start)).unwrap_or_default()
+}
+
+/// The key `hash-type consistent` hashes (llmgw's own hash), or `None`
+/// when there is none (only `hdr(name)` with the header absent or empty:
+/// round-robin then).
 fn key_hash(key: &HashKey, ctx: &PickCtx) -> Option<u64> {
     match key {
         HashKey::Source => Some(match ctx.src {

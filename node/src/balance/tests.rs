@@ -144,11 +144,15 @@ fn roundrobin_weighted_ratios() {
 }
 
 #[test]
-fn roundrobin_is_smooth() {
-    // nginx's documented sequence for weights 5:1:1.
+fn roundrobin_is_haproxys_order_and_smooth() {
+    // HAProxy 2.6's fwrr orders, recorded from the real binary (servers
+    // numbered from 0): 5:1:1 and 2:3:7.
     let b = bal(Balance::RoundRobin, &[5, 1, 1]);
-    let seq: Vec<usize> = (0..7).map(|_| pick_plain(&b).unwrap()).collect();
-    assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0]);
+    let seq: Vec<usize> = (0..14).map(|_| pick_plain(&b).unwrap()).collect();
+    assert_eq!(seq, [0, 0, 0, 1, 0, 0, 2, 0, 0, 0, 1, 0, 0, 2]);
+    let b = bal(Balance::RoundRobin, &[2, 3, 7]);
+    let seq: Vec<usize> = (0..12).map(|_| pick_plain(&b).unwrap()).collect();
+    assert_eq!(seq, [2, 2, 1, 2, 0, 2, 1, 2, 2, 2, 1, 0]);
 
     // 1:2:5 — never more than two in a row, and every 8 consecutive picks
     // (any window, not only aligned ones) hold each server ±1 of its weight.
@@ -619,7 +623,8 @@ fn map_based_removal_moves_most_keys() {
     // The documented cost of map-based hashing: removing one of 5 servers
     // changes the modulus, and about 80% of all keys move (versus the 20%
     // owned by the removed server with consistent hashing). Measured with
-    // these keys: 7954 moved map-based, 1999 consistent; removing each of
+    // these keys: 8092 moved map-based (HAProxy's sdbm and map; 7954
+    // with the FNV hash before), 1999 consistent; removing each of
     // the 5 servers in turn moves 1863..=2064 keys with consistent hashing.
     const N: usize = 5;
     let b = bal_h(Balance::Uri, HashType::MapBased, &[1; N]);
@@ -680,13 +685,120 @@ fn consistent_ring_follows_names_not_order() {
         assert_eq!(a.server(*x).name, b.server(*y).name);
     }
     let Algo::Hash {
-        placement: Placement::Consistent(ring),
+        placement: Placement::Consistent(ring, _),
         ..
     } = &a.algo
     else {
         unreachable!()
     };
     assert_eq!(ring.len(), 3 * 1024);
+}
+
+// ---- HAProxy's map-based hashing ------------------------------------------
+
+#[test]
+fn sdbm_is_haproxys_hash() {
+    assert_eq!(hash::sdbm(b""), 0);
+    assert_eq!(hash::sdbm(b"a"), 97);
+    // 97·65599 + 98, on 32 bits.
+    assert_eq!(hash::sdbm(b"ab"), 97 * 65599 + 98);
+    assert_eq!(
+        hash::sdbm(b"abc"),
+        (97u32 * 65599 + 98).wrapping_mul(65599).wrapping_add(99)
+    );
+    // Bytes are unsigned (0xff adds 255, not -1).
+    assert_eq!(hash::sdbm(&[0xff]), 255);
+    assert_eq!(hash::source_words(&[10, 0, 0, 1]), 0x0a00_0001);
+    assert_eq!(
+        hash::source_words(&[0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0, 8]),
+        15
+    );
+}
+
+#[test]
+fn map_based_indexes_haproxys_server_map() {
+    // Weights 3:1:2 give HAProxy's map a a c a b c (the static-rr order
+    // the differential test checks for its `srr` backend); a key picks
+    // `hash % 6`.
+    let b = bal(Balance::Uri, &[3, 1, 2]);
+    let order = [0, 0, 2, 0, 1, 2];
+    assert_eq!(
+        StaticRr::new(&[3, 1, 2]).schedule(),
+        order.map(|i| i as u32)
+    );
+    for k in 0..200u32 {
+        let path = format!("/k/{k}");
+        let ctx = PickCtx {
+            src: ip(1),
+            path: &path,
+            headers: &HeaderMap::new(),
+        };
+        let h = hash::sdbm(path.as_bytes());
+        assert_eq!(b.pick(&ctx, &[]), Some(order[h as usize % 6]), "{path}");
+    }
+    // Weights are divided by their GCD (HAProxy's wmult): 6:2:4 is 3:1:2.
+    let c = bal(Balance::Uri, &[6, 2, 4]);
+    for k in 0..200u32 {
+        let path = format!("/k/{k}");
+        let ctx = PickCtx {
+            src: ip(1),
+            path: &path,
+            headers: &HeaderMap::new(),
+        };
+        assert_eq!(b.pick(&ctx, &[]), c.pick(&ctx, &[]));
+    }
+}
+
+#[test]
+fn map_based_map_covers_usable_servers_only() {
+    let b = bal(Balance::Source, &[1, 1, 1]);
+    let Algo::Hash {
+        placement: Placement::MapBased(map, _),
+        ..
+    } = &b.algo
+    else {
+        unreachable!()
+    };
+    assert_eq!(map.slots(3, b.usable()), [0, 1, 2]);
+    b.server(1).set_weight(0);
+    assert_eq!(map.slots(3, b.usable()), [0, 2]);
+    // IPv4 source: the address modulo the map length.
+    for k in 0..50u32 {
+        let ctx = PickCtx {
+            src: IpAddr::V4(std::net::Ipv4Addr::from(0x7f00_0001 + k)),
+            path: "/",
+            headers: &HeaderMap::new(),
+        };
+        let want = [0, 2][(0x7f00_0001 + k) as usize % 2];
+        assert_eq!(b.pick(&ctx, &[]), Some(want));
+    }
+    b.server(1).set_weight(1);
+    assert_eq!(map.slots(3, b.usable()), [0, 1, 2]);
+}
+
+#[test]
+fn hdr_hashes_the_first_value_like_haproxy() {
+    assert_eq!(super::first_value(b"  a , b"), b"a");
+    assert_eq!(super::first_value(b"\"x,y\", z"), b"\"x,y\"");
+    assert_eq!(super::first_value(b" , b"), b"");
+    assert_eq!(super::first_value(b""), b"");
+    assert_eq!(super::first_value(b"\"a\\\",b\",c"), b"\"a\\\",b\"");
+    let b = bal(Balance::Hdr(user_hdr()), &[1, 1, 1]);
+    let pick = |v: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(user_hdr(), v.parse().unwrap());
+        b.pick(
+            &PickCtx {
+                src: ip(1),
+                path: "/",
+                headers: &h,
+            },
+            &[],
+        )
+    };
+    for k in 0..50 {
+        assert_eq!(pick(&format!("u{k}")), pick(&format!(" u{k} , other")));
+    }
 }
 
 // ---- random --------------------------------------------------------------
