@@ -173,20 +173,16 @@ gen_certs() {
 #    deliberate headline. The extra row CONF=model runs both from one .cfg that
 #    routes on the body model (`option http-buffer-request` +
 #    `req.body,json_query('$.model') -m beg gpt-`, HAProxy 2.6 does it).
-#  - `http-reuse always`: llmgw rejects `http-reuse` (strict and --lenient:
-#    "directive 'http-reuse' is not supported"). The shared file leaves it out,
-#    so HAProxy runs its default `http-reuse safe`; on keep-alive clients (wrk,
-#    oha, h2load --h1 without connection: close, SSE streams) that measured
-#    the same as `always` (wrk -c64: within noise), but with a new client
-#    connection per request HAProxy was ~30% slower without it (plain HTTP,
-#    h2load conn: close). So the tls rows, which open a connection per request,
-#    keep a separate HAProxy file: the shared TLS .cfg plus `http-reuse always`.
-#    LLMGW_ACCEPTS_HTTP_REUSE=1 puts `http-reuse always` into the shared file
-#    (and so shares the tls files too) once llmgw accepts the directive.
+#  - `http-reuse always` is in the shared file (llmgw accepts it; it always
+#    pools upstream connections). It matters for HAProxy with a new client
+#    connection per request (~30% slower with its default `safe`, plain HTTP,
+#    h2load conn: close), so the tls rows share the file too.
+#    LLMGW_ACCEPTS_HTTP_REUSE= (empty) leaves the line out, as for llmgw
+#    builds older than the `http-reuse` support.
 #  - TLS with resumption off (HAProxy only: llmgw has no switch and is never
 #    started from it): `no-tls-tickets` and `tune.ssl.cachesize 0`, both
 #    rejected by llmgw.
-LLMGW_ACCEPTS_HTTP_REUSE=${LLMGW_ACCEPTS_HTTP_REUSE:-}
+LLMGW_ACCEPTS_HTTP_REUSE=${LLMGW_ACCEPTS_HTTP_REUSE-1}
 
 # shared_cfg VARIANT(path|model) THREADS TLS MAXCONN -> path of the .cfg (port in PATH.port)
 shared_cfg() {
@@ -619,7 +615,7 @@ for row in ${ROWS//,/ }; do
     if declare -F "row_$row" >/dev/null; then "row_$row"; else log "unknown row '$row'"; fi
 done
 if has_proxy llmgw && has_proxy haproxy && [ -n "$LLMGW_ACCEPTS_HTTP_REUSE" ]; then
-    note "configs: LLMGW_ACCEPTS_HTTP_REUSE=1: llmgw (run -c FILE.cfg, strict) and HAProxy are started from the very same generated HAProxy .cfg, with http-reuse always, in every row but the throughput headline (llmgw: native TOML routing on the body model) and tls with resumption off (HAProxy only: no-tls-tickets, tune.ssl.cachesize 0). nginx: its own nginx.conf."
+    note "configs: llmgw (run -c FILE.cfg, strict) and HAProxy are started from the very same generated HAProxy .cfg, with http-reuse always, in every row but the throughput headline (llmgw: native TOML routing on the body model) and tls with resumption off (HAProxy only: no-tls-tickets, tune.ssl.cachesize 0). nginx: its own nginx.conf."
 elif has_proxy llmgw && has_proxy haproxy; then
     note "configs: llmgw (run -c FILE.cfg, strict) and HAProxy are started from the very same generated HAProxy .cfg in the latency, cpu, streams and idle rows (routing on the path) and in 'both route on the body model'; that file has no http-reuse line (llmgw rejects 'http-reuse'), so HAProxy runs its default 'safe', which measured the same as 'always' with keep-alive clients; they differ in the throughput headline (llmgw: native TOML routing on the body model; HAProxy: the shared path .cfg) and in the tls rows (HAProxy: the shared TLS .cfg + 'http-reuse always', which matters with a connection per request; + no-tls-tickets / tune.ssl.cachesize 0 for resumption off). nginx: its own nginx.conf."
 fi
