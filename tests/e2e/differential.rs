@@ -21,7 +21,6 @@
 //! `node/src/balance/hash.rs`); this configuration does not use it.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
 use std::time::Duration;
 
 use http::Method;
@@ -34,13 +33,45 @@ pub(crate) fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-pub(crate) fn haproxy() -> Option<std::path::PathBuf> {
+fn haproxy() -> std::path::PathBuf {
     let out = std::process::Command::new("sh")
         .args(["-c", "command -v haproxy"])
         .output()
-        .ok()?;
+        .expect("sh");
     let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (!p.is_empty()).then(|| p.into())
+    assert!(
+        !p.is_empty(),
+        "the differential tests need HAProxy (Debian package `haproxy`): run tests/run.sh, which installs it"
+    );
+    p.into()
+}
+
+/// HAProxy serving `cfg` (checked with `haproxy -c` first); stops on drop.
+pub(crate) struct Haproxy {
+    _proc: Proc,
+    _dir: TempDir,
+}
+
+pub(crate) fn start_haproxy(cfg: &str) -> Haproxy {
+    let haproxy = haproxy();
+    let dir = TempDir::new("haproxy");
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, cfg).expect("write cfg");
+    let check = std::process::Command::new(&haproxy)
+        .args(["-c", "-f"])
+        .arg(&path)
+        .output()
+        .expect("haproxy -c");
+    assert!(
+        check.status.success(),
+        "haproxy rejects the config: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let proc = Proc::spawn_program(&haproxy, &["-db", "-f", &path.to_string_lossy()], &[]);
+    Haproxy {
+        _proc: proc,
+        _dir: dir,
+    }
 }
 
 pub fn config(port: u16, m: &[Mock]) -> String {
@@ -194,37 +225,16 @@ pub async fn run(base: SocketAddr) -> (Vec<String>, Vec<u16>) {
 
 /// Runs the requests through llmgw and HAProxy serving the same file.
 async fn both() -> ((Vec<String>, Vec<u16>), (Vec<String>, Vec<u16>)) {
-    let haproxy = haproxy().expect(
-        "the differential test needs HAProxy (Debian package `haproxy`): run tests/run.sh, which installs it",
-    );
     let mocks: Vec<Mock> = (1..=3)
         .map(|i| Mock::start(&format!("s{i}"), &[]))
         .collect();
     let port = free_port();
     let cfg = config(port, &mocks);
-    let dir = TempDir::new("diff");
-    let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, &cfg).expect("write cfg");
-
     // llmgw serves the very same file (its bind replaced by an ephemeral one).
     let gw = start_cfg(&cfg, 1, &["--bind", "127.0.0.1:0"]);
     let ours = run(gw.addr()).await;
 
-    let check = std::process::Command::new(&haproxy)
-        .args(["-c", "-f"])
-        .arg(&path)
-        .output()
-        .expect("haproxy -c");
-    assert!(
-        check.status.success(),
-        "haproxy rejects the config: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let _hap = Proc::spawn_program(
-        Path::new(&haproxy),
-        &["-db", "-f", &path.to_string_lossy()],
-        &[],
-    );
+    let _hap = start_haproxy(&cfg);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     eventually(Duration::from_secs(10), || async {
         tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())

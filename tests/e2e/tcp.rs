@@ -4,11 +4,10 @@
 //! reject` and the PROXY protocol.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use llmgw_e2e::{eventually, start_cfg, Cert, Client, Gateway, Mock, Proc, TempDir};
+use llmgw_e2e::{eventually, start_cfg, Cert, Client, Gateway, Mock, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -260,9 +259,6 @@ async fn tcp_outcomes(addr: SocketAddr, a: &TlsUpstream, b: &TlsUpstream) -> Vec
 /// each SNI, and the same connections closed.
 #[tokio::test]
 async fn same_tcp_cfg_same_outcomes_as_haproxy() {
-    let haproxy = crate::differential::haproxy().expect(
-        "the differential test needs HAProxy (Debian package `haproxy`): run tests/run.sh, which installs it",
-    );
     let a = tls_upstream("a.test");
     let b = tls_upstream_for("b.test", &["b.test", "x.b.test"]);
     let mocks: Vec<Mock> = (1..=3)
@@ -293,24 +289,7 @@ async fn same_tcp_cfg_same_outcomes_as_haproxy() {
     let gw = start_cfg(&cfg, 1, &["--bind", "127.0.0.1:0"]);
     let ours = tcp_outcomes(gw.addr(), &a, &b).await;
 
-    let dir = TempDir::new("diff-tcp");
-    let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, &cfg).expect("write cfg");
-    let check = std::process::Command::new(&haproxy)
-        .args(["-c", "-f"])
-        .arg(&path)
-        .output()
-        .expect("haproxy -c");
-    assert!(
-        check.status.success(),
-        "haproxy rejects the config: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let _hap = Proc::spawn_program(
-        Path::new(&haproxy),
-        &["-db", "-f", &path.to_string_lossy()],
-        &[],
-    );
+    let _hap = crate::differential::start_haproxy(&cfg);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     // Ready when a TLS session to `a` goes through: a bare connect would
     // itself be routed (to `plain`) and shift its static-rr order.
