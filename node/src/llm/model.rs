@@ -71,6 +71,17 @@ impl ModelScanner {
     /// from where the previous call stopped.
     pub fn scan(&mut self, buf: &[u8]) -> Scan {
         while self.pos < buf.len() {
+            if self.in_string && !self.escape {
+                // Inside a string only `"` and `\` matter: jump to the next
+                // one (SIMD memchr) instead of stepping through prompt text.
+                match memchr::memchr2(b'"', b'\\', &buf[self.pos..]) {
+                    Some(k) => self.pos += k,
+                    None => {
+                        self.pos = buf.len();
+                        return Scan::Pending;
+                    }
+                }
+            }
             let i = self.pos;
             let c = buf[i];
             self.pos += 1;
