@@ -125,17 +125,27 @@ impl Drop for InflightGuard {
 }
 
 pin_project_lite::pin_project! {
-    /// An IO that records when bytes move.
+    /// An IO that records when bytes move, and first replays any bytes
+    /// read ahead of hyper (the prelude) before reading from the IO itself.
     pub struct Tracked<T> {
         #[pin]
         inner: T,
         activity: Arc<Activity>,
+        prefix: Bytes,
     }
 }
 
 impl<T> Tracked<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Tracked { inner, activity }
+        Self::with_prefix(inner, Bytes::new(), activity)
+    }
+
+    pub fn with_prefix(inner: T, prefix: Bytes, activity: Arc<Activity>) -> Self {
+        Tracked {
+            inner,
+            activity,
+            prefix,
+        }
     }
 }
 
@@ -146,6 +156,16 @@ impl<T: AsyncRead> AsyncRead for Tracked<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            if this.prefix.is_empty() {
+                // Let go of the read-ahead buffer rather than keep it for the
+                // connection's life.
+                *this.prefix = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
         if buf.filled().len() != before {
@@ -277,61 +297,6 @@ async fn answer_and_close<IO: AsyncWrite + Unpin>(
     let _ = io.shutdown().await;
 }
 
-pin_project_lite::pin_project! {
-    /// Replays bytes read ahead of hyper, then reads from the IO itself.
-    pub struct Rewind<T> {
-        prefix: Bytes,
-        #[pin]
-        inner: T,
-    }
-}
-
-impl<T: AsyncRead> AsyncRead for Rewind<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        this.inner.poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-}
-
 /// Serves HTTP on one accepted (and, if configured, TLS-terminated) client
 /// connection until it closes. `h2` says ALPN already chose HTTP/2.
 pub async fn serve<IO>(
@@ -370,7 +335,6 @@ pub async fn serve<IO>(
             }
         }
     };
-    let io = Rewind { prefix, inner: io };
     let activity = Arc::new(Activity::new());
     let info_client = info.client;
     let info = Arc::new(info);
@@ -387,8 +351,8 @@ pub async fn serve<IO>(
     // The prelude (or ALPN) already told which protocol this is, so the
     // connection goes straight to the right hyper server, without the
     // per-read version sniffing of hyper-util's `auto` builder.
-    let h2 = h2 || io.prefix.starts_with(b"PRI ");
-    let io = TokioIo::new(Tracked::new(io, activity.clone()));
+    let h2 = h2 || prefix.starts_with(b"PRI ");
+    let io = TokioIo::new(Tracked::with_prefix(io, prefix, activity.clone()));
     if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
