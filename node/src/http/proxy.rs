@@ -76,7 +76,8 @@ async fn proxy(
     let (mut parts, incoming) = req.into_parts();
 
     // Read the body only as far as the model, and only if a rule needs it.
-    let (body, model_name) = if fe.needs_model() && may_have_body(&parts.method, &incoming) {
+    let needs_model = fe.needs_model();
+    let (body, model_name) = if needs_model && may_have_body(&parts.method, &incoming) {
         match inspect_model(fe, &mut parts, incoming).await {
             Ok(read) => read,
             Err(resp) => return resp,
@@ -101,7 +102,7 @@ async fn proxy(
     let Some(bi) = route::select(fe, &facts) else {
         return match model_name {
             Some(m) => error::model_not_found(&m),
-            None if fe.needs_model() && parts.method == Method::POST => error::model_required(),
+            None if needs_model && parts.method == Method::POST => error::model_required(),
             None => error::no_route(&format!(
                 "No route for {} {}.",
                 parts.method,
