@@ -26,6 +26,9 @@ pub struct BackendRt {
     pub balancer: Balancer,
     /// Same order as the backend's servers.
     pub upstreams: Vec<Upstream>,
+    /// Every server is plain HTTP/1.1, so the HTTP/1 engine can carry the
+    /// backend's requests itself.
+    pub h1_only: bool,
 }
 
 /// What outlives snapshots.
@@ -81,9 +84,11 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
             upstreams
                 .push(Upstream::new(b, s, mock).map_err(|e| format!("backend '{}': {e}", b.name))?);
         }
+        let h1_only = upstreams.iter().all(|u| u.h1.is_some());
         backends.push(BackendRt {
             balancer: Balancer::new(&b.balance, b.hash_type, servers),
             upstreams,
+            h1_only,
         });
     }
     Ok(Snapshot { config, backends })

@@ -71,7 +71,24 @@ struct RunArgs {
     lenient: bool,
 }
 
+/// glibc hands memory back to the kernel as soon as 128 KiB lie free at the
+/// top of the heap, and faults it back in on the next burst: under load that
+/// was a `brk` pair and dozens of zeroed pages every few requests (measured:
+/// ~20 page faults per proxied request, none for HAProxy). Trimming only
+/// past 16 MiB free keeps a busy gateway's heap in place and still returns
+/// the memory of a burst that has passed.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any
+    // thread exists.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run(args),
@@ -248,7 +265,7 @@ async fn serve(
                 "frontend '{}' listening on {scheme}://{local}",
                 fe.name
             ));
-            tokio::spawn(l.run(sock));
+            tokio::spawn(Arc::new(l).run(sock));
         }
     }
     if let Some(addr) = stats_addr {

@@ -153,6 +153,14 @@ impl RespBody {
 }
 
 impl RespBody {
+    /// The whole body of a gateway-made response; `None` for a streamed one.
+    pub fn into_full(mut self) -> Option<Bytes> {
+        match &mut self.kind {
+            Kind::Full(b) => Some(b.take().unwrap_or_default()),
+            Kind::Upstream(_) => None,
+        }
+    }
+
     pub fn with_inflight(mut self, g: InflightGuard) -> Self {
         self._inflight = Some(g);
         self

@@ -306,13 +306,13 @@ pub async fn serve<IO>(
     timeouts: &Timeouts,
     h2: bool,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: super::h1::ClientIo + 'static,
 {
-    let prefix = if h2 {
-        Bytes::new()
+    let mut prefix = if h2 {
+        BytesMut::new()
     } else {
         match read_prelude(&mut io, timeouts.http_request).await {
-            Prelude::Ready(b) => b.freeze(),
+            Prelude::Ready(b) => b,
             Prelude::Closed => return,
             Prelude::TimedOut => {
                 let msg = "The request was not received in time.";
@@ -335,6 +335,34 @@ pub async fn serve<IO>(
             }
         }
     };
+    // The prelude (or ALPN) already told which protocol this is. HTTP/1.1
+    // goes to the gateway's own engine first; what it hands back (at a
+    // request boundary, nothing consumed) and HTTP/2 go to hyper, without
+    // the per-read version sniffing of hyper-util's `auto` builder.
+    let h2 = h2 || prefix.starts_with(b"PRI ");
+    if !h2 {
+        match super::h1::serve(&mut io, &mut prefix, &shared, &info, timeouts).await {
+            super::h1::Served::Closed => return,
+            super::h1::Served::Handoff => {}
+        }
+    }
+    // hyper's connection futures are large; boxed, they cost their memory
+    // only on connections that use them, not on every one the engine serves.
+    Box::pin(serve_hyper(io, prefix.freeze(), shared, info, timeouts, h2)).await
+}
+
+/// Serves the rest of a connection with hyper: HTTP/2, and whatever the
+/// HTTP/1 engine handed over (`prefix` replays the bytes it had read).
+async fn serve_hyper<IO>(
+    io: IO,
+    prefix: Bytes,
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    timeouts: &Timeouts,
+    h2: bool,
+) where
+    IO: super::h1::ClientIo + 'static,
+{
     let activity = Arc::new(Activity::new());
     let info_client = info.client;
     let info = Arc::new(info);
@@ -348,10 +376,6 @@ pub async fn serve<IO>(
         })
     };
 
-    // The prelude (or ALPN) already told which protocol this is, so the
-    // connection goes straight to the right hyper server, without the
-    // per-read version sniffing of hyper-util's `auto` builder.
-    let h2 = h2 || prefix.starts_with(b"PRI ");
     let io = TokioIo::new(Tracked::with_prefix(io, prefix, activity.clone()));
     if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

@@ -4,5 +4,6 @@
 pub mod body;
 pub mod conn;
 pub mod error;
+pub mod h1;
 pub mod proxy;
 pub mod tunnel;

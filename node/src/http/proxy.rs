@@ -55,13 +55,7 @@ pub async fn handle(
     };
     let request_id = request_id(fe, req.headers());
     let mut resp = proxy(&snap, fe, conn, req, request_id.as_ref()).await;
-    if let (Some(name), Some(id)) = (&fe.request_id_header, request_id) {
-        resp.headers_mut().insert(name.clone(), id);
-    }
-    fe.response_headers.apply(resp.headers_mut());
-    for r in &fe.http_response {
-        r.action.apply(resp.headers_mut());
-    }
+    finish_response(fe, resp.headers_mut(), request_id);
     resp.map(|b| b.with_inflight(inflight))
 }
 
@@ -86,41 +80,19 @@ async fn proxy(
         (ReqBody::Stream(incoming), None)
     };
 
-    if let Some(resp) = http_request_rules(
-        &fe.http_request,
+    let bi = match choose_backend(
+        snap,
+        fe,
+        conn,
         &mut parts,
-        conn.client.ip(),
         model_name.as_deref(),
+        needs_model,
     ) {
-        return resp;
-    }
-    let facts = Facts {
-        parts: &parts,
-        src: conn.client.ip(),
-        model: model_name.as_deref(),
-    };
-    let Some(bi) = route::select(fe, &facts) else {
-        return match model_name {
-            Some(m) => error::model_not_found(&m),
-            None if needs_model && parts.method == Method::POST => error::model_required(),
-            None => error::no_route(&format!(
-                "No route for {} {}.",
-                parts.method,
-                parts.uri.path()
-            )),
-        };
+        Ok(bi) => bi,
+        Err(resp) => return *resp,
     };
     let be = &snap.config.backends[bi];
     let brt = &snap.backends[bi];
-    if let Some(resp) = http_request_rules(
-        &be.http_request,
-        &mut parts,
-        conn.client.ip(),
-        model_name.as_deref(),
-    ) {
-        return resp;
-    }
-
     let ctx = PickCtx {
         src: conn.client.ip(),
         path: parts.uri.path(),
@@ -173,13 +145,74 @@ async fn proxy(
     }
 
     let (mut rparts, rbody) = resp.into_parts();
-    strip_hop_by_hop(&mut rparts.headers, false);
-    be.response_headers.apply(&mut rparts.headers);
-    for r in &be.http_response {
-        r.action.apply(&mut rparts.headers);
-    }
+    rewrite_response(be, &mut rparts.headers);
     rparts.version = Version::HTTP_11;
     Response::from_parts(rparts, RespBody::upstream(rbody, be.timeouts.server, guard))
+}
+
+/// The routing phases every request goes through, whichever engine carries
+/// it: the frontend's `http-request` rules, route selection, then the
+/// chosen backend's rules. Returns the backend's index, or the answer the
+/// gateway gives instead (a deny, a `return`, no route).
+pub(super) fn choose_backend(
+    snap: &Snapshot,
+    fe: &Frontend,
+    conn: &ConnInfo,
+    parts: &mut Parts,
+    model_name: Option<&str>,
+    needs_model: bool,
+) -> Result<usize, Box<Response<RespBody>>> {
+    let src = conn.client.ip();
+    if let Some(resp) = http_request_rules(&fe.http_request, parts, src, model_name) {
+        return Err(Box::new(resp));
+    }
+    let facts = Facts {
+        parts,
+        src,
+        model: model_name,
+    };
+    let Some(bi) = route::select(fe, &facts) else {
+        return Err(Box::new(match model_name {
+            Some(m) => error::model_not_found(m),
+            None if needs_model && parts.method == Method::POST => error::model_required(),
+            None => error::no_route(&format!(
+                "No route for {} {}.",
+                parts.method,
+                parts.uri.path()
+            )),
+        }));
+    };
+    let be = &snap.config.backends[bi];
+    match http_request_rules(&be.http_request, parts, src, model_name) {
+        Some(resp) => Err(Box::new(resp)),
+        None => Ok(bi),
+    }
+}
+
+/// Backend-side response rewriting: hop-by-hop headers out, then the
+/// backend's header rules and `http-response` rules.
+pub(super) fn rewrite_response(be: &Backend, headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers, false);
+    be.response_headers.apply(headers);
+    for r in &be.http_response {
+        r.action.apply(headers);
+    }
+}
+
+/// Frontend-side response rewriting, applied to every answer including the
+/// gateway's own: the request id, then the frontend's rules.
+pub(super) fn finish_response(
+    fe: &Frontend,
+    headers: &mut HeaderMap,
+    request_id: Option<HeaderValue>,
+) {
+    if let (Some(name), Some(id)) = (&fe.request_id_header, request_id) {
+        headers.insert(name.clone(), id);
+    }
+    fe.response_headers.apply(headers);
+    for r in &fe.http_response {
+        r.action.apply(headers);
+    }
 }
 
 /// Runs `http-request` rules in order. A rule whose condition does not hold
@@ -330,26 +363,35 @@ async fn inspect_model(
             None,
         ));
     };
+    let (head, name) = resolve_model(fe, parts, head, range).map_err(|e| *e)?;
+    Ok((
+        ReqBody::Prefixed {
+            head: Some(head),
+            rest,
+        },
+        Some(name),
+    ))
+}
+
+/// Decodes the model found at `range` of the body read so far (`head`) and
+/// applies the frontend's alias: the alias target replaces the value in the
+/// bytes to forward, and `Content-Length` follows. Returns the bytes to
+/// forward in place of `head` and the model name routing sees.
+pub(super) fn resolve_model(
+    fe: &Frontend,
+    parts: &mut Parts,
+    head: Bytes,
+    range: std::ops::Range<usize>,
+) -> Result<(Bytes, String), Box<Response<RespBody>>> {
     let Some(name) = model::decode(&head[range.clone()]).map(|c| c.into_owned()) else {
-        return Err(error::bad_request(
+        return Err(Box::new(error::bad_request(
             "The `model` field is not a valid JSON string.",
-        ));
+        )));
     };
-    let alias = fe
-        .model_aliases
-        .iter()
-        .find(|(a, _)| *a == name)
-        .map(|(_, t)| t.clone());
-    let Some(target) = alias else {
-        return Ok((
-            ReqBody::Prefixed {
-                head: Some(head),
-                rest,
-            },
-            Some(name),
-        ));
+    let Some((_, target)) = fe.model_aliases.iter().find(|(a, _)| *a == name) else {
+        return Ok((head, name));
     };
-    let encoded = model::encode(&target);
+    let encoded = model::encode(target);
     let mut rewritten = BytesMut::with_capacity(head.len() + encoded.len());
     rewritten.extend_from_slice(&head[..range.start]);
     rewritten.extend_from_slice(encoded.as_bytes());
@@ -357,20 +399,14 @@ async fn inspect_model(
     if let Some(cl) = parts.headers.get(header::CONTENT_LENGTH) {
         let len = cl.to_str().ok().and_then(|s| s.parse::<u64>().ok());
         let Some(len) = len else {
-            return Err(error::bad_request("Invalid Content-Length."));
+            return Err(Box::new(error::bad_request("Invalid Content-Length.")));
         };
         let new_len = (len + encoded.len() as u64).saturating_sub(range.len() as u64);
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(new_len));
     }
-    Ok((
-        ReqBody::Prefixed {
-            head: Some(rewritten.freeze()),
-            rest,
-        },
-        Some(target),
-    ))
+    Ok((rewritten.freeze(), target.clone()))
 }
 
 /// The part of a request body read so far. Most bodies arrive in one frame,
@@ -422,7 +458,7 @@ impl BodyPrefix {
 }
 
 /// Keeps the client's request id, or makes one.
-fn request_id(fe: &Frontend, headers: &HeaderMap) -> Option<HeaderValue> {
+pub(super) fn request_id(fe: &Frontend, headers: &HeaderMap) -> Option<HeaderValue> {
     let name = fe.request_id_header.as_ref()?;
     if let Some(v) = headers.get(name) {
         if !v.is_empty() && v.len() <= 200 {
@@ -488,7 +524,21 @@ fn valid_traceparent(v: &[u8]) -> bool {
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus
 /// whatever the `Connection` header names.
-fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names instead of a
+    // hashed lookup per candidate.
+    let hop = |n: &HeaderName| {
+        n == header::CONNECTION
+            || n == header::UPGRADE
+            || n == header::TE
+            || n == header::TRAILER
+            || n == header::TRANSFER_ENCODING
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+    };
+    if !h.keys().any(hop) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -511,7 +561,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     h.remove(header::TRANSFER_ENCODING);
 }
 
-fn rewrite_request(
+pub(super) fn rewrite_request(
     fe: &Frontend,
     be: &Backend,
     conn: &ConnInfo,
@@ -588,25 +638,29 @@ fn append_list(h: &mut HeaderMap, name: &HeaderName, item: &str) {
     }
 }
 
-fn upstream_uri(
-    be: &Backend,
-    uri: &Uri,
-    up: &crate::upstream::Upstream,
-) -> Result<Uri, http::Error> {
-    // Without a rewrite the client's path and query are reused as they are
-    // (a reference-counted clone, no copy).
-    let pq = match (&be.path_rewrite, uri.path_and_query()) {
+/// The path and query to send upstream: the client's, with the backend's
+/// path prefix rewrite applied. Without a rewrite it is a reference-counted
+/// clone, no copy.
+pub(super) fn upstream_path(be: &Backend, uri: &Uri) -> Result<PathAndQuery, http::Error> {
+    Ok(match (&be.path_rewrite, uri.path_and_query()) {
         (Some((from, to)), Some(pq)) if pq.path().starts_with(from.as_str()) => {
             PathAndQuery::try_from(format!("{to}{}", &pq.as_str()[from.len()..]))?
         }
         (_, Some(pq)) if pq.as_str().starts_with('/') => pq.clone(),
         (_, Some(pq)) => PathAndQuery::try_from(format!("/{}", pq.as_str()))?,
         (_, None) => PathAndQuery::from_static("/"),
-    };
+    })
+}
+
+fn upstream_uri(
+    be: &Backend,
+    uri: &Uri,
+    up: &crate::upstream::Upstream,
+) -> Result<Uri, http::Error> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(up.scheme.clone());
     parts.authority = Some(up.authority.clone());
-    parts.path_and_query = Some(pq);
+    parts.path_and_query = Some(upstream_path(be, uri)?);
     Ok(Uri::from_parts(parts)?)
 }
 

@@ -46,8 +46,7 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Everything a listener needs, cloned into each connection task.
-#[derive(Clone)]
+/// Everything a listener needs, shared (one `Arc`) by its connection tasks.
 pub struct Listener {
     pub frontend: Arc<str>,
     pub mode: Mode,
@@ -86,7 +85,7 @@ impl Listener {
     }
 
     /// Accepts connections forever.
-    pub async fn run(self, listener: TcpListener) {
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
         loop {
             // Slots first: over the limit, connections wait in the backlog.
             let fe_permit = match &self.frontend_slots {
@@ -117,13 +116,14 @@ impl Listener {
         }
     }
 
-    async fn connection(self, mut stream: TcpStream, peer: SocketAddr) {
+    async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
         let mut client = peer;
         let deadline = tokio::time::Instant::now() + self.timeouts.handshake;
         if self.accept_proxy {
-            match tokio::time::timeout_at(deadline, proxy_protocol::read(&mut stream)).await {
+            let header = tokio::time::timeout_at(deadline, proxy_protocol::read(&mut stream));
+            match Box::pin(header).await {
                 Ok(Ok(proxy_protocol::Header::Proxied { src, .. })) => client = src,
                 Ok(Ok(proxy_protocol::Header::Local)) => {}
                 Ok(Err(e)) => {
@@ -142,20 +142,10 @@ impl Listener {
             local,
             tls,
         };
+        // Only the plain HTTP branch runs inline: every other one is boxed so
+        // that its (much larger) state is not part of every connection's
+        // task, which matters with thousands of open streams.
         match (&self.tls, self.mode) {
-            (None, Mode::Tcp) => {
-                crate::tcp::serve(stream, self.shared.clone(), self.frontend.clone(), client).await
-            }
-            (Some(acceptor), Mode::Tcp) => {
-                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        crate::tcp::serve(tls, self.shared.clone(), self.frontend.clone(), client)
-                            .await
-                    }
-                    Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%client, "TLS handshake timeout"),
-                }
-            }
             (None, Mode::Http) => {
                 serve(
                     stream,
@@ -166,15 +156,46 @@ impl Listener {
                 )
                 .await
             }
-            (Some(acceptor), Mode::Http) => {
-                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                        serve(tls, self.shared.clone(), info(true), &self.timeouts, h2).await
+            (None, Mode::Tcp) => {
+                let shared = self.shared.clone();
+                Box::pin(crate::tcp::serve(
+                    stream,
+                    shared,
+                    self.frontend.clone(),
+                    client,
+                ))
+                .await
+            }
+            (Some(acceptor), Mode::Tcp) => {
+                Box::pin(async {
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            crate::tcp::serve(
+                                tls,
+                                self.shared.clone(),
+                                self.frontend.clone(),
+                                client,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%client, "TLS handshake timeout"),
                     }
-                    Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%client, "TLS handshake timeout"),
-                }
+                })
+                .await
+            }
+            (Some(acceptor), Mode::Http) => {
+                Box::pin(async {
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve(tls, self.shared.clone(), info(true), &self.timeouts, h2).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%client, "TLS handshake timeout"),
+                    }
+                })
+                .await
             }
         }
     }

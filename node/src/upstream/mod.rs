@@ -6,6 +6,8 @@
 //! verified against the webpki roots (plus an optional CA file) with SNI from
 //! the server's host name, and only `verify = "none"` turns that off.
 
+pub mod pool;
+
 use std::sync::Arc;
 
 use http::uri::{Authority, Scheme};
@@ -29,6 +31,9 @@ pub struct Upstream {
     pub scheme: Scheme,
     /// `host:port` put in the request URI; it also keys the pool.
     pub authority: Authority,
+    /// Plain HTTP/1.1 servers also get a pool the HTTP/1 engine speaks on
+    /// directly; `None` for TLS and h2c servers.
+    pub h1: Option<pool::H1Pool>,
 }
 
 impl Upstream {
@@ -45,6 +50,15 @@ impl Upstream {
                 (m.ip().to_string(), m.port())
             }
         };
+        let h1 = (server.tls.is_none() && server.proto != UpstreamProto::Http2).then(|| {
+            pool::H1Pool::new(
+                host.clone(),
+                port,
+                backend.timeouts.connect,
+                backend.pool_idle_timeout,
+                backend.pool_max_idle,
+            )
+        });
         let host_for_uri = if host.contains(':') {
             format!("[{host}]")
         } else {
@@ -109,6 +123,7 @@ impl Upstream {
             client: builder.build(connector),
             scheme,
             authority,
+            h1,
         })
     }
 }

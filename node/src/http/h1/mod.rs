@@ -1,0 +1,1173 @@
+//! The HTTP/1.1 engine: the gateway's own request loop for the common case
+//! — an HTTP/1.1 client whose request goes to a plain HTTP/1.1 upstream.
+//!
+//! One task per client connection does everything in order (read the head,
+//! route, write the request upstream, read the response, stream it back),
+//! with the upstream connection taken from the server's pool and spoken to
+//! directly: no second task, no channel between client and upstream, no
+//! generic body plumbing. Routing, rules and rewriting are the very same
+//! functions the general path (`proxy.rs`, hyper on both sides) uses.
+//!
+//! Buffers are held only while bytes are in them: a connection waiting for
+//! its next request, or a stream waiting for its next event, owns none
+//! (HAProxy's trick; it is what keeps an idle SSE stream at a few KiB).
+//!
+//! Anything else — HTTP/1.0, `Upgrade`, `Expect`, `CONNECT`, a chunked body
+//! whose model must be read, a backend with TLS or h2 servers — is handed
+//! to the general path *before* a byte of that request is consumed, so the
+//! rest of the connection continues there unchanged. The states are in
+//! LIFECYCLE.md.
+
+pub mod framing;
+
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use self::framing::{ChunkedScanner, Framing};
+use super::body::RespBody;
+use super::conn::ConnInfo;
+use super::{error, proxy};
+use crate::balance::PickCtx;
+use crate::config::{Backend, Frontend, Timeouts};
+use crate::gateway::{Shared, Snapshot};
+use crate::llm::model::{ModelScanner, Scan};
+use crate::upstream::pool::H1Pool;
+
+/// Request and response heads larger than this are refused (431 / 502).
+const HEAD_MAX: usize = 64 * 1024;
+/// httparse's header slots, as many as hyper allows.
+const MAX_HEADERS: usize = 100;
+/// Read size for bodies and streamed responses.
+const CHUNK: usize = 16 * 1024;
+/// Bodies up to this size go out in the same write as their head.
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// A client connection the engine can wait on without holding a buffer.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Resolves when a read would find something (data or the end). The
+    /// default is immediate; plain TCP waits on the socket's readiness.
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl ClientIo for TcpStream {
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {}
+
+/// Why the engine stopped serving a connection.
+pub enum Served {
+    /// The connection is over: closed by either side, or after an error.
+    Closed,
+    /// The next request needs the general path; `buf` holds all of its
+    /// bytes (and whatever followed), unconsumed.
+    Handoff,
+}
+
+/// What happens after one exchange.
+enum Next {
+    KeepAlive,
+    Close,
+    Handoff,
+}
+
+/// Where an exchange stands once the response head has gone out.
+enum Step<'a> {
+    Done(Next),
+    /// The response body continues; the relay finishes it.
+    Stream(BodyRelay<'a>),
+}
+
+impl From<Next> for Step<'_> {
+    fn from(n: Next) -> Self {
+        Step::Done(n)
+    }
+}
+
+/// Serves requests from `io` until the connection ends or needs the
+/// general path. `buf` starts with the first request's complete head.
+pub async fn serve<IO: ClientIo>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    conn: &ConnInfo,
+    timeouts: &Timeouts,
+) -> Served {
+    loop {
+        let head_len = match read_head(io, buf, timeouts).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return Served::Closed,
+            Err(resp) => {
+                let _ = write_local(io, resp, true, timeouts.client).await;
+                return Served::Closed;
+            }
+        };
+        let snap = shared.current.load_full();
+        let Some(fe) = snap
+            .config
+            .frontends
+            .iter()
+            .find(|f| *f.name == *conn.frontend)
+        else {
+            // The listener outlived its frontend; the general path answers.
+            return Served::Handoff;
+        };
+        // The exchange's state up to the response head is large and short-
+        // lived, so it is boxed; only the small body relay below stays in the
+        // connection's task for as long as a stream lasts.
+        let next = match Box::pin(exchange(io, buf, head_len, &snap, fe, conn)).await {
+            Step::Done(next) => next,
+            Step::Stream(body) => body.run(io).await,
+        };
+        match next {
+            Next::KeepAlive => {
+                if buf.is_empty() {
+                    // Nothing pipelined: let the buffer go while idle.
+                    *buf = BytesMut::new();
+                }
+            }
+            Next::Close => return Served::Closed,
+            Next::Handoff => return Served::Handoff,
+        }
+    }
+}
+
+/// Reads until `buf` holds a complete request head and returns its length.
+/// `Ok(None)`: the client closed, or kept the connection idle past
+/// `timeout http-keep-alive`, between requests.
+async fn read_head<IO: ClientIo>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    t: &Timeouts,
+) -> Result<Option<usize>, Response<RespBody>> {
+    let mut searched = 0;
+    let mut deadline = None;
+    loop {
+        if let Some(end) = head_end(buf, searched) {
+            return Ok(Some(end));
+        }
+        if buf.len() >= HEAD_MAX {
+            return Err(headers_too_large());
+        }
+        searched = buf.len().saturating_sub(3);
+        let read = async {
+            if buf.is_empty() {
+                io.wait_readable().await?;
+            }
+            buf.reserve(4096);
+            io.read_buf(buf).await
+        };
+        let r = match deadline {
+            // `timeout http-request` runs from the request's first byte.
+            Some(d) => timeout_at(d, read).await,
+            None => timeout(t.http_keep_alive, read).await,
+        };
+        match r {
+            Err(_) if deadline.is_none() => return Ok(None),
+            Err(_) => {
+                return Err(error::error_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "The request was not received in time.",
+                ))
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+            Ok(Ok(_)) => {
+                deadline.get_or_insert_with(|| Instant::now() + t.http_request);
+            }
+        }
+    }
+}
+
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    // Built once: constructing a searcher costs more than a short search.
+    static END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    END.find(&buf[from..]).map(|i| from + i + 4)
+}
+
+fn headers_too_large() -> Response<RespBody> {
+    error::error_response(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+        "The request headers are too large.",
+    )
+}
+
+/// One request, up to its response head (and whatever of the body came
+/// with it).
+async fn exchange<'a, IO: ClientIo>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    head_len: usize,
+    snap: &'a Snapshot,
+    fe: &'a Frontend,
+    conn: &ConnInfo,
+) -> Step<'a> {
+    let head = buf.split_to(head_len).freeze();
+    let client_to = fe.timeouts.client;
+    let req = match parse_request(&head) {
+        Parsed::Request(r) => r,
+        Parsed::Handoff => return handoff(buf, &head, &Bytes::new()).into(),
+        Parsed::Bad(why) => {
+            let resp = error::bad_request(&format!("The request is not valid HTTP: {why}."));
+            let _ = write_local(io, resp, true, client_to).await;
+            return Next::Close.into();
+        }
+        Parsed::TooManyHeaders => {
+            let _ = write_local(io, headers_too_large(), true, client_to).await;
+            return Next::Close.into();
+        }
+    };
+    let ClientRequest {
+        mut parts,
+        framing,
+        close,
+    } = req;
+    let request_id = proxy::request_id(fe, &parts.headers);
+    let needs_model = fe.needs_model();
+
+    // The body read so far to find the model (kept as received, for a
+    // handoff) and what goes upstream in its place (an alias rewritten).
+    let mut read = Bytes::new();
+    let mut send = Bytes::new();
+    let mut model_name = None;
+    let bodiless = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+    );
+    if needs_model && framing != Framing::Empty && !bodiless {
+        let Framing::Length(total) = framing else {
+            return handoff(buf, &head, &read).into();
+        };
+        let found = match scan_model(io, buf, total, fe).await {
+            Ok(found) => found,
+            Err(Some(resp)) => return answer(io, fe, resp, request_id, true).await.into(),
+            Err(None) => return Next::Close.into(),
+        };
+        let scanned = buf.len().min(usize::try_from(total).unwrap_or(usize::MAX));
+        read = buf.split_to(scanned).freeze();
+        send = read.clone();
+        if let Some(range) = found {
+            match proxy::resolve_model(fe, &mut parts, read.clone(), range) {
+                Ok((bytes, name)) => {
+                    send = bytes;
+                    model_name = Some(name);
+                }
+                Err(resp) => {
+                    let done = framing_consumed(framing, read.len(), buf);
+                    return answer(io, fe, *resp, request_id, close || !done)
+                        .await
+                        .into();
+                }
+            }
+        }
+    }
+
+    let bi = match proxy::choose_backend(
+        snap,
+        fe,
+        conn,
+        &mut parts,
+        model_name.as_deref(),
+        needs_model,
+    ) {
+        Ok(bi) => bi,
+        Err(resp) => {
+            let done = framing_consumed(framing, read.len(), buf);
+            return answer(io, fe, *resp, request_id, close || !done)
+                .await
+                .into();
+        }
+    };
+    let brt = &snap.backends[bi];
+    if !brt.h1_only {
+        return handoff(buf, &head, &read).into();
+    }
+    let be = &snap.config.backends[bi];
+    let ctx = PickCtx {
+        src: conn.client.ip(),
+        path: parts.uri.path(),
+        headers: &parts.headers,
+    };
+    let picked = brt.balancer.pick(&ctx, &[]);
+    let Some(pool) = picked.and_then(|si| brt.upstreams[si].h1.as_ref()) else {
+        let done = framing_consumed(framing, read.len(), buf);
+        return answer(
+            io,
+            fe,
+            error::no_server(&be.name),
+            request_id,
+            close || !done,
+        )
+        .await
+        .into();
+    };
+    let server = picked.map(|si| brt.balancer.server(si).clone());
+    let _active = server.as_ref().map(|s| s.begin());
+
+    proxy::rewrite_request(fe, be, conn, &mut parts, request_id.as_ref(), false);
+    let path = match proxy::upstream_path(be, &parts.uri) {
+        Ok(p) => p,
+        Err(_) => {
+            let resp = error::bad_request("The request target cannot be forwarded.");
+            let done = framing_consumed(framing, read.len(), buf);
+            return answer(io, fe, resp, request_id, close || !done)
+                .await
+                .into();
+        }
+    };
+    if framing == Framing::Chunked {
+        // Forwarded as received: the framing header goes with it.
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+
+    // The request head, the body's first part and whatever of the rest is
+    // already buffered go out in one write.
+    let mut out = Vec::with_capacity(512 + send.len());
+    put_request_head(&mut out, &parts.method, path.as_str(), &parts.headers);
+    let mut body = BodyLeft::new(framing, read.len() as u64);
+    out.extend_from_slice(&send);
+    let from_buf = match body.take(buf) {
+        Ok(n) => n,
+        Err(why) => {
+            let resp = error::bad_request(&format!("The request body is malformed: {why}."));
+            return answer(io, fe, resp, request_id, true).await.into();
+        }
+    };
+    out.extend_from_slice(&buf[..from_buf]);
+    buf.advance(from_buf);
+    // Replaying a request the server may have seen is only safe when the
+    // method says so (RFC 9110 §9.2.2): a completion must not run twice.
+    let replayable = body.done() && is_idempotent(&parts.method);
+
+    let mut rbuf = BytesMut::new();
+    let mut up = match send_request(pool, be, &out, replayable, &mut rbuf).await {
+        Ok(up) => up,
+        Err(e) => return answer(io, fe, e.response(), request_id, true).await.into(),
+    };
+    if !body.done() {
+        if let Err(fail) = stream_request_body(io, &mut up, buf, &mut body, client_to, be).await {
+            return match fail {
+                BodyFail::Client => Next::Close.into(),
+                BodyFail::Malformed(why) => {
+                    let resp =
+                        error::bad_request(&format!("The request body is malformed: {why}."));
+                    answer(io, fe, resp, request_id, true).await.into()
+                }
+                BodyFail::Upstream(e) => {
+                    answer(io, fe, e.response(), request_id, true).await.into()
+                }
+            };
+        }
+    }
+
+    let head_request = parts.method == Method::HEAD;
+    // What the request held is not needed while the response streams (an
+    // SSE stream may last minutes): the head's buffer, the body read aside,
+    // and the client read buffer unless it holds a pipelined request.
+    drop((parts, head, read, send, out));
+    if buf.is_empty() {
+        *buf = BytesMut::new();
+    }
+    relay_response(
+        io,
+        up,
+        pool,
+        &mut rbuf,
+        be,
+        fe,
+        request_id,
+        head_request,
+        close,
+    )
+    .await
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Puts a request's bytes back in front of `buf` for the general path.
+fn handoff(buf: &mut BytesMut, head: &Bytes, read: &Bytes) -> Next {
+    let mut all = BytesMut::with_capacity(head.len() + read.len() + buf.len());
+    all.extend_from_slice(head);
+    all.extend_from_slice(read);
+    all.extend_from_slice(buf);
+    *buf = all;
+    Next::Handoff
+}
+
+/// Whether the whole request body has been read (`read` bytes of it aside
+/// in a model scan, the rest at the front of `buf`); if so, the buffered
+/// part is dropped so the connection can go on to the next request.
+fn framing_consumed(framing: Framing, read: usize, buf: &mut BytesMut) -> bool {
+    let mut left = BodyLeft::new(framing, read as u64);
+    match left.take(buf) {
+        Ok(n) if left.done() => {
+            buf.advance(n);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// What a request's body still owes, as bytes go by.
+enum BodyLeft {
+    Length(u64),
+    Chunked(ChunkedScanner),
+}
+
+impl BodyLeft {
+    /// `already` bytes of a `Length` body were read aside (model scan;
+    /// chunked bodies are never scanned).
+    fn new(framing: Framing, already: u64) -> Self {
+        match framing {
+            Framing::Chunked => BodyLeft::Chunked(ChunkedScanner::default()),
+            Framing::Length(n) => BodyLeft::Length(n - already.min(n)),
+            Framing::Empty | Framing::UntilClose => BodyLeft::Length(0),
+        }
+    }
+
+    /// How many bytes at the front of `data` belong to the body.
+    fn take(&mut self, data: &[u8]) -> Result<usize, &'static str> {
+        match self {
+            BodyLeft::Length(left) => {
+                let n = data.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= n as u64;
+                Ok(n)
+            }
+            BodyLeft::Chunked(s) => s.scan(data).map_err(|e| e.0),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            BodyLeft::Length(left) => *left == 0,
+            BodyLeft::Chunked(s) => s.is_done(),
+        }
+    }
+}
+
+/// A parsed request head.
+// The large variant is the common one; boxing it would cost an allocation
+// per request.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Request(ClientRequest),
+    Handoff,
+    Bad(&'static str),
+    TooManyHeaders,
+}
+
+struct ClientRequest {
+    parts: Parts,
+    framing: Framing,
+    /// The client asked to close after this exchange.
+    close: bool,
+}
+
+/// Parses a complete request head. Names and values are slices of `head`,
+/// not copies.
+fn parse_request(head: &Bytes) -> Parsed {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut slots);
+    match r.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Parsed::Bad("incomplete head"),
+        Err(httparse::Error::TooManyHeaders) => return Parsed::TooManyHeaders,
+        Err(_) => return Parsed::Bad("malformed head"),
+    }
+    let (Some(method), Some(target), Some(version)) = (r.method, r.path, r.version) else {
+        return Parsed::Bad("malformed request line");
+    };
+    if version != 1 {
+        return Parsed::Handoff;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Bad("invalid method");
+    };
+    if method == Method::CONNECT {
+        return Parsed::Handoff;
+    }
+    let Ok(uri) = Uri::from_maybe_shared(head.slice_ref(target.as_bytes())) else {
+        return Parsed::Bad("invalid request target");
+    };
+    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    for h in r.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Parsed::Bad("invalid header name");
+        };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(h.value)) else {
+            return Parsed::Bad("invalid header value");
+        };
+        headers.append(name, value);
+    }
+    if headers.contains_key(header::UPGRADE) || headers.contains_key(header::EXPECT) {
+        return Parsed::Handoff;
+    }
+    let framing = match framing::request(&headers) {
+        Ok(f) => f,
+        Err(e) => return Parsed::Bad(e.0),
+    };
+    let close = has_token(&headers, "close");
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    Parsed::Request(ClientRequest {
+        parts,
+        framing,
+        close,
+    })
+}
+
+fn has_token(h: &HeaderMap, token: &str) -> bool {
+    h.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Reads a `total`-byte body into `buf` until its `model` is found (or the
+/// body is over). `Err(None)`: the client went away.
+async fn scan_model<IO: ClientIo>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    total: u64,
+    fe: &Frontend,
+) -> Result<Option<Range<usize>>, Option<Response<RespBody>>> {
+    let total = usize::try_from(total).unwrap_or(usize::MAX);
+    let mut scanner = ModelScanner::default();
+    loop {
+        // Never look further than `body_limit`, however much has arrived.
+        let avail = buf.len().min(total).min(fe.body_limit);
+        match scanner.scan(&buf[..avail]) {
+            Scan::Found(r) => return Ok(Some(r)),
+            Scan::Absent => return Ok(None),
+            Scan::Pending if avail == total => return Ok(None),
+            Scan::Pending => {}
+        }
+        if avail == fe.body_limit {
+            return Err(Some(error::too_large(fe.body_limit)));
+        }
+        buf.reserve(CHUNK);
+        match timeout(fe.timeouts.client, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Err(None),
+        }
+    }
+}
+
+fn put_request_head(out: &mut Vec<u8>, method: &Method, path: &str, headers: &HeaderMap) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    put_headers(out, headers);
+}
+
+fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How talking to the upstream failed.
+#[derive(Debug)]
+enum UpstreamError {
+    ConnectTimeout,
+    Connect,
+    /// No response head within `timeout server`.
+    Timeout,
+    /// Closed or broke before a complete response head.
+    Broken,
+}
+
+impl UpstreamError {
+    fn response(&self) -> Response<RespBody> {
+        match self {
+            UpstreamError::ConnectTimeout => {
+                error::gateway_timeout("Connecting to the upstream timed out.")
+            }
+            UpstreamError::Connect => error::bad_gateway("The upstream could not be reached."),
+            UpstreamError::Timeout => {
+                error::gateway_timeout("The upstream did not answer in time.")
+            }
+            UpstreamError::Broken => {
+                error::bad_gateway("The upstream connection failed before a complete response.")
+            }
+        }
+    }
+}
+
+/// Writes `out` to a pooled connection (or a new one). When the request may
+/// be replayed, also waits for the first byte of the answer: a pooled
+/// connection the server closed in the meantime fails with nothing read,
+/// and the request is sent again on a new connection. (A pooled connection
+/// the server closed earlier never gets this far: the pool sees its EOF.)
+async fn send_request(
+    pool: &H1Pool,
+    be: &Backend,
+    out: &[u8],
+    replayable: bool,
+    rbuf: &mut BytesMut,
+) -> Result<TcpStream, UpstreamError> {
+    let mut pooled = pool.checkout();
+    loop {
+        let reused = pooled.is_some();
+        let mut up = match pooled.take() {
+            Some(c) => c,
+            None => match pool.connect().await {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(UpstreamError::ConnectTimeout)
+                }
+                Err(e) => {
+                    tracing::debug!(backend = %be.name, error = %e, "upstream connect failed");
+                    return Err(UpstreamError::Connect);
+                }
+            },
+        };
+        let sent = timeout(be.timeouts.server, up.write_all(out)).await;
+        let ok = match sent {
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(r) => r.is_ok(),
+        };
+        if !replayable {
+            return if ok {
+                Ok(up)
+            } else {
+                Err(UpstreamError::Broken)
+            };
+        }
+        if ok {
+            match fill(&mut up, rbuf, be.timeouts.server).await {
+                Ok(n) if n > 0 => return Ok(up),
+                Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout),
+                _ => {}
+            }
+        }
+        if !reused {
+            return Err(UpstreamError::Broken);
+        }
+        tracing::debug!(backend = %be.name, "pooled connection was closed; retrying on a new one");
+    }
+}
+
+/// Reads more of the response into `rbuf`; `Ok(0)` at end of stream.
+async fn fill(
+    up: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    limit: Duration,
+) -> Result<usize, UpstreamError> {
+    rbuf.reserve(4096);
+    match timeout(limit, up.read_buf(rbuf)).await {
+        Err(_) => Err(UpstreamError::Timeout),
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(_)) => Err(UpstreamError::Broken),
+    }
+}
+
+enum BodyFail {
+    Client,
+    Malformed(&'static str),
+    Upstream(UpstreamError),
+}
+
+/// Streams the rest of a request body from the client to the upstream.
+async fn stream_request_body<IO: ClientIo>(
+    io: &mut IO,
+    up: &mut TcpStream,
+    buf: &mut BytesMut,
+    body: &mut BodyLeft,
+    client_to: Duration,
+    be: &Backend,
+) -> Result<(), BodyFail> {
+    while !body.done() {
+        buf.reserve(CHUNK);
+        match timeout(client_to, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Err(BodyFail::Client),
+        }
+        let n = body.take(buf).map_err(BodyFail::Malformed)?;
+        match timeout(be.timeouts.server, up.write_all(&buf[..n])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(BodyFail::Upstream(UpstreamError::Broken)),
+            Err(_) => return Err(BodyFail::Upstream(UpstreamError::Timeout)),
+        }
+        buf.advance(n);
+    }
+    Ok(())
+}
+
+/// Reads the response head (skipping interim 1xx answers), rewrites it,
+/// and sends it to the client with the part of the body that came with it.
+#[allow(clippy::too_many_arguments)]
+async fn relay_response<'a, IO: ClientIo>(
+    io: &mut IO,
+    mut up: TcpStream,
+    pool: &'a H1Pool,
+    rbuf: &mut BytesMut,
+    be: &Backend,
+    fe: &Frontend,
+    request_id: Option<HeaderValue>,
+    head_request: bool,
+    client_close: bool,
+) -> Step<'a> {
+    let server_to = be.timeouts.server;
+    let client_to = fe.timeouts.client;
+    let deadline = Instant::now() + server_to;
+    let (head, resp) = loop {
+        let Some(n) = head_end(rbuf, 0) else {
+            if rbuf.len() >= HEAD_MAX {
+                return answer(io, fe, UpstreamError::Broken.response(), request_id, true)
+                    .await
+                    .into();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match fill(&mut up, rbuf, left).await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {
+                    return answer(io, fe, UpstreamError::Broken.response(), request_id, true)
+                        .await
+                        .into()
+                }
+                Err(e) => return answer(io, fe, e.response(), request_id, true).await.into(),
+            }
+        };
+        let head = rbuf.split_to(n).freeze();
+        match parse_response(&head) {
+            Some(r)
+                if r.status.is_informational() && r.status != StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                continue
+            }
+            Some(r) if r.status != StatusCode::SWITCHING_PROTOCOLS => break (head, r),
+            _ => {
+                tracing::debug!(backend = %be.name, "malformed upstream response head");
+                return answer(io, fe, UpstreamError::Broken.response(), request_id, true)
+                    .await
+                    .into();
+            }
+        }
+    };
+    let UpstreamResponse {
+        status,
+        mut headers,
+        keep_alive,
+    } = resp;
+    let framing = match framing::response(&headers, head_request, status.as_u16()) {
+        Ok(f) => f,
+        Err(_) => {
+            return answer(io, fe, UpstreamError::Broken.response(), request_id, true)
+                .await
+                .into();
+        }
+    };
+    proxy::rewrite_response(be, &mut headers);
+    proxy::finish_response(fe, &mut headers, request_id);
+    if matches!(framing, Framing::Chunked | Framing::UntilClose) {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+    if client_close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+
+    let mut out = Vec::with_capacity(256 + head.len() + rbuf.len().min(COALESCE_MAX));
+    drop(head);
+    put_status_line(&mut out, status);
+    put_headers(&mut out, &headers);
+    drop(headers);
+
+    let mut relay = Relay::new(framing);
+    let Ok(n) = relay.take(rbuf) else {
+        return Next::Close.into();
+    };
+    let first = rbuf.split_to(n);
+    let leftover = !rbuf.is_empty();
+    if first.len() > COALESCE_MAX {
+        if write_client(io, &out, client_to).await.is_err() {
+            return Next::Close.into();
+        }
+        out.clear();
+    }
+    relay.encode(&mut out, &first);
+    if write_client(io, &out, client_to).await.is_err() {
+        return Next::Close.into();
+    }
+    drop((first, out));
+    *rbuf = BytesMut::new();
+
+    let body = BodyRelay {
+        up,
+        pool,
+        relay,
+        reusable: keep_alive && !leftover,
+        client_close,
+        server_to,
+        client_to,
+    };
+    if body.relay.done() {
+        Step::Done(body.finish(io).await)
+    } else {
+        Step::Stream(body)
+    }
+}
+
+/// The rest of a response body, relayed as it comes. This is all a
+/// connection holds while a stream is open: no buffer while the upstream
+/// is quiet (an SSE stream between events).
+struct BodyRelay<'a> {
+    up: TcpStream,
+    pool: &'a H1Pool,
+    relay: Relay,
+    /// The upstream may serve another request once this body is complete.
+    reusable: bool,
+    client_close: bool,
+    server_to: Duration,
+    client_to: Duration,
+}
+
+impl BodyRelay<'_> {
+    async fn run<IO: ClientIo>(mut self, io: &mut IO) -> Next {
+        while !self.relay.done() {
+            let chunk = match read_chunk(&mut self.up, self.server_to).await {
+                Ok(c) => c,
+                Err(()) => return Next::Close,
+            };
+            if chunk.is_empty() {
+                if let Relay::UntilClose(done) = &mut self.relay {
+                    *done = true;
+                    if write_client(io, b"0\r\n\r\n", self.client_to)
+                        .await
+                        .is_err()
+                    {
+                        return Next::Close;
+                    }
+                    break;
+                }
+                // Truncated: the client sees the body stop short of its end.
+                return Next::Close;
+            }
+            let Ok(n) = self.relay.take(&chunk) else {
+                return Next::Close;
+            };
+            let written = if let Relay::UntilClose(_) = self.relay {
+                let mut framed = Vec::with_capacity(n + 16);
+                self.relay.encode(&mut framed, &chunk[..n]);
+                write_client(io, &framed, self.client_to).await
+            } else {
+                write_client(io, &chunk[..n], self.client_to).await
+            };
+            if written.is_err() {
+                return Next::Close;
+            }
+            if n < chunk.len() {
+                // The upstream sent more than its response: not reusable.
+                self.reusable = false;
+            }
+        }
+        self.finish(io).await
+    }
+
+    /// After a complete body: the upstream connection goes back to the
+    /// pool only after a clean exchange, and the client's goes on unless it
+    /// asked to close.
+    async fn finish<IO: ClientIo>(self, io: &mut IO) -> Next {
+        if self.reusable && !matches!(self.relay, Relay::UntilClose(_)) {
+            self.pool.checkin(self.up);
+        }
+        if self.client_close {
+            let _ = io.shutdown().await;
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+}
+
+/// Reads what the upstream has, waiting (bufferless) until it has some.
+/// Empty at end of stream; `Err` on a broken connection or `timeout server`.
+async fn read_chunk(up: &mut TcpStream, limit: Duration) -> Result<BytesMut, ()> {
+    let read = async {
+        loop {
+            up.readable().await?;
+            let mut chunk = BytesMut::with_capacity(CHUNK);
+            match up.try_read_buf(&mut chunk) {
+                Ok(_) => return Ok::<_, io::Error>(chunk),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    match timeout(limit, read).await {
+        Ok(Ok(c)) => Ok(c),
+        _ => Err(()),
+    }
+}
+
+/// Follows a response body's framing toward the client.
+enum Relay {
+    Length(u64),
+    Chunked(ChunkedScanner),
+    /// Re-framed as chunked for the client; `true` once the upstream closed.
+    UntilClose(bool),
+}
+
+impl Relay {
+    fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => Relay::Length(0),
+            Framing::Length(n) => Relay::Length(n),
+            Framing::Chunked => Relay::Chunked(ChunkedScanner::default()),
+            Framing::UntilClose => Relay::UntilClose(false),
+        }
+    }
+
+    fn take(&mut self, data: &[u8]) -> Result<usize, ()> {
+        match self {
+            Relay::Length(left) => {
+                let n = data.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= n as u64;
+                Ok(n)
+            }
+            Relay::Chunked(s) => s.scan(data).map_err(|e| {
+                tracing::debug!(error = e.0, "malformed chunked response from upstream");
+            }),
+            Relay::UntilClose(_) => Ok(data.len()),
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>, data: &[u8]) {
+        match self {
+            Relay::UntilClose(_) if !data.is_empty() => {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(data);
+                out.extend_from_slice(b"\r\n");
+            }
+            Relay::UntilClose(_) => {}
+            _ => out.extend_from_slice(data),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Relay::Length(left) => *left == 0,
+            Relay::Chunked(s) => s.is_done(),
+            Relay::UntilClose(done) => *done,
+        }
+    }
+}
+
+struct UpstreamResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    /// HTTP/1.1 without `Connection: close`.
+    keep_alive: bool,
+}
+
+fn parse_response(head: &Bytes) -> Option<UpstreamResponse> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut slots);
+    match r.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return None,
+    }
+    let status = StatusCode::from_u16(r.code?).ok()?;
+    let mut headers = HeaderMap::with_capacity(r.headers.len() + 4);
+    for h in r.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
+        headers.append(name, value);
+    }
+    let keep_alive = r.version == Some(1) && !has_token(&headers, "close");
+    Some(UpstreamResponse {
+        status,
+        headers,
+        keep_alive,
+    })
+}
+
+fn put_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn write_client<IO: ClientIo>(io: &mut IO, data: &[u8], limit: Duration) -> io::Result<()> {
+    let write = async {
+        io.write_all(data).await?;
+        io.flush().await
+    };
+    match timeout(limit, write).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Answers with a gateway-made response (after the frontend's response
+/// rules) and says whether the connection goes on.
+async fn answer<IO: ClientIo>(
+    io: &mut IO,
+    fe: &Frontend,
+    mut resp: Response<RespBody>,
+    request_id: Option<HeaderValue>,
+    close: bool,
+) -> Next {
+    proxy::finish_response(fe, resp.headers_mut(), request_id);
+    match write_local(io, resp, close, fe.timeouts.client).await {
+        Ok(()) if !close => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// Writes a response the gateway made itself (a full body or none).
+async fn write_local<IO: ClientIo>(
+    io: &mut IO,
+    resp: Response<RespBody>,
+    close: bool,
+    limit: Duration,
+) -> io::Result<()> {
+    let (mut parts, body) = resp.into_parts();
+    let body = body.into_full().unwrap_or_default();
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if close {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let mut out = Vec::with_capacity(256 + body.len());
+    put_status_line(&mut out, parts.status);
+    put_headers(&mut out, &parts.headers);
+    out.extend_from_slice(&body);
+    write_client(io, &out, limit).await?;
+    if close {
+        let _ = io.shutdown().await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Parsed {
+        parse_request(&Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn parses_a_request_without_copying_into_parts() {
+        let Parsed::Request(r) = parse(
+            "POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\n",
+        ) else {
+            panic!("not parsed")
+        };
+        assert_eq!(r.parts.method, Method::POST);
+        assert_eq!(r.parts.uri.path(), "/v1/chat/completions");
+        assert_eq!(r.parts.uri.query(), Some("x=1"));
+        assert_eq!(r.parts.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(r.framing, Framing::Length(5));
+        assert!(!r.close);
+    }
+
+    #[test]
+    fn what_the_engine_leaves_to_the_general_path() {
+        for s in [
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+        ] {
+            assert!(matches!(parse(s), Parsed::Handoff), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        for s in [
+            "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "G\x01T / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n",
+        ] {
+            assert!(matches!(parse(s), Parsed::Bad(_)), "{s:?}");
+        }
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("x-{i}: 1\r\n"))
+            .collect();
+        assert!(matches!(
+            parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Parsed::TooManyHeaders
+        ));
+    }
+
+    #[test]
+    fn connection_close_is_seen() {
+        let Parsed::Request(r) = parse("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert!(r.close);
+    }
+
+    #[test]
+    fn body_left_follows_length_and_chunks() {
+        let mut b = BodyLeft::new(Framing::Length(10), 4);
+        assert_eq!(b.take(b"abcdefgh"), Ok(6));
+        assert!(b.done());
+        let mut c = BodyLeft::new(Framing::Chunked, 0);
+        assert_eq!(c.take(b"2\r\nab\r\n0\r\n\r\nGET"), Ok(12));
+        assert!(c.done());
+    }
+
+    #[test]
+    fn until_close_bodies_are_rechunked() {
+        let r = Relay::new(Framing::UntilClose);
+        let mut out = Vec::new();
+        r.encode(&mut out, b"hello world, this is long");
+        assert_eq!(out, b"19\r\nhello world, this is long\r\n");
+    }
+
+    #[test]
+    fn upstream_response_keep_alive() {
+        let p = |s: &str| parse_response(&Bytes::copy_from_slice(s.as_bytes())).unwrap();
+        assert!(p("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(!p("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!p("HTTP/1.0 200 OK\r\n\r\n").keep_alive);
+        assert!(parse_response(&Bytes::from_static(b"HTTP/1.1 2000 X\r\n\r\n")).is_none());
+    }
+}

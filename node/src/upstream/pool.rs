@@ -1,0 +1,163 @@
+//! Idle keep-alive connections to one plain HTTP/1.1 server, for the
+//! HTTP/1 engine (`http::h1`), which speaks on them itself.
+//!
+//! A connection is taken out for one request and handed back only when that
+//! exchange ended cleanly, so a connection in the pool never carries a
+//! half-read response. The newest idle connection is reused first (it is
+//! the least likely to have been closed by the server); one that idled past
+//! the backend's `pool_idle_timeout`, or that the server has closed
+//! meanwhile, is dropped on the way out. The lock is held for a push or a
+//! pop, never across I/O.
+
+use std::io;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+pub struct H1Pool {
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
+}
+
+impl H1Pool {
+    pub fn new(
+        host: String,
+        port: u16,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Self {
+        H1Pool {
+            host,
+            port,
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection that still looks open, if there is one.
+    pub fn checkout(&self) -> Option<TcpStream> {
+        loop {
+            let (conn, since) = self.idle.lock().ok()?.pop()?;
+            if since.elapsed() >= self.idle_timeout {
+                // The rest are older still.
+                if let Ok(mut idle) = self.idle.lock() {
+                    idle.clear();
+                }
+                return None;
+            }
+            // A server that closed the connection made it readable (EOF);
+            // an open, idle one has nothing to read. tokio answers from its
+            // readiness state, so a quiet connection costs no syscall.
+            match conn.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn),
+                _ => continue,
+            }
+        }
+    }
+
+    /// A new connection, within `timeout connect`.
+    pub async fn connect(&self) -> io::Result<TcpStream> {
+        let connect = TcpStream::connect((self.host.as_str(), self.port));
+        let conn = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timeout"))??;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    }
+
+    /// Hands a connection whose last exchange ended cleanly back for reuse.
+    pub fn checkin(&self, conn: TcpStream) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.max_idle {
+                idle.push((conn, Instant::now()));
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    async fn listener() -> (TcpListener, u16) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        (l, port)
+    }
+
+    fn pool(port: u16, idle: Duration, max: usize) -> H1Pool {
+        H1Pool::new("127.0.0.1".into(), port, Duration::from_secs(5), idle, max)
+    }
+
+    #[tokio::test]
+    async fn reuses_open_connections_newest_first() {
+        let (l, port) = listener().await;
+        let p = pool(port, Duration::from_secs(60), 8);
+        let a = p.connect().await.unwrap();
+        let b = p.connect().await.unwrap();
+        let (_sa, _) = l.accept().await.unwrap();
+        let (_sb, _) = l.accept().await.unwrap();
+        let b_addr = b.local_addr().unwrap();
+        p.checkin(a);
+        p.checkin(b);
+        let got = p.checkout().unwrap();
+        assert_eq!(got.local_addr().unwrap(), b_addr);
+    }
+
+    #[tokio::test]
+    async fn drops_connections_the_server_closed() {
+        let (l, port) = listener().await;
+        let p = pool(port, Duration::from_secs(60), 8);
+        let c = p.connect().await.unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        p.checkin(c);
+        s.shutdown().await.unwrap();
+        drop(s);
+        // The FIN reaches the client socket; wait until tokio sees it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let Some(c) = p.checkout() else { break };
+            assert!(
+                Instant::now() < deadline,
+                "closed connection still handed out"
+            );
+            c.readable().await.unwrap();
+            p.checkin(c);
+        }
+        assert_eq!(p.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn respects_max_idle_and_idle_timeout() {
+        let (l, port) = listener().await;
+        let p = pool(port, Duration::from_secs(60), 1);
+        let a = p.connect().await.unwrap();
+        let b = p.connect().await.unwrap();
+        let _s = (l.accept().await.unwrap(), l.accept().await.unwrap());
+        p.checkin(a);
+        p.checkin(b);
+        assert_eq!(p.idle_count(), 1);
+
+        let p = pool(port, Duration::ZERO, 8);
+        let c = p.connect().await.unwrap();
+        let _s2 = l.accept().await.unwrap();
+        p.checkin(c);
+        assert!(p.checkout().is_none());
+    }
+}
