@@ -34,7 +34,13 @@ async fn server(c: &Client, stats: SocketAddr, backend: &str, name: &str) -> Val
         .clone()
 }
 
-async fn wait_status(c: &Client, stats: SocketAddr, backend: &str, name: &str, want: &str) -> Value {
+async fn wait_status(
+    c: &Client,
+    stats: SocketAddr,
+    backend: &str,
+    name: &str,
+    want: &str,
+) -> Value {
     eventually(LIMIT, || async {
         let s = server(c, stats, backend, name).await;
         (s["status_detail"] == want).then_some(s)
@@ -89,7 +95,8 @@ async fn dead_server_down_after_exactly_fall_checks_and_up_after_exactly_rise() 
     let servers = [("a", a.addr), ("b", b.addr), ("c", c_addr)];
     // Fast checks while up and changing; none for a minute once down, so
     // the failure count at DOWN cannot be blurred by later checks.
-    let timing = "inter = \"100ms\"\nfastinter = \"100ms\"\ndowninter = \"60s\"\nfall = 3\nrise = 2";
+    let timing =
+        "inter = \"100ms\"\nfastinter = \"100ms\"\ndowninter = \"60s\"\nfall = 3\nrise = 2";
     let (gw, stats) = start("llmgw.toml", &native(timing, &servers, ""));
     let client = Client::http1();
 
@@ -128,7 +135,10 @@ async fn dead_server_down_after_exactly_fall_checks_and_up_after_exactly_rise() 
     std::fs::write(&gw.config_path, reloaded).expect("write config");
     gw.proc.signal("HUP");
     eventually(LIMIT, || async {
-        gw.proc.stderr().contains("configuration reloaded").then_some(())
+        gw.proc
+            .stderr()
+            .contains("configuration reloaded")
+            .then_some(())
     })
     .await;
     let after_reload = server(&client, stats, "b", "c").await;
@@ -230,9 +240,21 @@ async fn default_llm_check_requests_models_and_never_a_billed_endpoint() {
         (j["by_path"]["/v1/models"].as_u64().unwrap_or(0) >= 3).then_some(j["by_path"].clone())
     })
     .await;
-    let paths: Vec<&String> = by_path.as_object().map(|o| o.keys().collect()).unwrap_or_default();
-    assert_eq!(paths, ["/v1/models"], "checks touched only /v1/models: {by_path}");
-    for billed in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"] {
+    let paths: Vec<&String> = by_path
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        paths,
+        ["/v1/models"],
+        "checks touched only /v1/models: {by_path}"
+    );
+    for billed in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/messages",
+    ] {
         assert!(by_path.get(billed).is_none(), "{billed}: {by_path}");
     }
     let s = server(&client, stats, "b", "s").await;
@@ -281,7 +303,12 @@ async fn http_check_expecting_200_fails_on_a_500() {
     })
     .await;
     let r = client
-        .send(Method::POST, &format!("http://{}/mock/fail?fail=status:500&path=/health", m.addr), &[], "")
+        .send(
+            Method::POST,
+            &format!("http://{}/mock/fail?fail=status:500&path=/health", m.addr),
+            &[],
+            "",
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let s = wait_status(&client, stats, "b", "s", "DOWN").await;
@@ -293,7 +320,12 @@ async fn http_check_expecting_200_fails_on_a_500() {
     assert!(mock_stats(&client, m.addr).await["by_path"]["/v1/models"].is_null());
 
     client
-        .send(Method::POST, &format!("http://{}/mock/fail?fail=none", m.addr), &[], "")
+        .send(
+            Method::POST,
+            &format!("http://{}/mock/fail?fail=none", m.addr),
+            &[],
+            "",
+        )
         .await;
     wait_status(&client, stats, "b", "s", "UP").await;
     assert_eq!(client.get(&gw.url("/v1/models")).await.status, 200);

@@ -1098,11 +1098,8 @@ impl Compiler<'_> {
         let mut def = default();
         match raw.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
             None => {}
-            Some(("http", _)) => {
-                if def.kind != CheckKind::Http {
-                    def = CheckDef::llm_default();
-                }
-            }
+            Some(("http", _)) if def.kind != CheckKind::Http => def = CheckDef::llm_default(),
+            Some(("http", _)) => {}
             Some(("tcp", _)) => def = CheckDef::default(),
             Some((other, sp)) => self.err(
                 sp,

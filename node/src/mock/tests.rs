@@ -989,7 +989,14 @@ fn args_parse_from_command_line() {
 async fn failure_forced_at_run_time_for_one_path() {
     let (addr, stats) = start(MockOptions::default()).await;
     let client = h1();
-    let r = post(&client, addr, "/mock/fail?fail=status:500&path=/health", &[], "").await;
+    let r = post(
+        &client,
+        addr,
+        "/mock/fail?fail=status:500&path=/health",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(get(&client, addr, "/health", &[]).await.status, 500);
     // Other paths are untouched; a request's own header still wins.

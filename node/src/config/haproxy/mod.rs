@@ -735,10 +735,11 @@ impl Cx<'_> {
                     Ok(e) => d.opts.http_check_expect = Some(e),
                     Err(e) => self.err(l.line, e),
                 },
-                Some("send") => match self.http_check_send(l.line, &a[1..]) {
-                    Some(send) => d.opts.http_check_send = Some(send),
-                    None => {}
-                },
+                Some("send") => {
+                    if let Some(send) = self.http_check_send(l.line, &a[1..]) {
+                        d.opts.http_check_send = Some(send);
+                    }
+                }
                 _ => self.unsupported(l),
             },
             _ => return false,
