@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Method;
-use llmgw_e2e::{eventually, Client, Gateway, Mock};
+use llmgw_e2e::{eventually, Cert, Client, Gateway, Mock, TempDir};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -329,4 +329,58 @@ async fn http_check_expecting_200_fails_on_a_500() {
         .await;
     wait_status(&client, stats, "b", "s", "UP").await;
     assert_eq!(client.get(&gw.url("/v1/models")).await.status, 200);
+}
+
+#[tokio::test]
+async fn checks_over_tls_verify_unless_told_otherwise() {
+    // The upstream: another llmgw terminating TLS for "upstream.test" in
+    // front of a mock; the check's GET /v1/models goes through it.
+    let m = Mock::start("m", &[]);
+    let dir = TempDir::new("chktls");
+    let cert = Cert::generate(dir.path(), "up", &["upstream.test"]);
+    let upstream = Gateway::start(
+        &format!(
+            "[[frontend]]\nname = \"f\"\ndefault_backend = \"b\"\n[[frontend.bind]]\naddress = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n[[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"{}\"\n",
+            cert.cert_path.display(),
+            cert.key_path.display(),
+            m.addr
+        ),
+        1,
+    );
+    let servers = [("s", upstream.addr())];
+    let client = Client::http1();
+    let timing = "inter = \"100ms\"\nfall = 1\nrise = 1";
+    // Trusting its CA, with the right name: L7OK over TLS.
+    let tls = format!(
+        "tls = {{ sni = \"upstream.test\", ca = \"{}\" }}",
+        cert.cert_path.display()
+    );
+    let (_gw, stats) = start("llmgw.toml", &native(timing, &servers, &tls));
+    let s = eventually(LIMIT, || async {
+        let s = server(&client, stats, "b", "s").await;
+        (s["check_status"] == "L7OK").then_some(s)
+    })
+    .await;
+    assert_eq!(s["check_code"], 200);
+    // Webpki roots only: the self-signed certificate fails the handshake.
+    let (_gw, stats) = start(
+        "llmgw.toml",
+        &native(timing, &servers, "tls = { sni = \"upstream.test\" }"),
+    );
+    let s = wait_status(&client, stats, "b", "s", "DOWN").await;
+    assert_eq!(s["check_status"], "L6RSP");
+    // A TCP check over TLS: the handshake is the check.
+    let (_gw, stats) = start(
+        "llmgw.toml",
+        &native(
+            &format!("type = \"tcp\"\n{timing}"),
+            &servers,
+            "tls = { verify = \"none\" }",
+        ),
+    );
+    eventually(LIMIT, || async {
+        let s = server(&client, stats, "b", "s").await;
+        (s["check_status"] == "L6OK").then_some(())
+    })
+    .await;
 }

@@ -277,3 +277,135 @@ async fn run(state: Arc<ServerState>, probe: Arc<Probe>, timing: Timing) {
         next = tokio::time::Instant::now() + timing.next(&state);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::native::load_str;
+
+    fn backend(extra_backend: &str, server: &str) -> Backend {
+        let text = format!(
+            "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n\
+             [[backend]]\nname = \"b\"\n{extra_backend}\n[[backend.server]]\nname = \"s\"\n{server}\n"
+        );
+        let c =
+            load_str("t.toml", &text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        c.backends[0].clone()
+    }
+
+    fn plan_of(b: &Backend) -> Option<Check> {
+        let st = Arc::new(ServerState::new("b", "s", 1, 0));
+        plan(b, &b.servers[0], st, None).unwrap()
+    }
+
+    #[test]
+    fn no_check_no_plan() {
+        let b = backend("", "address = \"10.0.0.1:80\"");
+        assert!(plan_of(&b).is_none());
+    }
+
+    #[test]
+    fn llm_default_probe_with_credential_and_host() {
+        std::env::set_var("LLMGW_HEALTH_TEST_KEY", "sk-test");
+        let b = backend(
+            "host = \"api.example.com\"\nauth = { type = \"bearer\", env = \"LLMGW_HEALTH_TEST_KEY\" }",
+            "address = \"10.0.0.1:443\"\ncheck = true\ntls = true",
+        );
+        let c = plan_of(&b).unwrap();
+        let h = c.probe.http.as_ref().unwrap();
+        assert_eq!((h.method.as_str(), h.path.as_str()), ("GET", "/v1/models"));
+        assert_eq!(h.host, "api.example.com");
+        assert!(h
+            .headers
+            .iter()
+            .any(|(n, v)| n == http::header::AUTHORIZATION && v == "Bearer sk-test"));
+        // The server speaks TLS and the check goes to it: TLS too.
+        assert!(c.probe.tls.is_some());
+        assert_eq!((c.probe.host.as_str(), c.probe.port), ("10.0.0.1", 443));
+        // Without timeout check, inter bounds everything.
+        assert_eq!(c.probe.connect_timeout, DEFAULT_INTER);
+        assert_eq!(c.probe.total_timeout, DEFAULT_INTER);
+        assert_eq!(c.timing.fastinter, DEFAULT_INTER);
+    }
+
+    #[test]
+    fn check_port_drops_tls_unless_check_tls() {
+        let b = backend(
+            "[backend.check]\ntype = \"tcp\"\ntimeout = \"1s\"\ninter = \"10s\"\ndowninter = \"30s\"",
+            "address = \"10.0.0.1:443\"\ncheck = true\ntls = true\ncheck_port = 8080\ncheck_addr = \"10.0.0.2\"",
+        );
+        let c = plan_of(&b).unwrap();
+        assert!(c.probe.tls.is_none() && c.probe.http.is_none());
+        assert_eq!((c.probe.host.as_str(), c.probe.port), ("10.0.0.2", 8080));
+        // timeout check: connect ≤ min(timeout connect, inter), then 1s.
+        assert_eq!(c.probe.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.probe.total_timeout, Duration::from_secs(6));
+        assert_eq!(
+            c.timing,
+            Timing {
+                inter: Duration::from_secs(10),
+                fastinter: Duration::from_secs(10),
+                downinter: Duration::from_secs(30)
+            }
+        );
+        let b = backend(
+            "",
+            "address = \"10.0.0.1:80\"\ncheck = true\ncheck_port = 8443\ncheck_tls = true",
+        );
+        assert!(plan_of(&b).unwrap().probe.tls.is_some());
+    }
+
+    #[test]
+    fn conf_resolves_server_then_backend_then_defaults() {
+        let b = backend(
+            "cooldown_429 = \"5s\"\n[backend.check]\nfall = 7",
+            "address = \"10.0.0.1:80\"\ncheck = true\nrise = 4\nbackup = true\nobserve = \"layer7\"\non_error = \"sudden-death\"",
+        );
+        let c = conf(&b, &b.servers[0]);
+        assert_eq!((c.fall, c.rise), (7, 4));
+        assert!(c.checked && c.backup);
+        assert_eq!(c.observe, Observe::Layer7);
+        assert_eq!(c.on_error, OnError::SuddenDeath);
+        assert_eq!(c.error_limit, 10);
+        assert_eq!(c.cooldown_429, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn jitter_stays_within_the_interval() {
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_millis(50)) <= Duration::from_millis(50));
+        }
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn on_error_hurries_the_next_check() {
+        // A closed port: every check fails (L4CON).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let b = backend(
+            "[backend.check]\ntype = \"tcp\"\ninter = \"1h\"\nfastinter = \"10ms\"",
+            &format!("address = \"127.0.0.1:{port}\"\ncheck = true\nobserve = \"layer7\"\nerror_limit = 1"),
+        );
+        let st = Arc::new(ServerState::new("b", "s", 1, 0));
+        st.configure(&conf(&b, &b.servers[0]));
+        let check = plan(&b, &b.servers[0], st.clone(), None).unwrap().unwrap();
+        let running = Checks::start(std::slice::from_ref(&check));
+        assert_eq!(running.len(), 1);
+        // The first check is somewhere within the hour; an error makes it
+        // come within fastinter.
+        st.observe(crate::runtime::Outcome::Status(502));
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while st.health_view().checks_failed == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "no check after on-error fastinter");
+        assert_eq!(st.health_view().check_status, "L4CON");
+        assert!(!st.is_up());
+        drop(running);
+    }
+}
