@@ -161,6 +161,14 @@ impl ServerState {
 #[derive(Debug)]
 pub struct ActiveGuard(Arc<ServerState>);
 
+impl ActiveGuard {
+    /// The server this request runs on (e.g. to [`ServerState::observe`]
+    /// how its response body ended).
+    pub fn server(&self) -> &Arc<ServerState> {
+        &self.0
+    }
+}
+
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
