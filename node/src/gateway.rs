@@ -6,12 +6,13 @@
 //! request keeps the snapshot it started with until it ends.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::balance::Balancer;
 use crate::config::Config;
+use crate::health;
 use crate::runtime::Runtime;
 use crate::upstream::Upstream;
 
@@ -20,6 +21,9 @@ pub struct Snapshot {
     pub config: Config,
     /// Same order as `config.backends`.
     pub backends: Vec<BackendRt>,
+    /// The active checks of checked servers (started by
+    /// [`Shared::start_checks`], not by building).
+    pub checks: Vec<health::Check>,
 }
 
 pub struct BackendRt {
@@ -37,6 +41,8 @@ pub struct Shared {
     pub runtime: Runtime,
     /// Where the built-in mock provider listens, when a config uses it.
     pub mock: Option<SocketAddr>,
+    /// The current snapshot's check tasks; `None` until checks are started.
+    running: Mutex<Option<health::Checks>>,
 }
 
 impl Shared {
@@ -47,7 +53,16 @@ impl Shared {
             current: ArcSwap::from_pointee(snap),
             runtime,
             mock,
+            running: Mutex::new(None),
         }))
+    }
+
+    /// Starts the current snapshot's health checks (on the current tokio
+    /// runtime); from then on every [`Shared::swap`] replaces them.
+    pub fn start_checks(&self) {
+        let snap = self.current.load();
+        let checks = health::Checks::start(&snap.checks);
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(checks);
     }
 
     /// Builds a snapshot for `config` and makes it current. Runtime state
@@ -64,7 +79,17 @@ impl Shared {
                     .map(move |s| (b.name.clone(), s.name.clone()))
             })
             .collect();
-        self.current.store(Arc::new(snap));
+        let snap = Arc::new(snap);
+        self.current.store(snap.clone());
+        {
+            // The old snapshot's check tasks stop; the new one's start. The
+            // servers' health stays in the runtime state.
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            if running.is_some() {
+                *running = None;
+                *running = Some(health::Checks::start(&snap.checks));
+            }
+        }
         self.runtime
             .retain(|b, s| keep.contains(&(b.to_owned(), s.to_owned())));
         Ok(())
@@ -73,23 +98,40 @@ impl Shared {
 
 fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<Snapshot, String> {
     let mut backends = Vec::with_capacity(config.backends.len());
+    let mut checks = Vec::new();
     for b in &config.backends {
         let mut servers = Vec::with_capacity(b.servers.len());
         let mut upstreams = Vec::with_capacity(b.servers.len());
         for s in &b.servers {
-            servers.push((
-                runtime.server(&b.name, &s.name, s.weight, s.maxconn),
-                s.weight,
-            ));
+            let state = runtime.server(&b.name, &s.name, s.weight, s.maxconn);
             upstreams
                 .push(Upstream::new(b, s, mock).map_err(|e| format!("backend '{}': {e}", b.name))?);
+            let check = health::plan(b, s, state.clone(), mock)
+                .map_err(|e| format!("backend '{}' server '{}' check: {e}", b.name, s.name))?;
+            checks.extend(check);
+            servers.push((state, s.weight));
         }
-        let h1_only = upstreams.iter().all(|u| u.h1.is_some());
-        backends.push(BackendRt {
-            balancer: Balancer::new(&b.balance, b.hash_type, servers),
-            upstreams,
-            h1_only,
-        });
+        // Only now, with nothing left to fail, do the servers' shared
+        // states take this snapshot's health settings.
+        backends.push((b, servers, upstreams));
     }
-    Ok(Snapshot { config, backends })
+    let backends = backends
+        .into_iter()
+        .map(|(b, servers, upstreams)| {
+            for ((state, _), s) in servers.iter().zip(&b.servers) {
+                state.configure(&health::conf(b, s));
+            }
+            BackendRt {
+                balancer: Balancer::new(&b.balance, b.hash_type, servers)
+                    .with_allbackups(b.opts.allbackups),
+                h1_only: upstreams.iter().all(|u| u.h1.is_some()),
+                upstreams,
+            }
+        })
+        .collect();
+    Ok(Snapshot {
+        config,
+        backends,
+        checks,
+    })
 }

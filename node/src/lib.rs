@@ -4,11 +4,13 @@
 //! rule needs it), `balance` picks a server, `upstream` forwards it over a
 //! pooled connection, and the response streams back untouched. `config` is
 //! the immutable snapshot all of this reads; `runtime` is the state that
-//! outlives reloads.
+//! outlives reloads; `health` measures servers (active checks) and helps
+//! the request path report what it saw (passive observation).
 
 pub mod balance;
 pub mod config;
 pub mod gateway;
+pub mod health;
 pub mod http;
 pub mod listen;
 pub mod llm;

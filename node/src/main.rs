@@ -237,6 +237,7 @@ async fn serve(
     let stats_addr = cfg.global.stats;
     let frontends = cfg.frontends.clone();
     let shared = gateway::Shared::new(cfg, mock)?;
+    shared.start_checks();
 
     let mut out = Vec::new();
     for fe in &frontends {

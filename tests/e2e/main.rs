@@ -6,6 +6,7 @@ mod config_errors;
 mod differential;
 mod errors;
 mod haproxy;
+mod health;
 mod listeners;
 mod rewriting;
 mod routing;

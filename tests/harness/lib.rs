@@ -174,7 +174,14 @@ pub struct Mock {
 
 impl Mock {
     pub fn start(name: &str, extra: &[&str]) -> Mock {
-        let mut args = vec!["mock-upstream", "--listen", "127.0.0.1:0", "--name", name];
+        Self::start_at(name, "127.0.0.1:0".parse().expect("addr"), extra)
+    }
+
+    /// Starts a mock on a given address, e.g. to bring back one that was
+    /// killed on the port the gateway knows it by.
+    pub fn start_at(name: &str, addr: SocketAddr, extra: &[&str]) -> Mock {
+        let listen = addr.to_string();
+        let mut args = vec!["mock-upstream", "--listen", &listen, "--name", name];
         args.extend_from_slice(extra);
         let mut proc = Proc::spawn(&args, &[]);
         let addr = proc.wait_addr("listening on");

@@ -20,8 +20,13 @@
 //! atomics.
 //!
 //! A server is *eligible* for a pick when it is not in `exclude`, its admin
-//! state is ready, it is up, its runtime weight is above 0, and it has a free
-//! maxconn slot. Hash algorithms place keys with a wider notion (ignoring
+//! state is ready, it is up (health checks), it is not cooling down after a
+//! 429, its effective weight (runtime weight ramped by slowstart) is above
+//! 0, it has a free maxconn slot, and it is in the pick's tier: backup
+//! servers only when no primary is usable, and then only the first usable
+//! backup unless `option allbackups` (see [`Balancer::pick`]). The tier
+//! costs one O(servers) pass of atomic loads per pick, and only in backends
+//! that have backups. Hash algorithms place keys with a wider notion (ignoring
 //! `exclude` and slots) so that a momentarily full server does not reshuffle
 //! everyone else's keys; see [`Balancer::pick`].
 //!
@@ -89,7 +94,25 @@ pub struct PickCtx<'a> {
 pub struct Balancer {
     /// Config order; indices returned by [`Balancer::pick`] point here.
     servers: Box<[Arc<ServerState>]>,
+    /// Which servers are `backup` (read once, at construction).
+    backup: Box<[bool]>,
+    has_backups: bool,
+    /// `option allbackups`: all usable backups at once, not just the first.
+    allbackups: bool,
     algo: Algo,
+}
+
+/// Which servers a pick may consider, decided once per pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tier {
+    /// The backend has no backup servers.
+    All,
+    /// Some primary server is usable: primaries only.
+    Primary,
+    /// Every primary is unusable, `option allbackups`: every backup.
+    Backups,
+    /// Every primary is unusable: only this backup (the first usable one).
+    Backup(usize),
 }
 
 /// The algorithm and whatever state it carries between picks.
@@ -132,6 +155,8 @@ impl Balancer {
         servers: Vec<(Arc<ServerState>, u32)>,
     ) -> Balancer {
         let (servers, weights): (Vec<_>, Vec<_>) = servers.into_iter().unzip();
+        let backup: Box<[bool]> = servers.iter().map(|s| s.is_backup()).collect();
+        let has_backups = backup.iter().any(|b| *b);
         let n = servers.len();
         let hash = |key| Algo::Hash {
             key,
@@ -156,7 +181,50 @@ impl Balancer {
         };
         Balancer {
             servers: servers.into_boxed_slice(),
+            backup,
+            has_backups,
+            allbackups: false,
             algo,
+        }
+    }
+
+    /// `option allbackups`: when every primary server is unusable, balance
+    /// over all usable backups instead of sending everything to the first.
+    pub fn with_allbackups(mut self, allbackups: bool) -> Balancer {
+        self.allbackups = allbackups;
+        self
+    }
+
+    /// Backup servers take traffic only when no primary is usable (UP,
+    /// ready, weight above 0, not cooling down after a 429); then only the
+    /// first usable backup in config order does, or all of them with
+    /// `option allbackups`. Full servers (maxconn) still count as usable,
+    /// as in HAProxy: a busy primary does not send traffic to backups.
+    fn tier(&self) -> Tier {
+        if !self.has_backups {
+            return Tier::All;
+        }
+        let usable = |i: usize| self.servers.get(i).map_or(0, |s| usable_weight(s)) > 0;
+        let is_backup = |i: usize| self.backup.get(i).copied().unwrap_or(false);
+        if (0..self.servers.len()).any(|i| !is_backup(i) && usable(i)) {
+            return Tier::Primary;
+        }
+        if self.allbackups {
+            return Tier::Backups;
+        }
+        match (0..self.servers.len()).find(|&i| is_backup(i) && usable(i)) {
+            Some(i) => Tier::Backup(i),
+            None => Tier::Backups,
+        }
+    }
+
+    /// Is server `i` in the tier?
+    fn in_tier(&self, i: usize, tier: Tier) -> bool {
+        match tier {
+            Tier::All => true,
+            Tier::Primary => !self.backup.get(i).copied().unwrap_or(false),
+            Tier::Backups => self.backup.get(i).copied().unwrap_or(false),
+            Tier::Backup(j) => i == j,
         }
     }
 
@@ -170,24 +238,27 @@ impl Balancer {
     /// key go elsewhere (the next server on the ring, or a second hash over
     /// the eligible servers for map-based), and only for this request.
     pub fn pick(&self, ctx: &PickCtx, exclude: &[usize]) -> Option<usize> {
-        let avail = |i: usize| self.avail_weight(i, exclude);
+        let tier = self.tier();
+        let avail = |i: usize| self.avail_weight(i, exclude, tier);
         let any_avail = || (0..self.servers.len()).any(|i| avail(i) > 0);
         match &self.algo {
-            Algo::RoundRobin(fwrr) => fwrr.pick(self.usable(), |i| avail(i) > 0),
+            Algo::RoundRobin(fwrr) => fwrr.pick(self.usable(tier), |i| avail(i) > 0),
             Algo::StaticRr(srr) => srr.pick(|i| avail(i) > 0, any_avail),
-            Algo::LeastConn(rot) => self.least_conn(rot, exclude),
+            Algo::LeastConn(rot) => self.least_conn(rot, exclude, tier),
             Algo::First => (0..self.servers.len()).find(|&i| avail(i) > 0),
             Algo::Hash { key, placement } => match placement {
                 Placement::MapBased(map, rr) => match haproxy_key_hash(key, ctx) {
-                    Some(h) => self.map_based(map, h, exclude),
-                    None => map.next_rr(rr, self.servers.len(), self.usable(), |i| avail(i) > 0),
+                    Some(h) => self.map_based(map, h, exclude, tier),
+                    None => {
+                        map.next_rr(rr, self.servers.len(), self.usable(tier), |i| avail(i) > 0)
+                    }
                 },
                 Placement::Consistent(ring, fallback) => match key_hash(key, ctx) {
                     Some(h) => ring.lookup(h, avail, any_avail),
                     None => fallback.pick(avail),
                 },
             },
-            Algo::Random(draws) => self.random(*draws, exclude),
+            Algo::Random(draws) => self.random(*draws, exclude, tier),
         }
     }
 
@@ -219,9 +290,11 @@ impl Balancer {
     /// Same test as `is_usable() && has_slot()`, but the weight is loaded
     /// once, so the eligibility decision and the weight used to rank the
     /// server cannot disagree if `set weight` races with the pick.
-    fn avail_weight(&self, i: usize, exclude: &[usize]) -> u32 {
+    fn avail_weight(&self, i: usize, exclude: &[usize], tier: Tier) -> u32 {
         match self.servers.get(i) {
-            Some(s) if !exclude.contains(&i) && s.has_slot() => usable_weight(s),
+            Some(s) if !exclude.contains(&i) && self.in_tier(i, tier) && s.has_slot() => {
+                usable_weight(s)
+            }
             _ => 0,
         }
     }
@@ -231,11 +304,11 @@ impl Balancer {
     ///
     /// Two passes (find the best and count ties, then take the k-th tie)
     /// rather than collecting candidates, to stay allocation-free.
-    fn least_conn(&self, rot: &AtomicUsize, exclude: &[usize]) -> Option<usize> {
+    fn least_conn(&self, rot: &AtomicUsize, exclude: &[usize], tier: Tier) -> Option<usize> {
         let mut best: Option<(usize, Load)> = None;
         let mut ties = 0usize;
         for (i, s) in self.servers.iter().enumerate() {
-            let w = self.avail_weight(i, exclude);
+            let w = self.avail_weight(i, exclude, tier);
             if w == 0 {
                 continue;
             }
@@ -256,7 +329,7 @@ impl Balancer {
         let k = rot.fetch_add(1, Ordering::Relaxed) % ties;
         let mut seen = 0;
         for (i, s) in self.servers.iter().enumerate() {
-            let w = self.avail_weight(i, exclude);
+            let w = self.avail_weight(i, exclude, tier);
             if w > 0 && Load::of(s, w).cmp_lc(b).is_eq() {
                 if seen == k {
                     return Some(i);
@@ -269,9 +342,13 @@ impl Balancer {
         Some(first)
     }
 
-    /// Runtime weight of server `i` if usable (ready, up), else 0.
-    fn usable(&self) -> impl Fn(usize) -> u32 + '_ {
-        |i| self.servers.get(i).map_or(0, |s| usable_weight(s))
+    /// Effective weight of server `i` if usable (ready, up, not cooling
+    /// down) and in the tier, else 0.
+    fn usable(&self, tier: Tier) -> impl Fn(usize) -> u32 + '_ {
+        move |i| match self.servers.get(i) {
+            Some(s) if self.in_tier(i, tier) => usable_weight(s),
+            _ => 0,
+        }
     }
 
     /// `hash-type map-based`, as HAProxy 2.6: the key's hash picks entry
@@ -280,18 +357,18 @@ impl Balancer {
     /// Any change to the usable set or a weight changes the map, so most
     /// keys move (the documented cost of map-based; use consistent hashing
     /// when stickiness across changes matters).
-    fn map_based(&self, map: &ServerMap, h: u32, exclude: &[usize]) -> Option<usize> {
+    fn map_based(&self, map: &ServerMap, h: u32, exclude: &[usize], tier: Tier) -> Option<usize> {
         // The map is over usable servers only, not over "has a slot and is
         // not excluded": those change per request and must not remap keys.
-        if let Some(i) = map.lookup(h, self.servers.len(), self.usable()) {
-            if self.avail_weight(i, exclude) > 0 {
+        if let Some(i) = map.lookup(h, self.servers.len(), self.usable(tier)) {
+            if self.avail_weight(i, exclude, tier) > 0 {
                 return Some(i);
             }
         }
         // The designated server is full or excluded (HAProxy would queue on
         // it, or redispatch round-robin): spread this request over the
         // eligible servers with an independent hash of the key.
-        let avail = |i: usize| self.avail_weight(i, exclude);
+        let avail = |i: usize| self.avail_weight(i, exclude, tier);
         let total: u64 = (0..self.servers.len()).map(|i| u64::from(avail(i))).sum();
         if total == 0 {
             return None;
@@ -304,8 +381,8 @@ impl Balancer {
 
     /// `random(n)`: `n` weighted draws, keep the least loaded relative to
     /// weight (with n = 2, the "power of two choices").
-    fn random(&self, draws: u32, exclude: &[usize]) -> Option<usize> {
-        let avail = |i: usize| self.avail_weight(i, exclude);
+    fn random(&self, draws: u32, exclude: &[usize], tier: Tier) -> Option<usize> {
+        let avail = |i: usize| self.avail_weight(i, exclude, tier);
         let total: u64 = (0..self.servers.len()).map(|i| u64::from(avail(i))).sum();
         if total == 0 {
             return None;
@@ -382,11 +459,12 @@ impl std::fmt::Debug for Balancer {
     }
 }
 
-/// Runtime weight if the server is usable (ready, up), else 0. Slots and
-/// `exclude` are not considered.
+/// Effective weight (runtime weight, ramped by slowstart) if the server is
+/// usable (ready, up, not in a 429 cooldown), else 0. Slots, `exclude` and
+/// backup tiers are not considered.
 fn usable_weight(s: &ServerState) -> u32 {
-    if s.admin() == AdminState::Ready && s.is_up() {
-        s.weight()
+    if s.admin() == AdminState::Ready && s.is_up() && !s.in_cooldown() {
+        s.effective_weight()
     } else {
         0
     }

@@ -759,9 +759,9 @@ fn map_based_map_covers_usable_servers_only() {
     else {
         unreachable!()
     };
-    assert_eq!(map.slots(3, b.usable()), [0, 1, 2]);
+    assert_eq!(map.slots(3, b.usable(Tier::All)), [0, 1, 2]);
     b.server(1).set_weight(0);
-    assert_eq!(map.slots(3, b.usable()), [0, 2]);
+    assert_eq!(map.slots(3, b.usable(Tier::All)), [0, 2]);
     // IPv4 source: the address modulo the map length.
     for k in 0..50u32 {
         let ctx = PickCtx {
@@ -773,7 +773,7 @@ fn map_based_map_covers_usable_servers_only() {
         assert_eq!(b.pick(&ctx, &[]), Some(want));
     }
     b.server(1).set_weight(1);
-    assert_eq!(map.slots(3, b.usable()), [0, 1, 2]);
+    assert_eq!(map.slots(3, b.usable(Tier::All)), [0, 1, 2]);
 }
 
 #[test]
@@ -836,4 +836,118 @@ fn random_two_choices_prefers_the_less_loaded() {
     let _g0 = occupy(b.server(0), 1);
     let _g1 = occupy(b.server(1), 2);
     assert_eq!(counts(&b, 1000), [0, 1000]);
+}
+
+/// Servers with health settings applied, as a snapshot build does.
+fn with_health(n: usize, backups: &[usize]) -> Vec<(Arc<ServerState>, u32)> {
+    (0..n)
+        .map(|i| {
+            let s = Arc::new(ServerState::new("be", &format!("s{i}"), 1, 0));
+            s.configure(&crate::runtime::HealthConf {
+                checked: true,
+                fall: 1,
+                rise: 1,
+                backup: backups.contains(&i),
+                ..Default::default()
+            });
+            (s, 1)
+        })
+        .collect()
+}
+
+fn down(s: &ServerState) {
+    s.record_check(&crate::runtime::CheckResult {
+        status: crate::runtime::CheckStatus::L4Con,
+        code: None,
+        duration: std::time::Duration::ZERO,
+        info: String::new(),
+    });
+}
+
+fn up(s: &ServerState) {
+    s.record_check(&crate::runtime::CheckResult {
+        status: crate::runtime::CheckStatus::L7Ok,
+        code: Some(200),
+        duration: std::time::Duration::ZERO,
+        info: String::new(),
+    });
+}
+
+fn picked(b: &Balancer, n: u32) -> std::collections::BTreeSet<usize> {
+    (0..n).filter_map(|k| pick_varied(b, k, EMPTY)).collect()
+}
+
+/// What `picked` should see when the eligible servers are `set`: `first`
+/// always takes the lowest one (no maxconn here).
+fn want(algo: &Balance, set: &[usize]) -> std::collections::BTreeSet<usize> {
+    match algo {
+        Balance::First => set.iter().min().copied().into_iter().collect(),
+        _ => set.iter().copied().collect(),
+    }
+}
+
+#[test]
+fn backups_only_when_every_primary_is_down() {
+    for (algo, ht) in all_algos() {
+        // s0, s1 primaries; s2, s3 backups.
+        let b = Balancer::new(&algo, ht, with_health(4, &[2, 3]));
+        assert_eq!(picked(&b, 64), want(&algo, &[0, 1]), "{algo:?}");
+        down(b.server(0));
+        assert_eq!(picked(&b, 64), [1].into(), "{algo:?}");
+        down(b.server(1));
+        // Only the first usable backup.
+        assert_eq!(picked(&b, 64), [2].into(), "{algo:?}");
+        down(b.server(2));
+        assert_eq!(picked(&b, 64), [3].into(), "{algo:?}");
+        down(b.server(3));
+        assert_eq!(picked(&b, 8), [].into(), "{algo:?}");
+        up(b.server(3));
+        up(b.server(0));
+        // A primary is back: backups idle again.
+        assert_eq!(picked(&b, 64), [0].into(), "{algo:?}");
+    }
+}
+
+#[test]
+fn allbackups_uses_every_usable_backup() {
+    for (algo, ht) in all_algos() {
+        let b = Balancer::new(&algo, ht, with_health(4, &[2, 3])).with_allbackups(true);
+        down(b.server(0));
+        down(b.server(1));
+        assert_eq!(picked(&b, 256), want(&algo, &[2, 3]), "{algo:?}");
+        // Drain and maint count as unavailable, for primaries too.
+        b.server(2).set_admin(AdminState::Maint);
+        assert_eq!(picked(&b, 64), [3].into(), "{algo:?}");
+    }
+}
+
+#[test]
+fn a_drained_or_cooling_primary_hands_over_to_backup() {
+    let b = Balancer::new(
+        &Balance::RoundRobin,
+        HashType::MapBased,
+        with_health(2, &[1]),
+    );
+    b.server(0).set_weight(0);
+    assert_eq!(picked(&b, 8), [1].into());
+    b.server(0).set_weight(1);
+    assert_eq!(picked(&b, 8), [0].into());
+    b.server(0).observe(crate::runtime::Outcome::Retry429(Some(
+        std::time::Duration::from_secs(60),
+    )));
+    assert!(b.server(0).in_cooldown());
+    assert_eq!(picked(&b, 8), [1].into());
+    b.server(0).clear_cooldown();
+    assert_eq!(picked(&b, 8), [0].into());
+}
+
+#[test]
+fn cooling_down_servers_get_no_new_requests() {
+    for (algo, ht) in all_algos() {
+        let b = Balancer::new(&algo, ht, with_health(3, &[]));
+        b.server(1).observe(crate::runtime::Outcome::Retry429(None));
+        assert_eq!(picked(&b, 64), want(&algo, &[0, 2]), "{algo:?}");
+        b.server(1).clear_cooldown();
+        assert_eq!(picked(&b, 64), want(&algo, &[0, 1, 2]), "{algo:?}");
+    }
 }

@@ -6,9 +6,12 @@
 //! ACLs, `http-request`/`http-response` rules and `use_backend` conditions
 //! are carried over in HAProxy syntax (`acl = [...]`,
 //! `http_request_rules = [...]`, a route's `cond = "if …"`), which the
-//! native reader compiles with this same dialect. Settings without
-//! behaviour yet (health checks, retries, stick tables, the stats socket)
-//! are listed in a comment at the top instead.
+//! native reader compiles with this same dialect. Health checks become a
+//! backend's `[backend.check]` (always with its `type`, since the native
+//! default for a mode http backend is `GET /v1/models` where HAProxy's is a
+//! TCP connect) and the servers' check fields. Settings without behaviour
+//! yet (retries, queues, stick tables, the stats socket) are listed in a
+//! comment at the top instead.
 
 use std::path::Path;
 use std::time::Duration;
@@ -262,10 +265,21 @@ pub fn convert(c: &Config, text: &str) -> String {
                 t.insert("http_response_rules".into(), strings(resp));
             }
         }
-        if b.opts != BackendOpts::default() {
+        if b.opts.allbackups {
+            t.insert("allbackups".into(), Value::Boolean(true));
+        }
+        if b.servers.iter().any(|s| s.opts.check) {
+            t.insert("check".into(), Value::Table(check_table(b, &mut notes)));
+        }
+        let o = &b.opts;
+        if o.retries.is_some()
+            || !o.retry_on.is_empty()
+            || o.redispatch
+            || o.timeout_queue.is_some()
+        {
             notes.push(format!(
-                "backend {}: {:?} (checks, retries, queue: issue 5)",
-                b.name, b.opts
+                "backend {}: retries {:?}, retry-on {:?}, redispatch {}, timeout queue {:?} (issue 5)",
+                b.name, o.retries, o.retry_on, o.redispatch, o.timeout_queue
             ));
         }
         let servers = b
@@ -297,11 +311,15 @@ pub fn convert(c: &Config, text: &str) -> String {
                 if s.proto == UpstreamProto::Http2 {
                     st.insert("proto".into(), Value::String("h2".into()));
                 }
-                if s.opts != ServerOpts::default() {
+                server_health(&mut st, &s.opts);
+                if let Some(q) = s.opts.maxqueue {
                     notes.push(format!(
-                        "server {}/{}: {:?} (issue 5)",
-                        b.name, s.name, s.opts
+                        "server {}/{}: maxqueue {q} (issue 5)",
+                        b.name, s.name
                     ));
+                }
+                if s.opts.disabled {
+                    notes.push(format!("server {}/{}: disabled (weight 0)", b.name, s.name));
                 }
                 Value::Table(st)
             })
@@ -324,4 +342,144 @@ pub fn convert(c: &Config, text: &str) -> String {
     out.push('\n');
     out.push_str(&toml::to_string(&root).unwrap_or_default());
     out
+}
+
+/// `[backend.check]` for a backend whose servers are checked.
+fn check_table(b: &Backend, notes: &mut Vec<String>) -> Table {
+    let mut t = Table::new();
+    let c = &b.opts.check;
+    match c.kind {
+        CheckKind::Tcp => {
+            t.insert("type".into(), Value::String("tcp".into()));
+        }
+        CheckKind::Http => {
+            t.insert("type".into(), Value::String("http".into()));
+            t.insert("method".into(), Value::String(c.method.to_string()));
+            t.insert("path".into(), Value::String(c.path.clone()));
+            if let Some(h) = c.host.as_ref().and_then(|h| h.to_str().ok()) {
+                t.insert("host".into(), Value::String(h.to_owned()));
+            }
+            let mut hs = Table::new();
+            for (n, v) in &c.headers {
+                if let Ok(v) = v.to_str() {
+                    hs.insert(n.to_string(), Value::String(v.to_owned()));
+                }
+            }
+            if !hs.is_empty() {
+                t.insert("headers".into(), Value::Table(hs));
+            }
+            t.insert("send_auth".into(), Value::Boolean(c.send_auth));
+            if let Some(e) = &c.expect {
+                let mut et = Table::new();
+                let ok = match &e.test {
+                    ExpectTest::Status(list) => {
+                        let text: Vec<String> = list
+                            .iter()
+                            .map(|(lo, hi)| {
+                                if lo == hi {
+                                    lo.to_string()
+                                } else {
+                                    format!("{lo}-{hi}")
+                                }
+                            })
+                            .collect();
+                        et.insert("status".into(), Value::String(text.join(",")));
+                        true
+                    }
+                    ExpectTest::RStatus(r) => {
+                        et.insert("rstatus".into(), Value::String(r.as_str().into()));
+                        true
+                    }
+                    ExpectTest::String(x) => {
+                        et.insert("string".into(), Value::String(x.clone()));
+                        true
+                    }
+                    ExpectTest::RString(r) => {
+                        et.insert("rstring".into(), Value::String(r.as_str().into()));
+                        true
+                    }
+                    ExpectTest::Header { name, value } => {
+                        et.insert("header".into(), Value::String(name.to_string()));
+                        match value {
+                            None => true,
+                            Some(Match::Exact(v)) => {
+                                et.insert("value".into(), Value::String(v.clone()));
+                                true
+                            }
+                            Some(_) => false,
+                        }
+                    }
+                };
+                if e.negate {
+                    et.insert("negate".into(), Value::Boolean(true));
+                }
+                if ok {
+                    t.insert("expect".into(), Value::Table(et));
+                } else {
+                    notes.push(format!(
+                        "backend {}: http-check expect hdr with a non-exact value match has no native form; the check expects the header only",
+                        b.name
+                    ));
+                    et.remove("value");
+                    t.insert("expect".into(), Value::Table(et));
+                }
+            }
+        }
+    }
+    if let Some(d) = b.opts.timeout_check {
+        t.insert("timeout".into(), dur(d));
+    }
+    t
+}
+
+/// A server's health fields.
+fn server_health(st: &mut Table, o: &ServerOpts) {
+    if o.check {
+        st.insert("check".into(), Value::Boolean(true));
+    }
+    for (k, v) in [
+        ("inter", o.inter),
+        ("fastinter", o.fastinter),
+        ("downinter", o.downinter),
+        ("slowstart", o.slowstart),
+        ("cooldown_429", o.cooldown_429),
+    ] {
+        if let Some(d) = v {
+            st.insert(k.into(), dur(d));
+        }
+    }
+    // Native TOML refuses passive observation without checks (HAProxy
+    // accepts it with no effect).
+    let error_limit = o.error_limit.filter(|_| o.check);
+    for (k, v) in [
+        ("fall", o.fall),
+        ("rise", o.rise),
+        ("error_limit", error_limit),
+    ] {
+        if let Some(n) = v {
+            st.insert(k.into(), Value::Integer(n.into()));
+        }
+    }
+    if let Some(p) = o.port {
+        st.insert("check_port".into(), Value::Integer(p.into()));
+    }
+    if let Some(a) = &o.addr {
+        st.insert("check_addr".into(), Value::String(a.clone()));
+    }
+    if let Some(t) = o.check_ssl {
+        st.insert("check_tls".into(), Value::Boolean(t));
+    }
+    if o.backup {
+        st.insert("backup".into(), Value::Boolean(true));
+    }
+    if let Some(m) = o.observe.filter(|_| o.check) {
+        let v = match m {
+            ObserveMode::Layer4 => "layer4",
+            ObserveMode::Layer7 => "layer7",
+        };
+        st.insert("observe".into(), Value::String(v.into()));
+    }
+    if let Some(e) = o.on_error.as_ref().filter(|_| o.check) {
+        st.insert("on_error".into(), Value::String(e.clone()));
+    }
 }

@@ -1,5 +1,6 @@
 //! Configuration: the compiled model and the readers that produce it.
 
+pub mod check;
 pub mod convert;
 pub mod diag;
 pub mod haproxy;

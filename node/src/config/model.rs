@@ -532,7 +532,7 @@ pub struct Backend {
     /// this backend (HAProxy's `option forwardfor` in a backend); the
     /// frontend's setting adds it too.
     pub x_forwarded_for: bool,
-    /// Settings whose behaviour arrives with issue 5 (checks, retries, queue).
+    /// Health checks, backups; retries and queueing (issue 5).
     pub opts: BackendOpts,
     /// Pooled idle connections kept per server.
     pub pool_max_idle: usize,
@@ -596,27 +596,153 @@ pub struct Server {
     pub maxconn: u32,
     pub tls: Option<UpstreamTls>,
     pub proto: UpstreamProto,
-    /// Settings whose behaviour arrives with issue 5 (checks, backup, queue).
+    /// Checks, backup, slowstart, observation.
     pub opts: ServerOpts,
 }
 
-/// Backend settings carried for issue 5 (health checks, retries, queueing).
+/// Backend settings: health checks (in force), retries and queueing
+/// (carried for the rest of issue 5).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackendOpts {
     pub retries: Option<u32>,
     /// `retry-on` keywords as written.
     pub retry_on: Vec<String>,
     pub redispatch: bool,
+    /// `option allbackups`: every usable backup at once when no primary is
+    /// usable (default: only the first usable backup).
     pub allbackups: bool,
-    /// `option httpchk METHOD URI`.
+    /// `option httpchk [METHOD] [URI]` as written (HAProxy dialect).
     pub httpchk: Option<(String, String)>,
-    /// `http-check expect …` as written.
-    pub http_check_expect: Option<String>,
+    /// `http-check send` (HAProxy dialect).
+    pub http_check_send: Option<CheckSend>,
+    /// `http-check expect …` (HAProxy dialect).
+    pub http_check_expect: Option<Expect>,
     pub timeout_queue: Option<Duration>,
+    /// `timeout check`: with it, a check's connect is bounded by
+    /// min(`timeout connect`, `inter`) and its response by this; without
+    /// it, `inter` bounds the whole check.
     pub timeout_check: Option<Duration>,
+    /// What servers with `check` are probed with (resolved).
+    pub check: CheckDef,
+    /// Backend-wide defaults for the servers' check timing (native
+    /// `[backend.check]`); a server's own setting wins.
+    pub check_timing: CheckTiming,
+    /// Backend-wide `cooldown_429` default (native); a server's wins.
+    pub cooldown_429: Option<Duration>,
 }
 
-/// Server settings carried for issue 5.
+/// `http-check send meth M uri U hdr N V…`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckSend {
+    pub method: Option<String>,
+    pub uri: Option<String>,
+    pub headers: Vec<(HeaderName, http::HeaderValue)>,
+}
+
+/// Check timing written at backend level (native TOML).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckTiming {
+    pub inter: Option<Duration>,
+    pub fastinter: Option<Duration>,
+    pub downinter: Option<Duration>,
+    pub fall: Option<u32>,
+    pub rise: Option<u32>,
+}
+
+/// How servers with `check` are probed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CheckKind {
+    /// Connect (and TLS handshake when checks use TLS) succeeds.
+    #[default]
+    Tcp,
+    /// An HTTP request whose response meets the expectation.
+    Http,
+}
+
+/// An active check's definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckDef {
+    pub kind: CheckKind,
+    pub method: http::Method,
+    /// Path (and query) requested.
+    pub path: String,
+    /// `Host` sent; `None` = the backend's `host`, else the server's address.
+    pub host: Option<http::HeaderValue>,
+    pub headers: Vec<(HeaderName, http::HeaderValue)>,
+    /// Also send the backend's provider credential (native default: yes,
+    /// so that `GET /v1/models` is authorized).
+    pub send_auth: bool,
+    /// `None` = HAProxy's default: a 2xx or 3xx status.
+    pub expect: Option<Expect>,
+}
+
+impl Default for CheckDef {
+    fn default() -> Self {
+        CheckDef {
+            kind: CheckKind::Tcp,
+            method: http::Method::GET,
+            path: "/".into(),
+            host: None,
+            headers: Vec::new(),
+            send_auth: false,
+            expect: None,
+        }
+    }
+}
+
+impl CheckDef {
+    /// The LLM-aware default for OpenAI-compatible upstreams: `GET
+    /// /v1/models` with the provider credential. It costs no tokens.
+    pub fn llm_default() -> CheckDef {
+        CheckDef {
+            kind: CheckKind::Http,
+            path: "/v1/models".into(),
+            send_auth: true,
+            ..CheckDef::default()
+        }
+    }
+}
+
+/// `http-check expect [!] status|rstatus|string|rstring|hdr …`.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    pub negate: bool,
+    pub test: ExpectTest,
+}
+
+impl PartialEq for Expect {
+    fn eq(&self, o: &Expect) -> bool {
+        // Regexes compare by their source.
+        format!("{self:?}") == format!("{o:?}")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ExpectTest {
+    /// Status codes and inclusive ranges (`200`, `200-399,404`).
+    Status(Vec<(u16, u16)>),
+    /// Regex on the status code's three digits.
+    RStatus(regex::Regex),
+    /// The body contains this string.
+    String(String),
+    /// A regex matches the body.
+    RString(regex::Regex),
+    /// A header is present (with a value that matches, when given).
+    Header {
+        name: HeaderName,
+        value: Option<Match>,
+    },
+}
+
+/// `observe layer4|layer7`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObserveMode {
+    Layer4,
+    Layer7,
+}
+
+/// Server settings: checks, backup, slowstart, passive observation (in
+/// force); `maxqueue` carried for the rest of issue 5.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServerOpts {
     pub check: bool,
@@ -625,13 +751,22 @@ pub struct ServerOpts {
     pub downinter: Option<Duration>,
     pub fall: Option<u32>,
     pub rise: Option<u32>,
+    /// `port`: checks go to this port instead of the server's.
+    pub port: Option<u16>,
+    /// `addr`: checks go to this host instead of the server's.
+    pub addr: Option<String>,
+    /// `check-ssl` (`Some(true)`) / `no-check-ssl`; unset = checks use TLS
+    /// when the server does and neither `port` nor `addr` is set.
+    pub check_ssl: Option<bool>,
     pub backup: bool,
     pub maxqueue: Option<u32>,
     pub slowstart: Option<Duration>,
-    pub observe_layer7: bool,
+    pub observe: Option<ObserveMode>,
     pub error_limit: Option<u32>,
     /// `fastinter`, `fail-check`, `sudden-death` or `mark-down`.
     pub on_error: Option<String>,
+    /// Cooldown after a 429 without a usable `Retry-After` (llmgw).
+    pub cooldown_429: Option<Duration>,
     /// Starts in maintenance.
     pub disabled: bool,
 }

@@ -234,6 +234,56 @@ struct RawBackend {
     acl: Option<Spanned<Vec<String>>>,
     http_request_rules: Option<Spanned<Vec<String>>>,
     http_response_rules: Option<Spanned<Vec<String>>>,
+    /// How servers with `check = true` are checked, and timing defaults.
+    check: Option<Spanned<RawCheck>>,
+    /// `option allbackups`.
+    #[serde(default)]
+    allbackups: bool,
+    /// Default `cooldown_429` of the servers.
+    cooldown_429: Option<Spanned<DurationValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    /// `http` (default in mode http: `GET /v1/models`) or `tcp`.
+    #[serde(rename = "type")]
+    kind: Option<Spanned<String>>,
+    method: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
+    /// Send the backend's `auth` credential (default true).
+    send_auth: Option<bool>,
+    expect: Option<Spanned<RawExpect>>,
+    timeout: Option<Spanned<DurationValue>>,
+    inter: Option<Spanned<DurationValue>>,
+    fastinter: Option<Spanned<DurationValue>>,
+    downinter: Option<Spanned<DurationValue>>,
+    fall: Option<Spanned<u32>>,
+    rise: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpect {
+    status: Option<StatusValue>,
+    rstatus: Option<String>,
+    string: Option<String>,
+    rstring: Option<String>,
+    header: Option<String>,
+    /// With `header`: the value must equal this.
+    value: Option<String>,
+    #[serde(default)]
+    negate: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StatusValue {
+    Code(u16),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -264,6 +314,23 @@ struct RawServer {
     maxconn: Option<u32>,
     tls: Option<RawServerTlsOpt>,
     proto: Option<Spanned<String>>,
+    #[serde(default)]
+    check: bool,
+    inter: Option<Spanned<DurationValue>>,
+    fastinter: Option<Spanned<DurationValue>>,
+    downinter: Option<Spanned<DurationValue>>,
+    fall: Option<Spanned<u32>>,
+    rise: Option<Spanned<u32>>,
+    check_port: Option<Spanned<u16>>,
+    check_addr: Option<Spanned<String>>,
+    check_tls: Option<bool>,
+    #[serde(default)]
+    backup: bool,
+    slowstart: Option<Spanned<DurationValue>>,
+    observe: Option<Spanned<String>>,
+    error_limit: Option<Spanned<u32>>,
+    on_error: Option<Spanned<String>>,
+    cooldown_429: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize)]
@@ -965,6 +1032,8 @@ impl Compiler<'_> {
             .and_then(|d| self.duration(d))
             .unwrap_or(Duration::from_secs(60));
         let mode = self.mode(&rb.mode);
+        let (check, check_timing, timeout_check) = self.check_def(rb.check, mode);
+        let cooldown_429 = rb.cooldown_429.as_ref().and_then(|d| self.duration(d));
         if mode == Mode::Tcp && matches!(balance, Balance::Uri | Balance::Hdr(_)) {
             if let Some(b) = &rb.balance {
                 self.err(
@@ -996,11 +1065,179 @@ impl Compiler<'_> {
             http_request: embedded.req,
             http_response: embedded.resp,
             x_forwarded_for: rb.forwardfor,
-            opts: BackendOpts::default(),
+            opts: BackendOpts {
+                allbackups: rb.allbackups,
+                timeout_check,
+                check,
+                check_timing,
+                cooldown_429,
+                ..BackendOpts::default()
+            },
             pool_max_idle: pool.max_idle.unwrap_or(64),
             pool_idle_timeout,
             name,
         }
+    }
+
+    /// `[backend.check]`: the check definition, backend-wide timing and
+    /// `timeout`. Without it: `GET /v1/models` in mode http, a TCP connect
+    /// in mode tcp.
+    fn check_def(
+        &mut self,
+        raw: Option<Spanned<RawCheck>>,
+        mode: Mode,
+    ) -> (CheckDef, CheckTiming, Option<Duration>) {
+        let default = || match mode {
+            Mode::Http => CheckDef::llm_default(),
+            Mode::Tcp => CheckDef::default(),
+        };
+        let Some(raw) = raw else {
+            return (default(), CheckTiming::default(), None);
+        };
+        let raw = raw.into_inner();
+        let mut def = default();
+        match raw.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
+            None => {}
+            Some(("http", _)) if def.kind != CheckKind::Http => def = CheckDef::llm_default(),
+            Some(("http", _)) => {}
+            Some(("tcp", _)) => def = CheckDef::default(),
+            Some((other, sp)) => self.err(
+                sp,
+                format!("check type must be \"http\" or \"tcp\", not '{other}'"),
+            ),
+        }
+        let http_only = [
+            raw.method.as_ref().map(|v| v.span()),
+            raw.path.as_ref().map(|v| v.span()),
+            raw.host.as_ref().map(|v| v.span()),
+            raw.expect.as_ref().map(|v| v.span()),
+        ];
+        if def.kind == CheckKind::Tcp {
+            if let Some(sp) = http_only.into_iter().flatten().next() {
+                self.err(
+                    sp,
+                    "method, path, host and expect apply to type = \"http\" checks only",
+                );
+            }
+        }
+        if let Some(m) = &raw.method {
+            match http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                Ok(me) => def.method = me,
+                Err(_) => self.err(m.span(), format!("invalid method '{}'", m.get_ref())),
+            }
+        }
+        if let Some(p) = &raw.path {
+            if !p.get_ref().starts_with('/')
+                || p.get_ref().parse::<http::uri::PathAndQuery>().is_err()
+            {
+                self.err(
+                    p.span(),
+                    format!("check path must start with '/', not '{}'", p.get_ref()),
+                );
+            } else {
+                def.path = p.get_ref().clone();
+            }
+        }
+        if let Some(h) = &raw.host {
+            match HeaderValue::from_str(h.get_ref()) {
+                Ok(v) if !h.get_ref().is_empty() => def.host = Some(v),
+                _ => self.err(h.span(), format!("invalid check host '{}'", h.get_ref())),
+            }
+        }
+        for (k, v) in &raw.headers {
+            let name = self.header_name(k, v.span());
+            match (name, HeaderValue::from_str(v.get_ref())) {
+                (Some(n), Ok(val)) => def.headers.push((n, val)),
+                (_, Err(_)) => self.err(v.span(), format!("invalid value for header '{k}'")),
+                _ => {}
+            }
+        }
+        if let Some(a) = raw.send_auth {
+            def.send_auth = a;
+        }
+        if let Some(e) = &raw.expect {
+            def.expect = self.expect(e.get_ref(), e.span());
+        }
+        let mut interval = |v: &Option<Spanned<DurationValue>>| {
+            let v = v.as_ref()?;
+            let d = self.duration(v)?;
+            if d.is_zero() {
+                self.err(v.span(), "a check interval of 0 is not allowed");
+                return None;
+            }
+            Some(d)
+        };
+        let timeout = interval(&raw.timeout);
+        let timing = CheckTiming {
+            inter: interval(&raw.inter),
+            fastinter: interval(&raw.fastinter),
+            downinter: interval(&raw.downinter),
+            fall: raw.fall.as_ref().and_then(|v| self.at_least_one(v, "fall")),
+            rise: raw.rise.as_ref().and_then(|v| self.at_least_one(v, "rise")),
+        };
+        (def, timing, timeout)
+    }
+
+    fn at_least_one(&mut self, v: &Spanned<u32>, what: &str) -> Option<u32> {
+        if *v.get_ref() == 0 {
+            self.err(v.span(), format!("{what} must be at least 1"));
+            None
+        } else {
+            Some(*v.get_ref())
+        }
+    }
+
+    fn expect(&mut self, e: &RawExpect, span: std::ops::Range<usize>) -> Option<Expect> {
+        let given = [
+            e.status.is_some(),
+            e.rstatus.is_some(),
+            e.string.is_some(),
+            e.rstring.is_some(),
+            e.header.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given != 1 {
+            self.err(
+                span,
+                "check expect needs exactly one of status, rstatus, string, rstring, header",
+            );
+            return None;
+        }
+        if e.value.is_some() && e.header.is_none() {
+            self.err(span, "check expect: 'value' goes with 'header'");
+            return None;
+        }
+        let test = if let Some(st) = &e.status {
+            let text = match st {
+                StatusValue::Code(c) => c.to_string(),
+                StatusValue::Text(t) => t.clone(),
+            };
+            match super::check::parse_status_list(&text) {
+                Ok(l) => ExpectTest::Status(l),
+                Err(msg) => {
+                    self.err(span, format!("check expect: {msg}"));
+                    return None;
+                }
+            }
+        } else if let Some(r) = &e.rstatus {
+            ExpectTest::RStatus(self.regex(r, span)?)
+        } else if let Some(t) = &e.string {
+            ExpectTest::String(t.clone())
+        } else if let Some(r) = &e.rstring {
+            ExpectTest::RString(self.regex(r, span)?)
+        } else {
+            let h = e.header.as_deref().unwrap_or_default();
+            ExpectTest::Header {
+                name: self.header_name(h, span)?,
+                value: e.value.clone().map(Match::Exact),
+            }
+        };
+        Some(Expect {
+            negate: e.negate,
+            test,
+        })
     }
 
     fn server(&mut self, s: RawServer, span: std::ops::Range<usize>) -> Option<Server> {
@@ -1057,8 +1294,103 @@ impl Compiler<'_> {
             }
         };
         if addr == ServerAddr::BuiltinMock && tls.is_some() {
+            self.err(
+                span.clone(),
+                "the built-in mock provider does not speak TLS",
+            );
+        }
+        let name = s.name.get_ref().clone();
+        let interval = |cx: &mut Self, v: &Option<Spanned<DurationValue>>| {
+            let v = v.as_ref()?;
+            let d = cx.duration(v)?;
+            if d.is_zero() {
+                cx.err(v.span(), "a check interval of 0 is not allowed");
+                return None;
+            }
+            Some(d)
+        };
+        let count = |cx: &mut Self, v: &Option<Spanned<u32>>, what: &str| {
+            let v = v.as_ref()?;
+            if *v.get_ref() == 0 {
+                cx.err(v.span(), format!("{what} must be at least 1"));
+                return None;
+            }
+            Some(*v.get_ref())
+        };
+        let observe = match s.observe.as_ref().map(|o| (o.get_ref().as_str(), o.span())) {
+            None => None,
+            Some(("layer7", _)) => Some(ObserveMode::Layer7),
+            Some(("layer4", _)) => Some(ObserveMode::Layer4),
+            Some((other, sp)) => {
+                self.err(
+                    sp,
+                    format!("observe must be \"layer4\" or \"layer7\", not '{other}'"),
+                );
+                None
+            }
+        };
+        let on_error = match s
+            .on_error
+            .as_ref()
+            .map(|o| (o.get_ref().as_str(), o.span()))
+        {
+            None => None,
+            Some((v @ ("fastinter" | "fail-check" | "sudden-death" | "mark-down"), _)) => {
+                Some(v.to_owned())
+            }
+            Some((other, sp)) => {
+                self.err(sp, format!("on_error must be fastinter, fail-check, sudden-death or mark-down, not '{other}'"));
+                None
+            }
+        };
+        if (observe.is_some() || s.error_limit.is_some() || on_error.is_some()) && !s.check {
+            self.err(
+                span.clone(),
+                format!("server '{name}': observe, error_limit and on_error need check = true"),
+            );
+        }
+        if let Some(p) = s.check_port.as_ref().filter(|p| *p.get_ref() == 0) {
+            self.err(p.span(), "check_port must be 1..65535");
+        }
+        let check_addr = match &s.check_addr {
+            Some(a)
+                if parse_server_addr(&format!("{}:1", a.get_ref())).is_err()
+                    && a.get_ref().parse::<IpAddr>().is_err() =>
+            {
+                self.err(
+                    a.span(),
+                    format!(
+                        "check_addr must be an IP address or host name, not '{}'",
+                        a.get_ref()
+                    ),
+                );
+                None
+            }
+            Some(a) => Some(a.get_ref().clone()),
+            None => None,
+        };
+        if addr == ServerAddr::BuiltinMock && s.check_tls == Some(true) {
             self.err(span, "the built-in mock provider does not speak TLS");
         }
+        let opts = ServerOpts {
+            check: s.check,
+            inter: interval(self, &s.inter),
+            fastinter: interval(self, &s.fastinter),
+            downinter: interval(self, &s.downinter),
+            fall: count(self, &s.fall, "fall"),
+            rise: count(self, &s.rise, "rise"),
+            port: s.check_port.map(|p| p.into_inner()).filter(|p| *p > 0),
+            addr: check_addr,
+            check_ssl: s.check_tls,
+            backup: s.backup,
+            maxqueue: None,
+            slowstart: s.slowstart.as_ref().and_then(|d| self.duration(d)),
+            observe,
+            error_limit: count(self, &s.error_limit, "error_limit"),
+            on_error,
+            cooldown_429: s.cooldown_429.as_ref().and_then(|d| self.duration(d)),
+            disabled: false,
+        };
         Some(Server {
             name: s.name.into_inner(),
             addr,
@@ -1066,7 +1398,7 @@ impl Compiler<'_> {
             maxconn: s.maxconn.unwrap_or(0),
             tls,
             proto,
-            opts: ServerOpts::default(),
+            opts,
         })
     }
 }
@@ -1434,5 +1766,149 @@ address = "127.0.0.1:9000"
         );
         let e = errors(&MIN.replace("name = \"main\"", "name = \"main\"\nmode = \"udp\""));
         assert!(e.iter().any(|m| m.contains("mode 'udp'")), "{e:?}");
+    }
+
+    const HEALTH: &str = r#"
+[[frontend]]
+name = "f"
+bind = ["127.0.0.1:0"]
+default_backend = "b"
+
+[[backend]]
+name = "b"
+allbackups = true
+cooldown_429 = "3s"
+
+[backend.check]
+path = "/health"
+host = "api.example.com"
+headers = { "x-probe" = "1" }
+expect = { status = "200-299,404" }
+timeout = "1s"
+inter = "500ms"
+fall = 4
+
+[[backend.server]]
+name = "a"
+address = "127.0.0.1:1"
+check = true
+rise = 5
+fastinter = "100ms"
+slowstart = "20s"
+observe = "layer7"
+error_limit = 3
+on_error = "mark-down"
+
+[[backend.server]]
+name = "z"
+address = "127.0.0.1:2"
+check = true
+backup = true
+check_port = 9000
+check_addr = "127.0.0.2"
+check_tls = true
+cooldown_429 = "250ms"
+"#;
+
+    #[test]
+    fn health_settings_compile() {
+        let c = load(HEALTH).unwrap();
+        let b = &c.backends[0];
+        assert!(b.opts.allbackups);
+        assert_eq!(b.opts.cooldown_429, Some(Duration::from_secs(3)));
+        assert_eq!(b.opts.timeout_check, Some(Duration::from_secs(1)));
+        let ck = &b.opts.check;
+        assert_eq!(
+            (ck.kind, ck.method.as_str(), ck.path.as_str()),
+            (CheckKind::Http, "GET", "/health")
+        );
+        assert!(ck.send_auth);
+        assert_eq!(ck.headers.len(), 1);
+        assert!(
+            matches!(&ck.expect, Some(Expect { test: ExpectTest::Status(l), .. }) if l == &vec![(200, 299), (404, 404)])
+        );
+        assert_eq!(b.opts.check_timing.inter, Some(Duration::from_millis(500)));
+        assert_eq!(b.opts.check_timing.fall, Some(4));
+        let (a, z) = (&b.servers[0].opts, &b.servers[1].opts);
+        assert_eq!(
+            (a.check, a.rise, a.fastinter),
+            (true, Some(5), Some(Duration::from_millis(100)))
+        );
+        assert_eq!(a.observe, Some(ObserveMode::Layer7));
+        assert_eq!(
+            (a.error_limit, a.on_error.as_deref()),
+            (Some(3), Some("mark-down"))
+        );
+        assert_eq!(a.slowstart, Some(Duration::from_secs(20)));
+        assert!(z.backup);
+        assert_eq!(
+            (z.port, z.addr.as_deref(), z.check_ssl),
+            (Some(9000), Some("127.0.0.2"), Some(true))
+        );
+        assert_eq!(z.cooldown_429, Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn llm_default_check_and_tcp_checks() {
+        let c = load(MIN).unwrap();
+        let ck = &c.backends[0].opts.check;
+        assert_eq!(
+            (ck.kind, ck.method.as_str(), ck.path.as_str()),
+            (CheckKind::Http, "GET", "/v1/models")
+        );
+        let text = MIN.replace("name = \"b\"", "name = \"b\"\ncheck = { type = \"tcp\" }");
+        let c = load(&text).unwrap();
+        assert_eq!(c.backends[0].opts.check.kind, CheckKind::Tcp);
+    }
+
+    #[test]
+    fn bad_health_values_have_their_lines() {
+        let text = r#"
+[[frontend]]
+name = "f"
+bind = ["127.0.0.1:0"]
+default_backend = "b"
+
+[[backend]]
+name = "b"
+
+[backend.check]
+type = "icmp"
+path = "health"
+expect = { status = "2xx" }
+fall = 0
+inter = "0s"
+
+[[backend.server]]
+name = "a"
+address = "127.0.0.1:1"
+check = true
+rise = 0
+observe = "layer9"
+on_error = "explode"
+slowstart = "soon"
+
+[[backend.server]]
+name = "c"
+address = "127.0.0.1:2"
+error_limit = 2
+check_port = 0
+"#;
+        assert_eq!(
+            errors(text),
+            vec![
+                "test.toml:11: check type must be \"http\" or \"tcp\", not 'icmp'",
+                "test.toml:12: check path must start with '/', not 'health'",
+                "test.toml:13: check expect: invalid status '2xx' in '2xx' (expected 100..599)",
+                "test.toml:14: fall must be at least 1",
+                "test.toml:15: a check interval of 0 is not allowed",
+                "test.toml:21: rise must be at least 1",
+                "test.toml:22: observe must be \"layer4\" or \"layer7\", not 'layer9'",
+                "test.toml:23: on_error must be fastinter, fail-check, sudden-death or mark-down, not 'explode'",
+                "test.toml:24: invalid duration 'soon' (expected e.g. 500ms, 5s, 2m, 1h)",
+                "test.toml:26: server 'c': observe, error_limit and on_error need check = true",
+                "test.toml:30: check_port must be 1..65535",
+            ]
+        );
     }
 }

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::conn::InflightGuard;
-use crate::runtime::ActiveGuard;
+use crate::runtime::{ActiveGuard, Outcome};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -153,6 +153,13 @@ impl RespBody {
 }
 
 impl RespBody {
+    /// Passive health observation of a failure mid-body.
+    fn observe(&self, o: Outcome) {
+        if let Some(g) = &self._server {
+            g.server().observe(o);
+        }
+    }
+
     /// The whole body of a gateway-made response; `None` for a streamed one.
     pub fn into_full(mut self) -> Option<Bytes> {
         match &mut self.kind {
@@ -180,14 +187,15 @@ impl Body for RespBody {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(u) => {
                 if let Poll::Ready(frame) = Pin::new(&mut u.body).poll_frame(cx) {
-                    if frame.is_some() {
-                        u.deadline.as_mut().reset(Instant::now() + u.idle);
-                    } else {
-                        this._server = None;
+                    match &frame {
+                        Some(Ok(_)) => u.deadline.as_mut().reset(Instant::now() + u.idle),
+                        Some(Err(_)) => this.observe(Outcome::BrokenResponse),
+                        None => this._server = None,
                     }
                     return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
                 }
                 ready!(u.deadline.as_mut().poll(cx));
+                this.observe(Outcome::Timeout);
                 Poll::Ready(Some(Err(Box::new(IdleTimeout))))
             }
         }

@@ -22,8 +22,10 @@ use super::error;
 use crate::balance::PickCtx;
 use crate::config::{Backend, Frontend, HttpReqRule, ReqAction};
 use crate::gateway::{Shared, Snapshot};
+use crate::health::outcome_of;
 use crate::llm::model::{self, ModelScanner, Scan};
 use crate::route::{self, Facts};
+use crate::runtime::Outcome;
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -121,9 +123,22 @@ async fn proxy(
 
     let sent = upstream.client.request(Request::from_parts(parts, body));
     let mut resp = match tokio::time::timeout(be.timeouts.server, sent).await {
-        Err(_) => return error::gateway_timeout("The upstream did not answer in time."),
-        Ok(Err(e)) => return upstream_error(be, &e),
-        Ok(Ok(r)) => r,
+        Err(_) => {
+            server.observe(Outcome::Timeout);
+            return error::gateway_timeout("The upstream did not answer in time.");
+        }
+        Ok(Err(e)) => {
+            server.observe(if e.is_connect() {
+                Outcome::ConnectFailed
+            } else {
+                Outcome::BrokenResponse
+            });
+            return upstream_error(be, &e);
+        }
+        Ok(Ok(r)) => {
+            server.observe(outcome_of(r.status(), r.headers()));
+            r
+        }
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

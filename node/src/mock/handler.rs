@@ -152,6 +152,7 @@ enum Route {
     Echo,
     Stats,
     Reset,
+    FailCtl,
     NotFound,
 }
 
@@ -167,6 +168,7 @@ impl Route {
             "/health" => Route::Health,
             "/mock/stats" => Route::Stats,
             "/mock/reset" => Route::Reset,
+            "/mock/fail" => Route::FailCtl,
             "/echo" => Route::Echo,
             _ if path.starts_with("/echo/") => Route::Echo,
             _ if model_id(path).is_some() => Route::Model,
@@ -190,7 +192,7 @@ impl Route {
 
     /// Test plumbing, not traffic: never counted, never failed.
     fn is_control(self) -> bool {
-        matches!(self, Route::Stats | Route::Reset)
+        matches!(self, Route::Stats | Route::Reset | Route::FailCtl)
     }
 
     fn is_anthropic(self) -> bool {
@@ -204,7 +206,8 @@ impl Route {
             | Route::Embeddings
             | Route::Messages
             | Route::CountTokens
-            | Route::Reset => method == Method::POST,
+            | Route::Reset
+            | Route::FailCtl => method == Method::POST,
             Route::Models | Route::Model | Route::Health | Route::Stats => {
                 method == Method::GET || method == Method::HEAD
             }
@@ -297,8 +300,14 @@ pub(super) async fn handle(
     }
     let plan = Plan::new(req.headers(), &sh);
     let fail = match &plan {
-        Ok(plan) if !route.is_control() => plan.fail,
-        _ => None,
+        Ok(_) if route.is_control() => None,
+        // A per-request header wins over everything.
+        Ok(plan) if req.headers().contains_key(&X_MOCK_FAIL) => plan.fail,
+        Ok(plan) => match sh.opts.forced.get(req.uri().path()) {
+            Some(f) => f,
+            None => plan.fail,
+        },
+        Err(_) => None,
     };
     if fail == Some(Fail::Close) {
         // An error from the service makes hyper drop the connection (HTTP/1.1)
@@ -392,6 +401,10 @@ pub(super) async fn handle(
         ),
         Route::Echo => sh.json(echo(&parts, &body)),
         Route::Stats => sh.json(sh.opts.stats.to_json()),
+        Route::FailCtl => match set_forced(&sh, parts.uri.query().unwrap_or("")) {
+            Ok(body) => sh.json(body),
+            Err(msg) => sh.error(route, StatusCode::BAD_REQUEST, &msg, "invalid_mock_fail"),
+        },
         Route::Reset => {
             sh.opts.stats.reset();
             sh.json(sh.opts.stats.to_json())
@@ -784,4 +797,26 @@ fn echo(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
         body: String::from_utf8_lossy(body),
     };
     serde_json::to_vec(&echo).unwrap_or_default()
+}
+
+/// `POST /mock/fail?fail=F[&path=P]`: from now on every request (or every
+/// request for path `P`) fails with `F` (a [`Fail`]); `fail=none` ends it.
+/// A request's own `x-mock-fail` still wins.
+fn set_forced(sh: &Shared, query: &str) -> Result<Vec<u8>, String> {
+    let mut fail = None;
+    let mut path = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("fail", v)) => fail = Some(v.to_owned()),
+            Some(("path", v)) => path = Some(v.to_owned()),
+            _ => return Err(format!("unknown parameter '{pair}' (use fail=…&path=…)")),
+        }
+    }
+    let fail = fail.ok_or("missing fail=… (status:NNN, hang, close, … or none)")?;
+    let parsed = match fail.as_str() {
+        "none" => None,
+        f => Some(f.parse::<Fail>()?),
+    };
+    sh.opts.forced.set(parsed.map(|f| (path.clone(), f)));
+    Ok(serde_json::to_vec(&serde_json::json!({ "fail": fail, "path": path })).unwrap_or_default())
 }

@@ -26,6 +26,7 @@
 //! | any    | `/echo`, `/echo/...`     | what the mock received, as JSON              |
 //! | GET    | `/mock/stats`            | request counters                              |
 //! | POST   | `/mock/reset`            | zero the counters                             |
+//! | POST   | `/mock/fail?fail=F[&path=P]` | force failure `F` (see [`Fail`]; `none` ends it) on every request, or on path `P` |
 //!
 //! Every response carries `x-mock-server: NAME`. The `/mock/*` control
 //! endpoints are neither counted nor subject to failure injection, so a test
@@ -165,6 +166,39 @@ pub struct MockOptions {
     pub retry_after: Option<String>,
     /// Request counters behind `GET /mock/stats`.
     pub stats: Arc<MockStats>,
+    /// A failure forced at run time with `POST /mock/fail`.
+    pub forced: Arc<Forced>,
+}
+
+/// A failure set at run time (`POST /mock/fail?fail=F[&path=P]`), for
+/// every request or for one path. A flag keeps the per-request cost at one
+/// atomic load while nothing is forced.
+#[derive(Debug, Default)]
+pub struct Forced {
+    on: std::sync::atomic::AtomicBool,
+    what: std::sync::Mutex<Option<(Option<String>, Fail)>>,
+}
+
+impl Forced {
+    pub fn set(&self, f: Option<(Option<String>, Fail)>) {
+        let mut w = self.what.lock().unwrap_or_else(|e| e.into_inner());
+        self.on
+            .store(f.is_some(), std::sync::atomic::Ordering::Relaxed);
+        *w = f;
+    }
+
+    /// The failure forced on `path`, if any.
+    pub fn get(&self, path: &str) -> Option<Option<Fail>> {
+        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let w = self.what.lock().unwrap_or_else(|e| e.into_inner());
+        match &*w {
+            Some((None, f)) => Some(Some(*f)),
+            Some((Some(p), f)) if p == path => Some(Some(*f)),
+            _ => None,
+        }
+    }
 }
 
 impl Default for MockOptions {
@@ -177,6 +211,7 @@ impl Default for MockOptions {
             fail: None,
             retry_after: None,
             stats: Arc::default(),
+            forced: Arc::default(),
         }
     }
 }
@@ -212,6 +247,7 @@ impl MockOptions {
             fail: args.fail,
             retry_after: args.retry_after.clone(),
             stats: Arc::default(),
+            forced: Arc::default(),
         })
     }
 }

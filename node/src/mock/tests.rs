@@ -984,3 +984,35 @@ fn args_parse_from_command_line() {
     let cli = Cli::try_parse_from(["x", "--name", "bad\nname"]).unwrap();
     assert!(MockOptions::from_args(&cli.mock).is_err());
 }
+
+#[tokio::test]
+async fn failure_forced_at_run_time_for_one_path() {
+    let (addr, stats) = start(MockOptions::default()).await;
+    let client = h1();
+    let r = post(
+        &client,
+        addr,
+        "/mock/fail?fail=status:500&path=/health",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(get(&client, addr, "/health", &[]).await.status, 500);
+    // Other paths are untouched; a request's own header still wins.
+    assert_eq!(get(&client, addr, "/v1/models", &[]).await.status, 200);
+    let r = get(&client, addr, "/health", &[("x-mock-fail", "none")]).await;
+    assert_eq!(r.status, 200);
+    // Every path.
+    post(&client, addr, "/mock/fail?fail=status:503", &[], "").await;
+    assert_eq!(get(&client, addr, "/v1/models", &[]).await.status, 503);
+    // Control endpoints stay exempt.
+    assert_eq!(get(&client, addr, "/mock/stats", &[]).await.status, 200);
+    post(&client, addr, "/mock/fail?fail=none", &[], "").await;
+    assert_eq!(get(&client, addr, "/health", &[]).await.status, 200);
+    assert_eq!(stats.count("/health"), 3);
+    let r = post(&client, addr, "/mock/fail?fail=sometimes", &[], "").await;
+    assert_eq!(r.status, 400);
+    let r = post(&client, addr, "/mock/fail?oops=1", &[], "").await;
+    assert_eq!(r.status, 400);
+}

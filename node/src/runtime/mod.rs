@@ -7,6 +7,13 @@
 //! Every change arrives as a [`Command`] — the same type the runtime API and
 //! the cluster will send — so a single node and a cluster share one path.
 
+mod health;
+
+pub use health::{
+    now_ms, CheckResult, CheckStatus, HealthConf, HealthView, Observe, OnError, Outcome,
+    Transition, MAX_COOLDOWN,
+};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,10 +65,11 @@ pub struct ServerState {
     queued: AtomicU32,
     /// Concurrent-request limit, 0 = unlimited.
     maxconn: AtomicU32,
-    /// Health as seen by checks; always up until checks exist (issue 5).
+    /// Operational state from checks and observation (`health.rs`).
     up: AtomicU8,
     /// Requests sent to this server since start (HAProxy's `stot`/`lbtot`).
     total: AtomicU64,
+    health: health::Health,
 }
 
 impl ServerState {
@@ -76,6 +84,7 @@ impl ServerState {
             maxconn: AtomicU32::new(maxconn),
             up: AtomicU8::new(1),
             total: AtomicU64::new(0),
+            health: health::Health::new(),
         }
     }
 
@@ -123,9 +132,14 @@ impl ServerState {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// May this server be chosen for a new, non-sticky request?
+    /// May this server be chosen for a new, non-sticky request? (Ready,
+    /// UP, not in a 429 cooldown, weight above 0.) Backup servers are
+    /// usable too; whether they are used is the balancer's call.
     pub fn is_usable(&self) -> bool {
-        self.admin() == AdminState::Ready && self.is_up() && self.weight() > 0
+        self.admin() == AdminState::Ready
+            && self.is_up()
+            && self.weight() > 0
+            && !self.in_cooldown()
     }
 
     /// Is there a free concurrent-request slot?
@@ -146,6 +160,14 @@ impl ServerState {
 /// streamed response body) is over.
 #[derive(Debug)]
 pub struct ActiveGuard(Arc<ServerState>);
+
+impl ActiveGuard {
+    /// The server this request runs on (e.g. to [`ServerState::observe`]
+    /// how its response body ended).
+    pub fn server(&self) -> &Arc<ServerState> {
+        &self.0
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {

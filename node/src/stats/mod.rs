@@ -1,7 +1,11 @@
 //! The stats listener: its own address, apart from client traffic.
 //!
-//! For now it answers `/healthz` (liveness) and `/stats.json` (every server's
-//! admin state, weight and request counts). Prometheus metrics, the HTML
+//! For now it answers `/healthz` (liveness) and `/stats.json`: every
+//! server's admin state, weights, request counts and health — status
+//! (`UP`, `DOWN`, and HAProxy's `UP 2/3` / `DOWN 1/2` while changing),
+//! check status (`L4OK`, `L7STS`, …), last check code and duration,
+//! seconds since the last change, failure counters, 429 cooldown left and
+//! the backup flag. Prometheus metrics, the HTML
 //! stats page and the runtime API arrive with issue 7 on this listener.
 
 use std::convert::Infallible;
@@ -73,13 +77,31 @@ fn stats_json(shared: &Shared) -> String {
             let servers: Vec<_> = (0..b.servers.len())
                 .map(|i| {
                     let s = rt.balancer.server(i);
+                    let h = s.health_view();
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
                     serde_json::json!({
                         "name": s.name,
-                        "status": if s.is_up() { "UP" } else { "DOWN" },
+                        "status": if h.up { "UP" } else { "DOWN" },
+                        "status_detail": h.status,
                         "admin": s.admin().as_str(),
                         "weight": s.weight(),
+                        "effective_weight": h.effective_weight,
+                        "backup": h.backup,
                         "active": s.active(),
                         "total": s.total(),
+                        "checked": h.checked,
+                        "check_status": h.check_status,
+                        "check_code": h.last_code,
+                        "check_duration_ms": h.check_duration.as_secs_f64() * 1000.0,
+                        "last_change_s": now.saturating_sub(h.last_change_unix_ms) / 1000,
+                        "consecutive_failures": h.consecutive_failures,
+                        "checks_passed": h.checks_passed,
+                        "checks_failed": h.checks_failed,
+                        "down_transitions": h.down_transitions,
+                        "consecutive_errors": h.consecutive_errors,
+                        "cooldown_ms": h.cooldown_remaining.as_millis() as u64,
                     })
                 })
                 .collect();

@@ -35,6 +35,7 @@ use crate::balance::PickCtx;
 use crate::config::{Condition, Expr, Frontend, IntFetch};
 use crate::gateway::Shared;
 use crate::http::conn::{Activity, Tracked};
+use crate::runtime::Outcome;
 use clienthello::Hello;
 
 /// What `mode tcp` conditions look at.
@@ -157,13 +158,18 @@ where
     let addr = upstream.authority.as_str().to_owned();
     let mut server =
         match tokio::time::timeout(backend.timeouts.connect, TcpStream::connect(&addr)).await {
-            Ok(Ok(s)) => s,
+            Ok(Ok(s)) => {
+                state.observe(Outcome::Ok);
+                s
+            }
             Ok(Err(e)) => {
                 tracing::debug!(%src, server = %addr, error = %e, "connect failed: closing");
+                state.observe(Outcome::ConnectFailed);
                 return;
             }
             Err(_) => {
                 tracing::debug!(%src, server = %addr, "timeout connect: closing");
+                state.observe(Outcome::ConnectFailed);
                 return;
             }
         };

@@ -727,19 +727,21 @@ impl Cx<'_> {
                 Some("map-based") => d.hash_type = Some(HashType::MapBased),
                 _ => self.err(l.line, "'hash-type' must be 'map-based' or 'consistent'"),
             },
-            "http-check" => {
-                if a.first().is_some_and(|w| w.text == "expect") && a.len() >= 3 {
-                    let known = ["status", "rstatus", "string", "rstring", "hdr"];
-                    let k = if a[1].text == "!" { 2 } else { 1 };
-                    if a.get(k).is_some_and(|w| known.contains(&w.text.as_str())) {
-                        d.opts.http_check_expect = Some(texts(&a[1..]).join(" "));
-                    } else {
-                        self.err(l.line, "'http-check expect' needs status, rstatus, string, rstring or hdr and a value");
-                    }
-                } else {
-                    self.unsupported(l);
-                }
+            "http-check" if kind == Kind::Frontend => {
+                self.err(l.line, "'http-check' is not allowed in a frontend (it belongs in a backend, listen or defaults)");
             }
+            "http-check" => match a.first().map(|w| w.text.as_str()) {
+                Some("expect") => match super::check::parse_expect(&texts(&a[1..])) {
+                    Ok(e) => d.opts.http_check_expect = Some(e),
+                    Err(e) => self.err(l.line, e),
+                },
+                Some("send") => {
+                    if let Some(send) = self.http_check_send(l.line, &a[1..]) {
+                        d.opts.http_check_send = Some(send);
+                    }
+                }
+                _ => self.unsupported(l),
+            },
             _ => return false,
         }
         true
@@ -836,6 +838,12 @@ impl Cx<'_> {
                             return;
                         }
                     };
+                    if http::Method::from_bytes(m.as_bytes()).is_err() {
+                        return self.err(l.line, format!("'option httpchk': invalid method '{m}'"));
+                    }
+                    if !u.starts_with('/') || u.parse::<http::uri::PathAndQuery>().is_err() {
+                        return self.err(l.line, format!("'option httpchk': the URI must be a path starting with '/', not '{u}'"));
+                    }
                     d.opts.httpchk = Some((m.to_owned(), u.to_owned()));
                 }
             }
@@ -1407,6 +1415,9 @@ impl Cx<'_> {
                     | "error-limit"
                     | "on-error"
                     | "proto"
+                    | "port"
+                    | "addr"
+                    | "cooldown-429"
             );
             if takes && val.is_none() {
                 self.err(line, format!("server option '{opt}' needs a value"));
@@ -1430,6 +1441,23 @@ impl Cx<'_> {
             match opt {
                 "check" => o.check = true,
                 "no-check" => o.check = false,
+                "check-ssl" => o.check_ssl = Some(true),
+                "no-check-ssl" => o.check_ssl = Some(false),
+                "port" => match v.parse::<u16>() {
+                    Ok(p) if p > 0 => o.port = Some(p),
+                    _ => self.err(line, format!("'port' needs a port number 1..65535, not '{v}'")),
+                },
+                "addr" => {
+                    let host_ok = !v.is_empty()
+                        && (v.parse::<std::net::IpAddr>().is_ok()
+                            || v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+                    if host_ok {
+                        o.addr = Some(v.to_owned());
+                    } else {
+                        self.err(line, format!("'addr' needs an IP address or host name, not '{v}'"));
+                    }
+                }
+                "cooldown-429" => o.cooldown_429 = dur(self),
                 "backup" => o.backup = true,
                 "disabled" => o.disabled = true,
                 "enabled" => o.disabled = false,
@@ -1437,14 +1465,27 @@ impl Cx<'_> {
                     s.tls.get_or_insert(UpstreamTls { verify: true, sni: None, ca: None });
                 }
                 "no-ssl" => s.tls = None,
-                "inter" => o.inter = dur(self),
-                "fastinter" => o.fastinter = dur(self),
-                "downinter" => o.downinter = dur(self),
+                "inter" | "fastinter" | "downinter" => {
+                    let d = dur(self);
+                    if d.is_some_and(|d| d.is_zero()) {
+                        self.err(line, format!("'{opt}' must be more than 0"));
+                    } else if opt == "inter" {
+                        o.inter = d;
+                    } else if opt == "fastinter" {
+                        o.fastinter = d;
+                    } else {
+                        o.downinter = d;
+                    }
+                }
                 "slowstart" => o.slowstart = dur(self),
-                "fall" => o.fall = num(self).filter(|n| *n > 0),
-                "rise" => o.rise = num(self).filter(|n| *n > 0),
+                "fall" | "rise" | "error-limit" => match num(self) {
+                    Some(0) => self.err(line, format!("'{opt}' must be at least 1")),
+                    Some(n) if opt == "fall" => o.fall = Some(n),
+                    Some(n) if opt == "rise" => o.rise = Some(n),
+                    Some(n) => o.error_limit = Some(n),
+                    None => {}
+                },
                 "maxqueue" => o.maxqueue = num(self),
-                "error-limit" => o.error_limit = num(self),
                 "maxconn" => s.maxconn = num(self).unwrap_or(0),
                 "weight" => match num(self) {
                     Some(w) if w <= 256 => s.weight = w,
@@ -1474,8 +1515,8 @@ impl Cx<'_> {
                     t.ca = Some(ca);
                 }
                 "observe" => match v {
-                    "layer7" => o.observe_layer7 = true,
-                    "layer4" => o.observe_layer7 = false,
+                    "layer7" => o.observe = Some(ObserveMode::Layer7),
+                    "layer4" => o.observe = Some(ObserveMode::Layer4),
                     _ => self.err(line, format!("'observe' must be layer4 or layer7, not '{v}'")),
                 },
                 "on-error" => match v {
@@ -1492,6 +1533,100 @@ impl Cx<'_> {
                 }
             }
             i += if takes { 2 } else { 1 };
+        }
+    }
+
+    /// `http-check send [meth M] [uri U] [ver V] [hdr NAME VALUE]…`.
+    fn http_check_send(&mut self, line: usize, a: &[Word]) -> Option<CheckSend> {
+        let mut send = CheckSend::default();
+        let mut i = 0;
+        while i < a.len() {
+            let key = a[i].text.as_str();
+            let Some(v) = a.get(i + 1).map(|w| w.text.as_str()) else {
+                self.err(line, format!("'http-check send {key}' needs a value"));
+                return None;
+            };
+            match key {
+                "meth" => match http::Method::from_bytes(v.as_bytes()) {
+                    Ok(_) => send.method = Some(v.to_owned()),
+                    Err(_) => {
+                        self.err(line, format!("invalid method '{v}'"));
+                        return None;
+                    }
+                },
+                "uri" => {
+                    if !v.starts_with('/') || v.parse::<http::uri::PathAndQuery>().is_err() {
+                        self.err(
+                            line,
+                            format!(
+                                "'http-check send uri' needs a path starting with '/', not '{v}'"
+                            ),
+                        );
+                        return None;
+                    }
+                    send.uri = Some(v.to_owned());
+                }
+                "ver" => {
+                    if v != "HTTP/1.1" && v != "HTTP/1.0" {
+                        self.err(line, format!("'http-check send ver {v}' is not supported (checks speak HTTP/1.1)"));
+                        return None;
+                    }
+                }
+                "hdr" => {
+                    let Some(value) = a.get(i + 2) else {
+                        self.err(line, "'http-check send hdr' needs a name and a value");
+                        return None;
+                    };
+                    let n = self.header_name(line, v)?;
+                    let val = self.header_value(line, &value.text)?;
+                    send.headers.push((n, val));
+                    i += 1;
+                }
+                other => {
+                    self.err(
+                        line,
+                        format!(
+                            "'http-check send {other}' is not supported (use meth, uri, ver, hdr)"
+                        ),
+                    );
+                    return None;
+                }
+            }
+            i += 2;
+        }
+        Some(send)
+    }
+
+    /// The backend's check: HTTP with `option httpchk` (plus `http-check
+    /// send`/`expect`), else a TCP connect, as in HAProxy.
+    fn check_def(&mut self, p: &Proxy) -> CheckDef {
+        let o = &p.d.opts;
+        let Some((meth, uri)) = &o.httpchk else {
+            if o.http_check_send.is_some() || o.http_check_expect.is_some() {
+                self.warn(p.line, format!("backend '{}': 'http-check' rules are ignored without 'option httpchk' (checks are TCP connects)", p.name));
+            }
+            return CheckDef::default();
+        };
+        if p.d.mode == Some(Mode::Tcp) {
+            self.warn(p.line, format!("backend '{}': 'option httpchk' in a mode tcp backend: checks are HTTP requests all the same", p.name));
+        }
+        let send = o.http_check_send.clone().unwrap_or_default();
+        let method_text = send.method.unwrap_or_else(|| meth.clone());
+        let method =
+            http::Method::from_bytes(method_text.as_bytes()).unwrap_or(http::Method::OPTIONS);
+        let mut headers = send.headers;
+        let host = headers
+            .iter()
+            .position(|(n, _)| n == http::header::HOST)
+            .map(|i| headers.remove(i).1);
+        CheckDef {
+            kind: CheckKind::Http,
+            method,
+            path: send.uri.unwrap_or_else(|| uri.clone()),
+            host,
+            headers,
+            send_auth: false,
+            expect: o.http_check_expect.clone(),
         }
     }
 
@@ -1564,12 +1699,6 @@ impl Cx<'_> {
                 }
             }
             if p.kind.is_be() {
-                if p.servers.iter().any(|s| s.opts.check) || p.d.opts.httpchk.is_some() {
-                    self.warn(p.line, format!("backend '{}': health checks are accepted; they run from issue 5 on, until then every server counts as up", p.name));
-                }
-                if p.servers.iter().any(|s| s.opts.backup) {
-                    self.warn(p.line, format!("backend '{}': backup servers are accepted; until issue 5 they take traffic like the others", p.name));
-                }
                 let o = &p.d.opts;
                 let mut later: Vec<&str> = Vec::new();
                 for (set, name) in [
@@ -1578,25 +1707,10 @@ impl Cx<'_> {
                         "retries/retry-on",
                     ),
                     (o.redispatch, "option redispatch"),
-                    (o.allbackups, "option allbackups"),
                     (o.timeout_queue.is_some(), "timeout queue"),
-                    (o.timeout_check.is_some(), "timeout check"),
-                    (o.http_check_expect.is_some(), "http-check expect"),
                     (
                         p.servers.iter().any(|s| s.opts.maxqueue.is_some()),
                         "maxqueue",
-                    ),
-                    (
-                        p.servers.iter().any(|s| s.opts.slowstart.is_some()),
-                        "slowstart",
-                    ),
-                    (
-                        p.servers.iter().any(|s| {
-                            s.opts.observe_layer7
-                                || s.opts.error_limit.is_some()
-                                || s.opts.on_error.is_some()
-                        }),
-                        "observe/error-limit/on-error",
                     ),
                 ] {
                     if set {
@@ -1612,6 +1726,15 @@ impl Cx<'_> {
                             later.join(", ")
                         ),
                     );
+                }
+                let check = self.check_def(&p);
+                for s in &p.servers {
+                    let passive = s.opts.observe.is_some()
+                        || s.opts.error_limit.is_some()
+                        || s.opts.on_error.is_some();
+                    if passive && !s.opts.check {
+                        self.warn(p.line, format!("server '{}/{}': 'observe', 'error-limit' and 'on-error' need 'check' and have no effect without it", p.name, s.name));
+                    }
                 }
                 if p.servers.iter().any(|s| s.opts.disabled) {
                     self.warn(p.line, format!("backend '{}': disabled servers take no traffic (weight 0) until the runtime API of issue 7 can enable them", p.name));
@@ -1674,7 +1797,10 @@ impl Cx<'_> {
                             Vec::new()
                         },
                         x_forwarded_for: p.d.forwardfor,
-                        opts: p.d.opts.clone(),
+                        opts: BackendOpts {
+                            check,
+                            ..p.d.opts.clone()
+                        },
                         pool_max_idle: if p.d.reuse_never { 0 } else { 64 },
                         pool_idle_timeout: Duration::from_secs(60),
                     });

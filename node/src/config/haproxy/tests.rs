@@ -64,7 +64,10 @@ fn seed_lenient_repairs_with_warnings() {
     assert_eq!(b.balance, Balance::LeastConn);
     assert_eq!(b.opts.httpchk, Some(("GET".into(), "/health".into())));
     for s in &b.servers {
-        assert!(s.opts.observe_layer7 && s.opts.check, "{s:?}");
+        assert!(
+            s.opts.observe == Some(ObserveMode::Layer7) && s.opts.check,
+            "{s:?}"
+        );
         assert_eq!(s.opts.error_limit, Some(10));
         assert_eq!(s.opts.on_error.as_deref(), Some("mark-down"));
         assert_eq!(s.opts.inter, Some(Duration::from_secs(5)));
@@ -98,7 +101,7 @@ fn seed_corrected_passes_strict() {
     assert!(l.config.backends[0]
         .servers
         .iter()
-        .all(|s| s.opts.observe_layer7));
+        .all(|s| s.opts.observe == Some(ObserveMode::Layer7)));
     assert_eq!(l.config.backends.len(), 2);
 }
 
@@ -235,7 +238,7 @@ fn disabled_server_takes_no_traffic_and_deferred_settings_warn() {
     assert_eq!((s[0].weight, s[0].opts.disabled), (0, true));
     let w: Vec<String> = l.warnings.iter().map(|d| d.to_string()).collect();
     assert!(
-        w.contains(&"t.cfg:4: warning: backend 'b': retries/retry-on, slowstart accepted; the behaviour arrives with issue 5".to_string()),
+        w.contains(&"t.cfg:4: warning: backend 'b': retries/retry-on accepted; the behaviour arrives with issue 5".to_string()),
         "{w:#?}"
     );
 }
@@ -301,5 +304,124 @@ fn http_reuse_keeps_or_disables_the_pool() {
     assert_eq!(
         errors("frontend f\n    bind 127.0.0.1:0\n    http-reuse always\n"),
         vec!["t.cfg:3: 'http-reuse' is not allowed in a frontend (it belongs in a backend, listen or defaults)"]
+    );
+}
+
+#[test]
+fn health_checks_compile_to_the_model() {
+    let l = load(
+        "defaults
+    timeout check 3s
+backend b
+    option httpchk GET /v1/models
+    http-check send hdr Host api.example.com hdr x-probe 1
+    http-check expect status 200-299,404
+    option allbackups
+    default-server inter 1s fall 2 rise 4
+    server a 10.0.0.1:443 check ssl verify none fastinter 200ms downinter 5s slowstart 30s
+    server c 10.0.0.2:80 check port 8081 addr 10.0.0.9 check-ssl observe layer7 error-limit 5 on-error sudden-death cooldown-429 2s
+    server d 10.0.0.3:80 check backup weight 0
+frontend f
+    bind :1
+    default_backend b
+",
+        false,
+    )
+    .unwrap();
+    let b = &l.config.backends[0];
+    assert!(b.opts.allbackups);
+    assert_eq!(b.opts.timeout_check, Some(Duration::from_secs(3)));
+    let c = &b.opts.check;
+    assert_eq!(c.kind, CheckKind::Http);
+    assert_eq!((c.method.as_str(), c.path.as_str()), ("GET", "/v1/models"));
+    assert_eq!(
+        c.host.as_ref().map(|h| h.to_str().unwrap()),
+        Some("api.example.com")
+    );
+    assert_eq!(c.headers.len(), 1);
+    assert!(
+        matches!(&c.expect, Some(Expect { negate: false, test: ExpectTest::Status(l) }) if l == &vec![(200, 299), (404, 404)])
+    );
+    let (a, cc, d) = (&b.servers[0].opts, &b.servers[1].opts, &b.servers[2].opts);
+    assert!(a.check && cc.check && d.check);
+    assert_eq!(
+        (a.inter, a.fall, a.rise),
+        (Some(Duration::from_secs(1)), Some(2), Some(4))
+    );
+    assert_eq!(a.fastinter, Some(Duration::from_millis(200)));
+    assert_eq!(a.downinter, Some(Duration::from_secs(5)));
+    assert_eq!(a.slowstart, Some(Duration::from_secs(30)));
+    assert_eq!(
+        (cc.port, cc.addr.as_deref(), cc.check_ssl),
+        (Some(8081), Some("10.0.0.9"), Some(true))
+    );
+    assert_eq!(cc.observe, Some(ObserveMode::Layer7));
+    assert_eq!(
+        (cc.error_limit, cc.on_error.as_deref()),
+        (Some(5), Some("sudden-death"))
+    );
+    assert_eq!(cc.cooldown_429, Some(Duration::from_secs(2)));
+    assert!(d.backup);
+    assert_eq!(b.servers[2].weight, 0);
+    let w: Vec<String> = l.warnings.iter().map(|d| d.to_string()).collect();
+    assert!(!w.iter().any(|x| x.contains("issue 5")), "{w:#?}");
+}
+
+#[test]
+fn check_without_httpchk_is_tcp_and_http_check_rules_warn() {
+    let l = load(
+        "frontend f\n    bind :1\n    default_backend b\nbackend b\n    http-check expect status 200\n    server a 10.0.0.1:80 check\n",
+        false,
+    )
+    .unwrap();
+    assert_eq!(l.config.backends[0].opts.check.kind, CheckKind::Tcp);
+    let w: Vec<String> = l.warnings.iter().map(|d| d.to_string()).collect();
+    assert!(w.iter().any(|x| x.starts_with("t.cfg:4: warning: backend 'b': 'http-check' rules are ignored without 'option httpchk'")), "{w:#?}");
+    // HAProxy's own default request.
+    let l = load("frontend f\n    bind :1\n    default_backend b\nbackend b\n    option httpchk\n    server a 10.0.0.1:80 check\n", false).unwrap();
+    let c = &l.config.backends[0].opts.check;
+    assert_eq!(
+        (c.kind, c.method.as_str(), c.path.as_str()),
+        (CheckKind::Http, "OPTIONS", "/")
+    );
+}
+
+#[test]
+fn bad_health_values_are_file_line_errors() {
+    let text = "frontend f
+    bind :1
+    default_backend b
+backend b
+    option httpchk GET health
+    http-check expect status 2xx
+    http-check expect rstring (
+    http-check send meth GET uri /x hdr
+    http-check expect body foo
+    server a 10.0.0.1:80 check fall 0
+    server b2 10.0.0.1:80 check rise 0 inter 0s
+    server c 10.0.0.1:80 check port 0
+    server d 10.0.0.1:80 check error-limit 0 observe layer9
+    server e 10.0.0.1:80 check on-error explode
+    server g 10.0.0.1:80 check inter soon
+    server h 10.0.0.1:80 check addr not_a/host
+";
+    assert_eq!(
+        errors(text),
+        vec![
+            "t.cfg:5: 'option httpchk': the URI must be a path starting with '/', not 'health'",
+            "t.cfg:6: invalid status '2xx' in '2xx' (expected 100..599)",
+            "t.cfg:7: invalid regex '(': regex parse error:\n    (\n    ^\nerror: unclosed group",
+            "t.cfg:8: 'http-check send hdr' needs a value",
+            "t.cfg:9: 'http-check expect body' is not supported; 'http-check expect' needs [!] status|rstatus|string|rstring|hdr and a value",
+            "t.cfg:10: 'fall' must be at least 1",
+            "t.cfg:11: 'rise' must be at least 1",
+            "t.cfg:11: 'inter' must be more than 0",
+            "t.cfg:12: 'port' needs a port number 1..65535, not '0'",
+            "t.cfg:13: 'error-limit' must be at least 1",
+            "t.cfg:13: 'observe' must be layer4 or layer7, not 'layer9'",
+            "t.cfg:14: 'on-error' must be fastinter, fail-check, sudden-death or mark-down, not 'explode'",
+            "t.cfg:15: 'inter': invalid duration 'soon' (expected e.g. 500ms, 5s, 2m, 1h)",
+            "t.cfg:16: 'addr' needs an IP address or host name, not 'not_a/host'",
+        ]
     );
 }

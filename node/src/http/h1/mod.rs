@@ -40,7 +40,9 @@ use super::{error, proxy};
 use crate::balance::PickCtx;
 use crate::config::{Backend, Frontend, Timeouts};
 use crate::gateway::{Shared, Snapshot};
+use crate::health::outcome_of;
 use crate::llm::model::{ModelScanner, Scan};
+use crate::runtime::{ActiveGuard, Outcome};
 use crate::upstream::pool::H1Pool;
 
 /// Request and response heads larger than this are refused (431 / 502).
@@ -305,7 +307,7 @@ async fn exchange<'a, IO: ClientIo>(
         headers: &parts.headers,
     };
     let picked = brt.balancer.pick(&ctx, &[]);
-    let Some(pool) = picked.and_then(|si| brt.upstreams[si].h1.as_ref()) else {
+    let Some((si, pool)) = picked.and_then(|si| Some((si, brt.upstreams[si].h1.as_ref()?))) else {
         let done = framing_consumed(framing, read.len(), buf);
         return answer(
             io,
@@ -317,8 +319,9 @@ async fn exchange<'a, IO: ClientIo>(
         .await
         .into();
     };
-    let server = picked.map(|si| brt.balancer.server(si).clone());
-    let _active = server.as_ref().map(|s| s.begin());
+    // Counts the request on the server until its response body is over
+    // (it moves into the body relay), and hears how the request went.
+    let active = brt.balancer.server(si).begin();
 
     proxy::rewrite_request(fe, be, conn, &mut parts, request_id.as_ref(), false);
     let path = match proxy::upstream_path(be, &parts.uri) {
@@ -361,7 +364,10 @@ async fn exchange<'a, IO: ClientIo>(
     let mut rbuf = BytesMut::new();
     let mut up = match send_request(pool, be, &out, replayable, &mut rbuf).await {
         Ok(up) => up,
-        Err(e) => return answer(io, fe, e.response(), request_id, true).await.into(),
+        Err(e) => {
+            active.server().observe(e.outcome());
+            return answer(io, fe, e.response(), request_id, true).await.into();
+        }
     };
     if !body.done() {
         if let Err(fail) = stream_request_body(io, &mut up, buf, &mut body, client_to, be).await {
@@ -373,6 +379,7 @@ async fn exchange<'a, IO: ClientIo>(
                     answer(io, fe, resp, request_id, true).await.into()
                 }
                 BodyFail::Upstream(e) => {
+                    active.server().observe(e.outcome());
                     answer(io, fe, e.response(), request_id, true).await.into()
                 }
             };
@@ -391,6 +398,7 @@ async fn exchange<'a, IO: ClientIo>(
         io,
         up,
         pool,
+        active,
         &mut rbuf,
         be,
         fe,
@@ -610,6 +618,15 @@ enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// What passive health observation (`observe layer4|layer7`) hears.
+    fn outcome(&self) -> Outcome {
+        match self {
+            UpstreamError::ConnectTimeout | UpstreamError::Connect => Outcome::ConnectFailed,
+            UpstreamError::Timeout => Outcome::Timeout,
+            UpstreamError::Broken => Outcome::BrokenResponse,
+        }
+    }
+
     fn response(&self) -> Response<RespBody> {
         match self {
             UpstreamError::ConnectTimeout => {
@@ -733,6 +750,7 @@ async fn relay_response<'a, IO: ClientIo>(
     io: &mut IO,
     mut up: TcpStream,
     pool: &'a H1Pool,
+    active: ActiveGuard,
     rbuf: &mut BytesMut,
     be: &Backend,
     fe: &Frontend,
@@ -746,6 +764,7 @@ async fn relay_response<'a, IO: ClientIo>(
     let (head, resp) = loop {
         let Some(n) = head_end(rbuf, 0) else {
             if rbuf.len() >= HEAD_MAX {
+                active.server().observe(Outcome::BrokenResponse);
                 return answer(io, fe, UpstreamError::Broken.response(), request_id, true)
                     .await
                     .into();
@@ -754,11 +773,15 @@ async fn relay_response<'a, IO: ClientIo>(
             match fill(&mut up, rbuf, left).await {
                 Ok(n) if n > 0 => continue,
                 Ok(_) => {
+                    active.server().observe(Outcome::BrokenResponse);
                     return answer(io, fe, UpstreamError::Broken.response(), request_id, true)
                         .await
-                        .into()
+                        .into();
                 }
-                Err(e) => return answer(io, fe, e.response(), request_id, true).await.into(),
+                Err(e) => {
+                    active.server().observe(e.outcome());
+                    return answer(io, fe, e.response(), request_id, true).await.into();
+                }
             }
         };
         let head = rbuf.split_to(n).freeze();
@@ -771,6 +794,7 @@ async fn relay_response<'a, IO: ClientIo>(
             Some(r) if r.status != StatusCode::SWITCHING_PROTOCOLS => break (head, r),
             _ => {
                 tracing::debug!(backend = %be.name, "malformed upstream response head");
+                active.server().observe(Outcome::BrokenResponse);
                 return answer(io, fe, UpstreamError::Broken.response(), request_id, true)
                     .await
                     .into();
@@ -785,11 +809,13 @@ async fn relay_response<'a, IO: ClientIo>(
     let framing = match framing::response(&headers, head_request, status.as_u16()) {
         Ok(f) => f,
         Err(_) => {
+            active.server().observe(Outcome::BrokenResponse);
             return answer(io, fe, UpstreamError::Broken.response(), request_id, true)
                 .await
                 .into();
         }
     };
+    active.server().observe(outcome_of(status, &headers));
     proxy::rewrite_response(be, &mut headers);
     proxy::finish_response(fe, &mut headers, request_id);
     if matches!(framing, Framing::Chunked | Framing::UntilClose) {
@@ -810,6 +836,7 @@ async fn relay_response<'a, IO: ClientIo>(
 
     let mut relay = Relay::new(framing);
     let Ok(n) = relay.take(rbuf) else {
+        active.server().observe(Outcome::BrokenResponse);
         return Next::Close.into();
     };
     let first = rbuf.split_to(n);
@@ -830,6 +857,7 @@ async fn relay_response<'a, IO: ClientIo>(
     let body = BodyRelay {
         up,
         pool,
+        active,
         relay,
         reusable: keep_alive && !leftover,
         client_close,
@@ -849,6 +877,7 @@ async fn relay_response<'a, IO: ClientIo>(
 struct BodyRelay<'a> {
     up: TcpStream,
     pool: &'a H1Pool,
+    active: ActiveGuard,
     relay: Relay,
     /// The upstream may serve another request once this body is complete.
     reusable: bool,
@@ -862,7 +891,10 @@ impl BodyRelay<'_> {
         while !self.relay.done() {
             let chunk = match read_chunk(&mut self.up, self.server_to).await {
                 Ok(c) => c,
-                Err(()) => return Next::Close,
+                Err(e) => {
+                    self.active.server().observe(e.outcome());
+                    return Next::Close;
+                }
             };
             if chunk.is_empty() {
                 if let Relay::UntilClose(done) = &mut self.relay {
@@ -876,9 +908,11 @@ impl BodyRelay<'_> {
                     break;
                 }
                 // Truncated: the client sees the body stop short of its end.
+                self.active.server().observe(Outcome::BrokenResponse);
                 return Next::Close;
             }
             let Ok(n) = self.relay.take(&chunk) else {
+                self.active.server().observe(Outcome::BrokenResponse);
                 return Next::Close;
             };
             let written = if let Relay::UntilClose(_) = self.relay {
@@ -917,7 +951,7 @@ impl BodyRelay<'_> {
 
 /// Reads what the upstream has, waiting (bufferless) until it has some.
 /// Empty at end of stream; `Err` on a broken connection or `timeout server`.
-async fn read_chunk(up: &mut TcpStream, limit: Duration) -> Result<BytesMut, ()> {
+async fn read_chunk(up: &mut TcpStream, limit: Duration) -> Result<BytesMut, UpstreamError> {
     let read = async {
         loop {
             up.readable().await?;
@@ -931,7 +965,8 @@ async fn read_chunk(up: &mut TcpStream, limit: Duration) -> Result<BytesMut, ()>
     };
     match timeout(limit, read).await {
         Ok(Ok(c)) => Ok(c),
-        _ => Err(()),
+        Ok(Err(_)) => Err(UpstreamError::Broken),
+        Err(_) => Err(UpstreamError::Timeout),
     }
 }
 
