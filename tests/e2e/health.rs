@@ -384,3 +384,51 @@ async fn checks_over_tls_verify_unless_told_otherwise() {
     })
     .await;
 }
+
+/// Passive observation of a 429: not an error, a cooldown. The server that
+/// answered it gets no new request for its `Retry-After` (which the client
+/// still sees on the 429 it got), and takes traffic again afterwards —
+/// through the HTTP/1 engine (plain upstreams) and through hyper (h2c
+/// client), which report outcomes the same way.
+#[tokio::test]
+async fn upstream_429_cools_the_server_down_for_its_retry_after() {
+    for client in [Client::http1(), Client::h2c()] {
+        let (a, b) = (Mock::start("a", &[]), Mock::start("b", &[]));
+        let cfg = format!(
+            "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n\
+             [[backend]]\nname = \"b\"\nbalance = \"roundrobin\"\n\
+             [[backend.server]]\nname = \"a\"\naddress = \"{}\"\n\
+             [[backend.server]]\nname = \"b\"\naddress = \"{}\"\n",
+            a.addr, b.addr
+        );
+        let (gw, stats) = start("llmgw.toml", &cfg);
+        let fail = format!("http://{}/mock/fail?fail=status:429", a.addr);
+        assert_eq!(client.send(Method::POST, &fail, &[], "").await.status, 200);
+
+        // Round-robin reaches `a` within two requests; its 429 passes through.
+        let mut limited = None;
+        for _ in 0..2 {
+            let r = client.get(&gw.url("/v1/models")).await;
+            if r.status == 429 {
+                limited = Some(r);
+                break;
+            }
+        }
+        let r = limited.expect("a's 429 reached the client");
+        assert_eq!(r.header("retry-after"), Some("1"));
+        let s = server(&client, stats, "b", "a").await;
+        assert!(n(&s, "cooldown_ms") > 0, "{s}");
+
+        // While `a` cools down, every request goes to `b`.
+        let during = served_by(&client, &gw, 6).await;
+        assert_eq!(during, set(&["b"]));
+
+        // Once the cooldown is over `a` is picked again (and, still failing,
+        // answers 429 again): polled, no fixed wait.
+        eventually(LIMIT, || async {
+            let r = client.get(&gw.url("/v1/models")).await;
+            (r.header("x-mock-server") == Some("a")).then_some(())
+        })
+        .await;
+    }
+}
