@@ -277,3 +277,66 @@ async fn a_silent_tls_client_is_dropped_after_the_handshake_timeout() {
     );
     assert!(buf.is_empty());
 }
+
+/// TLS session resumption is on by default (a session cache and tickets,
+/// as HAProxy), and off with `tickets = false, session_cache = 0` (HAProxy:
+/// `no-tls-tickets` and `tune.ssl.cachesize 0`), so that a benchmark of full
+/// handshakes measures full handshakes.
+#[tokio::test]
+async fn tls_resumption_is_on_by_default_and_can_be_turned_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let m = Mock::start("m", &[]);
+    let dir = TempDir::new("tls-resume");
+    let c = Cert::generate(dir.path(), "c", &["c.test"]);
+    for (extra, resumes) in [("", true), (", tickets = false, session_cache = 0", false)] {
+        let cfg = format!(
+            "[[frontend]]\nname = \"f\"\ndefault_backend = \"b\"\n[[frontend.bind]]\n\
+             address = \"127.0.0.1:0\"\n\
+             tls = {{ cert = \"{}\", key = \"{}\", alpn = [\"http/1.1\"]{extra} }}\n\
+             [[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"{}\"\n",
+            c.cert_path.display(),
+            c.key_path.display(),
+            m.addr
+        );
+        let gw = Gateway::start(&cfg, 1);
+        // One client config, hence one session store, for both connections.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(c.der.clone()).expect("root");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tcp = tokio::net::TcpStream::connect(gw.addr())
+                .await
+                .expect("tcp");
+            let name = rustls_pki_types::ServerName::try_from("c.test").expect("sni");
+            let mut tls = connector.connect(name, tcp).await.expect("handshake");
+            kinds.push(tls.get_ref().1.handshake_kind());
+            // A full exchange, so TLS 1.3 session tickets (sent after the
+            // handshake) reach the client before the next connection.
+            tls.write_all(b"GET /v1/models HTTP/1.1\r\nhost: c.test\r\nconnection: close\r\n\r\n")
+                .await
+                .expect("write");
+            let mut resp = Vec::new();
+            let _ = tls.read_to_end(&mut resp).await;
+            assert!(
+                resp.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&resp)
+            );
+        }
+        let want = if resumes {
+            rustls::HandshakeKind::Resumed
+        } else {
+            rustls::HandshakeKind::Full
+        };
+        assert_eq!(kinds[0], Some(rustls::HandshakeKind::Full));
+        assert_eq!(kinds[1], Some(want), "{extra:?}");
+    }
+}

@@ -180,6 +180,15 @@ pub fn convert(c: &Config, text: &str) -> String {
                                 .map(|a| String::from_utf8_lossy(a).into_owned()),
                         ),
                     );
+                    if !tls.tickets {
+                        tt.insert("tickets".into(), Value::Boolean(false));
+                    }
+                    if tls.session_cache != crate::config::DEFAULT_SSL_CACHE {
+                        tt.insert(
+                            "session_cache".into(),
+                            Value::Integer(tls.session_cache as i64),
+                        );
+                    }
                     bt.insert("tls".into(), Value::Table(tt));
                 }
                 Value::Table(bt)

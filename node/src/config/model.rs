@@ -51,6 +51,8 @@ pub struct Global {
     pub stats_socket: Option<PathBuf>,
     /// HAProxy's `tune.bufsize`, carried for the buffer work to come.
     pub tune_bufsize: Option<usize>,
+    /// HAProxy's `tune.ssl.cachesize`, applied to every TLS bind.
+    pub ssl_cachesize: Option<usize>,
 }
 
 /// Timeouts, resolved from defaults → frontend / backend.
@@ -272,7 +274,16 @@ pub struct Tls {
     /// Certificates; the first one answers clients without a matching SNI.
     pub certs: Vec<CertFiles>,
     pub alpn: Vec<Vec<u8>>,
+    /// Stateless session tickets (HAProxy: on unless `no-tls-tickets`).
+    pub tickets: bool,
+    /// Sessions kept for resumption by id (HAProxy's `tune.ssl.cachesize`,
+    /// 20000 by default); 0 = none. With tickets off too, every handshake
+    /// is a full one.
+    pub session_cache: usize,
 }
+
+/// HAProxy's default `tune.ssl.cachesize`.
+pub const DEFAULT_SSL_CACHE: usize = 20_000;
 
 #[derive(Debug, Clone)]
 pub struct CertFiles {

@@ -158,6 +158,10 @@ struct RawBindTls {
     #[serde(default)]
     certs: Vec<RawCert>,
     alpn: Option<Vec<String>>,
+    /// Stateless session tickets (default true).
+    tickets: Option<bool>,
+    /// Sessions cached for resumption (default 20000; 0 = none).
+    session_cache: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -432,6 +436,7 @@ impl Compiler<'_> {
             },
             stats_socket: None,
             tune_bufsize: None,
+            ssl_cachesize: None,
         };
         if let Some(m) = raw.global.maxconn.as_ref().filter(|m| *m.get_ref() == 0) {
             self.err(m.span(), "global maxconn must be at least 1");
@@ -828,7 +833,12 @@ impl Compiler<'_> {
             .into_iter()
             .map(String::into_bytes)
             .collect();
-        Some(Tls { certs, alpn })
+        Some(Tls {
+            certs,
+            alpn,
+            tickets: t.tickets.unwrap_or(true),
+            session_cache: t.session_cache.unwrap_or(crate::config::DEFAULT_SSL_CACHE),
+        })
     }
 
     fn route(

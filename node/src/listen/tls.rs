@@ -98,5 +98,16 @@ pub fn server_config(tls: &Tls) -> Result<Arc<rustls::ServerConfig>, String> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
     cfg.alpn_protocols = tls.alpn.clone();
+    cfg.session_storage = if tls.session_cache > 0 {
+        rustls::server::ServerSessionMemoryCache::new(tls.session_cache)
+    } else {
+        Arc::new(rustls::server::NoServerSessionStorage {})
+    };
+    if tls.tickets {
+        cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    } else if tls.session_cache == 0 {
+        // Nothing to resume from: announce no TLS 1.3 tickets either.
+        cfg.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(cfg))
 }

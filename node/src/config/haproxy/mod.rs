@@ -494,6 +494,7 @@ impl Cx<'_> {
             stats: None,
             stats_socket: None,
             tune_bufsize: None,
+            ssl_cachesize: None,
         };
         let mut template = Draft::default();
         let mut proxies: Vec<Proxy> = Vec::new();
@@ -569,6 +570,13 @@ impl Cx<'_> {
             "nbthread" => match one_num::<usize>(a) {
                 Some(n) if n > 0 => g.nbthread = n,
                 _ => self.err(l.line, "'nbthread' needs a positive number"),
+            },
+            "tune.ssl.cachesize" => match one_num::<usize>(a) {
+                Some(n) => g.ssl_cachesize = Some(n),
+                None => self.err(
+                    l.line,
+                    "'tune.ssl.cachesize' needs a number of sessions (0 disables the cache)",
+                ),
             },
             "tune.bufsize" => match a.first().map(|w| parse_size(&w.text)) {
                 Some(Ok(n)) if a.len() == 1 && n >= 1024 => g.tune_bufsize = Some(n as usize),
@@ -994,6 +1002,7 @@ impl Cx<'_> {
         let mut crts: Vec<CertFiles> = Vec::new();
         let mut alpn: Option<Vec<Vec<u8>>> = None;
         let mut accept_proxy = false;
+        let mut tickets = true;
         let mut i = 1;
         while i < a.len() {
             let opt = a[i].text.as_str();
@@ -1001,6 +1010,8 @@ impl Cx<'_> {
             match (opt, val) {
                 ("ssl", _) => ssl = true,
                 ("accept-proxy", _) => accept_proxy = true,
+                ("no-tls-tickets", _) => tickets = false,
+                ("tls-tickets", _) => tickets = true,
                 ("crt", Some(v)) => {
                     let cert = self.path(v);
                     // HAProxy looks for the key in the PEM, or next to it as PEM.key.
@@ -1040,6 +1051,9 @@ impl Cx<'_> {
                 Some(Tls {
                     certs: crts,
                     alpn: alpn.unwrap_or_default(),
+                    tickets,
+                    // `tune.ssl.cachesize` is global: set in `finish`.
+                    session_cache: crate::config::DEFAULT_SSL_CACHE,
                 })
             }
         } else {
@@ -1909,6 +1923,15 @@ impl Cx<'_> {
         }
         if frontends.is_empty() {
             self.err(1, "no frontend or listen section: nothing would listen");
+        }
+        if let Some(n) = global.ssl_cachesize {
+            for t in frontends
+                .iter_mut()
+                .flat_map(|f| f.binds.iter_mut())
+                .filter_map(|b| b.tls.as_mut())
+            {
+                t.session_cache = n;
+            }
         }
         Config {
             global,
