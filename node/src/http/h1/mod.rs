@@ -1197,6 +1197,59 @@ mod tests {
         assert_eq!(out, b"19\r\nhello world, this is long\r\n");
     }
 
+    /// What a connection holds while a response streams is the task's
+    /// future: these bounds keep an open SSE stream within HAProxy's few KiB
+    /// (the benchmark's streams row measures the whole process).
+    #[tokio::test]
+    async fn an_open_stream_keeps_the_connection_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (up, _) = l.accept().await.unwrap();
+        let pool = H1Pool::new(
+            "127.0.0.1".into(),
+            addr.port(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            1,
+        );
+        let runtime = crate::runtime::Runtime::default();
+        let relay = BodyRelay {
+            up,
+            pool: &pool,
+            active: runtime.server("b", "s", 1, 0).begin(),
+            relay: Relay::Length(1),
+            reusable: true,
+            client_close: false,
+            server_to: Duration::from_secs(1),
+            client_to: Duration::from_secs(1),
+        };
+        let run = relay.run(&mut client);
+        assert!(
+            std::mem::size_of_val(&run) <= 1024,
+            "body relay: {} bytes",
+            std::mem::size_of_val(&run)
+        );
+        drop(run);
+
+        let cfg = crate::config::load_embedded_default().unwrap();
+        let shared = crate::gateway::Shared::new(cfg, Some(addr)).unwrap();
+        let info = ConnInfo {
+            frontend: "gateway".into(),
+            client: addr,
+            local: addr,
+            tls: false,
+        };
+        let timeouts = Timeouts::default();
+        let mut buf = BytesMut::new();
+        let engine = serve(&mut client, &mut buf, &shared, &info, &timeouts);
+        assert!(
+            std::mem::size_of_val(&engine) <= 1536,
+            "engine: {} bytes",
+            std::mem::size_of_val(&engine)
+        );
+    }
+
     #[test]
     fn upstream_response_keep_alive() {
         let p = |s: &str| parse_response(&Bytes::copy_from_slice(s.as_bytes())).unwrap();
