@@ -155,7 +155,11 @@ async fn read_head<IO: ClientIo>(
     t: &Timeouts,
 ) -> Result<Option<usize>, Response<RespBody>> {
     let mut searched = 0;
-    let mut deadline = None;
+    // `timeout http-request` runs from the request's first byte. Bytes
+    // already buffered (pipelined behind the previous request) mean this
+    // request has started: it gets `http-request` (then a 408), not the
+    // keep-alive timeout, which only covers waiting for a first byte.
+    let mut deadline = (!buf.is_empty()).then(|| Instant::now() + t.http_request);
     loop {
         if let Some(end) = head_end(buf, searched) {
             return Ok(Some(end));
