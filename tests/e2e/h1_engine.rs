@@ -675,3 +675,76 @@ async fn model_alias_rewrite_fixes_content_length() {
     let o = upstream_requests(&other, 1).await;
     assert!(o[0].start.starts_with("GET /v1/models "), "{}", o[0].start);
 }
+
+#[tokio::test]
+async fn agreeing_content_lengths_are_forwarded_as_one() {
+    let (alpha, other) = (RawUpstream::start(vec![]), RawUpstream::start(vec![]));
+    let gw = Gateway::start(
+        &model_config(&alpha, &other, "model_aliases = { fast = \"alpha-long\" }"),
+        1,
+    );
+    let mut c = RawClient::connect(gw.addr()).await;
+    for (body, upstream) in [
+        (r#"{"model":"fast"}"#, &alpha),
+        (r#"{"model":"beta"}"#, &other),
+    ] {
+        let n = body.len();
+        for lengths in [
+            format!("Content-Length: {n}\r\nContent-Length: {n}"),
+            format!("Content-Length: {n}, {n}"),
+        ] {
+            let before = upstream.requests().len();
+            c.send(format!("POST /v1/x HTTP/1.1\r\nHost: x\r\n{lengths}\r\n\r\n{body}").as_bytes())
+                .await;
+            let r = expect_response(&mut c).await;
+            assert_eq!(r.status, 200, "{lengths:?}: {}", r.body_text());
+            let sent = upstream_requests(upstream, before + 1).await.remove(before);
+            let lens: Vec<_> = sent
+                .headers
+                .iter()
+                .filter(|(h, _)| h == "content-length")
+                .collect();
+            assert_eq!(lens.len(), 1, "{lengths:?}: {sent:?}");
+            assert_eq!(lens[0].1, sent.raw_body.len().to_string(), "{sent:?}");
+        }
+    }
+    assert_eq!(
+        text(&alpha.requests()[0].raw_body),
+        r#"{"model":"alpha-long"}"#
+    );
+}
+
+// --- transfer codings ---------------------------------------------------------
+
+#[tokio::test]
+async fn transfer_codings_stay_on_relayed_bodies() {
+    // Opaque stand-ins for gzip data: the gateway relays the bytes as they
+    // are, so the header must keep saying what they are.
+    let up = RawUpstream::start(vec![
+        Reply::Send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\nGZIP\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        Reply::Close(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nGZIP".to_vec()),
+    ]);
+    let gw = gateway(&up, "");
+    let mut c = RawClient::connect(gw.addr()).await;
+    let body = "4\r\nGZIP\r\n0\r\n\r\n";
+    c.send(
+        format!("POST /z HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{body}")
+            .as_bytes(),
+    )
+    .await;
+    let r = expect_response(&mut c).await;
+    assert_eq!(r.header("transfer-encoding"), Some("gzip, chunked"));
+    assert_eq!(text(&r.msg.raw_body), body);
+    let sent = &up.requests()[0];
+    assert_eq!(sent.header("transfer-encoding"), Some("gzip, chunked"));
+    assert_eq!(text(&sent.raw_body), body);
+    // Close-delimited and gzip-coded: the gateway adds the chunked layer.
+    c.send(get("/eof").as_bytes()).await;
+    let r = expect_response(&mut c).await;
+    assert_eq!(r.header("transfer-encoding"), Some("gzip, chunked"));
+    assert!(r.complete);
+    assert_eq!(r.body_text(), "GZIP");
+}

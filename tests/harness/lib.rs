@@ -633,7 +633,7 @@ pub fn request_len(buf: &[u8]) -> Result<Option<usize>, String> {
 }
 
 /// An HTTP/1 message as it crossed the wire, split into head and body.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RawMessage {
     /// Everything, head and body, exactly as sent.
     pub raw: Vec<u8>,
@@ -643,6 +643,12 @@ pub struct RawMessage {
     pub headers: Vec<(String, String)>,
     /// The body exactly as sent (chunk framing included).
     pub raw_body: Vec<u8>,
+}
+
+impl std::fmt::Debug for RawMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(&self.raw))
+    }
 }
 
 impl RawMessage {
@@ -881,7 +887,7 @@ pub enum Reply {
 }
 
 /// What a [`RawUpstream`] saw on one accepted connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct UpstreamConn {
     /// Every byte received, in order.
     pub bytes: Vec<u8>,
@@ -889,6 +895,16 @@ pub struct UpstreamConn {
     pub requests: Vec<RawMessage>,
     /// The connection is over (either side closed it).
     pub closed: bool,
+}
+
+impl std::fmt::Debug for UpstreamConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConn")
+            .field("bytes", &String::from_utf8_lossy(&self.bytes))
+            .field("requests", &self.requests.len())
+            .field("closed", &self.closed)
+            .finish()
+    }
 }
 
 #[derive(Default)]
