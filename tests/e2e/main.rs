@@ -5,6 +5,7 @@ mod balancing;
 mod config_errors;
 mod differential;
 mod errors;
+mod h1_engine;
 mod haproxy;
 mod health;
 mod listeners;

@@ -517,3 +517,570 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1 over TCP: exact bytes written, exact bytes read back. For tests
+// where the framing itself is under test, which a real HTTP client would hide
+// (or refuse to produce).
+// ---------------------------------------------------------------------------
+
+/// How long a raw read waits before the test fails as hung.
+const RAW_READ_LIMIT: Duration = Duration::from_secs(10);
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The length of the head (through CRLFCRLF) at the start of `buf`.
+pub fn head_len(buf: &[u8]) -> Option<usize> {
+    find(buf, b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// The start line and the headers (names lower-cased) of a complete head.
+fn parse_head(head: &[u8]) -> (String, Vec<(String, String)>) {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let start = lines.next().unwrap_or_default().to_owned();
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (start, headers)
+}
+
+fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn is_chunked(headers: &[(String, String)]) -> bool {
+    headers.iter().any(|(n, v)| {
+        n == "transfer-encoding"
+            && v.rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+    })
+}
+
+/// The length of the complete chunked body at the start of `b` (chunk
+/// extensions and trailers included); `Ok(None)` while it is incomplete.
+pub fn chunked_len(b: &[u8]) -> Result<Option<usize>, String> {
+    let mut i = 0;
+    loop {
+        let Some(eol) = find(&b[i..], b"\r\n") else {
+            return Ok(None);
+        };
+        let line = String::from_utf8_lossy(&b[i..i + eol]);
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size, 16)
+            .map_err(|_| format!("invalid chunk size line {line:?}"))?;
+        i += eol + 2;
+        if size == 0 {
+            // Trailers, up to an empty line.
+            loop {
+                let Some(eol) = find(&b[i..], b"\r\n") else {
+                    return Ok(None);
+                };
+                i += eol + 2;
+                if eol == 0 {
+                    return Ok(Some(i));
+                }
+            }
+        }
+        if b.len() < i + size + 2 {
+            return Ok(None);
+        }
+        if &b[i + size..i + size + 2] != b"\r\n" {
+            return Err("chunk data not followed by CRLF".into());
+        }
+        i += size + 2;
+    }
+}
+
+/// The data of the complete chunks at the start of `b` (framing removed).
+pub fn dechunk(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(eol) = find(&b[i..], b"\r\n") {
+        let line = String::from_utf8_lossy(&b[i..i + eol]);
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            break;
+        };
+        i += eol + 2;
+        if size == 0 || b.len() < i + size {
+            break;
+        }
+        out.extend_from_slice(&b[i..i + size]);
+        i += size + 2;
+    }
+    out
+}
+
+/// The length of the complete request at the start of `buf`, if it is
+/// complete; `Err` if its chunked body is malformed.
+pub fn request_len(buf: &[u8]) -> Result<Option<usize>, String> {
+    let Some(h) = head_len(buf) else {
+        return Ok(None);
+    };
+    let (_, headers) = parse_head(&buf[..h]);
+    if is_chunked(&headers) {
+        return Ok(chunked_len(&buf[h..])?.map(|n| h + n));
+    }
+    let cl = match header_of(&headers, "content-length") {
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| format!("bad length {v:?}"))?,
+        None => 0,
+    };
+    Ok((buf.len() >= h + cl).then_some(h + cl))
+}
+
+/// An HTTP/1 message as it crossed the wire, split into head and body.
+#[derive(Clone)]
+pub struct RawMessage {
+    /// Everything, head and body, exactly as sent.
+    pub raw: Vec<u8>,
+    /// The request or status line.
+    pub start: String,
+    /// Header names lower-cased, values trimmed, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body exactly as sent (chunk framing included).
+    pub raw_body: Vec<u8>,
+}
+
+impl std::fmt::Debug for RawMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(&self.raw))
+    }
+}
+
+impl RawMessage {
+    pub fn parse(raw: &[u8]) -> RawMessage {
+        let h = head_len(raw).unwrap_or(raw.len());
+        let (start, headers) = parse_head(&raw[..h]);
+        RawMessage {
+            raw: raw.to_vec(),
+            start,
+            headers,
+            raw_body: raw[h..].to_vec(),
+        }
+    }
+
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_of(&self.headers, name)
+    }
+
+    /// The body's content: chunk framing removed when the message is chunked.
+    pub fn body(&self) -> Vec<u8> {
+        if is_chunked(&self.headers) {
+            dechunk(&self.raw_body)
+        } else {
+            self.raw_body.clone()
+        }
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body()).into_owned()
+    }
+}
+
+/// A response read by a [`RawClient`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub msg: RawMessage,
+    pub status: u16,
+    /// The body ended where its framing says (or at the close, for a
+    /// close-delimited one); `false`: the connection ended first.
+    pub complete: bool,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.msg.header(name)
+    }
+
+    pub fn body_text(&self) -> String {
+        self.msg.body_text()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.msg.body())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body_text()))
+    }
+}
+
+/// A client connection that writes exactly the bytes it is given and parses
+/// responses itself.
+pub struct RawClient {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        RawClient {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes `bytes` in one write.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads more into the buffer; `false` at end of stream (or a reset).
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout(RAW_READ_LIMIT, self.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(_) => panic!(
+                "nothing read within {RAW_READ_LIMIT:?}; have {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+
+    /// Reads one response to a request with a body-bearing method; `None`
+    /// if the connection ended before a complete head.
+    pub async fn response(&mut self) -> Option<RawResponse> {
+        self.read_response(false).await
+    }
+
+    /// Reads one response to a HEAD request (which never has a body).
+    pub async fn head_response(&mut self) -> Option<RawResponse> {
+        self.read_response(true).await
+    }
+
+    async fn read_response(&mut self, head_request: bool) -> Option<RawResponse> {
+        let h = loop {
+            if let Some(h) = head_len(&self.buf) {
+                break h;
+            }
+            if !self.fill().await {
+                return None;
+            }
+        };
+        let (start, headers) = parse_head(&self.buf[..h]);
+        let status: u16 = start
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {start:?}"));
+        let bodiless =
+            head_request || (100..200).contains(&status) || status == 204 || status == 304;
+        let (len, complete) = if bodiless {
+            (0, true)
+        } else if is_chunked(&headers) {
+            loop {
+                match chunked_len(&self.buf[h..]) {
+                    Ok(Some(n)) => break (n, true),
+                    Ok(None) => {}
+                    Err(e) => panic!("malformed chunked response ({e}): {:?}", self.buf),
+                }
+                if !self.fill().await {
+                    break (self.buf.len() - h, false);
+                }
+            }
+        } else if let Some(cl) = header_of(&headers, "content-length") {
+            let cl: usize = cl.parse().expect("content-length");
+            loop {
+                if self.buf.len() >= h + cl {
+                    break (cl, true);
+                }
+                if !self.fill().await {
+                    break (self.buf.len() - h, false);
+                }
+            }
+        } else {
+            // Close-delimited.
+            while self.fill().await {}
+            (self.buf.len() - h, true)
+        };
+        let raw: Vec<u8> = self.buf.drain(..h + len).collect();
+        Some(RawResponse {
+            msg: RawMessage::parse(&raw),
+            status,
+            complete,
+        })
+    }
+
+    /// Waits up to `limit` for the server to end the connection. `true`
+    /// once it has (nothing unread may remain); `false` if it is still open.
+    pub async fn closed_within(&mut self, limit: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    assert!(
+                        self.buf.is_empty(),
+                        "unread bytes before the close: {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    );
+                    return true;
+                }
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Reads until the unread bytes contain `needle`, and takes them all.
+    pub async fn read_until(&mut self, needle: &[u8]) -> Vec<u8> {
+        while find(&self.buf, needle).is_none() {
+            assert!(
+                self.fill().await,
+                "closed before {:?}; have {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Bytes read but not consumed by a response.
+    pub fn unread(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Connects, writes `bytes`, and returns the raw bytes of the first
+/// response (the whole of it, or whatever came before the connection ended).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut c = RawClient::connect(addr).await;
+    c.send(bytes).await;
+    match c.response().await {
+        Some(r) => r.msg.raw,
+        None => c.buf,
+    }
+}
+
+/// `HTTP/1.1 200 OK` with `body` and its `Content-Length`.
+pub fn ok_response(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// What a [`RawUpstream`] does with the next request it receives.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Writes the bytes; the connection stays open for the next request.
+    Send(Vec<u8>),
+    /// Writes the bytes, then closes the connection (FIN).
+    Close(Vec<u8>),
+    /// Writes the bytes, then resets the connection (RST).
+    Reset(Vec<u8>),
+    /// Writes the bytes, then echoes every further byte (a tunnel, after a
+    /// `101 Switching Protocols`).
+    Echo(Vec<u8>),
+}
+
+/// What a [`RawUpstream`] saw on one accepted connection.
+#[derive(Clone, Default)]
+pub struct UpstreamConn {
+    /// Every byte received, in order.
+    pub bytes: Vec<u8>,
+    /// The complete requests among them, in order.
+    pub requests: Vec<RawMessage>,
+    /// The connection is over (either side closed it).
+    pub closed: bool,
+}
+
+impl std::fmt::Debug for UpstreamConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConn")
+            .field("bytes", &String::from_utf8_lossy(&self.bytes))
+            .field("requests", &self.requests.len())
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct RawUpstreamState {
+    conns: std::sync::Mutex<Vec<UpstreamConn>>,
+    replies: std::sync::Mutex<std::collections::VecDeque<Reply>>,
+}
+
+impl RawUpstreamState {
+    fn update(&self, conn: usize, f: impl FnOnce(&mut UpstreamConn)) {
+        let mut conns = self.conns.lock().expect("lock");
+        f(&mut conns[conn]);
+    }
+}
+
+/// An HTTP/1 upstream on `127.0.0.1:0` that records every byte it receives,
+/// per connection, and answers each complete request with the next scripted
+/// [`Reply`] (then with `200 ok` once the script is used up). It runs on its
+/// own thread, so blocking in the test does not stall it; it stops on drop.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    state: Arc<RawUpstreamState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl RawUpstream {
+    pub fn start(script: Vec<Reply>) -> RawUpstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(RawUpstreamState::default());
+        state.replies.lock().expect("lock").extend(script);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let accept = async {
+                    loop {
+                        let Ok((s, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let idx = {
+                            let mut conns = st.conns.lock().expect("lock");
+                            conns.push(UpstreamConn::default());
+                            conns.len() - 1
+                        };
+                        tokio::spawn(raw_upstream_conn(s, idx, st.clone()));
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        RawUpstream {
+            addr,
+            state,
+            stop: Some(stop),
+        }
+    }
+
+    /// What each accepted connection saw so far, in accept order.
+    pub fn connections(&self) -> Vec<UpstreamConn> {
+        self.state.conns.lock().expect("lock").clone()
+    }
+
+    /// How many connections were accepted.
+    pub fn accepted(&self) -> usize {
+        self.state.conns.lock().expect("lock").len()
+    }
+
+    /// Every complete request received, in order, over all connections.
+    pub fn requests(&self) -> Vec<RawMessage> {
+        self.connections()
+            .into_iter()
+            .flat_map(|c| c.requests)
+            .collect()
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn raw_upstream_conn(mut s: tokio::net::TcpStream, idx: usize, st: Arc<RawUpstreamState>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut pending = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        // A malformed body stops the parsing: those bytes are recorded, never
+        // taken for a request.
+        while let Ok(Some(n)) = request_len(&pending) {
+            let req: Vec<u8> = pending.drain(..n).collect();
+            st.update(idx, |c| c.requests.push(RawMessage::parse(&req)));
+            let reply = st
+                .replies
+                .lock()
+                .expect("lock")
+                .pop_front()
+                .unwrap_or_else(|| Reply::Send(ok_response("ok")));
+            match reply {
+                Reply::Send(b) => {
+                    if s.write_all(&b).await.is_err() {
+                        st.update(idx, |c| c.closed = true);
+                        return;
+                    }
+                }
+                Reply::Close(b) => {
+                    let _ = s.write_all(&b).await;
+                    let _ = s.shutdown().await;
+                    st.update(idx, |c| c.closed = true);
+                    // Drain until the peer closes too, so the close is a
+                    // clean FIN both ways (unread data would make it a RST).
+                    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                        while let Ok(n) = s.read(&mut chunk).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                    return;
+                }
+                Reply::Reset(b) => {
+                    let _ = s.write_all(&b).await;
+                    let _ = s.set_zero_linger();
+                    st.update(idx, |c| c.closed = true);
+                    return;
+                }
+                Reply::Echo(b) => {
+                    let _ = s.write_all(&b).await;
+                    if !pending.is_empty() {
+                        let _ = s.write_all(&pending).await;
+                    }
+                    loop {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                st.update(idx, |c| c.bytes.extend_from_slice(&chunk[..n]));
+                                if s.write_all(&chunk[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    st.update(idx, |c| c.closed = true);
+                    return;
+                }
+            }
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                st.update(idx, |c| c.closed = true);
+                return;
+            }
+            Ok(n) => {
+                st.update(idx, |c| c.bytes.extend_from_slice(&chunk[..n]));
+                pending.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+}

@@ -157,7 +157,11 @@ async fn read_head<IO: ClientIo>(
     t: &Timeouts,
 ) -> Result<Option<usize>, Response<RespBody>> {
     let mut searched = 0;
-    let mut deadline = None;
+    // `timeout http-request` runs from the request's first byte. Bytes
+    // already buffered (pipelined behind the previous request) mean this
+    // request has started: it gets `http-request` (then a 408), not the
+    // keep-alive timeout, which only covers waiting for a first byte.
+    let mut deadline = (!buf.is_empty()).then(|| Instant::now() + t.http_request);
     loop {
         if let Some(end) = head_end(buf, searched) {
             return Ok(Some(end));
@@ -323,6 +327,8 @@ async fn exchange<'a, IO: ClientIo>(
     // (it moves into the body relay), and hears how the request went.
     let active = brt.balancer.server(si).begin();
 
+    // Read before the rewrite strips the hop-by-hop header.
+    let codings = (framing == Framing::Chunked).then(|| forwarded_codings(&parts.headers));
     proxy::rewrite_request(fe, be, conn, &mut parts, request_id.as_ref(), false);
     let path = match proxy::upstream_path(be, &parts.uri) {
         Ok(p) => p,
@@ -334,12 +340,9 @@ async fn exchange<'a, IO: ClientIo>(
                 .into();
         }
     };
-    if framing == Framing::Chunked {
+    if let Some(te) = codings {
         // Forwarded as received: the framing header goes with it.
-        parts.headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+        parts.headers.insert(header::TRANSFER_ENCODING, te);
     }
 
     // The request head, the body's first part and whatever of the rest is
@@ -538,6 +541,18 @@ fn parse_request(head: &Bytes) -> Parsed {
         Ok(f) => f,
         Err(e) => return Parsed::Bad(e.0),
     };
+    if let Framing::Length(n) = framing {
+        // Agreeing values may come as a list or a repeated header
+        // (`5, 5`): forward the one length the framing found, so the alias
+        // rewrite (which parses the header) and stricter upstream parsers
+        // see a single number. The usual single value is left as it is.
+        let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+        let single =
+            values.next().is_some_and(|v| !v.as_bytes().contains(&b',')) && values.next().is_none();
+        if !single {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
     let close = has_token(&headers, "close");
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
@@ -556,6 +571,29 @@ fn has_token(h: &HeaderMap, token: &str) -> bool {
         v.to_str()
             .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
+}
+
+/// The `Transfer-Encoding` for a body relayed with its bytes unchanged: the
+/// codings it came with other than `chunked` (`gzip, chunked` must stay that,
+/// or the next hop takes gzip bytes for plain ones), then `chunked` once:
+/// the one chunk layer the engine follows, or adds itself to a
+/// close-delimited response.
+fn forwarded_codings(h: &HeaderMap) -> HeaderValue {
+    let chunked = HeaderValue::from_static("chunked");
+    let mut out = Vec::new();
+    for v in h.get_all(header::TRANSFER_ENCODING) {
+        for c in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked") {
+                out.extend_from_slice(c);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    if out.is_empty() {
+        return chunked;
+    }
+    out.extend_from_slice(b"chunked");
+    HeaderValue::from_bytes(&out).unwrap_or(chunked)
 }
 
 /// Reads a `total`-byte body into `buf` until its `model` is found (or the
@@ -816,13 +854,13 @@ async fn relay_response<'a, IO: ClientIo>(
         }
     };
     active.server().observe(outcome_of(status, &headers));
+    // Read before the rewrite strips the hop-by-hop header.
+    let codings = matches!(framing, Framing::Chunked | Framing::UntilClose)
+        .then(|| forwarded_codings(&headers));
     proxy::rewrite_response(be, &mut headers);
     proxy::finish_response(fe, &mut headers, request_id);
-    if matches!(framing, Framing::Chunked | Framing::UntilClose) {
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+    if let Some(te) = codings {
+        headers.insert(header::TRANSFER_ENCODING, te);
     }
     if client_close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -1168,6 +1206,37 @@ mod tests {
             parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
             Parsed::TooManyHeaders
         ));
+    }
+
+    #[test]
+    fn agreeing_lengths_become_one() {
+        for s in [
+            "POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+        ] {
+            let Parsed::Request(r) = parse(s) else {
+                panic!("{s:?} not parsed")
+            };
+            let all: Vec<_> = r.parts.headers.get_all("content-length").iter().collect();
+            assert_eq!(all, ["5"], "{s:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_codings_are_kept_with_one_chunked() {
+        let te = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
+            }
+            forwarded_codings(&h)
+        };
+        assert_eq!(te(&[]), "chunked");
+        assert_eq!(te(&["chunked"]), "chunked");
+        assert_eq!(te(&["gzip, chunked"]), "gzip, chunked");
+        assert_eq!(te(&["gzip", "Chunked"]), "gzip, chunked");
+        assert_eq!(te(&["gzip"]), "gzip, chunked");
+        assert_eq!(te(&["chunked, chunked"]), "chunked");
     }
 
     #[test]
