@@ -128,7 +128,9 @@ impl Upstream {
     }
 }
 
-fn client_tls(t: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
+/// TLS client settings for a server: webpki roots plus its CA file, or
+/// `verify = "none"`. Also used by health checks.
+pub(crate) fn client_tls(t: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
