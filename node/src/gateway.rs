@@ -14,6 +14,7 @@ use crate::balance::Balancer;
 use crate::config::Config;
 use crate::health;
 use crate::runtime::Runtime;
+use crate::upstream::retry::RetryPolicy;
 use crate::upstream::Upstream;
 
 /// One configuration and what was built from it.
@@ -33,6 +34,8 @@ pub struct BackendRt {
     /// Every server is plain HTTP/1.1, so the HTTP/1 engine can carry the
     /// backend's requests itself.
     pub h1_only: bool,
+    /// `retries`, `retry-on`, `option redispatch`, resolved.
+    pub retry: RetryPolicy,
 }
 
 /// What outlives snapshots.
@@ -125,6 +128,7 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
                 balancer: Balancer::new(&b.balance, b.hash_type, servers)
                     .with_allbackups(b.opts.allbackups),
                 h1_only: upstreams.iter().all(|u| u.h1.is_some()),
+                retry: RetryPolicy::of(b),
                 upstreams,
             }
         })

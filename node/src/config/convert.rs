@@ -56,6 +56,9 @@ fn timeouts(t: &Timeouts) -> Value {
         m.insert("tunnel".into(), dur(t.tunnel));
     }
     m.insert("handshake".into(), dur(t.handshake));
+    if let Some(ttft) = t.ttft {
+        m.insert("ttft".into(), dur(ttft));
+    }
     Value::Table(m)
 }
 
@@ -281,14 +284,22 @@ pub fn convert(c: &Config, text: &str) -> String {
             t.insert("check".into(), Value::Table(check_table(b, &mut notes)));
         }
         let o = &b.opts;
-        if o.retries.is_some()
-            || !o.retry_on.is_empty()
-            || o.redispatch
-            || o.timeout_queue.is_some()
-        {
+        if let Some(n) = o.retries {
+            t.insert("retries".into(), Value::Integer(i64::from(n)));
+        }
+        if !o.retry_on.is_empty() {
+            t.insert(
+                "retry_on".into(),
+                Value::Array(o.retry_on.iter().cloned().map(Value::String).collect()),
+            );
+        }
+        if o.redispatch {
+            t.insert("redispatch".into(), Value::Boolean(true));
+        }
+        if o.timeout_queue.is_some() {
             notes.push(format!(
-                "backend {}: retries {:?}, retry-on {:?}, redispatch {}, timeout queue {:?} (issue 5)",
-                b.name, o.retries, o.retry_on, o.redispatch, o.timeout_queue
+                "backend {}: timeout queue {:?} (issue 5)",
+                b.name, o.timeout_queue
             ));
         }
         let servers = b

@@ -69,6 +69,12 @@ pub struct ServerState {
     up: AtomicU8,
     /// Requests sent to this server since start (HAProxy's `stot`/`lbtot`).
     total: AtomicU64,
+    /// Failed attempts on this server that were retried (HAProxy's `wretr`).
+    retries: AtomicU64,
+    /// Of those, retries that went to another server (HAProxy's `wredis`).
+    redispatches: AtomicU64,
+    /// Responses whose body broke after its head reached the client.
+    truncated: AtomicU64,
     health: health::Health,
 }
 
@@ -84,6 +90,9 @@ impl ServerState {
             maxconn: AtomicU32::new(maxconn),
             up: AtomicU8::new(1),
             total: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            redispatches: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
             health: health::Health::new(),
         }
     }
@@ -130,6 +139,32 @@ impl ServerState {
 
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
+    }
+
+    /// A failed attempt on this server is retried; `redispatched` when the
+    /// retry goes to another server.
+    pub fn count_retry(&self, redispatched: bool) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        if redispatched {
+            self.redispatches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A response body from this server broke after its head was sent.
+    pub fn count_truncated(&self) {
+        self.truncated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    pub fn redispatches(&self) -> u64 {
+        self.redispatches.load(Ordering::Relaxed)
+    }
+
+    pub fn truncated(&self) -> u64 {
+        self.truncated.load(Ordering::Relaxed)
     }
 
     /// May this server be chosen for a new, non-sticky request? (Ready,

@@ -102,10 +102,23 @@ fn stats_json(shared: &Shared) -> String {
                         "down_transitions": h.down_transitions,
                         "consecutive_errors": h.consecutive_errors,
                         "cooldown_ms": h.cooldown_remaining.as_millis() as u64,
+                        "retries": s.retries(),
+                        "redispatches": s.redispatches(),
+                        "truncated": s.truncated(),
                     })
                 })
                 .collect();
-            serde_json::json!({ "name": b.name, "balance": format!("{:?}", b.balance), "servers": servers })
+            let sum = |f: fn(&crate::runtime::ServerState) -> u64| -> u64 {
+                rt.balancer.servers().iter().map(|s| f(s)).sum()
+            };
+            serde_json::json!({
+                "name": b.name,
+                "balance": format!("{:?}", b.balance),
+                "retries": sum(crate::runtime::ServerState::retries),
+                "redispatches": sum(crate::runtime::ServerState::redispatches),
+                "truncated": sum(crate::runtime::ServerState::truncated),
+                "servers": servers,
+            })
         })
         .collect();
     serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "backends": backends }).to_string()
