@@ -365,3 +365,82 @@ async fn haproxy_dialect_retries_and_ttft() {
     assert!(n(server(&be, "a"), "retries") >= 1, "{be}");
     assert!(n(server(&be, "b"), "retries") >= 1, "{be}");
 }
+
+async fn queue_stat(c: &Client, stats: SocketAddr, field: &str) -> u64 {
+    n(&backend(c, stats).await["queue"], field)
+}
+
+#[tokio::test]
+async fn a_full_backend_queues_then_answers_503_within_timeout_queue() {
+    let slow = Mock::start("slow", &["--ttft-ms", "3000"]);
+    let (gw, stats) = start(&native(
+        "",
+        "queue = \"300ms\"",
+        &[("s", slow.addr, "maxconn = 1\nmaxqueue = 1")],
+    ));
+    let ctl = Client::http1();
+    let url = gw.url("/v1/chat/completions");
+    for (kind, c) in clients() {
+        let first = {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move { c.post_json(&url, CHAT).await })
+        };
+        eventually(LIMIT, || async {
+            let be = backend(&ctl, stats).await;
+            (n(server(&be, "s"), "active") == 1).then_some(())
+        })
+        .await;
+        // The one slot is taken: this request waits, then gives up.
+        let t = Instant::now();
+        let r = c.post_json(&url, CHAT).await;
+        let waited = t.elapsed();
+        assert_eq!(r.status, 503, "{kind}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "queue_timeout", "{kind}");
+        assert!(r.header("retry-after").is_some(), "{kind}");
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_millis(2500),
+            "{kind}: {waited:?}"
+        );
+        // maxqueue 1: with one waiting, the next is refused at once.
+        let waiting = {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move { c.post_json(&url, CHAT).await })
+        };
+        eventually(LIMIT, || async {
+            (queue_stat(&ctl, stats, "current").await == 1).then_some(())
+        })
+        .await;
+        let r = c.post_json(&url, CHAT).await;
+        assert_eq!(r.status, 503, "{kind}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "queue_full", "{kind}");
+        assert_eq!(waiting.await.expect("task").status, 503);
+        assert_eq!(first.await.expect("task").status, 200);
+    }
+    assert_eq!(queue_stat(&ctl, stats, "timeouts").await, 4);
+    assert_eq!(queue_stat(&ctl, stats, "full").await, 2);
+}
+
+#[tokio::test]
+async fn queued_requests_are_served_as_slots_free() {
+    let m = Mock::start("m", &["--ttft-ms", "200"]);
+    let (gw, stats) = start(&native(
+        "",
+        "queue = \"20s\"",
+        &[("s", m.addr, "maxconn = 1")],
+    ));
+    let ctl = Client::http1();
+    let url = gw.url("/v1/chat/completions");
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (c, url) = (Client::http1(), url.clone());
+        tasks.push(tokio::spawn(async move { c.post_json(&url, CHAT).await }));
+    }
+    for t in tasks {
+        let r = t.await.expect("task");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(queue_stat(&ctl, stats, "total").await >= 2);
+    assert!(queue_stat(&ctl, stats, "max").await >= 1);
+    assert_eq!(queue_stat(&ctl, stats, "current").await, 0);
+    assert_eq!(queue_stat(&ctl, stats, "timeouts").await, 0);
+}

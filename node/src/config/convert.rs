@@ -263,7 +263,11 @@ pub fn convert(c: &Config, text: &str) -> String {
         if b.x_forwarded_for {
             t.insert("forwardfor".into(), Value::Boolean(true));
         }
-        t.insert("timeout".into(), timeouts(&b.timeouts));
+        let mut bt = timeouts(&b.timeouts);
+        if let (Some(q), Value::Table(m)) = (b.opts.timeout_queue, &mut bt) {
+            m.insert("queue".into(), dur(q));
+        }
+        t.insert("timeout".into(), bt);
         // A listen section's rules run on its frontend side.
         if kind == "backend" && b.mode == Mode::Http {
             let (acl, req, resp, _, _) = section_lines(text, kind, &b.name);
@@ -296,12 +300,6 @@ pub fn convert(c: &Config, text: &str) -> String {
         if o.redispatch {
             t.insert("redispatch".into(), Value::Boolean(true));
         }
-        if o.timeout_queue.is_some() {
-            notes.push(format!(
-                "backend {}: timeout queue {:?} (issue 5)",
-                b.name, o.timeout_queue
-            ));
-        }
         let servers = b
             .servers
             .iter()
@@ -333,10 +331,7 @@ pub fn convert(c: &Config, text: &str) -> String {
                 }
                 server_health(&mut st, &s.opts);
                 if let Some(q) = s.opts.maxqueue {
-                    notes.push(format!(
-                        "server {}/{}: maxqueue {q} (issue 5)",
-                        b.name, s.name
-                    ));
+                    st.insert("maxqueue".into(), Value::Integer(i64::from(q)));
                 }
                 if s.opts.disabled {
                     notes.push(format!("server {}/{}: disabled (weight 0)", b.name, s.name));

@@ -74,6 +74,8 @@ struct RawTimeouts {
     handshake: Option<Spanned<DurationValue>>,
     /// Time to first token (llmgw's own).
     ttft: Option<Spanned<DurationValue>>,
+    /// HAProxy's `timeout queue` (backends only).
+    queue: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -339,6 +341,8 @@ struct RawServer {
     check_tls: Option<bool>,
     #[serde(default)]
     backup: bool,
+    /// Requests that may wait for this server's slots (0 = unlimited).
+    maxqueue: Option<u32>,
     slowstart: Option<Spanned<DurationValue>>,
     observe: Option<Spanned<String>>,
     error_limit: Option<Spanned<u32>>,
@@ -1111,6 +1115,7 @@ impl Compiler<'_> {
                 check,
                 check_timing,
                 cooldown_429,
+                timeout_queue: rb.timeout.queue.as_ref().and_then(|d| self.duration(d)),
                 retries: rb.retries,
                 retry_on,
                 redispatch: rb.redispatch,
@@ -1426,7 +1431,7 @@ impl Compiler<'_> {
             addr: check_addr,
             check_ssl: s.check_tls,
             backup: s.backup,
-            maxqueue: None,
+            maxqueue: s.maxqueue,
             slowstart: s.slowstart.as_ref().and_then(|d| self.duration(d)),
             observe,
             error_limit: count(self, &s.error_limit, "error_limit"),

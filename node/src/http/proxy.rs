@@ -26,6 +26,7 @@ use crate::health::outcome_of;
 use crate::llm::model::{self, ModelScanner, Scan};
 use crate::route::{self, Facts};
 use crate::runtime::Outcome;
+use crate::upstream::queue;
 use crate::upstream::retry::{self, Failure};
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -101,8 +102,9 @@ async fn proxy(
         path: parts.uri.path(),
         headers: &parts.headers,
     };
-    let Some(mut si) = brt.balancer.pick(&ctx, &[]) else {
-        return error::no_server(&be.name);
+    let mut si = match queue::pick(brt, &be.name, &ctx).await {
+        Ok(si) => si,
+        Err(resp) => return resp,
     };
 
     // A retry needs the whole body at hand: it is read here, up to the

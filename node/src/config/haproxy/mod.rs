@@ -1695,29 +1695,6 @@ impl Cx<'_> {
                 }
             }
             if p.kind.is_be() {
-                let o = &p.d.opts;
-                let mut later: Vec<&str> = Vec::new();
-                for (set, name) in [
-                    (o.timeout_queue.is_some(), "timeout queue"),
-                    (
-                        p.servers.iter().any(|s| s.opts.maxqueue.is_some()),
-                        "maxqueue",
-                    ),
-                ] {
-                    if set {
-                        later.push(name);
-                    }
-                }
-                if !later.is_empty() {
-                    self.warn(
-                        p.line,
-                        format!(
-                            "backend '{}': {} accepted; the behaviour arrives with issue 5",
-                            p.name,
-                            later.join(", ")
-                        ),
-                    );
-                }
                 let check = self.check_def(&p);
                 for s in &p.servers {
                     let passive = s.opts.observe.is_some()

@@ -237,10 +237,7 @@ fn disabled_server_takes_no_traffic_and_deferred_settings_warn() {
     let s = &l.config.backends[0].servers;
     assert_eq!((s[0].weight, s[0].opts.disabled), (0, true));
     let w: Vec<String> = l.warnings.iter().map(|d| d.to_string()).collect();
-    assert!(
-        w.contains(&"t.cfg:4: warning: backend 'b': timeout queue accepted; the behaviour arrives with issue 5".to_string()),
-        "{w:#?}"
-    );
+    assert!(!w.iter().any(|x| x.contains("issue 5")), "{w:#?}");
 }
 
 #[test]

@@ -44,6 +44,7 @@ use crate::health::outcome_of;
 use crate::llm::model::{ModelScanner, Scan};
 use crate::runtime::{ActiveGuard, Outcome};
 use crate::upstream::pool::H1Pool;
+use crate::upstream::queue;
 use crate::upstream::retry::{self, Failure};
 
 /// Request and response heads larger than this are refused (431 / 502).
@@ -311,17 +312,14 @@ async fn exchange<'a, IO: ClientIo>(
         path: parts.uri.path(),
         headers: &parts.headers,
     };
-    let Some(mut si) = brt.balancer.pick(&ctx, &[]) else {
-        let done = framing_consumed(framing, read.len(), buf);
-        return answer(
-            io,
-            fe,
-            error::no_server(&be.name),
-            request_id,
-            close || !done,
-        )
-        .await
-        .into();
+    let mut si = match queue::pick(brt, &be.name, &ctx).await {
+        Ok(si) => si,
+        Err(resp) => {
+            let done = framing_consumed(framing, read.len(), buf);
+            return answer(io, fe, resp, request_id, close || !done)
+                .await
+                .into();
+        }
     };
 
     // Read before the rewrite strips the hop-by-hop header.
