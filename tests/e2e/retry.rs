@@ -444,3 +444,45 @@ async fn queued_requests_are_served_as_slots_free() {
     assert_eq!(queue_stat(&ctl, stats, "current").await, 0);
     assert_eq!(queue_stat(&ctl, stats, "timeouts").await, 0);
 }
+
+/// Most clients write the body after the head, in its own packet: with
+/// retries on, the engine reads such a body whole first, so a request that
+/// fails in flight can still be sent again.
+#[tokio::test]
+async fn a_body_written_after_its_head_is_still_retried() {
+    let a = Mock::start("a", &[]);
+    let b = Mock::start("b", &[]);
+    let ctl = Client::http1();
+    // a closes every connection without an answer (empty-response).
+    force(&ctl, a.addr, "close").await;
+    let servers = [("a", a.addr, ""), ("b", b.addr, "")];
+    let (gw, stats) = start(&native(
+        "retries = 1\nretry_on = [\"empty-response\"]\nredispatch = true",
+        "",
+        &servers,
+    ));
+    for i in 0..4 {
+        let mut raw = RawClient::connect(gw.addr()).await;
+        raw.send(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n",
+                CHAT.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+        // A round trip elsewhere first: the head arrives on its own.
+        backend(&ctl, stats).await;
+        raw.send(CHAT.as_bytes()).await;
+        let r = raw.response().await.expect("response");
+        assert_eq!(r.status, 200, "#{i}: {}", r.body_text());
+        assert_eq!(r.header("x-mock-server"), Some("b"), "#{i}");
+    }
+    let be = backend(&ctl, stats).await;
+    assert_eq!(
+        n(server(&be, "a"), "retries"),
+        mock_chats(&ctl, a.addr).await
+    );
+    assert!(n(server(&be, "a"), "retries") >= 1, "{be}");
+}

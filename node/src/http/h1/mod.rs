@@ -340,6 +340,28 @@ async fn exchange<'a, IO: ClientIo>(
         parts.headers.insert(header::TRANSFER_ENCODING, te);
     }
 
+    // With retries on, a body of known length up to `body_limit` is read
+    // whole before anything goes upstream (HAProxy's `option
+    // http-buffer-request`), so an attempt that fails later can be sent
+    // again: most clients write the body after the head, in its own packet.
+    let policy = brt.retry;
+    if policy.enabled() {
+        if let Framing::Length(total) = framing {
+            let need = usize::try_from(total)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(read.len());
+            if need <= fe.body_limit {
+                while buf.len() < need {
+                    buf.reserve(need - buf.len());
+                    match timeout(client_to, io.read_buf(buf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return Next::Close.into(),
+                    }
+                }
+            }
+        }
+    }
+
     // The request head, the body's first part and whatever of the rest is
     // already buffered go out in one write.
     let mut out = Vec::with_capacity(512 + send.len());
@@ -363,7 +385,6 @@ async fn exchange<'a, IO: ClientIo>(
     // (at most the head plus what the model scan read, bounded by
     // `body_limit`, and what arrived with the head).
     let replayable = body.done() && is_idempotent(&parts.method);
-    let policy = brt.retry;
     let retryable = body.done() && policy.enabled();
     let head_to = be
         .timeouts
@@ -429,7 +450,15 @@ async fn exchange<'a, IO: ClientIo>(
         if !matches!(failed, UpstreamError::Status(_)) {
             active.server().observe(failed.outcome());
         }
-        if !(retryable && policy.allows(failed.failure(), attempt)) {
+        // A connection that could not be made took nothing of the body:
+        // what is not in `out` is still with the client.
+        let untouched = matches!(
+            failed,
+            UpstreamError::Connect | UpstreamError::ConnectTimeout
+        );
+        if !((retryable || (untouched && policy.enabled()))
+            && policy.allows(failed.failure(), attempt))
+        {
             return answer(io, fe, failed.response(), request_id, true)
                 .await
                 .into();
