@@ -549,7 +549,7 @@ pub struct Backend {
     /// this backend (HAProxy's `option forwardfor` in a backend); the
     /// frontend's setting adds it too.
     pub x_forwarded_for: bool,
-    /// Health checks, backups; retries and queueing (issue 5).
+    /// Health checks, backups, retries, redispatch, queueing.
     pub opts: BackendOpts,
     /// Pooled idle connections kept per server.
     pub pool_max_idle: usize,
@@ -617,8 +617,7 @@ pub struct Server {
     pub opts: ServerOpts,
 }
 
-/// Backend settings: health checks, retries and redispatch (in force);
-/// queueing (carried for the rest of issue 5).
+/// Backend settings: health checks, retries, redispatch, queueing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackendOpts {
     /// `retries N`; unset = no retry (HAProxy's default is 3).
@@ -819,7 +818,7 @@ pub enum ObserveMode {
 }
 
 /// Server settings: checks, backup, slowstart, passive observation (in
-/// force); `maxqueue` carried for the rest of issue 5.
+/// force); `maxqueue` (summed into the backend's queue limit).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServerOpts {
     pub check: bool,

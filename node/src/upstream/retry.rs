@@ -2,10 +2,12 @@
 //! redispatch`): when a failed attempt may go again, and where.
 //!
 //! An attempt may be retried only while nothing has reached the client and
-//! the whole request body is at hand (the engine keeps bodies it has fully
-//! buffered; the general path buffers one up to the frontend's
-//! `body_limit` when retries are on). Each attempt reports its outcome to
-//! its own server (passive observation) before the next one starts.
+//! the whole request body is at hand: with retries on, both paths read a
+//! body up to the frontend's `body_limit` before sending (the engine: a
+//! `Content-Length` body; a chunked or longer one streams and is retried
+//! only after a connection failure, which took none of it). Each attempt
+//! reports its outcome to its own server (passive observation) before the
+//! next one starts.
 
 use crate::balance::{Balancer, PickCtx};
 use crate::config::{retry_on, Backend};
