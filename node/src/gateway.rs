@@ -13,7 +13,8 @@ use arc_swap::ArcSwap;
 use crate::balance::Balancer;
 use crate::config::Config;
 use crate::health;
-use crate::runtime::Runtime;
+use crate::runtime::{BackendQueue, Runtime};
+use crate::upstream::retry::RetryPolicy;
 use crate::upstream::Upstream;
 
 /// One configuration and what was built from it.
@@ -33,6 +34,15 @@ pub struct BackendRt {
     /// Every server is plain HTTP/1.1, so the HTTP/1 engine can carry the
     /// backend's requests itself.
     pub h1_only: bool,
+    /// `retries`, `retry-on`, `option redispatch`, resolved.
+    pub retry: RetryPolicy,
+    /// Requests waiting for a slot (shared with the runtime state).
+    pub queue: Arc<BackendQueue>,
+    /// Most requests that may wait: the servers' `maxqueue` summed, `None`
+    /// (unlimited) unless every server sets one above 0.
+    pub queue_limit: Option<u32>,
+    /// `timeout queue`, else `timeout connect` (as in HAProxy).
+    pub queue_timeout: std::time::Duration,
 }
 
 /// What outlives snapshots.
@@ -118,6 +128,11 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
     let backends = backends
         .into_iter()
         .map(|(b, servers, upstreams)| {
+            let queue_limit = b
+                .servers
+                .iter()
+                .map(|s| s.opts.maxqueue.filter(|&q| q > 0))
+                .sum::<Option<u32>>();
             for ((state, _), s) in servers.iter().zip(&b.servers) {
                 state.configure(&health::conf(b, s));
             }
@@ -125,6 +140,10 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
                 balancer: Balancer::new(&b.balance, b.hash_type, servers)
                     .with_allbackups(b.opts.allbackups),
                 h1_only: upstreams.iter().all(|u| u.h1.is_some()),
+                retry: RetryPolicy::of(b),
+                queue: runtime.queue(&b.name),
+                queue_limit,
+                queue_timeout: b.opts.timeout_queue.unwrap_or(b.timeouts.connect),
                 upstreams,
             }
         })

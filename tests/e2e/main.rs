@@ -9,6 +9,7 @@ mod h1_engine;
 mod haproxy;
 mod health;
 mod listeners;
+mod retry;
 mod rewriting;
 mod routing;
 mod sdk;

@@ -323,6 +323,7 @@ impl Resp {
 }
 
 /// A plain HTTP/1.1 or h2c client with a keep-alive pool.
+#[derive(Clone)]
 pub struct Client {
     inner: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,

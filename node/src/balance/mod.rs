@@ -8,8 +8,9 @@
 //! request is the caller's job (`ServerState::begin`). It does not own
 //! queueing, retries or health checks: a retry or redispatch passes the
 //! servers already tried in `exclude`, and `None` from [`Balancer::pick`]
-//! means "no server can take it now" (the caller answers 503, or queues
-//! once queueing exists).
+//! means "no server can take it now" (the caller queues when a usable
+//! server is merely full, [`Balancer::any_full`], else answers 503; see
+//! `upstream/queue.rs`).
 //!
 //! A [`Balancer`] is built with each configuration snapshot; the state it
 //! keeps between picks (round-robin scores and counters) is only about
@@ -260,6 +261,16 @@ impl Balancer {
             },
             Algo::Random(draws) => self.random(*draws, exclude, tier),
         }
+    }
+
+    /// Whether some server of this pick's tier is usable but has no free
+    /// slot: a request may wait for it (queueing).
+    pub fn any_full(&self) -> bool {
+        let tier = self.tier();
+        self.servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| self.in_tier(i, tier) && usable_weight(s) > 0 && !s.has_slot())
     }
 
     /// The server at `i` (an index from [`Balancer::pick`]). Panics if `i`

@@ -56,6 +56,9 @@ fn timeouts(t: &Timeouts) -> Value {
         m.insert("tunnel".into(), dur(t.tunnel));
     }
     m.insert("handshake".into(), dur(t.handshake));
+    if let Some(ttft) = t.ttft {
+        m.insert("ttft".into(), dur(ttft));
+    }
     Value::Table(m)
 }
 
@@ -260,7 +263,11 @@ pub fn convert(c: &Config, text: &str) -> String {
         if b.x_forwarded_for {
             t.insert("forwardfor".into(), Value::Boolean(true));
         }
-        t.insert("timeout".into(), timeouts(&b.timeouts));
+        let mut bt = timeouts(&b.timeouts);
+        if let (Some(q), Value::Table(m)) = (b.opts.timeout_queue, &mut bt) {
+            m.insert("queue".into(), dur(q));
+        }
+        t.insert("timeout".into(), bt);
         // A listen section's rules run on its frontend side.
         if kind == "backend" && b.mode == Mode::Http {
             let (acl, req, resp, _, _) = section_lines(text, kind, &b.name);
@@ -281,15 +288,17 @@ pub fn convert(c: &Config, text: &str) -> String {
             t.insert("check".into(), Value::Table(check_table(b, &mut notes)));
         }
         let o = &b.opts;
-        if o.retries.is_some()
-            || !o.retry_on.is_empty()
-            || o.redispatch
-            || o.timeout_queue.is_some()
-        {
-            notes.push(format!(
-                "backend {}: retries {:?}, retry-on {:?}, redispatch {}, timeout queue {:?} (issue 5)",
-                b.name, o.retries, o.retry_on, o.redispatch, o.timeout_queue
-            ));
+        if let Some(n) = o.retries {
+            t.insert("retries".into(), Value::Integer(i64::from(n)));
+        }
+        if !o.retry_on.is_empty() {
+            t.insert(
+                "retry_on".into(),
+                Value::Array(o.retry_on.iter().cloned().map(Value::String).collect()),
+            );
+        }
+        if o.redispatch {
+            t.insert("redispatch".into(), Value::Boolean(true));
         }
         let servers = b
             .servers
@@ -322,10 +331,7 @@ pub fn convert(c: &Config, text: &str) -> String {
                 }
                 server_health(&mut st, &s.opts);
                 if let Some(q) = s.opts.maxqueue {
-                    notes.push(format!(
-                        "server {}/{}: maxqueue {q} (issue 5)",
-                        b.name, s.name
-                    ));
+                    st.insert("maxqueue".into(), Value::Integer(i64::from(q)));
                 }
                 if s.opts.disabled {
                     notes.push(format!("server {}/{}: disabled (weight 0)", b.name, s.name));

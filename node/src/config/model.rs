@@ -75,6 +75,11 @@ pub struct Timeouts {
     pub tunnel_set: bool,
     /// TLS handshake (and PROXY header) must complete within this.
     pub handshake: Duration,
+    /// Time to first token (llmgw's own `timeout ttft`): no response head
+    /// within this after the request went upstream → the attempt is
+    /// abandoned as a `response-timeout` (retried if allowed, else 504).
+    /// `None`: only `timeout server` bounds the wait.
+    pub ttft: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -88,6 +93,7 @@ impl Default for Timeouts {
             tunnel: Duration::from_secs(3600),
             tunnel_set: false,
             handshake: Duration::from_secs(10),
+            ttft: None,
         }
     }
 }
@@ -543,7 +549,7 @@ pub struct Backend {
     /// this backend (HAProxy's `option forwardfor` in a backend); the
     /// frontend's setting adds it too.
     pub x_forwarded_for: bool,
-    /// Health checks, backups; retries and queueing (issue 5).
+    /// Health checks, backups, retries, redispatch, queueing.
     pub opts: BackendOpts,
     /// Pooled idle connections kept per server.
     pub pool_max_idle: usize,
@@ -611,12 +617,12 @@ pub struct Server {
     pub opts: ServerOpts,
 }
 
-/// Backend settings: health checks (in force), retries and queueing
-/// (carried for the rest of issue 5).
+/// Backend settings: health checks, retries, redispatch, queueing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackendOpts {
+    /// `retries N`; unset = no retry (HAProxy's default is 3).
     pub retries: Option<u32>,
-    /// `retry-on` keywords as written.
+    /// `retry-on` keywords as written (validated: [`retry_on_bit`]).
     pub retry_on: Vec<String>,
     pub redispatch: bool,
     /// `option allbackups`: every usable backup at once when no primary is
@@ -640,6 +646,65 @@ pub struct BackendOpts {
     pub check_timing: CheckTiming,
     /// Backend-wide `cooldown_429` default (native); a server's wins.
     pub cooldown_429: Option<Duration>,
+}
+
+/// When a failed attempt may be retried (HAProxy's `retry-on`), as bits.
+pub mod retry_on {
+    pub const CONN_FAILURE: u32 = 1 << 0;
+    pub const EMPTY_RESPONSE: u32 = 1 << 1;
+    pub const JUNK_RESPONSE: u32 = 1 << 2;
+    pub const RESPONSE_TIMEOUT: u32 = 1 << 3;
+    pub const ZERO_RTT_REJECTED: u32 = 1 << 4;
+    /// Status `s` is bit `STATUS_BASE + index in STATUSES`.
+    pub const STATUSES: [u16; 11] = [401, 403, 404, 408, 425, 429, 500, 501, 502, 503, 504];
+    const STATUS_BASE: u32 = 5;
+    pub const ALL_RETRYABLE: u32 = CONN_FAILURE
+        | EMPTY_RESPONSE
+        | JUNK_RESPONSE
+        | RESPONSE_TIMEOUT
+        | ZERO_RTT_REJECTED
+        | status(500)
+        | status(502)
+        | status(503)
+        | status(504);
+
+    /// The bit for a response status (0 when `retry-on` cannot name it).
+    pub const fn status(s: u16) -> u32 {
+        let mut i = 0;
+        while i < STATUSES.len() {
+            if STATUSES[i] == s {
+                return 1 << (STATUS_BASE + i as u32);
+            }
+            i += 1;
+        }
+        0
+    }
+
+    /// The bits of one `retry-on` keyword; `None` for an unknown one.
+    pub fn bit(word: &str) -> Option<u32> {
+        Some(match word {
+            "none" => 0,
+            "conn-failure" => CONN_FAILURE,
+            "empty-response" => EMPTY_RESPONSE,
+            "junk-response" => JUNK_RESPONSE,
+            "response-timeout" => RESPONSE_TIMEOUT,
+            "0rtt-rejected" => ZERO_RTT_REJECTED,
+            "all-retryable-errors" => ALL_RETRYABLE,
+            s => match s.parse::<u16>() {
+                Ok(n) if status(n) != 0 => status(n),
+                _ => return None,
+            },
+        })
+    }
+
+    /// The mask of a whole `retry-on` list; empty = HAProxy's default,
+    /// `conn-failure`.
+    pub fn mask(words: &[String]) -> u32 {
+        if words.is_empty() {
+            return CONN_FAILURE;
+        }
+        words.iter().filter_map(|w| bit(w)).fold(0, |a, b| a | b)
+    }
 }
 
 /// `http-check send meth M uri U hdr N V…`.
@@ -753,7 +818,7 @@ pub enum ObserveMode {
 }
 
 /// Server settings: checks, backup, slowstart, passive observation (in
-/// force); `maxqueue` carried for the rest of issue 5.
+/// force); `maxqueue` (summed into the backend's queue limit).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServerOpts {
     pub check: bool,

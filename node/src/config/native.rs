@@ -72,6 +72,10 @@ struct RawTimeouts {
     http_keep_alive: Option<Spanned<DurationValue>>,
     tunnel: Option<Spanned<DurationValue>>,
     handshake: Option<Spanned<DurationValue>>,
+    /// Time to first token (llmgw's own).
+    ttft: Option<Spanned<DurationValue>>,
+    /// HAProxy's `timeout queue` (backends only).
+    queue: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -245,6 +249,13 @@ struct RawBackend {
     allbackups: bool,
     /// Default `cooldown_429` of the servers.
     cooldown_429: Option<Spanned<DurationValue>>,
+    /// HAProxy's `retries`.
+    retries: Option<u32>,
+    /// HAProxy's `retry-on` keywords.
+    retry_on: Option<Spanned<Vec<String>>>,
+    /// HAProxy's `option redispatch`.
+    #[serde(default)]
+    redispatch: bool,
 }
 
 #[derive(Deserialize)]
@@ -330,6 +341,8 @@ struct RawServer {
     check_tls: Option<bool>,
     #[serde(default)]
     backup: bool,
+    /// Requests that may wait for this server's slots (0 = unlimited).
+    maxqueue: Option<u32>,
     slowstart: Option<Spanned<DurationValue>>,
     observe: Option<Spanned<String>>,
     error_limit: Option<Spanned<u32>>,
@@ -564,6 +577,13 @@ impl Compiler<'_> {
         ];
         if raw.tunnel.is_some() {
             t.tunnel_set = true;
+        }
+        if let Some(v) = &raw.ttft {
+            match self.duration(v) {
+                Some(d) if d.is_zero() => self.err(v.span(), "a timeout of 0 is not allowed"),
+                Some(d) => t.ttft = Some(d),
+                None => {}
+            }
         }
         for (raw, slot) in fields {
             if let Some(v) = raw {
@@ -1044,6 +1064,20 @@ impl Compiler<'_> {
         let mode = self.mode(&rb.mode);
         let (check, check_timing, timeout_check) = self.check_def(rb.check, mode);
         let cooldown_429 = rb.cooldown_429.as_ref().and_then(|d| self.duration(d));
+        let retry_on = match &rb.retry_on {
+            None => Vec::new(),
+            Some(words) => {
+                for w in words.get_ref() {
+                    if crate::config::model::retry_on::bit(w).is_none() {
+                        self.err(
+                            words.span(),
+                            format!("backend '{name}': unknown retry_on keyword '{w}' (conn-failure, empty-response, junk-response, response-timeout, 0rtt-rejected, 401, 403, 404, 408, 425, 429, 500, 501, 502, 503, 504, all-retryable-errors, none)"),
+                        );
+                    }
+                }
+                words.get_ref().clone()
+            }
+        };
         if mode == Mode::Tcp && matches!(balance, Balance::Uri | Balance::Hdr(_)) {
             if let Some(b) = &rb.balance {
                 self.err(
@@ -1081,6 +1115,10 @@ impl Compiler<'_> {
                 check,
                 check_timing,
                 cooldown_429,
+                timeout_queue: rb.timeout.queue.as_ref().and_then(|d| self.duration(d)),
+                retries: rb.retries,
+                retry_on,
+                redispatch: rb.redispatch,
                 ..BackendOpts::default()
             },
             pool_max_idle: pool.max_idle.unwrap_or(64),
@@ -1393,7 +1431,7 @@ impl Compiler<'_> {
             addr: check_addr,
             check_ssl: s.check_tls,
             backup: s.backup,
-            maxqueue: None,
+            maxqueue: s.maxqueue,
             slowstart: s.slowstart.as_ref().and_then(|d| self.duration(d)),
             observe,
             error_limit: count(self, &s.error_limit, "error_limit"),
@@ -1919,6 +1957,30 @@ check_port = 0
                 "test.toml:26: server 'c': observe, error_limit and on_error need check = true",
                 "test.toml:30: check_port must be 1..65535",
             ]
+        );
+    }
+
+    #[test]
+    fn retries_redispatch_and_ttft() {
+        let c = load(
+            "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n\
+             [[backend]]\nname = \"b\"\nretries = 2\nretry_on = [\"conn-failure\", \"429\"]\nredispatch = true\n\
+             timeout = { ttft = \"1500ms\" }\n[[backend.server]]\nname = \"s\"\naddress = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let b = &c.backends[0];
+        assert_eq!(b.opts.retries, Some(2));
+        assert_eq!(b.opts.retry_on, ["conn-failure", "429"]);
+        assert!(b.opts.redispatch);
+        assert_eq!(b.timeouts.ttft, Some(Duration::from_millis(1500)));
+        let e = errors(
+            "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n\
+             [[backend]]\nname = \"b\"\nretry_on = [\"418\"]\n[[backend.server]]\nname = \"s\"\naddress = \"127.0.0.1:1\"\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("test.toml:7:") && e[0].contains("unknown retry_on keyword '418'"),
+            "{e:?}"
         );
     }
 }

@@ -93,6 +93,10 @@ pub struct Upstream {
     body: Incoming,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    /// `text/event-stream`: a break mid-body is told with an `event: error`.
+    sse: bool,
+    /// The error to end the body with, once the SSE error event is out.
+    failed: Option<BoxError>,
 }
 
 /// A response body on its way to the client.
@@ -138,13 +142,15 @@ impl RespBody {
         }
     }
 
-    pub fn upstream(body: Incoming, idle: Duration, guard: ActiveGuard) -> Self {
+    pub fn upstream(body: Incoming, idle: Duration, guard: ActiveGuard, sse: bool) -> Self {
         let deadline = Box::pin(tokio::time::sleep(idle));
         RespBody {
             kind: Kind::Upstream(Upstream {
                 body,
                 idle,
                 deadline,
+                sse,
+                failed: None,
             }),
             _server: Some(guard),
             _inflight: None,
@@ -153,13 +159,6 @@ impl RespBody {
 }
 
 impl RespBody {
-    /// Passive health observation of a failure mid-body.
-    fn observe(&self, o: Outcome) {
-        if let Some(g) = &self._server {
-            g.server().observe(o);
-        }
-    }
-
     /// The whole body of a gateway-made response; `None` for a streamed one.
     pub fn into_full(mut self) -> Option<Bytes> {
         match &mut self.kind {
@@ -186,17 +185,44 @@ impl Body for RespBody {
         match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(u) => {
-                if let Poll::Ready(frame) = Pin::new(&mut u.body).poll_frame(cx) {
-                    match &frame {
-                        Some(Ok(_)) => u.deadline.as_mut().reset(Instant::now() + u.idle),
-                        Some(Err(_)) => this.observe(Outcome::BrokenResponse),
-                        None => this._server = None,
-                    }
-                    return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+                if u.failed.is_some() {
+                    // A moment for the event to leave before the abort: an
+                    // h2 reset drops data still queued on its stream.
+                    ready!(u.deadline.as_mut().poll(cx));
+                    return Poll::Ready(u.failed.take().map(Err));
                 }
-                ready!(u.deadline.as_mut().poll(cx));
-                this.observe(Outcome::Timeout);
-                Poll::Ready(Some(Err(Box::new(IdleTimeout))))
+                let (outcome, err): (Outcome, BoxError) = match Pin::new(&mut u.body).poll_frame(cx)
+                {
+                    Poll::Ready(Some(Ok(f))) => {
+                        u.deadline.as_mut().reset(Instant::now() + u.idle);
+                        return Poll::Ready(Some(Ok(f)));
+                    }
+                    Poll::Ready(None) => {
+                        this._server = None;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Some(Err(e))) => (Outcome::BrokenResponse, e.into()),
+                    Poll::Pending => {
+                        ready!(u.deadline.as_mut().poll(cx));
+                        (Outcome::Timeout, Box::new(IdleTimeout))
+                    }
+                };
+                // Mid-body: the client sees the truncation (hyper aborts an
+                // HTTP/1.1 body without its last chunk, and resets an h2
+                // stream), an SSE client after an `event: error`.
+                if let Some(g) = &this._server {
+                    g.server().observe(outcome);
+                    g.server().count_truncated();
+                }
+                if u.sse {
+                    u.failed = Some(err);
+                    u.deadline
+                        .as_mut()
+                        .reset(Instant::now() + Duration::from_millis(50));
+                    let event = Bytes::from_static(super::error::stream_error_event());
+                    return Poll::Ready(Some(Ok(Frame::data(event))));
+                }
+                Poll::Ready(Some(Err(err)))
             }
         }
     }

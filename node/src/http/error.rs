@@ -84,6 +84,13 @@ pub fn gateway_timeout(message: &str) -> Response<RespBody> {
     error_response(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", message)
 }
 
+/// The SSE event a client gets when the upstream breaks mid-stream, before
+/// the stream is cut short: an OpenAI-shaped error, so SDKs raise rather
+/// than take the truncated stream for a complete one.
+pub fn stream_error_event() -> &'static [u8] {
+    b"event: error\ndata: {\"error\":{\"message\":\"The upstream failed mid-stream; the response is incomplete.\",\"type\":\"server_error\",\"code\":\"upstream_stream_error\"}}\n\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,8 @@ use crate::health::outcome_of;
 use crate::llm::model::{self, ModelScanner, Scan};
 use crate::route::{self, Facts};
 use crate::runtime::Outcome;
+use crate::upstream::queue;
+use crate::upstream::retry::{self, Failure};
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -100,12 +102,23 @@ async fn proxy(
         path: parts.uri.path(),
         headers: &parts.headers,
     };
-    let Some(si) = brt.balancer.pick(&ctx, &[]) else {
-        return error::no_server(&be.name);
+    let mut si = match queue::pick(brt, &be.name, &ctx).await {
+        Ok(si) => si,
+        Err(resp) => return resp,
     };
-    let server = brt.balancer.server(si).clone();
-    let guard = server.begin();
-    let upstream = &brt.upstreams[si];
+
+    // A retry needs the whole body at hand: it is read here, up to the
+    // frontend's `body_limit`, when retries are on; a longer body streams
+    // and is not retried.
+    let policy = brt.retry;
+    let (mut body, replay) = if policy.enabled() && client_upgrade.is_none() {
+        match buffer_for_retry(body, fe.body_limit).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        }
+    } else {
+        (Some(body), None)
+    };
 
     rewrite_request(
         fe,
@@ -115,30 +128,90 @@ async fn proxy(
         request_id,
         client_upgrade.is_some(),
     );
-    parts.uri = match upstream_uri(be, &parts.uri, upstream) {
-        Ok(u) => u,
-        Err(_) => return error::bad_request("The request target cannot be forwarded."),
-    };
     parts.version = Version::HTTP_11;
+    let head_to = be
+        .timeouts
+        .ttft
+        .map_or(be.timeouts.server, |t| t.min(be.timeouts.server));
 
-    let sent = upstream.client.request(Request::from_parts(parts, body));
-    let mut resp = match tokio::time::timeout(be.timeouts.server, sent).await {
-        Err(_) => {
-            server.observe(Outcome::Timeout);
-            return error::gateway_timeout("The upstream did not answer in time.");
+    let mut tried: Vec<usize> = Vec::new();
+    let mut attempt = 0u32;
+    let (mut resp, guard) = loop {
+        attempt += 1;
+        let server = brt.balancer.server(si).clone();
+        let guard = server.begin();
+        let upstream = &brt.upstreams[si];
+        let uri = match upstream_uri(be, &parts.uri, upstream) {
+            Ok(u) => u,
+            Err(_) => return error::bad_request("The request target cannot be forwarded."),
+        };
+        let (mut p, b) = match &replay {
+            Some(bytes) => (
+                parts.clone(),
+                ReqBody::Prefixed {
+                    head: Some(bytes.clone()),
+                    rest: None,
+                },
+            ),
+            None => {
+                let Some(b) = body.take() else {
+                    return error::bad_gateway("The request cannot be sent again.");
+                };
+                (
+                    std::mem::replace(&mut parts, Request::new(()).into_parts().0),
+                    b,
+                )
+            }
+        };
+        p.uri = uri;
+        let sent = upstream.client.request(Request::from_parts(p, b));
+        let (failure, answer) = match tokio::time::timeout(head_to, sent).await {
+            Err(_) => {
+                server.observe(Outcome::Timeout);
+                (
+                    Failure::ResponseTimeout,
+                    error::gateway_timeout("The upstream did not answer in time."),
+                )
+            }
+            Ok(Err(e)) => {
+                server.observe(if e.is_connect() {
+                    Outcome::ConnectFailed
+                } else {
+                    Outcome::BrokenResponse
+                });
+                let f = if e.is_connect() {
+                    Failure::ConnFailure
+                } else {
+                    Failure::EmptyResponse
+                };
+                (f, upstream_error(be, &e))
+            }
+            Ok(Ok(r)) => {
+                server.observe(outcome_of(r.status(), r.headers()));
+                let status = r.status().as_u16();
+                if !(replay.is_some()
+                    && policy.on_status(status)
+                    && policy.allows(Failure::Status(status), attempt))
+                {
+                    break (r, guard);
+                }
+                // Retried: this answer is dropped unread.
+                (Failure::Status(status), Response::new(RespBody::empty()))
+            }
+        };
+        if !(replay.is_some() && policy.allows(failure, attempt)) {
+            return answer;
         }
-        Ok(Err(e)) => {
-            server.observe(if e.is_connect() {
-                Outcome::ConnectFailed
-            } else {
-                Outcome::BrokenResponse
-            });
-            return upstream_error(be, &e);
-        }
-        Ok(Ok(r)) => {
-            server.observe(outcome_of(r.status(), r.headers()));
-            r
-        }
+        tried.push(si);
+        let ctx = PickCtx {
+            src: conn.client.ip(),
+            path: parts.uri.path(),
+            headers: &parts.headers,
+        };
+        let next = retry::next_server(&policy, &brt.balancer, &ctx, &tried, si);
+        server.count_retry(next != si);
+        tracing::debug!(backend = %be.name, attempt, error = ?failure, "retrying");
+        si = next;
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -162,7 +235,62 @@ async fn proxy(
     let (mut rparts, rbody) = resp.into_parts();
     rewrite_response(be, &mut rparts.headers);
     rparts.version = Version::HTTP_11;
-    Response::from_parts(rparts, RespBody::upstream(rbody, be.timeouts.server, guard))
+    let sse = rparts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    Response::from_parts(
+        rparts,
+        RespBody::upstream(rbody, be.timeouts.server, guard, sse),
+    )
+}
+
+/// Reads a request body whole, up to `limit` bytes, so that a retry can
+/// send it again. Returns the body to send the first time (`None` when it
+/// was read whole) and the bytes to replay (`None` when it is longer than
+/// `limit`: it then streams, with what was read in front, and is not
+/// retried).
+async fn buffer_for_retry(
+    body: ReqBody,
+    limit: usize,
+) -> Result<(Option<ReqBody>, Option<Bytes>), Response<RespBody>> {
+    let (mut read, rest) = match body {
+        ReqBody::Prefixed { head, rest } => {
+            let mut p = BodyPrefix::default();
+            if let Some(h) = head {
+                p.push(h);
+            }
+            (p, rest)
+        }
+        ReqBody::Stream(inc) => (BodyPrefix::default(), Some(inc)),
+    };
+    let Some(mut rest) = rest else {
+        return Ok((None, Some(read.freeze())));
+    };
+    loop {
+        if rest.is_end_stream() {
+            return Ok((None, Some(read.freeze())));
+        }
+        if read.len() > limit {
+            let head = Some(read.freeze());
+            return Ok((
+                Some(ReqBody::Prefixed {
+                    head,
+                    rest: Some(rest),
+                }),
+                None,
+            ));
+        }
+        match rest.frame().await {
+            None => return Ok((None, Some(read.freeze()))),
+            Some(Err(_)) => return Err(error::bad_request("The request body could not be read.")),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    read.push(data);
+                }
+            }
+        }
+    }
 }
 
 /// The routing phases every request goes through, whichever engine carries

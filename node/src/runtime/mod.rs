@@ -60,8 +60,9 @@ pub struct ServerState {
     weight: AtomicU32,
     /// Requests currently being served by this server.
     active: AtomicU32,
-    /// Requests waiting for a slot on this server (queueing arrives with
-    /// issue 5; counted here so `leastconn` already sees active + queued).
+    /// Requests waiting for a slot on this server. Queueing is per backend
+    /// ([`BackendQueue`]), so this stays 0 until server-bound requests
+    /// (stick tables) can wait for one server; `leastconn` already reads it.
     queued: AtomicU32,
     /// Concurrent-request limit, 0 = unlimited.
     maxconn: AtomicU32,
@@ -69,12 +70,31 @@ pub struct ServerState {
     up: AtomicU8,
     /// Requests sent to this server since start (HAProxy's `stot`/`lbtot`).
     total: AtomicU64,
+    /// The backend's queue, woken when this server frees a slot.
+    queue: Arc<BackendQueue>,
+    /// Failed attempts on this server that were retried (HAProxy's `wretr`).
+    retries: AtomicU64,
+    /// Of those, retries that went to another server (HAProxy's `wredis`).
+    redispatches: AtomicU64,
+    /// Responses whose body broke after its head reached the client.
+    truncated: AtomicU64,
     health: health::Health,
 }
 
 impl ServerState {
     pub fn new(backend: &str, name: &str, weight: u32, maxconn: u32) -> Self {
+        Self::in_queue(backend, name, weight, maxconn, Arc::default())
+    }
+
+    fn in_queue(
+        backend: &str,
+        name: &str,
+        weight: u32,
+        maxconn: u32,
+        queue: Arc<BackendQueue>,
+    ) -> Self {
         ServerState {
+            queue,
             backend: backend.to_owned(),
             name: name.to_owned(),
             admin: AtomicU8::new(AdminState::Ready as u8),
@@ -84,6 +104,9 @@ impl ServerState {
             maxconn: AtomicU32::new(maxconn),
             up: AtomicU8::new(1),
             total: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            redispatches: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
             health: health::Health::new(),
         }
     }
@@ -132,6 +155,32 @@ impl ServerState {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// A failed attempt on this server is retried; `redispatched` when the
+    /// retry goes to another server.
+    pub fn count_retry(&self, redispatched: bool) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        if redispatched {
+            self.redispatches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A response body from this server broke after its head was sent.
+    pub fn count_truncated(&self) {
+        self.truncated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    pub fn redispatches(&self) -> u64 {
+        self.redispatches.load(Ordering::Relaxed)
+    }
+
+    pub fn truncated(&self) -> u64 {
+        self.truncated.load(Ordering::Relaxed)
+    }
+
     /// May this server be chosen for a new, non-sticky request? (Ready,
     /// UP, not in a 429 cooldown, weight above 0.) Backup servers are
     /// usable too; whether they are used is the balancer's call.
@@ -171,8 +220,31 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+        // A slot is free: the first waiter in the backend's queue tries.
+        if self.0.queue.current.load(Ordering::SeqCst) > 0 {
+            self.0.queue.notify.notify_one();
+        }
     }
+}
+
+/// A backend's queue of requests waiting for a free server slot (`maxconn`),
+/// served in arrival order as slots free; kept across reloads.
+#[derive(Debug, Default)]
+pub struct BackendQueue {
+    pub notify: tokio::sync::Notify,
+    /// Requests waiting now (HAProxy's `qcur`).
+    pub current: AtomicU32,
+    /// Most ever waiting at once (`qmax`).
+    pub max: AtomicU32,
+    /// Requests that had to wait.
+    pub total: AtomicU64,
+    /// Gave up after `timeout queue` (503).
+    pub timeouts: AtomicU64,
+    /// Refused because the queue was full (`maxqueue`, 503).
+    pub full: AtomicU64,
+    /// Total time spent waiting, in microseconds.
+    pub wait_us: AtomicU64,
 }
 
 /// A change to runtime state. The runtime API (issue 7) and the cluster
@@ -216,6 +288,7 @@ impl std::error::Error for CommandError {}
 #[derive(Debug, Default)]
 pub struct Runtime {
     servers: Mutex<HashMap<(String, String), Arc<ServerState>>>,
+    queues: Mutex<HashMap<String, Arc<BackendQueue>>>,
 }
 
 impl Runtime {
@@ -229,10 +302,21 @@ impl Runtime {
         weight: u32,
         maxconn: u32,
     ) -> Arc<ServerState> {
+        let queue = self.queue(backend);
         let mut map = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((backend.to_owned(), server.to_owned()))
-            .or_insert_with(|| Arc::new(ServerState::new(backend, server, weight, maxconn)))
+            .or_insert_with(|| {
+                Arc::new(ServerState::in_queue(
+                    backend, server, weight, maxconn, queue,
+                ))
+            })
             .clone()
+    }
+
+    /// The queue of `backend`, created on first sight.
+    pub fn queue(&self, backend: &str) -> Arc<BackendQueue> {
+        let mut map = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(backend.to_owned()).or_default().clone()
     }
 
     /// Forgets servers that the new configuration no longer has.

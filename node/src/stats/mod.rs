@@ -9,6 +9,7 @@
 //! stats page and the runtime API arrive with issue 7 on this listener.
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -102,10 +103,33 @@ fn stats_json(shared: &Shared) -> String {
                         "down_transitions": h.down_transitions,
                         "consecutive_errors": h.consecutive_errors,
                         "cooldown_ms": h.cooldown_remaining.as_millis() as u64,
+                        "retries": s.retries(),
+                        "redispatches": s.redispatches(),
+                        "truncated": s.truncated(),
                     })
                 })
                 .collect();
-            serde_json::json!({ "name": b.name, "balance": format!("{:?}", b.balance), "servers": servers })
+            let sum = |f: fn(&crate::runtime::ServerState) -> u64| -> u64 {
+                rt.balancer.servers().iter().map(|s| f(s)).sum()
+            };
+            serde_json::json!({
+                "name": b.name,
+                "balance": format!("{:?}", b.balance),
+                "retries": sum(crate::runtime::ServerState::retries),
+                "redispatches": sum(crate::runtime::ServerState::redispatches),
+                "truncated": sum(crate::runtime::ServerState::truncated),
+                "queue": {
+                    "current": rt.queue.current.load(Relaxed),
+                    "max": rt.queue.max.load(Relaxed),
+                    "total": rt.queue.total.load(Relaxed),
+                    "timeouts": rt.queue.timeouts.load(Relaxed),
+                    "full": rt.queue.full.load(Relaxed),
+                    "wait_ms_total": rt.queue.wait_us.load(Relaxed) / 1000,
+                    "limit": rt.queue_limit,
+                    "timeout_ms": rt.queue_timeout.as_millis() as u64,
+                },
+                "servers": servers,
+            })
         })
         .collect();
     serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "backends": backends }).to_string()

@@ -7,6 +7,8 @@
 //! the server's host name, and only `verify = "none"` turns that off.
 
 pub mod pool;
+pub mod queue;
+pub mod retry;
 
 use std::sync::Arc;
 

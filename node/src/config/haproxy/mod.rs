@@ -678,27 +678,7 @@ impl Cx<'_> {
                     self.err(l.line, "'retry-on' needs at least one keyword");
                 }
                 for w in a {
-                    let ok = matches!(
-                        w.text.as_str(),
-                        "none"
-                            | "conn-failure"
-                            | "empty-response"
-                            | "junk-response"
-                            | "response-timeout"
-                            | "0rtt-rejected"
-                            | "all-retryable-errors"
-                            | "401"
-                            | "403"
-                            | "404"
-                            | "408"
-                            | "425"
-                            | "500"
-                            | "501"
-                            | "502"
-                            | "503"
-                            | "504"
-                    );
-                    if !ok {
+                    if crate::config::model::retry_on::bit(&w.text).is_none() {
                         self.err(l.line, format!("unknown retry-on keyword '{}'", w.text));
                     }
                 }
@@ -798,6 +778,8 @@ impl Cx<'_> {
                 t.tunnel_set = true;
             }
             "queue" => d.opts.timeout_queue = Some(dur),
+            // llmgw's own: time to first token (no HAProxy equivalent).
+            "ttft" => t.ttft = Some(dur),
             "check" => d.opts.timeout_check = Some(dur),
             _ => self.unsupported(l),
         }
@@ -1713,34 +1695,6 @@ impl Cx<'_> {
                 }
             }
             if p.kind.is_be() {
-                let o = &p.d.opts;
-                let mut later: Vec<&str> = Vec::new();
-                for (set, name) in [
-                    (
-                        o.retries.is_some() || !o.retry_on.is_empty(),
-                        "retries/retry-on",
-                    ),
-                    (o.redispatch, "option redispatch"),
-                    (o.timeout_queue.is_some(), "timeout queue"),
-                    (
-                        p.servers.iter().any(|s| s.opts.maxqueue.is_some()),
-                        "maxqueue",
-                    ),
-                ] {
-                    if set {
-                        later.push(name);
-                    }
-                }
-                if !later.is_empty() {
-                    self.warn(
-                        p.line,
-                        format!(
-                            "backend '{}': {} accepted; the behaviour arrives with issue 5",
-                            p.name,
-                            later.join(", ")
-                        ),
-                    );
-                }
                 let check = self.check_def(&p);
                 for s in &p.servers {
                     let passive = s.opts.observe.is_some()

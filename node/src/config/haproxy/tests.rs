@@ -230,17 +230,14 @@ fn store_and_backrefs() {
 #[test]
 fn disabled_server_takes_no_traffic_and_deferred_settings_warn() {
     let l = load(
-        "frontend f\n    bind :1\n    default_backend b\nbackend b\n    retries 2\n    server a 127.0.0.1:1 weight 5 disabled\n    server c 127.0.0.1:2 slowstart 10s\n",
+        "frontend f\n    bind :1\n    default_backend b\nbackend b\n    timeout queue 5s\n    server a 127.0.0.1:1 weight 5 disabled\n    server c 127.0.0.1:2 slowstart 10s\n",
         false,
     )
     .unwrap();
     let s = &l.config.backends[0].servers;
     assert_eq!((s[0].weight, s[0].opts.disabled), (0, true));
     let w: Vec<String> = l.warnings.iter().map(|d| d.to_string()).collect();
-    assert!(
-        w.contains(&"t.cfg:4: warning: backend 'b': retries/retry-on accepted; the behaviour arrives with issue 5".to_string()),
-        "{w:#?}"
-    );
+    assert!(!w.iter().any(|x| x.contains("issue 5")), "{w:#?}");
 }
 
 #[test]
@@ -423,5 +420,26 @@ backend b
             "t.cfg:15: 'inter': invalid duration 'soon' (expected e.g. 500ms, 5s, 2m, 1h)",
             "t.cfg:16: 'addr' needs an IP address or host name, not 'not_a/host'",
         ]
+    );
+}
+
+#[test]
+fn retries_redispatch_and_ttft_are_in_force() {
+    let l = load(
+        "defaults\n    mode http\n    timeout ttft 2s\nfrontend f\n    bind :1\n    default_backend b\nbackend b\n    retries 3\n    retry-on 503 response-timeout\n    option redispatch\n    server a 127.0.0.1:1\n",
+        false,
+    )
+    .unwrap();
+    let b = &l.config.backends[0];
+    assert_eq!(b.opts.retries, Some(3));
+    assert_eq!(b.opts.retry_on, ["503", "response-timeout"]);
+    assert!(b.opts.redispatch);
+    assert_eq!(b.timeouts.ttft, Some(Duration::from_secs(2)));
+    let w: Vec<String> = l.warnings.iter().map(|d| d.to_string()).collect();
+    assert!(!w.iter().any(|x| x.contains("issue 5")), "{w:#?}");
+    let e = errors("backend b\n    retry-on 503 teapot\n    server a 127.0.0.1:1\n");
+    assert!(
+        e.contains(&"t.cfg:2: unknown retry-on keyword 'teapot'".to_string()),
+        "{e:?}"
     );
 }

@@ -124,6 +124,12 @@ enum State {
 }
 
 impl ChunkedScanner {
+    /// Between chunks, where a new chunk may be inserted (not inside a
+    /// chunk, and not after the last one).
+    pub fn at_chunk_start(&self) -> bool {
+        self.state == State::Size && self.size_digits == 0
+    }
+
     /// Consumes the start of `buf`: returns how many bytes belong to this
     /// body. That is all of them unless the body ends inside `buf`.
     pub fn scan(&mut self, buf: &[u8]) -> Result<usize, BadFraming> {

@@ -44,6 +44,8 @@ use crate::health::outcome_of;
 use crate::llm::model::{ModelScanner, Scan};
 use crate::runtime::{ActiveGuard, Outcome};
 use crate::upstream::pool::H1Pool;
+use crate::upstream::queue;
+use crate::upstream::retry::{self, Failure};
 
 /// Request and response heads larger than this are refused (431 / 502).
 const HEAD_MAX: usize = 64 * 1024;
@@ -310,22 +312,15 @@ async fn exchange<'a, IO: ClientIo>(
         path: parts.uri.path(),
         headers: &parts.headers,
     };
-    let picked = brt.balancer.pick(&ctx, &[]);
-    let Some((si, pool)) = picked.and_then(|si| Some((si, brt.upstreams[si].h1.as_ref()?))) else {
-        let done = framing_consumed(framing, read.len(), buf);
-        return answer(
-            io,
-            fe,
-            error::no_server(&be.name),
-            request_id,
-            close || !done,
-        )
-        .await
-        .into();
+    let mut si = match queue::pick(brt, &be.name, &ctx).await {
+        Ok(si) => si,
+        Err(resp) => {
+            let done = framing_consumed(framing, read.len(), buf);
+            return answer(io, fe, resp, request_id, close || !done)
+                .await
+                .into();
+        }
     };
-    // Counts the request on the server until its response body is over
-    // (it moves into the body relay), and hears how the request went.
-    let active = brt.balancer.server(si).begin();
 
     // Read before the rewrite strips the hop-by-hop header.
     let codings = (framing == Framing::Chunked).then(|| forwarded_codings(&parts.headers));
@@ -345,6 +340,28 @@ async fn exchange<'a, IO: ClientIo>(
         parts.headers.insert(header::TRANSFER_ENCODING, te);
     }
 
+    // With retries on, a body of known length up to `body_limit` is read
+    // whole before anything goes upstream (HAProxy's `option
+    // http-buffer-request`), so an attempt that fails later can be sent
+    // again: most clients write the body after the head, in its own packet.
+    let policy = brt.retry;
+    if policy.enabled() {
+        if let Framing::Length(total) = framing {
+            let need = usize::try_from(total)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(read.len());
+            if need <= fe.body_limit {
+                while buf.len() < need {
+                    buf.reserve(need - buf.len());
+                    match timeout(client_to, io.read_buf(buf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return Next::Close.into(),
+                    }
+                }
+            }
+        }
+    }
+
     // The request head, the body's first part and whatever of the rest is
     // already buffered go out in one write.
     let mut out = Vec::with_capacity(512 + send.len());
@@ -362,52 +379,111 @@ async fn exchange<'a, IO: ClientIo>(
     buf.advance(from_buf);
     // Replaying a request the server may have seen is only safe when the
     // method says so (RFC 9110 §9.2.2): a completion must not run twice.
+    // That is the stale pooled connection's resend; a retry that `retry-on`
+    // asks for is the operator's call, as in HAProxy (any method), and
+    // needs only the whole body at hand: `out` holds it when `body.done()`
+    // (at most the head plus what the model scan read, bounded by
+    // `body_limit`, and what arrived with the head).
     let replayable = body.done() && is_idempotent(&parts.method);
-
-    let mut rbuf = BytesMut::new();
-    let mut up = match send_request(pool, be, &out, replayable, &mut rbuf).await {
-        Ok(up) => up,
-        Err(e) => {
-            active.server().observe(e.outcome());
-            return answer(io, fe, e.response(), request_id, true).await.into();
-        }
-    };
-    if !body.done() {
-        if let Err(fail) = stream_request_body(io, &mut up, buf, &mut body, client_to, be).await {
-            return match fail {
-                BodyFail::Client => Next::Close.into(),
-                BodyFail::Malformed(why) => {
-                    let resp =
-                        error::bad_request(&format!("The request body is malformed: {why}."));
-                    answer(io, fe, resp, request_id, true).await.into()
-                }
-                BodyFail::Upstream(e) => {
-                    active.server().observe(e.outcome());
-                    answer(io, fe, e.response(), request_id, true).await.into()
-                }
-            };
-        }
-    }
-
+    let retryable = body.done() && policy.enabled();
+    let head_to = be
+        .timeouts
+        .ttft
+        .map_or(be.timeouts.server, |t| t.min(be.timeouts.server));
     let head_request = parts.method == Method::HEAD;
+
+    let mut tried: Vec<usize> = Vec::new();
+    let mut attempt = 0u32;
+    let (up, pool, active, mut rbuf, rhead, resp, rframing) = loop {
+        attempt += 1;
+        let Some(pool) = brt.upstreams[si].h1.as_ref() else {
+            return answer(io, fe, error::no_server(&be.name), request_id, true)
+                .await
+                .into();
+        };
+        // Counts the request on the server until its response body is over
+        // (it moves into the body relay), and hears how the request went.
+        let active = brt.balancer.server(si).begin();
+        let mut rbuf = BytesMut::new();
+        let failed = match send_request(pool, be, &out, replayable, head_to, &mut rbuf).await {
+            Err(e) => e,
+            Ok(mut up) => {
+                if !body.done() {
+                    if let Err(fail) =
+                        stream_request_body(io, &mut up, buf, &mut body, client_to, be).await
+                    {
+                        return match fail {
+                            BodyFail::Client => Next::Close.into(),
+                            BodyFail::Malformed(why) => {
+                                let resp = error::bad_request(&format!(
+                                    "The request body is malformed: {why}."
+                                ));
+                                answer(io, fe, resp, request_id, true).await.into()
+                            }
+                            BodyFail::Upstream(e) => {
+                                active.server().observe(e.outcome());
+                                answer(io, fe, e.response(), request_id, true).await.into()
+                            }
+                        };
+                    }
+                }
+                match read_response_head(&mut up, &mut rbuf, be, head_to, head_request).await {
+                    Ok((rhead, resp, rframing)) => {
+                        let status = resp.status.as_u16();
+                        active
+                            .server()
+                            .observe(outcome_of(resp.status, &resp.headers));
+                        if !(retryable
+                            && policy.on_status(status)
+                            && policy.allows(Failure::Status(status), attempt))
+                        {
+                            break (up, pool, active, rbuf, rhead, resp, rframing);
+                        }
+                        // Retried: this answer is dropped unread, and so is
+                        // its connection.
+                        UpstreamError::Status(status)
+                    }
+                    Err(e) => e,
+                }
+            }
+        };
+        if !matches!(failed, UpstreamError::Status(_)) {
+            active.server().observe(failed.outcome());
+        }
+        // A connection that could not be made took nothing of the body:
+        // what is not in `out` is still with the client.
+        let untouched = matches!(
+            failed,
+            UpstreamError::Connect | UpstreamError::ConnectTimeout
+        );
+        if !((retryable || (untouched && policy.enabled()))
+            && policy.allows(failed.failure(), attempt))
+        {
+            return answer(io, fe, failed.response(), request_id, true)
+                .await
+                .into();
+        }
+        tried.push(si);
+        let ctx = PickCtx {
+            src: conn.client.ip(),
+            path: parts.uri.path(),
+            headers: &parts.headers,
+        };
+        let next = retry::next_server(&policy, &brt.balancer, &ctx, &tried, si);
+        active.server().count_retry(next != si);
+        tracing::debug!(backend = %be.name, attempt, error = ?failed, "retrying");
+        si = next;
+    };
+
     // What the request held is not needed while the response streams (an
     // SSE stream may last minutes): the head's buffer, the body read aside,
     // and the client read buffer unless it holds a pipelined request.
-    drop((parts, head, read, send, out));
+    drop((parts, head, read, send, out, tried));
     if buf.is_empty() {
         *buf = BytesMut::new();
     }
     relay_response(
-        io,
-        up,
-        pool,
-        active,
-        &mut rbuf,
-        be,
-        fe,
-        request_id,
-        head_request,
-        close,
+        io, up, pool, active, &mut rbuf, rhead, resp, rframing, be, fe, request_id, close,
     )
     .await
 }
@@ -649,10 +725,14 @@ fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
 enum UpstreamError {
     ConnectTimeout,
     Connect,
-    /// No response head within `timeout server`.
+    /// No response head within `timeout server` (or `timeout ttft`).
     Timeout,
-    /// Closed or broke before a complete response head.
+    /// Closed or broke before the first byte of a response.
+    Empty,
+    /// Closed or broke inside the response head, or an invalid one.
     Broken,
+    /// A response whose status `retry-on` names (only while retrying).
+    Status(u16),
 }
 
 impl UpstreamError {
@@ -661,7 +741,20 @@ impl UpstreamError {
         match self {
             UpstreamError::ConnectTimeout | UpstreamError::Connect => Outcome::ConnectFailed,
             UpstreamError::Timeout => Outcome::Timeout,
-            UpstreamError::Broken => Outcome::BrokenResponse,
+            UpstreamError::Empty | UpstreamError::Broken => Outcome::BrokenResponse,
+            // Observed from the response itself.
+            UpstreamError::Status(_) => Outcome::Ok,
+        }
+    }
+
+    /// What `retry-on` calls it.
+    fn failure(&self) -> Failure {
+        match self {
+            UpstreamError::ConnectTimeout | UpstreamError::Connect => Failure::ConnFailure,
+            UpstreamError::Timeout => Failure::ResponseTimeout,
+            UpstreamError::Empty => Failure::EmptyResponse,
+            UpstreamError::Broken => Failure::JunkResponse,
+            UpstreamError::Status(s) => Failure::Status(*s),
         }
     }
 
@@ -674,9 +767,14 @@ impl UpstreamError {
             UpstreamError::Timeout => {
                 error::gateway_timeout("The upstream did not answer in time.")
             }
-            UpstreamError::Broken => {
+            UpstreamError::Empty | UpstreamError::Broken => {
                 error::bad_gateway("The upstream connection failed before a complete response.")
             }
+            UpstreamError::Status(s) => error::error_response(
+                StatusCode::from_u16(*s).unwrap_or(StatusCode::BAD_GATEWAY),
+                "upstream_error",
+                "The upstream failed on every attempt.",
+            ),
         }
     }
 }
@@ -691,6 +789,7 @@ async fn send_request(
     be: &Backend,
     out: &[u8],
     replayable: bool,
+    head_to: Duration,
     rbuf: &mut BytesMut,
 ) -> Result<TcpStream, UpstreamError> {
     let mut pooled = pool.checkout();
@@ -718,18 +817,18 @@ async fn send_request(
             return if ok {
                 Ok(up)
             } else {
-                Err(UpstreamError::Broken)
+                Err(UpstreamError::Empty)
             };
         }
         if ok {
-            match fill(&mut up, rbuf, be.timeouts.server).await {
+            match fill(&mut up, rbuf, head_to).await {
                 Ok(n) if n > 0 => return Ok(up),
                 Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout),
                 _ => {}
             }
         }
         if !reused {
-            return Err(UpstreamError::Broken);
+            return Err(UpstreamError::Empty);
         }
         tracing::debug!(backend = %be.name, "pooled connection was closed; retrying on a new one");
     }
@@ -781,44 +880,30 @@ async fn stream_request_body<IO: ClientIo>(
     Ok(())
 }
 
-/// Reads the response head (skipping interim 1xx answers), rewrites it,
-/// and sends it to the client with the part of the body that came with it.
-#[allow(clippy::too_many_arguments)]
-async fn relay_response<'a, IO: ClientIo>(
-    io: &mut IO,
-    mut up: TcpStream,
-    pool: &'a H1Pool,
-    active: ActiveGuard,
+/// Reads the response head, skipping interim 1xx answers, within
+/// `head_to` (`timeout server`, or `timeout ttft` when shorter), and finds
+/// the body's framing. Nothing has reached the client yet.
+async fn read_response_head(
+    up: &mut TcpStream,
     rbuf: &mut BytesMut,
     be: &Backend,
-    fe: &Frontend,
-    request_id: Option<HeaderValue>,
+    head_to: Duration,
     head_request: bool,
-    client_close: bool,
-) -> Step<'a> {
-    let server_to = be.timeouts.server;
-    let client_to = fe.timeouts.client;
-    let deadline = Instant::now() + server_to;
+) -> Result<(Bytes, UpstreamResponse, Framing), UpstreamError> {
+    let deadline = Instant::now() + head_to;
+    let mut seen = !rbuf.is_empty();
     let (head, resp) = loop {
         let Some(n) = head_end(rbuf, 0) else {
             if rbuf.len() >= HEAD_MAX {
-                active.server().observe(Outcome::BrokenResponse);
-                return answer(io, fe, UpstreamError::Broken.response(), request_id, true)
-                    .await
-                    .into();
+                return Err(UpstreamError::Broken);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            match fill(&mut up, rbuf, left).await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {
-                    active.server().observe(Outcome::BrokenResponse);
-                    return answer(io, fe, UpstreamError::Broken.response(), request_id, true)
-                        .await
-                        .into();
-                }
-                Err(e) => {
-                    active.server().observe(e.outcome());
-                    return answer(io, fe, e.response(), request_id, true).await.into();
+            match fill(up, rbuf, left).await? {
+                0 if seen => return Err(UpstreamError::Broken),
+                0 => return Err(UpstreamError::Empty),
+                _ => {
+                    seen = true;
+                    continue;
                 }
             }
         };
@@ -832,28 +917,42 @@ async fn relay_response<'a, IO: ClientIo>(
             Some(r) if r.status != StatusCode::SWITCHING_PROTOCOLS => break (head, r),
             _ => {
                 tracing::debug!(backend = %be.name, "malformed upstream response head");
-                active.server().observe(Outcome::BrokenResponse);
-                return answer(io, fe, UpstreamError::Broken.response(), request_id, true)
-                    .await
-                    .into();
+                return Err(UpstreamError::Broken);
             }
         }
     };
+    let framing = framing::response(&resp.headers, head_request, resp.status.as_u16())
+        .map_err(|_| UpstreamError::Broken)?;
+    Ok((head, resp, framing))
+}
+
+/// Rewrites the response head and sends it to the client with the part of
+/// the body that came with it.
+#[allow(clippy::too_many_arguments)]
+async fn relay_response<'a, IO: ClientIo>(
+    io: &mut IO,
+    up: TcpStream,
+    pool: &'a H1Pool,
+    active: ActiveGuard,
+    rbuf: &mut BytesMut,
+    head: Bytes,
+    resp: UpstreamResponse,
+    framing: Framing,
+    be: &Backend,
+    fe: &Frontend,
+    request_id: Option<HeaderValue>,
+    client_close: bool,
+) -> Step<'a> {
+    let server_to = be.timeouts.server;
+    let client_to = fe.timeouts.client;
     let UpstreamResponse {
         status,
         mut headers,
         keep_alive,
     } = resp;
-    let framing = match framing::response(&headers, head_request, status.as_u16()) {
-        Ok(f) => f,
-        Err(_) => {
-            active.server().observe(Outcome::BrokenResponse);
-            return answer(io, fe, UpstreamError::Broken.response(), request_id, true)
-                .await
-                .into();
-        }
-    };
-    active.server().observe(outcome_of(status, &headers));
+    let sse = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     // Read before the rewrite strips the hop-by-hop header.
     let codings = matches!(framing, Framing::Chunked | Framing::UntilClose)
         .then(|| forwarded_codings(&headers));
@@ -899,6 +998,7 @@ async fn relay_response<'a, IO: ClientIo>(
         relay,
         reusable: keep_alive && !leftover,
         client_close,
+        sse,
         server_to,
         client_to,
     };
@@ -920,6 +1020,8 @@ struct BodyRelay<'a> {
     /// The upstream may serve another request once this body is complete.
     reusable: bool,
     client_close: bool,
+    /// `text/event-stream`: a break mid-body is told with an `event: error`.
+    sse: bool,
     server_to: Duration,
     client_to: Duration,
 }
@@ -931,7 +1033,7 @@ impl BodyRelay<'_> {
                 Ok(c) => c,
                 Err(e) => {
                     self.active.server().observe(e.outcome());
-                    return Next::Close;
+                    return self.truncate(io).await;
                 }
             };
             if chunk.is_empty() {
@@ -945,13 +1047,12 @@ impl BodyRelay<'_> {
                     }
                     break;
                 }
-                // Truncated: the client sees the body stop short of its end.
                 self.active.server().observe(Outcome::BrokenResponse);
-                return Next::Close;
+                return self.truncate(io).await;
             }
             let Ok(n) = self.relay.take(&chunk) else {
                 self.active.server().observe(Outcome::BrokenResponse);
-                return Next::Close;
+                return self.truncate(io).await;
             };
             let written = if let Relay::UntilClose(_) = self.relay {
                 let mut framed = Vec::with_capacity(n + 16);
@@ -969,6 +1070,30 @@ impl BodyRelay<'_> {
             }
         }
         self.finish(io).await
+    }
+
+    /// The upstream broke mid-body: the client sees the body stop short of
+    /// its end (no final chunk, or fewer bytes than `Content-Length`), and
+    /// an SSE client first gets an `event: error` when the framing allows
+    /// one more chunk (between chunks of a chunked body, or in a body the
+    /// engine chunks itself). Never a clean-looking end.
+    async fn truncate<IO: ClientIo>(self, io: &mut IO) -> Next {
+        self.active.server().count_truncated();
+        let between_chunks = match &self.relay {
+            Relay::Chunked(s) => s.at_chunk_start(),
+            Relay::UntilClose(done) => !done,
+            Relay::Length(_) => false,
+        };
+        if self.sse && between_chunks {
+            let event = error::stream_error_event();
+            let mut out = Vec::with_capacity(event.len() + 16);
+            out.extend_from_slice(format!("{:x}\r\n", event.len()).as_bytes());
+            out.extend_from_slice(event);
+            out.extend_from_slice(b"\r\n");
+            let _ = write_client(io, &out, self.client_to).await;
+        }
+        let _ = io.shutdown().await;
+        Next::Close
     }
 
     /// After a complete body: the upstream connection goes back to the
@@ -1290,6 +1415,7 @@ mod tests {
             relay: Relay::Length(1),
             reusable: true,
             client_close: false,
+            sse: false,
             server_to: Duration::from_secs(1),
             client_to: Duration::from_secs(1),
         };
