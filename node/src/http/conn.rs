@@ -19,9 +19,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::config::Timeouts;
@@ -277,24 +278,17 @@ fn memfind(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Answers a first request that never became a request, then closes.
-async fn answer_and_close<IO: AsyncWrite + Unpin>(
+/// Answers a first request that never became a request, then closes: the
+/// engine's own writer, so the answer is the same as for any later request.
+async fn answer_and_close<IO: super::h1::ClientIo>(
     io: &mut IO,
-    status: &str,
+    status: StatusCode,
     code: &str,
     message: &str,
+    timeouts: &Timeouts,
 ) {
-    let body = format!(
-        r#"{{"error":{{"message":"{message}","type":"invalid_request_error","code":"{code}"}}}}"#
-    );
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    let body = body.as_bytes();
-    let _ = io.write_all(head.as_bytes()).await;
-    let _ = io.write_all(body).await;
-    let _ = io.shutdown().await;
+    let resp = super::error::error_response(status, code, message);
+    let _ = super::h1::write_local(io, resp, true, timeouts.client).await;
 }
 
 /// Serves HTTP on one accepted (and, if configured, TLS-terminated) client
@@ -316,22 +310,18 @@ pub async fn serve<IO>(
             Prelude::Closed => return,
             Prelude::TimedOut => {
                 let msg = "The request was not received in time.";
-                return answer_and_close(&mut io, "408 Request Timeout", "request_timeout", msg)
-                    .await;
+                let status = StatusCode::REQUEST_TIMEOUT;
+                return answer_and_close(&mut io, status, "request_timeout", msg, timeouts).await;
             }
             Prelude::Malformed => {
                 let msg = "The request is not valid HTTP.";
-                return answer_and_close(&mut io, "400 Bad Request", "bad_request", msg).await;
+                let status = StatusCode::BAD_REQUEST;
+                return answer_and_close(&mut io, status, "bad_request", msg, timeouts).await;
             }
             Prelude::TooLarge => {
                 let msg = "The request headers are too large.";
-                return answer_and_close(
-                    &mut io,
-                    "431 Request Header Fields Too Large",
-                    "headers_too_large",
-                    msg,
-                )
-                .await;
+                let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                return answer_and_close(&mut io, status, "headers_too_large", msg, timeouts).await;
             }
         }
     };

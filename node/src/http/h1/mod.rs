@@ -1251,7 +1251,7 @@ async fn answer<IO: ClientIo>(
 }
 
 /// Writes a response the gateway made itself (a full body or none).
-async fn write_local<IO: ClientIo>(
+pub(super) async fn write_local<IO: ClientIo>(
     io: &mut IO,
     resp: Response<RespBody>,
     close: bool,
