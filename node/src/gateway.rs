@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use crate::balance::Balancer;
 use crate::config::Config;
 use crate::health;
-use crate::runtime::{BackendQueue, Runtime};
+use crate::runtime::{BackendQueue, FallbackCounters, Runtime};
 use crate::upstream::retry::RetryPolicy;
 use crate::upstream::Upstream;
 
@@ -43,6 +43,7 @@ pub struct BackendRt {
     pub queue_limit: Option<u32>,
     /// `timeout queue`, else `timeout connect` (as in HAProxy).
     pub queue_timeout: std::time::Duration,
+    pub fallbacks: Arc<FallbackCounters>,
 }
 
 /// What outlives snapshots.
@@ -139,9 +140,11 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
             BackendRt {
                 balancer: Balancer::new(&b.balance, b.hash_type, servers)
                     .with_allbackups(b.opts.allbackups),
-                h1_only: upstreams.iter().all(|u| u.h1.is_some()),
+                // A fallback chain is followed by the general path only.
+                h1_only: upstreams.iter().all(|u| u.h1.is_some()) && b.opts.fallback.is_empty(),
                 retry: RetryPolicy::of(b),
                 queue: runtime.queue(&b.name),
+                fallbacks: runtime.fallback_counters(&b.name),
                 queue_limit,
                 queue_timeout: b.opts.timeout_queue.unwrap_or(b.timeouts.connect),
                 upstreams,

@@ -432,3 +432,32 @@ async fn upstream_429_cools_the_server_down_for_its_retry_after() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_backend_whose_servers_all_cool_down_answers_429_with_retry_after() {
+    let a = Mock::start("a", &["--retry-after", "30"]);
+    let cfg = format!(
+        "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n\
+         [[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"a\"\naddress = \"{}\"\n",
+        a.addr
+    );
+    let (gw, _stats) = start("llmgw.toml", &cfg);
+    let c = Client::http1();
+    let fail = format!("http://{}/mock/fail?fail=status:429", a.addr);
+    assert_eq!(c.send(Method::POST, &fail, &[], "").await.status, 200);
+    // The provider's own 429 passes through and starts the cooldown.
+    let r = c.get(&gw.url("/v1/models")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-mock-server"), Some("a"));
+    // Then the gateway answers for it, without asking, until it is over.
+    let r = c.get(&gw.url("/v1/models")).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("x-mock-server"), None);
+    assert_eq!(r.json()["error"]["code"], "upstream_rate_limited");
+    let secs: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((29..=30).contains(&secs), "Retry-After {secs}");
+    assert_eq!(mock_stats(&c, a.addr).await["by_path"]["/v1/models"], 1);
+}

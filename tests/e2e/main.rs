@@ -5,6 +5,7 @@ mod balancing;
 mod config_errors;
 mod differential;
 mod errors;
+mod fallback;
 mod h1_engine;
 mod haproxy;
 mod health;

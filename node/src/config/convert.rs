@@ -300,6 +300,29 @@ pub fn convert(c: &Config, text: &str) -> String {
         if o.redispatch {
             t.insert("redispatch".into(), Value::Boolean(true));
         }
+        if !o.fallback.is_empty() {
+            let steps = o.fallback.iter().map(|f| {
+                let mut st = Table::new();
+                st.insert(
+                    "backend".into(),
+                    Value::String(c.backends[f.backend].name.clone()),
+                );
+                st.insert(
+                    "on".into(),
+                    Value::Array(
+                        retry_on::words(f.on)
+                            .into_iter()
+                            .map(Value::String)
+                            .collect(),
+                    ),
+                );
+                if let Some(m) = &f.model {
+                    st.insert("model".into(), Value::String(m.clone()));
+                }
+                Value::Table(st)
+            });
+            t.insert("fallback".into(), Value::Array(steps.collect()));
+        }
         let servers = b
             .servers
             .iter()

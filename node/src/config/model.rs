@@ -646,6 +646,77 @@ pub struct BackendOpts {
     pub check_timing: CheckTiming,
     /// Backend-wide `cooldown_429` default (native); a server's wins.
     pub cooldown_429: Option<Duration>,
+    /// Where a request goes when this backend fails it for good (llmgw's
+    /// own): the steps in order, each entered only on a failure its `on`
+    /// names. Only the chain of the backend a route chose is followed.
+    pub fallback: Vec<Fallback>,
+}
+
+/// One step of a fallback chain: `openai` → `azure-openai` →
+/// `anthropic-compat`, each step with its own conditions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fallback {
+    /// Index into [`Config::backends`].
+    pub backend: usize,
+    /// The failures of the step before that lead here, as [`retry_on`]
+    /// bits (default [`retry_on::FALLBACK_DEFAULT`]).
+    pub on: u32,
+    /// The model this backend is asked for: the body's `model` is
+    /// rewritten (providers name the same model differently).
+    pub model: Option<String>,
+}
+
+/// Resolves one step of backend `from`'s fallback chain, `prior` being the
+/// steps before it; both readers call this so the rules are the same.
+/// `on` empty = [`retry_on::FALLBACK_DEFAULT`].
+pub fn fallback_step(
+    from: usize,
+    target: &str,
+    on: &[String],
+    model: Option<String>,
+    backends: &[Backend],
+    index: &std::collections::HashMap<String, usize>,
+    prior: &[Fallback],
+) -> Result<Fallback, String> {
+    let this = &backends[from].name;
+    let Some(&backend) = index.get(target) else {
+        return Err(format!(
+            "backend '{this}': fallback backend '{target}' does not exist"
+        ));
+    };
+    if backend == from || prior.iter().any(|s| s.backend == backend) {
+        return Err(format!(
+            "backend '{this}': fallback backend '{target}' is already in the chain"
+        ));
+    }
+    if backends[from].mode != Mode::Http || backends[backend].mode != Mode::Http {
+        return Err(format!(
+            "backend '{this}': fallback needs mode http on both '{this}' and '{target}'"
+        ));
+    }
+    let mut bits = 0;
+    for w in on {
+        match retry_on::bit(w) {
+            Some(b) => bits |= b,
+            None => {
+                return Err(format!(
+                    "backend '{this}': unknown fallback condition '{w}' (the retry-on keywords: conn-failure, empty-response, junk-response, response-timeout, 401, 403, 404, 408, 425, 429, 500, 501, 502, 503, 504, all-retryable-errors)"
+                ))
+            }
+        }
+    }
+    if model.as_deref().is_some_and(str::is_empty) {
+        return Err(format!("backend '{this}': fallback model is empty"));
+    }
+    Ok(Fallback {
+        backend,
+        on: if on.is_empty() {
+            retry_on::FALLBACK_DEFAULT
+        } else {
+            bits
+        },
+        model,
+    })
 }
 
 /// When a failed attempt may be retried (HAProxy's `retry-on`), as bits.
@@ -667,6 +738,9 @@ pub mod retry_on {
         | status(502)
         | status(503)
         | status(504);
+    /// When a fallback step names no conditions: every retryable error,
+    /// and a 429 — another provider's quota is the point of a fallback.
+    pub const FALLBACK_DEFAULT: u32 = ALL_RETRYABLE | status(429);
 
     /// The bit for a response status (0 when `retry-on` cannot name it).
     pub const fn status(s: u16) -> u32 {
@@ -695,6 +769,37 @@ pub mod retry_on {
                 _ => return None,
             },
         })
+    }
+
+    /// Keywords naming exactly `mask` (the inverse of [`mask`]).
+    pub fn words(mask: u32) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut left = mask;
+        if left & ALL_RETRYABLE == ALL_RETRYABLE {
+            out.push("all-retryable-errors".to_owned());
+            left &= !ALL_RETRYABLE;
+        }
+        for (bit, word) in [
+            (CONN_FAILURE, "conn-failure"),
+            (EMPTY_RESPONSE, "empty-response"),
+            (JUNK_RESPONSE, "junk-response"),
+            (RESPONSE_TIMEOUT, "response-timeout"),
+            (ZERO_RTT_REJECTED, "0rtt-rejected"),
+        ] {
+            if left & bit != 0 {
+                out.push(word.to_owned());
+            }
+        }
+        out.extend(
+            STATUSES
+                .iter()
+                .filter(|&&s| left & status(s) != 0)
+                .map(|s| s.to_string()),
+        );
+        if out.is_empty() {
+            out.push("none".to_owned());
+        }
+        out
     }
 
     /// The mask of a whole `retry-on` list; empty = HAProxy's default,

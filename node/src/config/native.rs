@@ -256,6 +256,19 @@ struct RawBackend {
     /// HAProxy's `option redispatch`.
     #[serde(default)]
     redispatch: bool,
+    /// Fallback chain: where a request goes when this backend fails it.
+    #[serde(default)]
+    fallback: Vec<Spanned<RawFallback>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallback {
+    backend: String,
+    /// `retry_on` keywords; absent = every retryable error and 429.
+    on: Option<Vec<String>>,
+    /// The model name this backend is asked for.
+    model: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -464,15 +477,21 @@ impl Compiler<'_> {
         // Backends first: routes refer to them by name.
         let mut backend_index: HashMap<String, usize> = HashMap::new();
         let mut backends = Vec::new();
-        for rb in raw.backends {
+        let mut fallbacks = Vec::new();
+        for mut rb in raw.backends {
             let name = rb.name.get_ref().clone();
             if backend_index.contains_key(&name) {
                 self.err(rb.name.span(), format!("duplicate backend name '{name}'"));
                 continue;
             }
             backend_index.insert(name, backends.len());
+            fallbacks.push(std::mem::take(&mut rb.fallback));
             let b = self.backend(rb, &default_timeouts, &raw.defaults.pool);
             backends.push(b);
+        }
+        for (bi, chain) in fallbacks.into_iter().enumerate() {
+            let steps = self.fallback_chain(bi, chain, &backends, &backend_index);
+            backends[bi].opts.fallback = steps;
         }
 
         let mut frontends = Vec::new();
@@ -1125,6 +1144,28 @@ impl Compiler<'_> {
             pool_idle_timeout,
             name,
         }
+    }
+
+    /// A backend's `fallback` steps, resolved against every backend.
+    fn fallback_chain(
+        &mut self,
+        from: usize,
+        chain: Vec<Spanned<RawFallback>>,
+        backends: &[Backend],
+        index: &HashMap<String, usize>,
+    ) -> Vec<Fallback> {
+        let mut steps = Vec::new();
+        for raw in chain {
+            let span = raw.span();
+            let f = raw.into_inner();
+            let on = f.on.unwrap_or_default();
+            let step = fallback_step(from, &f.backend, &on, f.model, backends, index, &steps);
+            match step {
+                Ok(s) => steps.push(s),
+                Err(e) => self.err(span, e),
+            }
+        }
+        steps
     }
 
     /// `[backend.check]`: the check definition, backend-wide timing and
@@ -1981,6 +2022,45 @@ check_port = 0
         assert!(
             e[0].starts_with("test.toml:7:") && e[0].contains("unknown retry_on keyword '418'"),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn fallback_chain_with_models_and_conditions() {
+        let base = "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:1\"]\ndefault_backend = \"openai\"\n\
+             [[backend]]\nname = \"azure\"\n[[backend.server]]\nname = \"z\"\naddress = \"127.0.0.1:2\"\n\
+             [[backend]]\nname = \"openai\"\n";
+        let c = load(&format!(
+            "{base}fallback = [{{ backend = \"azure\", on = [\"429\", \"5xx\"] }}]\n"
+        ));
+        let e: Vec<String> = c.unwrap_err().0.iter().map(|d| d.to_string()).collect();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("test.toml:12: backend 'openai': unknown fallback condition '5xx'"),
+            "{e:?}"
+        );
+        let c = load(&format!(
+            "{base}fallback = [{{ backend = \"azure\", on = [\"429\", \"all-retryable-errors\"], model = \"gpt-4o-eu\" }}]\n"
+        ))
+        .unwrap();
+        let step = &c.backends[1].opts.fallback[0];
+        assert_eq!(step.backend, 0);
+        assert_eq!(step.on, retry_on::FALLBACK_DEFAULT);
+        assert_eq!(step.model.as_deref(), Some("gpt-4o-eu"));
+        assert_eq!(
+            retry_on::words(step.on),
+            ["all-retryable-errors", "429"],
+            "the words read back as the same mask"
+        );
+        let e = errors(&format!(
+            "{base}fallback = [{{ backend = \"openai\" }}, {{ backend = \"azure\", model = \"\" }}]\n"
+        ));
+        assert_eq!(
+            e,
+            [
+                "test.toml:12: backend 'openai': fallback backend 'openai' is already in the chain",
+                "test.toml:12: backend 'openai': fallback model is empty",
+            ]
         );
     }
 }

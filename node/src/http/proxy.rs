@@ -1,7 +1,8 @@
 //! One request's way through the gateway, in the order it happens:
 //! frontend lookup → request id and trace context → body inspection (only if
-//! a rule needs the model) → route → balance → rewrite → forward → response
-//! rewrite → streamed back. Each phase is a function below; errors the
+//! a rule needs the model) → route → balance → rewrite → forward (retries;
+//! then the backend's fallback chain, step by step) → response rewrite →
+//! streamed back. Each phase is a function below; errors the
 //! gateway makes itself leave through `error.rs` in the OpenAI shape.
 
 use std::net::IpAddr;
@@ -20,14 +21,16 @@ use super::body::{ReqBody, RespBody};
 use super::conn::{ConnInfo, InflightGuard};
 use super::error;
 use crate::balance::PickCtx;
-use crate::config::{Backend, Frontend, HttpReqRule, ReqAction};
+use crate::config::{Backend, Fallback, Frontend, HttpReqRule, ReqAction};
 use crate::gateway::{Shared, Snapshot};
 use crate::health::outcome_of;
 use crate::llm::model::{self, ModelScanner, Scan};
 use crate::route::{self, Facts};
+use crate::runtime::ActiveGuard;
 use crate::runtime::Outcome;
 use crate::upstream::queue;
 use crate::upstream::retry::{self, Failure};
+use std::sync::atomic::Ordering::Relaxed;
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -95,124 +98,92 @@ async fn proxy(
         Ok(bi) => bi,
         Err(resp) => return *resp,
     };
-    let be = &snap.config.backends[bi];
-    let brt = &snap.backends[bi];
-    let ctx = PickCtx {
-        src: conn.client.ip(),
-        path: parts.uri.path(),
-        headers: &parts.headers,
+    // A retry or a fallback step needs the whole body at hand: it is read
+    // here, up to the frontend's `body_limit`; a longer body streams and is
+    // sent again only where nothing of it was sent (no server, a refused
+    // connection).
+    let chain: &[Fallback] = match client_upgrade {
+        None => &snap.config.backends[bi].opts.fallback,
+        Some(_) => &[],
     };
-    let mut si = match queue::pick(brt, &be.name, &ctx).await {
-        Ok(si) => si,
-        Err(resp) => return resp,
-    };
-
-    // A retry needs the whole body at hand: it is read here, up to the
-    // frontend's `body_limit`, when retries are on; a longer body streams
-    // and is not retried.
-    let policy = brt.retry;
-    let (mut body, replay) = if policy.enabled() && client_upgrade.is_none() {
-        match buffer_for_retry(body, fe.body_limit).await {
-            Ok(b) => b,
-            Err(resp) => return resp,
-        }
-    } else {
-        (Some(body), None)
-    };
-
-    rewrite_request(
+    let (mut body, replay) =
+        if client_upgrade.is_none() && (snap.backends[bi].retry.enabled() || !chain.is_empty()) {
+            match buffer_for_retry(body, fe.body_limit).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            }
+        } else {
+            (Some(body), None)
+        };
+    // Each step rewrites the client's request for its own backend.
+    let pristine = (!chain.is_empty()).then(|| parts.clone());
+    let x = Exchange {
+        snap,
         fe,
-        be,
         conn,
-        &mut parts,
         request_id,
-        client_upgrade.is_some(),
-    );
-    parts.version = Version::HTTP_11;
-    let head_to = be
-        .timeouts
-        .ttft
-        .map_or(be.timeouts.server, |t| t.min(be.timeouts.server));
-
-    let mut tried: Vec<usize> = Vec::new();
-    let mut attempt = 0u32;
-    let (mut resp, guard) = loop {
-        attempt += 1;
-        let server = brt.balancer.server(si).clone();
-        let guard = server.begin();
-        let upstream = &brt.upstreams[si];
-        let uri = match upstream_uri(be, &parts.uri, upstream) {
-            Ok(u) => u,
-            Err(_) => return error::bad_request("The request target cannot be forwarded."),
-        };
-        let (mut p, b) = match &replay {
-            Some(bytes) => (
-                parts.clone(),
-                ReqBody::Prefixed {
-                    head: Some(bytes.clone()),
-                    rest: None,
-                },
-            ),
-            None => {
-                let Some(b) = body.take() else {
-                    return error::bad_gateway("The request cannot be sent again.");
-                };
-                (
-                    std::mem::replace(&mut parts, Request::new(()).into_parts().0),
-                    b,
-                )
-            }
-        };
-        p.uri = uri;
-        let sent = upstream.client.request(Request::from_parts(p, b));
-        let (failure, answer) = match tokio::time::timeout(head_to, sent).await {
-            Err(_) => {
-                server.observe(Outcome::Timeout);
-                (
-                    Failure::ResponseTimeout,
-                    error::gateway_timeout("The upstream did not answer in time."),
-                )
-            }
-            Ok(Err(e)) => {
-                server.observe(if e.is_connect() {
-                    Outcome::ConnectFailed
-                } else {
-                    Outcome::BrokenResponse
-                });
-                let f = if e.is_connect() {
-                    Failure::ConnFailure
-                } else {
-                    Failure::EmptyResponse
-                };
-                (f, upstream_error(be, &e))
-            }
-            Ok(Ok(r)) => {
-                server.observe(outcome_of(r.status(), r.headers()));
-                let status = r.status().as_u16();
-                if !(replay.is_some()
-                    && policy.on_status(status)
-                    && policy.allows(Failure::Status(status), attempt))
-                {
-                    break (r, guard);
-                }
-                // Retried: this answer is dropped unread.
-                (Failure::Status(status), Response::new(RespBody::empty()))
-            }
-        };
-        if !(replay.is_some() && policy.allows(failure, attempt)) {
-            return answer;
-        }
-        tried.push(si);
-        let ctx = PickCtx {
-            src: conn.client.ip(),
-            path: parts.uri.path(),
-            headers: &parts.headers,
-        };
-        let next = retry::next_server(&policy, &brt.balancer, &ctx, &tried, si);
-        server.count_retry(next != si);
-        tracing::debug!(backend = %be.name, attempt, error = ?failure, "retrying");
-        si = next;
+        upgrade: client_upgrade.is_some(),
     };
+
+    // The next step takes over on a failure its conditions name, when the
+    // body can be sent again (a model rewrite needs it whole).
+    let takes = |next: &Fallback, f: Failure, body: &Option<ReqBody>| {
+        next.takes(f)
+            && match &next.model {
+                Some(_) => replay.is_some(),
+                None => replay.is_some() || body.is_some(),
+            }
+    };
+    let mut bi = bi;
+    let mut step_body = replay.clone();
+    let mut step = 0;
+    let (mut resp, guard) = loop {
+        let brt = &snap.backends[bi];
+        let (failure, answer) = match x.forward(bi, parts, &mut body, step_body.as_ref()).await {
+            Forwarded::Response(resp, guard) => {
+                let status = Failure::Status(resp.status().as_u16());
+                match chain.get(step) {
+                    // Dropped unread: the next step answers instead.
+                    Some(next) if takes(next, status, &body) => {
+                        (status, Response::new(RespBody::empty()))
+                    }
+                    _ => break (resp, guard),
+                }
+            }
+            Forwarded::Failed(f, answer) => (f, answer),
+            Forwarded::Final(answer) => return answer,
+        };
+        let Some(next) = chain.get(step).filter(|n| takes(n, failure, &body)) else {
+            return answer;
+        };
+        let Some(mut p) = pristine.clone() else {
+            return answer;
+        };
+        brt.fallbacks.handed_on.fetch_add(1, Relaxed);
+        snap.backends[next.backend]
+            .fallbacks
+            .taken_over
+            .fetch_add(1, Relaxed);
+        tracing::debug!(
+            from = %snap.config.backends[bi].name,
+            to = %snap.config.backends[next.backend].name,
+            error = ?failure,
+            "falling back"
+        );
+        step_body = match (&replay, &next.model) {
+            (Some(bytes), Some(m)) => Some(replace_model(bytes, m, &mut p.headers)),
+            _ => replay.clone(),
+        };
+        let model = next.model.as_deref().or(model_name.as_deref());
+        let be = &snap.config.backends[next.backend];
+        if let Some(resp) = http_request_rules(&be.http_request, &mut p, conn.client.ip(), model) {
+            return resp;
+        }
+        parts = p;
+        bi = next.backend;
+        step += 1;
+    };
+    let be = &snap.config.backends[bi];
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -243,6 +214,170 @@ async fn proxy(
         rparts,
         RespBody::upstream(rbody, be.timeouts.server, guard, sse),
     )
+}
+
+/// What every attempt of one request shares, whichever backend of its
+/// fallback chain the attempt goes to.
+struct Exchange<'a> {
+    snap: &'a Snapshot,
+    fe: &'a Frontend,
+    conn: &'a ConnInfo,
+    request_id: Option<&'a HeaderValue>,
+    upgrade: bool,
+}
+
+/// How one backend dealt with a request.
+enum Forwarded {
+    /// The response to relay (its status may still lead to a fallback).
+    Response(Response<Incoming>, ActiveGuard),
+    /// Every attempt failed; the answer is what the client gets unless a
+    /// fallback step takes over.
+    Failed(Failure, Response<RespBody>),
+    /// An answer no fallback changes (the request cannot be forwarded).
+    Final(Response<RespBody>),
+}
+
+impl Exchange<'_> {
+    /// Sends the request to backend `bi`: a server from its balancer (or
+    /// its queue), then retries and redispatch as its policy allows.
+    /// `replay` is the whole body when it was read; otherwise `body` is
+    /// sent once.
+    async fn forward(
+        &self,
+        bi: usize,
+        mut parts: Parts,
+        body: &mut Option<ReqBody>,
+        replay: Option<&Bytes>,
+    ) -> Forwarded {
+        let (be, brt) = (&self.snap.config.backends[bi], &self.snap.backends[bi]);
+        let src = self.conn.client.ip();
+        let ctx = PickCtx {
+            src,
+            path: parts.uri.path(),
+            headers: &parts.headers,
+        };
+        let mut si = match queue::pick(brt, &ctx).await {
+            Ok(si) => si,
+            Err(no) => return Forwarded::Failed(no.failure(), no.response(&be.name)),
+        };
+        rewrite_request(
+            self.fe,
+            be,
+            self.conn,
+            &mut parts,
+            self.request_id,
+            self.upgrade,
+        );
+        parts.version = Version::HTTP_11;
+        let policy = brt.retry;
+        let head_to = be
+            .timeouts
+            .ttft
+            .map_or(be.timeouts.server, |t| t.min(be.timeouts.server));
+
+        let mut tried: Vec<usize> = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let server = brt.balancer.server(si).clone();
+            let guard = server.begin();
+            let upstream = &brt.upstreams[si];
+            let uri = match upstream_uri(be, &parts.uri, upstream) {
+                Ok(u) => u,
+                Err(_) => {
+                    return Forwarded::Final(error::bad_request(
+                        "The request target cannot be forwarded.",
+                    ))
+                }
+            };
+            let (mut p, b) = match replay {
+                Some(bytes) => (
+                    parts.clone(),
+                    ReqBody::Prefixed {
+                        head: Some(bytes.clone()),
+                        rest: None,
+                    },
+                ),
+                None => {
+                    let Some(b) = body.take() else {
+                        return Forwarded::Final(error::bad_gateway(
+                            "The request cannot be sent again.",
+                        ));
+                    };
+                    (
+                        std::mem::replace(&mut parts, Request::new(()).into_parts().0),
+                        b,
+                    )
+                }
+            };
+            p.uri = uri;
+            let sent = upstream.client.request(Request::from_parts(p, b));
+            let (failure, answer) = match tokio::time::timeout(head_to, sent).await {
+                Err(_) => {
+                    server.observe(Outcome::Timeout);
+                    (
+                        Failure::ResponseTimeout,
+                        error::gateway_timeout("The upstream did not answer in time."),
+                    )
+                }
+                Ok(Err(e)) => {
+                    server.observe(if e.is_connect() {
+                        Outcome::ConnectFailed
+                    } else {
+                        Outcome::BrokenResponse
+                    });
+                    let f = if e.is_connect() {
+                        Failure::ConnFailure
+                    } else {
+                        Failure::EmptyResponse
+                    };
+                    (f, upstream_error(be, &e))
+                }
+                Ok(Ok(r)) => {
+                    server.observe(outcome_of(r.status(), r.headers()));
+                    let status = r.status().as_u16();
+                    if !(replay.is_some()
+                        && policy.on_status(status)
+                        && policy.allows(Failure::Status(status), attempt))
+                    {
+                        return Forwarded::Response(r, guard);
+                    }
+                    // Retried: this answer is dropped unread.
+                    (Failure::Status(status), Response::new(RespBody::empty()))
+                }
+            };
+            if !(replay.is_some() && policy.allows(failure, attempt)) {
+                return Forwarded::Failed(failure, answer);
+            }
+            tried.push(si);
+            let ctx = PickCtx {
+                src,
+                path: parts.uri.path(),
+                headers: &parts.headers,
+            };
+            let next = retry::next_server(&policy, &brt.balancer, &ctx, &tried, si);
+            server.count_retry(next != si);
+            tracing::debug!(backend = %be.name, attempt, error = ?failure, "retrying");
+            si = next;
+        }
+    }
+}
+
+/// The body with its top-level `model` replaced by `model` (a fallback
+/// step's), `Content-Length` following; unchanged when it has none.
+fn replace_model(body: &Bytes, model: &str, headers: &mut HeaderMap) -> Bytes {
+    let Scan::Found(range) = ModelScanner::default().scan(body) else {
+        return body.clone();
+    };
+    let encoded = model::encode(model);
+    let mut out = BytesMut::with_capacity(body.len() + encoded.len());
+    out.extend_from_slice(&body[..range.start]);
+    out.extend_from_slice(encoded.as_bytes());
+    out.extend_from_slice(&body[range.end..]);
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    }
+    out.freeze()
 }
 
 /// Reads a request body whole, up to `limit` bytes, so that a retry can

@@ -247,6 +247,16 @@ pub struct BackendQueue {
     pub wait_us: AtomicU64,
 }
 
+/// A backend's part in fallback chains; kept across reloads.
+#[derive(Debug, Default)]
+pub struct FallbackCounters {
+    /// Requests this backend failed for good and handed to the next step
+    /// of its chain.
+    pub handed_on: AtomicU64,
+    /// Requests this backend received as a fallback step.
+    pub taken_over: AtomicU64,
+}
+
 /// A change to runtime state. The runtime API (issue 7) and the cluster
 /// (issue 8) produce these; applying one is the only way state changes.
 #[derive(Clone, Debug, PartialEq)]
@@ -289,6 +299,7 @@ impl std::error::Error for CommandError {}
 pub struct Runtime {
     servers: Mutex<HashMap<(String, String), Arc<ServerState>>>,
     queues: Mutex<HashMap<String, Arc<BackendQueue>>>,
+    fallbacks: Mutex<HashMap<String, Arc<FallbackCounters>>>,
 }
 
 impl Runtime {
@@ -316,6 +327,12 @@ impl Runtime {
     /// The queue of `backend`, created on first sight.
     pub fn queue(&self, backend: &str) -> Arc<BackendQueue> {
         let mut map = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(backend.to_owned()).or_default().clone()
+    }
+
+    /// The fallback counters of `backend`, created on first sight.
+    pub fn fallback_counters(&self, backend: &str) -> Arc<FallbackCounters> {
+        let mut map = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(backend.to_owned()).or_default().clone()
     }
 

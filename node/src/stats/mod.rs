@@ -118,6 +118,10 @@ fn stats_json(shared: &Shared) -> String {
                 "retries": sum(crate::runtime::ServerState::retries),
                 "redispatches": sum(crate::runtime::ServerState::redispatches),
                 "truncated": sum(crate::runtime::ServerState::truncated),
+                "fallback": {
+                    "handed_on": rt.fallbacks.handed_on.load(Relaxed),
+                    "taken_over": rt.fallbacks.taken_over.load(Relaxed),
+                },
                 "queue": {
                     "current": rt.queue.current.load(Relaxed),
                     "max": rt.queue.max.load(Relaxed),

@@ -18,26 +18,74 @@ use crate::balance::PickCtx;
 use crate::gateway::BackendRt;
 use crate::http::body::RespBody;
 use crate::http::error;
+use crate::upstream::retry::Failure;
+
+/// Why a request got no server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// No server is usable (all down, in maintenance or drained).
+    NoServer,
+    /// No server is usable because the ones that would be are cooling down
+    /// after a 429; the shortest cooldown left.
+    CoolingDown(std::time::Duration),
+    /// `maxqueue` reached.
+    QueueFull,
+    /// No slot freed within `timeout queue`.
+    QueueTimeout,
+}
+
+impl NoSlot {
+    /// The answer the client gets (503; with `Retry-After` when queued).
+    pub fn response(self, backend: &str) -> Response<RespBody> {
+        match self {
+            NoSlot::NoServer => error::no_server(backend),
+            NoSlot::CoolingDown(left) => {
+                let mut r = error::error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "upstream_rate_limited",
+                    &format!(
+                        "Every server of backend '{backend}' is rate-limited by its provider; retry later."
+                    ),
+                );
+                let secs = left.as_millis().div_ceil(1000).max(1) as u64;
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                r
+            }
+            NoSlot::QueueFull => unavailable("queue_full", "The backend's queue is full."),
+            NoSlot::QueueTimeout => unavailable(
+                "queue_timeout",
+                "No server slot freed within the backend's queue timeout.",
+            ),
+        }
+    }
+
+    /// What a fallback condition calls it: nothing was sent, so no usable
+    /// server is a connection failure; servers cooling down are the 429
+    /// that put them there; a full queue is the 503 it answers.
+    pub fn failure(self) -> Failure {
+        match self {
+            NoSlot::NoServer => Failure::ConnFailure,
+            NoSlot::CoolingDown(_) => Failure::Status(429),
+            NoSlot::QueueFull | NoSlot::QueueTimeout => Failure::Status(503),
+        }
+    }
+}
 
 /// A server for this request: at once, or after waiting for a slot.
-/// `Err` is the answer instead (503 no server, queue full or timed out).
-pub async fn pick(
-    brt: &BackendRt,
-    backend: &str,
-    ctx: &PickCtx<'_>,
-) -> Result<usize, Response<RespBody>> {
+pub async fn pick(brt: &BackendRt, ctx: &PickCtx<'_>) -> Result<usize, NoSlot> {
     if let Some(si) = brt.balancer.pick(ctx, &[]) {
         return Ok(si);
     }
     if !brt.balancer.any_full() {
-        return Err(error::no_server(backend));
+        return Err(none_usable(brt));
     }
     let q = &brt.queue;
     let now = q.current.fetch_add(1, Ordering::SeqCst) + 1;
     if brt.queue_limit.is_some_and(|limit| now > limit) {
         q.current.fetch_sub(1, Ordering::SeqCst);
         q.full.fetch_add(1, Ordering::Relaxed);
-        return Err(unavailable("queue_full", "The backend's queue is full."));
+        return Err(NoSlot::QueueFull);
     }
     q.max.fetch_max(now, Ordering::Relaxed);
     q.total.fetch_add(1, Ordering::Relaxed);
@@ -51,14 +99,11 @@ pub async fn pick(
             break Ok(si);
         }
         if !brt.balancer.any_full() {
-            break Err(error::no_server(backend));
+            break Err(none_usable(brt));
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             q.timeouts.fetch_add(1, Ordering::Relaxed);
-            break Err(unavailable(
-                "queue_timeout",
-                "No server slot freed within the backend's queue timeout.",
-            ));
+            break Err(NoSlot::QueueTimeout);
         }
     };
     q.current.fetch_sub(1, Ordering::SeqCst);
@@ -69,6 +114,17 @@ pub async fn pick(
         q.notify.notify_one();
     }
     got
+}
+
+/// Why no server is usable: a 429 cooldown when one is running.
+fn none_usable(brt: &BackendRt) -> NoSlot {
+    brt.balancer
+        .servers()
+        .iter()
+        .map(|s| s.cooldown_remaining())
+        .filter(|d| !d.is_zero())
+        .min()
+        .map_or(NoSlot::NoServer, NoSlot::CoolingDown)
 }
 
 fn unavailable(code: &str, message: &str) -> Response<RespBody> {

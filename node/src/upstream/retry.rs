@@ -10,7 +10,7 @@
 //! next one starts.
 
 use crate::balance::{Balancer, PickCtx};
-use crate::config::{retry_on, Backend};
+use crate::config::{retry_on, Backend, Fallback};
 
 /// A backend's retry settings, resolved once per configuration snapshot.
 #[derive(Debug, Clone, Copy, Default)]
@@ -42,6 +42,13 @@ impl Failure {
             Failure::ResponseTimeout => retry_on::RESPONSE_TIMEOUT,
             Failure::Status(s) => retry_on::status(s),
         }
+    }
+}
+
+impl Fallback {
+    /// Whether this step takes over after the step before failed with `f`.
+    pub fn takes(&self, f: Failure) -> bool {
+        self.on & f.bit() != 0
     }
 }
 

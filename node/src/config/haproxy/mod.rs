@@ -221,6 +221,18 @@ struct Draft {
     reuse_never: bool,
     /// `default-server` options (line, words), applied before each server's.
     default_server: Vec<(usize, Vec<Word>)>,
+    /// `fallback BACKEND [model NAME] [on KEYWORD…]` lines, resolved once
+    /// every backend is known.
+    fallback: Vec<FallbackLine>,
+}
+
+/// A `fallback` line as written (llmgw's own directive).
+#[derive(Clone)]
+struct FallbackLine {
+    line: usize,
+    backend: String,
+    model: Option<String>,
+    on: Vec<String>,
 }
 
 /// A proxy section being compiled.
@@ -669,6 +681,14 @@ impl Cx<'_> {
                     "'http-reuse' takes one of never, safe, aggressive, always",
                 ),
             },
+            "fallback" if kind != Kind::Backend && kind != Kind::Listen => {
+                self.err(l.line, format!("'fallback' is not allowed in a {} section (it belongs in a backend or listen)", kind.name()));
+            }
+            "fallback" => {
+                if let Some(f) = self.fallback_line(l.line, a) {
+                    d.fallback.push(f);
+                }
+            }
             "retries" => match one_num::<u32>(a) {
                 Some(n) => d.opts.retries = Some(n),
                 None => self.err(l.line, "'retries' needs a number"),
@@ -733,6 +753,38 @@ impl Cx<'_> {
             _ => return false,
         }
         true
+    }
+
+    /// `fallback BACKEND [model NAME] [on KEYWORD…]`.
+    fn fallback_line(&mut self, line: usize, a: &[Word]) -> Option<FallbackLine> {
+        let usage = "'fallback' needs a backend name, then optionally 'model NAME' and 'on' with retry-on keywords (e.g. 'fallback azure model gpt-4o on 429 503 conn-failure')";
+        let Some((name, mut rest)) = a.split_first() else {
+            self.err(line, usage);
+            return None;
+        };
+        let mut f = FallbackLine {
+            line,
+            backend: name.text.clone(),
+            model: None,
+            on: Vec::new(),
+        };
+        while let Some((w, tail)) = rest.split_first() {
+            match (w.text.as_str(), tail) {
+                ("model", [m, tail @ ..]) if f.model.is_none() => {
+                    f.model = Some(m.text.clone());
+                    rest = tail;
+                }
+                ("on", words) if !words.is_empty() => {
+                    f.on = words.iter().map(|w| w.text.clone()).collect();
+                    rest = &[];
+                }
+                _ => {
+                    self.err(line, usage);
+                    return None;
+                }
+            }
+        }
+        Some(f)
     }
 
     fn defaults(&mut self, l: &Line, d: &mut Draft) {
@@ -1664,6 +1716,7 @@ impl Cx<'_> {
 
         let mut frontends = Vec::new();
         let mut backends = Vec::new();
+        let mut fallbacks: Vec<Vec<FallbackLine>> = Vec::new();
         let mut bound: HashMap<SocketAddr, String> = HashMap::new();
         for p in proxies {
             let timeouts = p.d.timeouts.clone().unwrap_or_default();
@@ -1741,6 +1794,7 @@ impl Cx<'_> {
                     .get(&p.name)
                     .is_some_and(|&i| i == backends.len())
                 {
+                    fallbacks.push(p.d.fallback.clone());
                     backends.push(Backend {
                         name: p.name.clone(),
                         mode,
@@ -1874,6 +1928,24 @@ impl Cx<'_> {
                     }
                 }
             }
+        }
+        for (bi, lines) in fallbacks.into_iter().enumerate() {
+            let mut steps = Vec::new();
+            for f in lines {
+                match fallback_step(
+                    bi,
+                    &f.backend,
+                    &f.on,
+                    f.model,
+                    &backends,
+                    &backend_index,
+                    &steps,
+                ) {
+                    Ok(step) => steps.push(step),
+                    Err(e) => self.err(f.line, e),
+                }
+            }
+            backends[bi].opts.fallback = steps;
         }
         if frontends.is_empty() {
             self.err(1, "no frontend or listen section: nothing would listen");

@@ -443,3 +443,48 @@ fn retries_redispatch_and_ttft_are_in_force() {
         "{e:?}"
     );
 }
+
+#[test]
+fn fallback_chains_resolve_in_order_with_their_conditions() {
+    let l = load(
+        "defaults\n    mode http\nfrontend f\n    bind :1\n    default_backend openai\n\
+         backend openai\n    fallback azure model gpt-4o-prod on 429 503 conn-failure\n    fallback compat model claude-sonnet\n    server a 127.0.0.1:1\n\
+         backend azure\n    server z 127.0.0.1:2\n\
+         backend compat\n    server c 127.0.0.1:3\n",
+        false,
+    )
+    .unwrap();
+    let b = &l.config.backends[0];
+    let chain = &b.opts.fallback;
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[0].backend, 1);
+    assert_eq!(chain[0].model.as_deref(), Some("gpt-4o-prod"));
+    assert_eq!(
+        chain[0].on,
+        retry_on::status(429) | retry_on::status(503) | retry_on::CONN_FAILURE
+    );
+    assert_eq!(chain[1].backend, 2);
+    assert_eq!(chain[1].on, retry_on::FALLBACK_DEFAULT);
+    assert!(l.config.backends[1].opts.fallback.is_empty());
+
+    let e = errors(
+        "defaults\n    mode http\n    fallback b\nfrontend f\n    bind :1\n    default_backend a\n\
+         backend a\n    fallback nowhere\n    fallback a\n    fallback b on 418\n    fallback b model\n    fallback b\n    fallback b\n    server s 127.0.0.1:1\n\
+         backend b\n    server s 127.0.0.1:1\n\
+         backend t\n    mode tcp\n    server s 127.0.0.1:1\n\
+         backend u\n    fallback t\n    server s 127.0.0.1:1\n",
+    );
+    assert_eq!(
+        e,
+        vec![
+            "t.cfg:3: 'fallback' is not allowed in a defaults section (it belongs in a backend or listen)",
+            "t.cfg:8: backend 'a': fallback backend 'nowhere' does not exist",
+            "t.cfg:9: backend 'a': fallback backend 'a' is already in the chain",
+            "t.cfg:10: backend 'a': unknown fallback condition '418' (the retry-on keywords: conn-failure, empty-response, junk-response, response-timeout, 401, 403, 404, 408, 425, 429, 500, 501, 502, 503, 504, all-retryable-errors)",
+            "t.cfg:11: 'fallback' needs a backend name, then optionally 'model NAME' and 'on' with retry-on keywords (e.g. 'fallback azure model gpt-4o on 429 503 conn-failure')",
+            "t.cfg:13: backend 'a': fallback backend 'b' is already in the chain",
+            "t.cfg:21: backend 'u': fallback needs mode http on both 'u' and 't'",
+        ],
+        "{e:#?}"
+    );
+}

@@ -312,9 +312,10 @@ async fn exchange<'a, IO: ClientIo>(
         path: parts.uri.path(),
         headers: &parts.headers,
     };
-    let mut si = match queue::pick(brt, &be.name, &ctx).await {
+    let mut si = match queue::pick(brt, &ctx).await {
         Ok(si) => si,
-        Err(resp) => {
+        Err(no) => {
+            let resp = no.response(&be.name);
             let done = framing_consumed(framing, read.len(), buf);
             return answer(io, fe, resp, request_id, close || !done)
                 .await
