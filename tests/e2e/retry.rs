@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use http_body_util::BodyExt;
-use llmgw_e2e::{eventually, Client, Gateway, Mock, RawClient};
+use llmgw_e2e::{eventually, Client, Gateway, Mock, RawClient, RawUpstream, Reply};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -239,10 +239,12 @@ async fn ttft_deadline_retries_elsewhere_then_answers_504() {
         &servers,
     ));
     let ctl = Client::http1();
+    // The slow mock sends a stream's head at once and its first token
+    // after 30 s: the deadline is for the first byte of the answer's body.
     for (kind, c) in clients() {
-        for _ in 0..4 {
+        for body in [CHAT, CHAT_STREAM, CHAT, CHAT_STREAM] {
             let t = Instant::now();
-            let r = c.post_json(&gw.url("/v1/chat/completions"), CHAT).await;
+            let r = c.post_json(&gw.url("/v1/chat/completions"), body).await;
             assert_eq!(r.status, 200, "{kind}: {}", r.text());
             assert_eq!(r.header("x-mock-server"), Some("fast"));
             assert!(
@@ -257,9 +259,12 @@ async fn ttft_deadline_retries_elsewhere_then_answers_504() {
 
     // No retry left: 504, at the deadline rather than at `timeout server`.
     let (gw, _stats) = start(&native("", "ttft = \"300ms\"", &servers[..1]));
-    for (kind, c) in clients() {
+    for ((kind, c), body) in clients()
+        .into_iter()
+        .flat_map(|c| [(c.clone(), CHAT), (c, CHAT_STREAM)])
+    {
         let t = Instant::now();
-        let r = c.post_json(&gw.url("/v1/chat/completions"), CHAT).await;
+        let r = c.post_json(&gw.url("/v1/chat/completions"), body).await;
         assert_eq!(r.status, 504, "{kind}: {}", r.text());
         assert!(
             t.elapsed() < Duration::from_secs(5),
@@ -485,4 +490,34 @@ async fn a_body_written_after_its_head_is_still_retried() {
         mock_chats(&ctl, a.addr).await
     );
     assert!(n(server(&be, "a"), "retries") >= 1, "{be}");
+}
+
+#[tokio::test]
+async fn a_stream_broken_before_its_first_byte_is_retried_unseen() {
+    // `raw` answers a head and resets the connection before any body byte:
+    // nothing reached the client, so the request goes to `m`.
+    let head =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+    let raw = RawUpstream::start((0..16).map(|_| Reply::Reset(head.to_vec())).collect());
+    let m = Mock::start("m", &[]);
+    let servers = [("raw", raw.addr, ""), ("m", m.addr, "")];
+    let (gw, stats) = start(&native(
+        "retries = 1\nretry_on = [\"empty-response\"]\nredispatch = true",
+        "",
+        &servers,
+    ));
+    for (kind, c) in clients() {
+        for _ in 0..4 {
+            let r = c
+                .post_json(&gw.url("/v1/chat/completions"), CHAT_STREAM)
+                .await;
+            assert_eq!(r.status, 200, "{kind}: {}", r.text());
+            assert_eq!(r.header("x-mock-server"), Some("m"), "{kind}");
+            assert!(r.text().contains("data: [DONE]"), "{kind}: {}", r.text());
+        }
+    }
+    let hit = raw.requests().len() as u64;
+    assert!(hit >= 2, "round-robin sent {hit} requests to raw");
+    let be = backend(&Client::http1(), stats).await;
+    assert_eq!(n(server(&be, "raw"), "retries"), hit, "{be}");
 }

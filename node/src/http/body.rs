@@ -91,6 +91,8 @@ impl Body for ReqBody {
 /// between frames.
 pub struct Upstream {
     body: Incoming,
+    /// The first frame, read before the response was committed.
+    first: Option<Frame<Bytes>>,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     /// `text/event-stream`: a break mid-body is told with an `event: error`.
@@ -142,11 +144,20 @@ impl RespBody {
         }
     }
 
-    pub fn upstream(body: Incoming, idle: Duration, guard: ActiveGuard, sse: bool) -> Self {
+    /// A streamed upstream body; `first` is its first frame when it was
+    /// read before the response was committed to the client.
+    pub fn upstream(
+        body: Incoming,
+        first: Option<Frame<Bytes>>,
+        idle: Duration,
+        guard: ActiveGuard,
+        sse: bool,
+    ) -> Self {
         let deadline = Box::pin(tokio::time::sleep(idle));
         RespBody {
             kind: Kind::Upstream(Upstream {
                 body,
+                first,
                 idle,
                 deadline,
                 sse,
@@ -185,6 +196,9 @@ impl Body for RespBody {
         match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(u) => {
+                if let Some(f) = u.first.take() {
+                    return Poll::Ready(Some(Ok(f)));
+                }
                 if u.failed.is_some() {
                     // A moment for the event to leave before the abort: an
                     // h2 reset drops data still queued on its stream.
@@ -230,14 +244,27 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream(u) => u.body.is_end_stream(),
+            Kind::Upstream(u) => u.first.is_none() && u.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(u) => u.body.size_hint(),
+            Kind::Upstream(u) => {
+                let first = u
+                    .first
+                    .as_ref()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |d| d.len() as u64);
+                let rest = u.body.size_hint();
+                let mut h = SizeHint::new();
+                h.set_lower(rest.lower() + first);
+                if let Some(up) = rest.upper() {
+                    h.set_upper(up + first);
+                }
+                h
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::Body;
+use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -137,17 +137,17 @@ async fn proxy(
     let mut bi = bi;
     let mut step_body = replay.clone();
     let mut step = 0;
-    let (mut resp, guard) = loop {
+    let (mut resp, guard, first) = loop {
         let brt = &snap.backends[bi];
         let (failure, answer) = match x.forward(bi, parts, &mut body, step_body.as_ref()).await {
-            Forwarded::Response(resp, guard) => {
+            Forwarded::Response(resp, guard, first) => {
                 let status = Failure::Status(resp.status().as_u16());
                 match chain.get(step) {
                     // Dropped unread: the next step answers instead.
                     Some(next) if takes(next, status, &body) => {
                         (status, Response::new(RespBody::empty()))
                     }
-                    _ => break (resp, guard),
+                    _ => break (resp, guard, first),
                 }
             }
             Forwarded::Failed(f, answer) => (f, answer),
@@ -212,7 +212,7 @@ async fn proxy(
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     Response::from_parts(
         rparts,
-        RespBody::upstream(rbody, be.timeouts.server, guard, sse),
+        RespBody::upstream(rbody, first, be.timeouts.server, guard, sse),
     )
 }
 
@@ -228,8 +228,9 @@ struct Exchange<'a> {
 
 /// How one backend dealt with a request.
 enum Forwarded {
-    /// The response to relay (its status may still lead to a fallback).
-    Response(Response<Incoming>, ActiveGuard),
+    /// The response to relay (its status may still lead to a fallback),
+    /// with the first frame of its body when it was waited for.
+    Response(Response<Incoming>, ActiveGuard, Option<Frame<Bytes>>),
     /// Every attempt failed; the answer is what the client gets unless a
     /// fallback step takes over.
     Failed(Failure, Response<RespBody>),
@@ -311,8 +312,9 @@ impl Exchange<'_> {
                 }
             };
             p.uri = uri;
+            let deadline = tokio::time::Instant::now() + head_to;
             let sent = upstream.client.request(Request::from_parts(p, b));
-            let (failure, answer) = match tokio::time::timeout(head_to, sent).await {
+            let (failure, answer) = match tokio::time::timeout_at(deadline, sent).await {
                 Err(_) => {
                     server.observe(Outcome::Timeout);
                     (
@@ -334,16 +336,32 @@ impl Exchange<'_> {
                     (f, upstream_error(be, &e))
                 }
                 Ok(Ok(r)) => {
-                    server.observe(outcome_of(r.status(), r.headers()));
                     let status = r.status().as_u16();
-                    if !(replay.is_some()
+                    if replay.is_some()
                         && policy.on_status(status)
-                        && policy.allows(Failure::Status(status), attempt))
+                        && policy.allows(Failure::Status(status), attempt)
                     {
-                        return Forwarded::Response(r, guard);
+                        server.observe(outcome_of(r.status(), r.headers()));
+                        // Retried: this answer is dropped unread.
+                        (Failure::Status(status), Response::new(RespBody::empty()))
+                    } else {
+                        // Held until the first byte of its body when a
+                        // failure before that can still be retried (a
+                        // replayable body) or the TTFT deadline applies: an
+                        // LLM stream's head comes at once, its first token
+                        // later.
+                        let hold = replay.is_some() || be.timeouts.ttft.is_some();
+                        match first_frame(r, hold, deadline).await {
+                            Ok((r, first)) => {
+                                server.observe(outcome_of(r.status(), r.headers()));
+                                return Forwarded::Response(r, guard, first);
+                            }
+                            Err((outcome, failure, answer)) => {
+                                server.observe(outcome);
+                                (failure, answer)
+                            }
+                        }
                     }
-                    // Retried: this answer is dropped unread.
-                    (Failure::Status(status), Response::new(RespBody::empty()))
                 }
             };
             if !(replay.is_some() && policy.allows(failure, attempt)) {
@@ -360,6 +378,35 @@ impl Exchange<'_> {
             tracing::debug!(backend = %be.name, attempt, error = ?failure, "retrying");
             si = next;
         }
+    }
+}
+
+/// With `hold`, waits (until `deadline`) for the first frame of a
+/// response's body: the upstream breaking off before it is an
+/// `empty-response`, the deadline a `response-timeout`; nothing has reached
+/// the client yet, so either can still be retried.
+async fn first_frame(
+    r: Response<Incoming>,
+    hold: bool,
+    deadline: tokio::time::Instant,
+) -> Result<(Response<Incoming>, Option<Frame<Bytes>>), (Outcome, Failure, Response<RespBody>)> {
+    if !hold || r.body().is_end_stream() || r.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((r, None));
+    }
+    let (parts, mut body) = r.into_parts();
+    match tokio::time::timeout_at(deadline, body.frame()).await {
+        Ok(Some(Ok(frame))) => Ok((Response::from_parts(parts, body), Some(frame))),
+        Ok(None) => Ok((Response::from_parts(parts, body), None)),
+        Ok(Some(Err(_))) => Err((
+            Outcome::BrokenResponse,
+            Failure::EmptyResponse,
+            error::bad_gateway("The upstream failed before the first byte of its answer."),
+        )),
+        Err(_) => Err((
+            Outcome::Timeout,
+            Failure::ResponseTimeout,
+            error::gateway_timeout("The upstream did not start its answer in time."),
+        )),
     }
 }
 

@@ -392,6 +392,10 @@ async fn exchange<'a, IO: ClientIo>(
         .ttft
         .map_or(be.timeouts.server, |t| t.min(be.timeouts.server));
     let head_request = parts.method == Method::HEAD;
+    // The response head is held until the first byte of its body when a
+    // failure before that byte can still be retried, or the TTFT deadline
+    // applies: an LLM stream's head comes at once, its first token later.
+    let hold_head = retryable || be.timeouts.ttft.is_some();
 
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt = 0u32;
@@ -405,6 +409,7 @@ async fn exchange<'a, IO: ClientIo>(
         // Counts the request on the server until its response body is over
         // (it moves into the body relay), and hears how the request went.
         let active = brt.balancer.server(si).begin();
+        let deadline = Instant::now() + head_to;
         let mut rbuf = BytesMut::new();
         let failed = match send_request(pool, be, &out, replayable, head_to, &mut rbuf).await {
             Err(e) => e,
@@ -428,21 +433,32 @@ async fn exchange<'a, IO: ClientIo>(
                         };
                     }
                 }
-                match read_response_head(&mut up, &mut rbuf, be, head_to, head_request).await {
+                match read_response_head(&mut up, &mut rbuf, be, deadline, head_request).await {
                     Ok((rhead, resp, rframing)) => {
                         let status = resp.status.as_u16();
-                        active
-                            .server()
-                            .observe(outcome_of(resp.status, &resp.headers));
-                        if !(retryable
+                        if retryable
                             && policy.on_status(status)
-                            && policy.allows(Failure::Status(status), attempt))
+                            && policy.allows(Failure::Status(status), attempt)
                         {
-                            break (up, pool, active, rbuf, rhead, resp, rframing);
+                            active
+                                .server()
+                                .observe(outcome_of(resp.status, &resp.headers));
+                            // Retried: this answer is dropped unread, and so
+                            // is its connection.
+                            UpstreamError::Status(status)
+                        } else {
+                            match first_body_byte(&mut up, &mut rbuf, rframing, hold_head, deadline)
+                                .await
+                            {
+                                Ok(()) => {
+                                    active
+                                        .server()
+                                        .observe(outcome_of(resp.status, &resp.headers));
+                                    break (up, pool, active, rbuf, rhead, resp, rframing);
+                                }
+                                Err(e) => e,
+                            }
                         }
-                        // Retried: this answer is dropped unread, and so is
-                        // its connection.
-                        UpstreamError::Status(status)
                     }
                     Err(e) => e,
                 }
@@ -726,9 +742,11 @@ fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
 enum UpstreamError {
     ConnectTimeout,
     Connect,
-    /// No response head within `timeout server` (or `timeout ttft`).
+    /// No response head within `timeout server` (or `timeout ttft`), or
+    /// no first body byte by then when the head is held for it.
     Timeout,
-    /// Closed or broke before the first byte of a response.
+    /// Closed or broke before the first byte of a response (or of its
+    /// body, when the head is held for it).
     Empty,
     /// Closed or broke inside the response head, or an invalid one.
     Broken,
@@ -888,10 +906,9 @@ async fn read_response_head(
     up: &mut TcpStream,
     rbuf: &mut BytesMut,
     be: &Backend,
-    head_to: Duration,
+    deadline: Instant,
     head_request: bool,
 ) -> Result<(Bytes, UpstreamResponse, Framing), UpstreamError> {
-    let deadline = Instant::now() + head_to;
     let mut seen = !rbuf.is_empty();
     let (head, resp) = loop {
         let Some(n) = head_end(rbuf, 0) else {
@@ -925,6 +942,28 @@ async fn read_response_head(
     let framing = framing::response(&resp.headers, head_request, resp.status.as_u16())
         .map_err(|_| UpstreamError::Broken)?;
     Ok((head, resp, framing))
+}
+
+/// With `hold`, waits until the first byte of a response body is in `rbuf`
+/// (by `deadline`): the upstream breaking off before it is an
+/// `empty-response`, the deadline a `response-timeout`, and nothing has
+/// reached the client yet, so either can be retried.
+async fn first_body_byte(
+    up: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    framing: Framing,
+    hold: bool,
+    deadline: Instant,
+) -> Result<(), UpstreamError> {
+    if !hold || !rbuf.is_empty() || matches!(framing, Framing::Empty) {
+        return Ok(());
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    match fill(up, rbuf, left).await {
+        Ok(n) if n > 0 => Ok(()),
+        Err(UpstreamError::Timeout) => Err(UpstreamError::Timeout),
+        _ => Err(UpstreamError::Empty),
+    }
 }
 
 /// Rewrites the response head and sends it to the client with the part of
