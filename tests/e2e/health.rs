@@ -461,3 +461,69 @@ async fn a_backend_whose_servers_all_cool_down_answers_429_with_retry_after() {
     assert!((29..=30).contains(&secs), "Retry-After {secs}");
     assert_eq!(mock_stats(&c, a.addr).await["by_path"]["/v1/models"], 1);
 }
+
+#[tokio::test]
+async fn a_recovered_server_ramps_its_weight_over_slowstart() {
+    let (a, b) = (Mock::start("a", &[]), Mock::start("b", &[]));
+    let timing =
+        "inter = \"100ms\"\nfastinter = \"100ms\"\ndowninter = \"100ms\"\nfall = 1\nrise = 1";
+    let (gw, stats) = start(
+        "llmgw.toml",
+        &native(
+            timing,
+            &[("a", a.addr), ("b", b.addr)],
+            "weight = 100\nslowstart = \"4s\"",
+        ),
+    );
+    let c = Client::http1();
+    wait_status(&c, stats, "b", "a", "UP").await;
+    // At startup there is no ramp (HAProxy ramps only after a recovery).
+    let s = server(&c, stats, "b", "a").await;
+    assert_eq!(n(&s, "effective_weight"), 100, "{s}");
+
+    // a's checks fail (only its check path), it goes DOWN, then recovers.
+    let fail = |what: &str| format!("http://{}/mock/fail?fail={what}&path=/v1/models", a.addr);
+    assert_eq!(
+        c.send(Method::POST, &fail("status:500"), &[], "")
+            .await
+            .status,
+        200
+    );
+    wait_status(&c, stats, "b", "a", "DOWN").await;
+    assert_eq!(
+        c.send(Method::POST, &fail("none"), &[], "").await.status,
+        200
+    );
+    wait_status(&c, stats, "b", "a", "UP").await;
+
+    // Early in the ramp a takes a small share of the traffic; its weight
+    // only grows, and reaches 100 when slowstart is over.
+    let early = n(&server(&c, stats, "b", "a").await, "effective_weight");
+    assert!(early < 50, "effective weight {early} right after recovery");
+    let mut to_a = 0;
+    for _ in 0..40 {
+        let r = c.post_json(&gw.url("/v1/chat/completions"), "{}").await;
+        to_a += usize::from(r.header("x-mock-server") == Some("a"));
+    }
+    assert!(
+        to_a < 20,
+        "{to_a} of 40 requests went to a early in its ramp"
+    );
+    // Sampled while it ramps (every 50 ms, bounded).
+    let (mut last, mut seen) = (early, vec![early]);
+    let until = std::time::Instant::now() + LIMIT;
+    while last < 100 {
+        assert!(
+            std::time::Instant::now() < until,
+            "no full weight: {seen:?}"
+        );
+        let w = n(&server(&c, stats, "b", "a").await, "effective_weight");
+        assert!(w >= last, "the ramp went back from {last} to {w}");
+        if w != last {
+            seen.push(w);
+        }
+        last = w;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.len() >= 3, "no ramp, only {seen:?}");
+}

@@ -184,14 +184,15 @@ async fn a_killed_server_costs_no_request() {
 }
 
 #[tokio::test]
-async fn without_retries_a_killed_server_fails_its_requests() {
+async fn a_killed_server_fails_its_requests_unless_retries_redispatch() {
     let a = Mock::start("a", &[]);
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dead_addr = dead.local_addr().expect("addr");
     drop(dead);
     let servers = [("a", a.addr, ""), ("dead", dead_addr, "")];
-    let (gw, _stats) = start(&native("", "", &servers));
     let c = Client::http1();
+    // `retries 0`: a refused connection is the client's 502.
+    let (gw, stats) = start(&native("retries = 0", "", &servers));
     let mut statuses = Vec::new();
     for _ in 0..4 {
         statuses.push(
@@ -202,10 +203,12 @@ async fn without_retries_a_killed_server_fails_its_requests() {
         );
     }
     assert!(statuses.contains(&502), "{statuses:?}");
+    assert_eq!(n(&backend(&c, stats).await, "retries"), 0);
     drop(gw);
-    // `retries` alone retries connection failures (HAProxy's default
-    // retry-on), on the same server without redispatch…
-    let (gw, stats) = start(&native("retries = 1", "", &servers));
+    // Unset, `retries` is HAProxy's 3 and retries connection failures
+    // (HAProxy's default retry-on), on the same server without
+    // redispatch: still a 502, after three more tries.
+    let (gw, stats) = start(&native("", "", &servers));
     let mut statuses = Vec::new();
     for _ in 0..4 {
         statuses.push(
@@ -215,9 +218,10 @@ async fn without_retries_a_killed_server_fails_its_requests() {
                 .as_u16(),
         );
     }
-    assert!(statuses.contains(&502), "{statuses:?}");
+    let failed = statuses.iter().filter(|&&s| s == 502).count() as u64;
+    assert!(failed >= 1, "{statuses:?}");
     let be = backend(&c, stats).await;
-    assert!(n(server(&be, "dead"), "retries") >= 1, "{be}");
+    assert_eq!(n(server(&be, "dead"), "retries"), 3 * failed, "{be}");
     assert_eq!(n(server(&be, "dead"), "redispatches"), 0, "{be}");
     drop(gw);
     // …and elsewhere with it.

@@ -620,7 +620,7 @@ pub struct Server {
 /// Backend settings: health checks, retries, redispatch, queueing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackendOpts {
-    /// `retries N`; unset = no retry (HAProxy's default is 3).
+    /// `retries N`; unset = HAProxy's default, 3 (see `retry::DEFAULT_RETRIES`).
     pub retries: Option<u32>,
     /// `retry-on` keywords as written (validated: [`retry_on_bit`]).
     pub retry_on: Vec<String>,

@@ -123,6 +123,7 @@ async fn proxy(
         conn,
         request_id,
         upgrade: client_upgrade.is_some(),
+        fallback: !chain.is_empty(),
     };
 
     // The next step takes over on a failure its conditions name, when the
@@ -224,6 +225,9 @@ struct Exchange<'a> {
     conn: &'a ConnInfo,
     request_id: Option<&'a HeaderValue>,
     upgrade: bool,
+    /// The routed backend has a fallback chain (it takes failures after
+    /// the response head too).
+    fallback: bool,
 }
 
 /// How one backend dealt with a request.
@@ -350,7 +354,8 @@ impl Exchange<'_> {
                         // replayable body) or the TTFT deadline applies: an
                         // LLM stream's head comes at once, its first token
                         // later.
-                        let hold = replay.is_some() || be.timeouts.ttft.is_some();
+                        let hold = be.timeouts.ttft.is_some()
+                            || (replay.is_some() && (policy.after_head() || self.fallback));
                         match first_frame(r, hold, deadline).await {
                             Ok((r, first)) => {
                                 server.observe(outcome_of(r.status(), r.headers()));

@@ -12,10 +12,15 @@
 use crate::balance::{Balancer, PickCtx};
 use crate::config::{retry_on, Backend, Fallback};
 
+/// `retries` when the configuration does not say (HAProxy's default; with
+/// the default `retry-on conn-failure` it retries only connections that
+/// could not be made, which took nothing of the request).
+pub const DEFAULT_RETRIES: u32 = 3;
+
 /// A backend's retry settings, resolved once per configuration snapshot.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RetryPolicy {
-    /// Retries after the first attempt (`retries`; unset = 0).
+    /// Retries after the first attempt (`retries`; unset = 3).
     pub retries: u32,
     /// `retry-on` as a mask of [`retry_on`] bits.
     pub on: u32,
@@ -55,7 +60,7 @@ impl Fallback {
 impl RetryPolicy {
     pub fn of(be: &Backend) -> RetryPolicy {
         RetryPolicy {
-            retries: be.opts.retries.unwrap_or(0),
+            retries: be.opts.retries.unwrap_or(DEFAULT_RETRIES),
             on: retry_on::mask(&be.opts.retry_on),
             redispatch: be.opts.redispatch,
         }
@@ -65,6 +70,13 @@ impl RetryPolicy {
     /// buffers request bodies only then).
     pub fn enabled(&self) -> bool {
         self.retries > 0 && self.on != 0
+    }
+
+    /// Whether a failure after the response head — the body breaking off
+    /// before its first byte, or no first byte by the deadline — may be
+    /// retried: only then is it worth holding the head back for that byte.
+    pub fn after_head(&self) -> bool {
+        self.enabled() && self.on & (retry_on::EMPTY_RESPONSE | retry_on::RESPONSE_TIMEOUT) != 0
     }
 
     /// Whether a response with this status is retried (when attempts are

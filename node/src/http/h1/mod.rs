@@ -395,7 +395,7 @@ async fn exchange<'a, IO: ClientIo>(
     // The response head is held until the first byte of its body when a
     // failure before that byte can still be retried, or the TTFT deadline
     // applies: an LLM stream's head comes at once, its first token later.
-    let hold_head = retryable || be.timeouts.ttft.is_some();
+    let hold_head = (retryable && policy.after_head()) || be.timeouts.ttft.is_some();
 
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt = 0u32;
