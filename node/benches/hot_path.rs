@@ -84,6 +84,7 @@ name = "vllm"
                     parts: &parts,
                     src,
                     model: Some(black_box(model)),
+                    tracked: None,
                 };
                 black_box(select(fe, &facts))
             })

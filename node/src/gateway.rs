@@ -25,6 +25,21 @@ pub struct Snapshot {
     /// The active checks of checked servers (started by
     /// [`Shared::start_checks`], not by building).
     pub checks: Vec<health::Check>,
+    /// Same order as `config.stick_tables`; kept across reloads by name
+    /// (shared with the runtime state).
+    pub tables: Vec<Arc<crate::stick::Table>>,
+    /// Some rule tracks into a stick table and some backend is not plain
+    /// HTTP/1.1: the HTTP/1 engine then hands every request to the general
+    /// path before its rules run, since a handoff after routing would run
+    /// the rules — and count the request — twice.
+    pub tracking_needs_general_path: bool,
+}
+
+impl Snapshot {
+    /// The stick table called `name`.
+    pub fn table(&self, name: &str) -> Option<&Arc<crate::stick::Table>> {
+        self.tables.iter().find(|t| t.name == name)
+    }
 }
 
 pub struct BackendRt {
@@ -126,7 +141,7 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
         // states take this snapshot's health settings.
         backends.push((b, servers, upstreams));
     }
-    let backends = backends
+    let backends: Vec<BackendRt> = backends
         .into_iter()
         .map(|(b, servers, upstreams)| {
             let queue_limit = b
@@ -151,9 +166,28 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
             }
         })
         .collect();
+    let tables = config
+        .stick_tables
+        .iter()
+        .map(|t| {
+            runtime
+                .table(t)
+                .map_err(|e| format!("stick-table '{}': {e}", t.name))
+        })
+        .collect::<Result<_, _>>()?;
+    let tracks = |rules: &[crate::config::HttpReqRule]| {
+        rules
+            .iter()
+            .any(|r| matches!(r.action, crate::config::ReqAction::TrackSc { .. }))
+    };
+    let tracking = config.frontends.iter().any(|f| tracks(&f.http_request))
+        || config.backends.iter().any(|b| tracks(&b.http_request));
+    let tracking_needs_general_path = tracking && backends.iter().any(|b: &BackendRt| !b.h1_only);
     Ok(Snapshot {
         config,
         backends,
         checks,
+        tables,
+        tracking_needs_general_path,
     })
 }

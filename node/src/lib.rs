@@ -18,5 +18,6 @@ pub mod mock;
 pub mod route;
 pub mod runtime;
 pub mod stats;
+pub mod stick;
 pub mod tcp;
 pub mod upstream;

@@ -14,5 +14,6 @@ mod retry;
 mod rewriting;
 mod routing;
 mod sdk;
+mod stick;
 mod streaming;
 mod tcp;

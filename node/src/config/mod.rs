@@ -6,6 +6,7 @@ pub mod diag;
 pub mod haproxy;
 pub mod model;
 pub mod native;
+pub mod stick;
 pub mod units;
 
 pub use model::*;

@@ -20,12 +20,11 @@ pub struct Config {
     pub global: Global,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
-    /// Declared stick tables (validated now; counted from issue 6 on).
+    /// Declared stick tables.
     pub stick_tables: Vec<StickTable>,
 }
 
-/// HAProxy's `stick-table`: declared and validated; tracking arrives with
-/// issue 6, until then nothing is stored.
+/// HAProxy's `stick-table` (see `crate::stick`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StickTable {
     /// The name of the section that declares it.
@@ -221,7 +220,8 @@ pub enum ReqAction {
     },
     /// Stop evaluating `http-request` rules of this section.
     Allow,
-    /// `track-sc0|1|2 KEY [table T]`: accepted; counting arrives with issue 6.
+    /// `track-sc0|1|2 KEY [table T]`: the request is counted in table T's
+    /// entry for KEY (`src`, `req.hdr(NAME)`).
     TrackSc {
         sc: u8,
         key: String,
@@ -370,31 +370,17 @@ pub enum Condition {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntFetch {
-    /// `scN_conn_rate`, `scN_http_req_rate`, `scN_conn_cur`: stick tables
-    /// arrive with issue 6; until then the fetch is absent (never matches).
+    /// `scN_<data>` (`sc0_conn_rate`, `sc1_http_req_rate`, …): the data of
+    /// the entry counter N tracks; absent when it tracks nothing or its
+    /// table does not store that data.
     StickCounter { sc: u8, data: ScData },
     /// `req.ssl_hello_type`: 1 when the client's first bytes are a TLS
     /// ClientHello (`mode tcp`); absent otherwise.
     SslHelloType,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScData {
-    ConnRate,
-    HttpReqRate,
-    ConnCur,
-}
-
-impl ScData {
-    /// The `store` entry a stick table needs for this counter.
-    pub fn store_entry(&self) -> &'static str {
-        match self {
-            ScData::ConnRate => "conn_rate(10s)",
-            ScData::HttpReqRate => "http_req_rate(10s)",
-            ScData::ConnCur => "conn_cur",
-        }
-    }
-}
+/// What an `scN_*` fetch reads: the stored data of the same name.
+pub type ScData = super::stick::Data;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntOp {

@@ -108,6 +108,9 @@ pub struct RespBody {
     _server: Option<ActiveGuard>,
     /// Ends the connection's in-flight count likewise.
     _inflight: Option<InflightGuard>,
+    /// The stick-table entries the request tracks (`conn_cur` counts it
+    /// until the body is over).
+    _tracked: Option<Box<crate::stick::Tracked>>,
 }
 
 enum Kind {
@@ -133,6 +136,7 @@ impl RespBody {
             kind: Kind::Full(Some(b.into())),
             _server: None,
             _inflight: None,
+            _tracked: None,
         }
     }
 
@@ -141,6 +145,7 @@ impl RespBody {
             kind: Kind::Full(None),
             _server: None,
             _inflight: None,
+            _tracked: None,
         }
     }
 
@@ -165,6 +170,7 @@ impl RespBody {
             }),
             _server: Some(guard),
             _inflight: None,
+            _tracked: None,
         }
     }
 }
@@ -180,6 +186,13 @@ impl RespBody {
 
     pub fn with_inflight(mut self, g: InflightGuard) -> Self {
         self._inflight = Some(g);
+        self
+    }
+
+    pub fn with_tracked(mut self, t: crate::stick::Tracked) -> Self {
+        if !t.is_empty() {
+            self._tracked = Some(Box::new(t));
+        }
         self
     }
 }

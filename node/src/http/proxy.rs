@@ -28,6 +28,7 @@ use crate::llm::model::{self, ModelScanner, Scan};
 use crate::route::{self, Facts};
 use crate::runtime::ActiveGuard;
 use crate::runtime::Outcome;
+use crate::stick::{Key, Tracked};
 use crate::upstream::queue;
 use crate::upstream::retry::{self, Failure};
 use std::sync::atomic::Ordering::Relaxed;
@@ -61,9 +62,11 @@ pub async fn handle(
         );
     };
     let request_id = request_id(fe, req.headers());
-    let mut resp = proxy(&snap, fe, conn, req, request_id.as_ref()).await;
+    let mut tracked = Tracked::default();
+    let mut resp = proxy(&snap, fe, conn, req, request_id.as_ref(), &mut tracked).await;
     finish_response(fe, resp.headers_mut(), request_id);
-    resp.map(|b| b.with_inflight(inflight))
+    tracked.answered(resp.status().as_u16());
+    resp.map(|b| b.with_inflight(inflight).with_tracked(tracked))
 }
 
 async fn proxy(
@@ -72,6 +75,7 @@ async fn proxy(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     request_id: Option<&HeaderValue>,
+    tracked: &mut Tracked,
 ) -> Response<RespBody> {
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
@@ -94,6 +98,7 @@ async fn proxy(
         &mut parts,
         model_name.as_deref(),
         needs_model,
+        tracked,
     ) {
         Ok(bi) => bi,
         Err(resp) => return *resp,
@@ -177,7 +182,13 @@ async fn proxy(
         };
         let model = next.model.as_deref().or(model_name.as_deref());
         let be = &snap.config.backends[next.backend];
-        if let Some(resp) = http_request_rules(&be.http_request, &mut p, conn.client.ip(), model) {
+        let mut rules = Rules {
+            snap,
+            src: conn.client.ip(),
+            model,
+            tracked,
+        };
+        if let Some(resp) = rules.run(&be.http_request, &mut p) {
             return resp;
         }
         parts = p;
@@ -491,15 +502,23 @@ pub(super) fn choose_backend(
     parts: &mut Parts,
     model_name: Option<&str>,
     needs_model: bool,
+    tracked: &mut Tracked,
 ) -> Result<usize, Box<Response<RespBody>>> {
     let src = conn.client.ip();
-    if let Some(resp) = http_request_rules(&fe.http_request, parts, src, model_name) {
+    let mut rules = Rules {
+        snap,
+        src,
+        model: model_name,
+        tracked,
+    };
+    if let Some(resp) = rules.run(&fe.http_request, parts) {
         return Err(Box::new(resp));
     }
     let facts = Facts {
         parts,
         src,
         model: model_name,
+        tracked: Some(rules.tracked),
     };
     let Some(bi) = route::select(fe, &facts) else {
         return Err(Box::new(match model_name {
@@ -513,7 +532,7 @@ pub(super) fn choose_backend(
         }));
     };
     let be = &snap.config.backends[bi];
-    match http_request_rules(&be.http_request, parts, src, model_name) {
+    match rules.run(&be.http_request, parts) {
         Some(resp) => Err(Box::new(resp)),
         None => Ok(bi),
     }
@@ -548,74 +567,127 @@ pub(super) fn finish_response(
 /// Runs `http-request` rules in order. A rule whose condition does not hold
 /// costs its evaluation only (no allocation); `deny` and `return` answer
 /// here, `allow` stops the section's rules.
-fn http_request_rules(
-    rules: &[HttpReqRule],
-    parts: &mut Parts,
+/// What `http-request` rules see and change besides the request: the
+/// snapshot's stick tables and the entries the request tracks.
+struct Rules<'a> {
+    snap: &'a Snapshot,
     src: IpAddr,
-    model: Option<&str>,
-) -> Option<Response<RespBody>> {
-    for r in rules {
-        if let Some(c) = &r.cond {
-            if !route::eval(c, &Facts { parts, src, model }) {
-                continue;
-            }
-        }
-        match &r.action {
-            ReqAction::SetHeader(n, v) => {
-                parts.headers.insert(n.clone(), v.clone());
-            }
-            ReqAction::AddHeader(n, v) => {
-                parts.headers.append(n.clone(), v.clone());
-            }
-            ReqAction::DelHeader(n) => {
-                parts.headers.remove(n);
-            }
-            ReqAction::ReplacePath(re, to) => {
-                // As in HAProxy, a match replaces the whole path with the
-                // expanded replacement.
-                let new = re.captures(parts.uri.path()).map(|caps| {
-                    let mut out = String::new();
-                    caps.expand(to, &mut out);
-                    out
-                });
-                if let Some(new) = new {
-                    set_path(parts, &new);
-                }
-            }
-            ReqAction::SetPath(p) => set_path(parts, p),
-            ReqAction::Deny(status) => {
-                let code = if status.as_u16() == 429 {
-                    "rate_limited"
-                } else {
-                    "denied"
+    model: Option<&'a str>,
+    tracked: &'a mut Tracked,
+}
+
+impl Rules<'_> {
+    /// Runs `rules` in order; `Some` is the answer that ends the request
+    /// (a deny, a `return`).
+    fn run(&mut self, rules: &[HttpReqRule], parts: &mut Parts) -> Option<Response<RespBody>> {
+        for r in rules {
+            if let Some(c) = &r.cond {
+                let facts = Facts {
+                    parts,
+                    src: self.src,
+                    model: self.model,
+                    tracked: Some(self.tracked),
                 };
-                return Some(error::error_response(
-                    *status,
-                    code,
-                    "The request was denied by the gateway's rules.",
-                ));
-            }
-            ReqAction::Return {
-                status,
-                content_type,
-                body,
-            } => {
-                let mut resp = Response::new(match body {
-                    Some(b) => RespBody::full(b.clone()),
-                    None => RespBody::empty(),
-                });
-                *resp.status_mut() = *status;
-                if let Some(ct) = content_type {
-                    resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+                if !route::eval(c, &facts) {
+                    continue;
                 }
-                return Some(resp);
             }
-            // Stick tables count from issue 6 on.
-            ReqAction::TrackSc { .. } => {}
-            ReqAction::Allow => break,
+            match &r.action {
+                ReqAction::SetHeader(n, v) => {
+                    parts.headers.insert(n.clone(), v.clone());
+                }
+                ReqAction::AddHeader(n, v) => {
+                    parts.headers.append(n.clone(), v.clone());
+                }
+                ReqAction::DelHeader(n) => {
+                    parts.headers.remove(n);
+                }
+                ReqAction::ReplacePath(re, to) => {
+                    // As in HAProxy, a match replaces the whole path with the
+                    // expanded replacement.
+                    let new = re.captures(parts.uri.path()).map(|caps| {
+                        let mut out = String::new();
+                        caps.expand(to, &mut out);
+                        out
+                    });
+                    if let Some(new) = new {
+                        set_path(parts, &new);
+                    }
+                }
+                ReqAction::SetPath(p) => set_path(parts, p),
+                ReqAction::Deny(status) => {
+                    let code = if status.as_u16() == 429 {
+                        "rate_limited"
+                    } else {
+                        "denied"
+                    };
+                    return Some(error::error_response(
+                        *status,
+                        code,
+                        "The request was denied by the gateway's rules.",
+                    ));
+                }
+                ReqAction::Return {
+                    status,
+                    content_type,
+                    body,
+                } => {
+                    let mut resp = Response::new(match body {
+                        Some(b) => RespBody::full(b.clone()),
+                        None => RespBody::empty(),
+                    });
+                    *resp.status_mut() = *status;
+                    if let Some(ct) = content_type {
+                        resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+                    }
+                    return Some(resp);
+                }
+                ReqAction::TrackSc { sc, key, table } => {
+                    if let Some(t) = self.snap.table(table) {
+                        if let Some(k) = track_key(key, &t.key_type, parts, self.src) {
+                            self.tracked.track(*sc, t, k);
+                        }
+                    }
+                }
+                ReqAction::Allow => break,
+            }
         }
+        None
     }
-    None
+}
+
+/// The key a `track-sc` rule names, typed for its table; `None` when the
+/// request has none (an absent header: nothing is tracked, as in HAProxy).
+fn track_key(key: &str, key_type: &str, parts: &Parts, src: IpAddr) -> Option<Key> {
+    let header = key
+        .strip_prefix("req.hdr(")
+        .or_else(|| key.strip_prefix("hdr("))
+        .and_then(|k| k.strip_suffix(')'));
+    let raw: std::borrow::Cow<'_, [u8]> = match header {
+        Some(name) => parts.headers.get(name)?.as_bytes().into(),
+        None if key == "src" => {
+            if matches!(key_type, "ip" | "ipv6") {
+                return Some(Key::ip(src));
+            }
+            src.to_string().into_bytes().into()
+        }
+        None => return None,
+    };
+    match key_type {
+        "ip" | "ipv6" => std::str::from_utf8(&raw)
+            .ok()?
+            .trim()
+            .parse::<IpAddr>()
+            .ok()
+            .map(Key::ip),
+        "integer" => std::str::from_utf8(&raw)
+            .ok()?
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .map(Key::Int),
+        _ => Some(Key::bytes(&raw)),
+    }
 }
 
 /// Replaces the request path, keeping the query string; a path that would

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use http::request::Parts;
 
-use crate::config::{Condition, Expr, Frontend};
+use crate::config::{Condition, Expr, Frontend, IntFetch};
 
 /// The request facts conditions look at.
 pub struct Facts<'a> {
@@ -17,6 +17,8 @@ pub struct Facts<'a> {
     pub src: IpAddr,
     /// The body's model, when some rule needed it and the body had one.
     pub model: Option<&'a str>,
+    /// The stick-table entries the request tracks (`scN_*` fetches).
+    pub tracked: Option<&'a crate::stick::Tracked>,
 }
 
 impl Facts<'_> {
@@ -75,9 +77,13 @@ fn holds(c: &Condition, f: &Facts) -> bool {
         Condition::Src(nets) => nets.iter().any(|n| n.contains(f.src)),
         Condition::Model(m) => f.model.is_some_and(|v| m.matches(v)),
         Condition::QueryString(m) => f.parts.uri.query().is_some_and(|q| m.matches(q)),
-        // Stick counters are absent until stick tables exist (issue 6): an
-        // absent fetch never matches, as in HAProxy.
-        Condition::Int(..) => false,
+        // An absent fetch (nothing tracked, data not stored) never matches,
+        // as in HAProxy.
+        Condition::Int(IntFetch::StickCounter { sc, data }, op, n) => f
+            .tracked
+            .and_then(|t| t.get(*sc, *data))
+            .is_some_and(|v| op.holds(v, *n)),
+        Condition::Int(IntFetch::SslHelloType, ..) => false,
         // Content of a `mode tcp` connection: absent in HTTP.
         Condition::Sni(_) => false,
     }
@@ -145,6 +151,7 @@ name = "c"
                 parts,
                 src: src.parse().unwrap(),
                 model,
+                tracked: None,
             },
         )
     }

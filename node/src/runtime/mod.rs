@@ -300,6 +300,8 @@ pub struct Runtime {
     servers: Mutex<HashMap<(String, String), Arc<ServerState>>>,
     queues: Mutex<HashMap<String, Arc<BackendQueue>>>,
     fallbacks: Mutex<HashMap<String, Arc<FallbackCounters>>>,
+    /// Stick tables by name, with the definition they were built from.
+    tables: Mutex<HashMap<String, (crate::config::StickTable, Arc<crate::stick::Table>)>>,
 }
 
 impl Runtime {
@@ -334,6 +336,23 @@ impl Runtime {
     pub fn fallback_counters(&self, backend: &str) -> Arc<FallbackCounters> {
         let mut map = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(backend.to_owned()).or_default().clone()
+    }
+
+    /// The stick table `def` describes: the existing one (and its entries)
+    /// when a table of that name was defined the same way, else a new one.
+    pub fn table(
+        &self,
+        def: &crate::config::StickTable,
+    ) -> Result<Arc<crate::stick::Table>, String> {
+        let mut map = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((d, t)) = map.get(&def.name) {
+            if d == def {
+                return Ok(t.clone());
+            }
+        }
+        let t = Arc::new(crate::stick::Table::new(def)?);
+        map.insert(def.name.clone(), (def.clone(), t.clone()));
+        Ok(t)
     }
 
     /// Forgets servers that the new configuration no longer has.

@@ -136,5 +136,28 @@ fn stats_json(shared: &Shared) -> String {
             })
         })
         .collect();
-    serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "backends": backends }).to_string()
+    // Stick tables: their shape and how full they are (entries themselves
+    // are for the runtime API's `show table`).
+    let tables: Vec<_> = snap
+        .config
+        .stick_tables
+        .iter()
+        .zip(&snap.tables)
+        .map(|(def, t)| {
+            serde_json::json!({
+                "name": def.name,
+                "type": def.key_type,
+                "size": def.size,
+                "expire_ms": def.expire.map(|d| d.as_millis() as u64),
+                "store": def.store,
+                "used": t.len(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "backends": backends,
+        "tables": tables,
+    })
+    .to_string()
 }

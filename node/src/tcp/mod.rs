@@ -57,7 +57,7 @@ fn holds(c: &Condition, f: &Facts) -> bool {
             f.hello_type.is_some_and(|t| op.holds(i64::from(t), *n))
         }
         // HTTP fetches are refused in mode tcp by the config readers; stick
-        // counters are absent until issue 6. An absent fetch never matches.
+        // counters: mode tcp tracks nothing (no `tcp-request` tracking yet). An absent fetch never matches.
         _ => false,
     }
 }

@@ -225,11 +225,8 @@ fn fetch_of(f: &str) -> Result<(Fetch, Meth), String> {
                     "2" => 2,
                     _ => return Err(format!("fetch '{f}' is not supported")),
                 };
-                let data = match data {
-                    "_conn_rate" => ScData::ConnRate,
-                    "_http_req_rate" => ScData::HttpReqRate,
-                    "_conn_cur" => ScData::ConnCur,
-                    _ => return Err(format!("fetch '{f}' is not supported (use scN_conn_rate, scN_http_req_rate or scN_conn_cur)")),
+                let Some(data) = data.strip_prefix('_').and_then(ScData::from_fetch) else {
+                    return Err(format!("fetch '{f}' is not supported (use scN_ with a stick-table data name, e.g. sc0_conn_rate, sc0_http_req_rate, sc0_conn_cur, sc0_gpc0, sc0_tokens_rate)"));
                 };
                 return Ok((Fetch::Sc(sc, data), Meth::Str));
             }
@@ -446,6 +443,7 @@ mod tests {
                 parts: &parts,
                 src: src.parse().unwrap(),
                 model,
+                tracked: None,
             },
         )
     }

@@ -1146,11 +1146,10 @@ impl Cx<'_> {
                     Err(e) => self.err(l.line, e),
                 },
                 ("store", Some(v)) => {
-                    for s in v.split(',') {
-                        if valid_store(s) {
-                            t.store.push(s.to_owned());
-                        } else {
-                            self.err(l.line, format!("unknown stick-table data '{s}'"));
+                    for entry in crate::config::stick::split_store(v) {
+                        match crate::config::stick::parse_store(std::slice::from_ref(&entry)) {
+                            Ok(_) => t.store.push(entry),
+                            Err(e) => self.err(l.line, e),
                         }
                     }
                 }
@@ -1340,7 +1339,6 @@ impl Cx<'_> {
                     );
                 }
                 p.tracks.push((line, key.clone(), table.clone()));
-                self.warn(line, format!("'{t}' is accepted; stick tables count from issue 6 on, until then nothing is tracked"));
                 ReqAction::TrackSc {
                     sc,
                     key,
@@ -1707,11 +1705,6 @@ impl Cx<'_> {
             .collect();
         for p in &mut proxies {
             self.seed_faults(p, &mut tables);
-            for (line, c) in &p.conds {
-                if c.uses_stick_counters() {
-                    self.warn(*line, "stick counters (scN_*) parse, but stick tables arrive with issue 6: until then they are absent and never match");
-                }
-            }
         }
 
         let mut frontends = Vec::new();
@@ -1975,11 +1968,11 @@ impl Cx<'_> {
     fn seed_faults(&mut self, p: &mut Proxy, tables: &mut Vec<StickTable>) {
         let mut store: Vec<String> = Vec::new();
         for (_, c) in &p.conds {
-            for data in [ScData::ConnRate, ScData::HttpReqRate, ScData::ConnCur] {
+            for data in crate::config::stick::FETCHABLE {
                 if c.any_test(&|t| matches!(t, Condition::Int(IntFetch::StickCounter { data: d, .. }, _, _) if *d == data))
-                    && !store.iter().any(|s| s == data.store_entry())
+                    && !store.iter().any(|s| *s == data.store_entry())
                 {
-                    store.push(data.store_entry().to_owned());
+                    store.push(data.store_entry());
                 }
             }
         }
@@ -2118,45 +2111,6 @@ fn backrefs(s: &str) -> String {
         }
     }
     out
-}
-
-fn valid_store(s: &str) -> bool {
-    let (name, period) = match s.split_once('(') {
-        Some((n, rest)) => (n, rest.strip_suffix(')')),
-        None => (s, None),
-    };
-    let rate = matches!(
-        name,
-        "conn_rate"
-            | "http_req_rate"
-            | "http_err_rate"
-            | "bytes_in_rate"
-            | "bytes_out_rate"
-            | "sess_rate"
-            | "gpc0_rate"
-            | "gpc1_rate"
-            | "http_fail_rate"
-    );
-    let plain = matches!(
-        name,
-        "conn_cnt"
-            | "conn_cur"
-            | "http_req_cnt"
-            | "http_err_cnt"
-            | "bytes_in_cnt"
-            | "bytes_out_cnt"
-            | "sess_cnt"
-            | "gpc0"
-            | "gpc1"
-            | "gpt0"
-            | "server_id"
-            | "http_fail_cnt"
-    );
-    if rate {
-        period.is_some_and(|p| parse_duration(p).is_ok())
-    } else {
-        plain && !s.contains('(')
-    }
 }
 
 /// `*:80`, `:80`, `:::80`, `1.2.3.4:80`, `[::1]:80`, `::1:80`, `ipv4@…`, `ipv6@…`.

@@ -43,6 +43,7 @@ use crate::gateway::{Shared, Snapshot};
 use crate::health::outcome_of;
 use crate::llm::model::{ModelScanner, Scan};
 use crate::runtime::{ActiveGuard, Outcome};
+use crate::stick::Tracked;
 use crate::upstream::pool::H1Pool;
 use crate::upstream::queue;
 use crate::upstream::retry::{self, Failure};
@@ -286,6 +287,10 @@ async fn exchange<'a, IO: ClientIo>(
         }
     }
 
+    if snap.tracking_needs_general_path {
+        return handoff(buf, &head, &read).into();
+    }
+    let mut tracked = Tracked::default();
     let bi = match proxy::choose_backend(
         snap,
         fe,
@@ -293,9 +298,11 @@ async fn exchange<'a, IO: ClientIo>(
         &mut parts,
         model_name.as_deref(),
         needs_model,
+        &mut tracked,
     ) {
         Ok(bi) => bi,
         Err(resp) => {
+            tracked.answered(resp.status().as_u16());
             let done = framing_consumed(framing, read.len(), buf);
             return answer(io, fe, *resp, request_id, close || !done)
                 .await
@@ -499,8 +506,10 @@ async fn exchange<'a, IO: ClientIo>(
     if buf.is_empty() {
         *buf = BytesMut::new();
     }
+    tracked.answered(resp.status.as_u16());
+    let tracked = (!tracked.is_empty()).then(|| Box::new(tracked));
     relay_response(
-        io, up, pool, active, &mut rbuf, rhead, resp, rframing, be, fe, request_id, close,
+        io, up, pool, active, &mut rbuf, rhead, resp, rframing, be, fe, request_id, close, tracked,
     )
     .await
 }
@@ -982,6 +991,7 @@ async fn relay_response<'a, IO: ClientIo>(
     fe: &Frontend,
     request_id: Option<HeaderValue>,
     client_close: bool,
+    tracked: Option<Box<Tracked>>,
 ) -> Step<'a> {
     let server_to = be.timeouts.server;
     let client_to = fe.timeouts.client;
@@ -1041,6 +1051,7 @@ async fn relay_response<'a, IO: ClientIo>(
         sse,
         server_to,
         client_to,
+        _tracked: tracked,
     };
     if body.relay.done() {
         Step::Done(body.finish(io).await)
@@ -1064,6 +1075,9 @@ struct BodyRelay<'a> {
     sse: bool,
     server_to: Duration,
     client_to: Duration,
+    /// The stick-table entries the request tracks: `conn_cur` counts it
+    /// until the body is over.
+    _tracked: Option<Box<Tracked>>,
 }
 
 impl BodyRelay<'_> {
@@ -1458,6 +1472,7 @@ mod tests {
             sse: false,
             server_to: Duration::from_secs(1),
             client_to: Duration::from_secs(1),
+            _tracked: None,
         };
         let run = relay.run(&mut client);
         assert!(

@@ -1,0 +1,445 @@
+//! Stick tables (HAProxy's `stick-table`): counters and sliding-window
+//! rates per key — a client address, an API key, a model — evicted least
+//! recently used at `size` and forgotten `expire` after their last update.
+//!
+//! Every update is also recorded as a [`Delta`] (key, data, period, amount)
+//! that [`Table::drain_deltas`] hands out and [`Table::apply`] merges; the
+//! cluster sums them across nodes. Counters and rates only ever add, so
+//! applying the same deltas in any order and any grouping gives the same
+//! table (see the tests).
+//!
+//! Tables are sharded by key hash; a shard's lock is held only for the map
+//! operation itself, never across an `.await`.
+
+pub mod rate;
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hashlink::LinkedHashMap;
+
+pub use rate::Rate;
+
+pub use crate::config::stick::{parse_store, Column, Data};
+use crate::config::StickTable;
+
+/// Shards of a large table; a table smaller than [`SHARDED_FROM`] has one,
+/// so its eviction is exactly least-recently-updated.
+const SHARDS: usize = 16;
+const SHARDED_FROM: usize = 1024;
+
+/// Longest string key kept (HAProxy truncates at `len`, 32 by default;
+/// API keys are longer, and two keys sharing a prefix must not share an
+/// entry, so we keep more and truncate only past this).
+pub const MAX_STRING_KEY: usize = 256;
+
+/// A table key, normalised for its table's type.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    /// `ip` and `ipv6` tables: IPv4 as IPv4-mapped IPv6.
+    Ip([u8; 16]),
+    Int(i64),
+    /// `string` and `binary` tables.
+    Bytes(Box<[u8]>),
+}
+
+impl Key {
+    pub fn ip(a: IpAddr) -> Key {
+        Key::Ip(match a {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        })
+    }
+
+    pub fn bytes(b: &[u8]) -> Key {
+        Key::Bytes(b[..b.len().min(MAX_STRING_KEY)].into())
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Ip(o) => {
+                let v6 = std::net::Ipv6Addr::from(*o);
+                match v6.to_ipv4_mapped() {
+                    Some(v4) => write!(f, "{v4}"),
+                    None => write!(f, "{v6}"),
+                }
+            }
+            Key::Int(i) => write!(f, "{i}"),
+            Key::Bytes(b) => write!(f, "{}", String::from_utf8_lossy(b)),
+        }
+    }
+}
+
+/// One change to one key's data, as the cluster ships it. For a rate,
+/// `period` is the period index (`unix_ms / period_ms`) the events belong
+/// to; for a counter it is 0. Amounts add (a `conn_cur` decrement is a
+/// negative amount).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Delta {
+    pub key: Key,
+    pub data: Data,
+    pub period: u64,
+    pub amount: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Value {
+    Count(i64),
+    Rate(Rate),
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Last update, unix ms (expiry).
+    touched_ms: u64,
+    values: Box<[Value]>,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// Least recently updated first.
+    map: LinkedHashMap<Key, Entry>,
+    /// Local changes not drained yet, one per (key, data, period).
+    pending: std::collections::BTreeMap<(Key, Data, u64), i64>,
+}
+
+/// The time source: wall-clock milliseconds (rates are aligned on it so
+/// that nodes agree on periods). Tests pass their own.
+pub type Clock = fn() -> u64;
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A stick table.
+#[derive(Debug)]
+pub struct Table {
+    pub name: String,
+    pub key_type: String,
+    size: usize,
+    expire_ms: Option<u64>,
+    columns: Box<[Column]>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    clock: Clock,
+}
+
+impl Table {
+    pub fn new(def: &StickTable) -> Result<Table, String> {
+        Self::with_clock(def, unix_ms)
+    }
+
+    pub fn with_clock(def: &StickTable, clock: Clock) -> Result<Table, String> {
+        let columns = parse_store(&def.store)?;
+        let size = usize::try_from(def.size).unwrap_or(usize::MAX).max(1);
+        let shards = if size >= SHARDED_FROM { SHARDS } else { 1 };
+        Ok(Table {
+            name: def.name.clone(),
+            key_type: def.key_type.clone(),
+            size,
+            expire_ms: def.expire.map(|d: Duration| d.as_millis() as u64),
+            columns: columns.into(),
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            clock,
+        })
+    }
+
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    pub fn stores(&self, data: Data) -> bool {
+        self.columns.iter().any(|c| c.data == data)
+    }
+
+    fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shard_size(&self) -> usize {
+        self.size.div_ceil(self.shards.len())
+    }
+
+    /// Adds to several data of `key` at once (the entry is created when
+    /// missing, evicting the least recently updated one when the table is
+    /// full); data the table does not store are skipped. Each change is
+    /// recorded for [`Table::drain_deltas`].
+    pub fn add(&self, key: &Key, changes: &[(Data, i64)]) {
+        self.update(key, changes, true);
+    }
+
+    /// As [`Table::add`], only if `key` still has an entry (taking back a
+    /// `conn_cur` must not recreate an entry evicted meanwhile).
+    pub fn add_existing(&self, key: &Key, changes: &[(Data, i64)]) {
+        self.update(key, changes, false);
+    }
+
+    fn update(&self, key: &Key, changes: &[(Data, i64)], create: bool) {
+        let now = (self.clock)();
+        let mut shard = self.shard(key);
+        let Shard { map, pending } = &mut *shard;
+        if !create && !map.contains_key(key) {
+            return;
+        }
+        let entry = self.entry(map, key, now);
+        for &(data, amount) in changes {
+            for (col, value) in self.columns.iter().zip(entry.values.iter_mut()) {
+                if col.data != data {
+                    continue;
+                }
+                let period = match value {
+                    Value::Count(c) => {
+                        *c += amount;
+                        0
+                    }
+                    Value::Rate(r) => {
+                        let idx = now / col.period_ms;
+                        r.add(idx, amount.max(0) as u64);
+                        idx
+                    }
+                };
+                *pending.entry((key.clone(), data, period)).or_insert(0) += amount;
+            }
+        }
+    }
+
+    /// The entry of `key`, created (and the table trimmed) when missing,
+    /// moved to the most recently used end otherwise.
+    fn entry<'m>(
+        &self,
+        map: &'m mut LinkedHashMap<Key, Entry>,
+        key: &Key,
+        now: u64,
+    ) -> &'m mut Entry {
+        self.expire(map, now);
+        if map.contains_key(key) {
+            map.to_back(key);
+        } else {
+            while map.len() >= self.shard_size() {
+                map.pop_front();
+            }
+            let values = self
+                .columns
+                .iter()
+                .map(|c| {
+                    if c.data.is_rate() {
+                        Value::Rate(Rate::default())
+                    } else {
+                        Value::Count(0)
+                    }
+                })
+                .collect();
+            map.insert(
+                key.clone(),
+                Entry {
+                    touched_ms: now,
+                    values,
+                },
+            );
+        }
+        let e = map.get_mut(key).expect("just inserted or present");
+        e.touched_ms = now;
+        e
+    }
+
+    /// Forgets entries not updated within `expire` (oldest first).
+    fn expire(&self, map: &mut LinkedHashMap<Key, Entry>, now: u64) {
+        let Some(expire) = self.expire_ms else {
+            return;
+        };
+        while let Some((_, e)) = map.front() {
+            if e.touched_ms + expire > now {
+                break;
+            }
+            map.pop_front();
+        }
+    }
+
+    /// The current value of `data` for `key` (a rate as of now); `None`
+    /// when the key has no entry or the table does not store it.
+    pub fn get(&self, key: &Key, data: Data) -> Option<i64> {
+        let now = (self.clock)();
+        let col = self.columns.iter().position(|c| c.data == data)?;
+        let mut shard = self.shard(key);
+        self.expire(&mut shard.map, now);
+        let e = shard.map.get(key)?;
+        Some(match e.values[col] {
+            Value::Count(c) => c,
+            Value::Rate(r) => r.read(now, self.columns[col].period_ms) as i64,
+        })
+    }
+
+    /// Entries in the table now.
+    pub fn len(&self) -> usize {
+        let now = (self.clock)();
+        self.shards
+            .iter()
+            .map(|s| {
+                let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+                self.expire(&mut s.map, now);
+                s.map.len()
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every entry with its data as of now, keys in order (`show table`).
+    pub fn snapshot(&self) -> Vec<(Key, Vec<(Data, i64)>)> {
+        let now = (self.clock)();
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+            self.expire(&mut s.map, now);
+            for (k, e) in s.map.iter() {
+                let vals = self
+                    .columns
+                    .iter()
+                    .zip(e.values.iter())
+                    .map(|(c, v)| {
+                        let n = match v {
+                            Value::Count(n) => *n,
+                            Value::Rate(r) => r.read(now, c.period_ms) as i64,
+                        };
+                        (c.data, n)
+                    })
+                    .collect();
+                out.push((k.clone(), vals));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Removes one key, or every key (`clear table`).
+    pub fn clear(&self, key: Option<&Key>) {
+        match key {
+            Some(k) => {
+                self.shard(k).map.remove(k);
+            }
+            None => {
+                for s in self.shards.iter() {
+                    s.lock().unwrap_or_else(|e| e.into_inner()).map.clear();
+                }
+            }
+        }
+    }
+
+    /// Takes the local changes made since the last drain, one delta per
+    /// (key, data, period), amounts summed.
+    pub fn drain_deltas(&self) -> Vec<Delta> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let pending = std::mem::take(&mut s.lock().unwrap_or_else(|e| e.into_inner()).pending);
+            out.extend(pending.into_iter().filter(|(_, amount)| *amount != 0).map(
+                |((key, data, period), amount)| Delta {
+                    key,
+                    data,
+                    period,
+                    amount,
+                },
+            ));
+        }
+        out
+    }
+
+    /// Merges a delta from another node (not recorded as a local change).
+    pub fn apply(&self, d: &Delta) {
+        let now = (self.clock)();
+        let mut shard = self.shard(&d.key);
+        let entry = self.entry(&mut shard.map, &d.key, now);
+        for (col, value) in self.columns.iter().zip(entry.values.iter_mut()) {
+            if col.data != d.data {
+                continue;
+            }
+            match value {
+                Value::Count(c) => *c += d.amount,
+                Value::Rate(r) => r.add(d.period, d.amount.max(0) as u64),
+            }
+        }
+    }
+}
+
+/// The entries one request tracks (`track-sc0|1|2`): what the `scN_*`
+/// fetches read, and what counts the request — `conn_cur` until it ends
+/// (when this is dropped), its status class when its answer is known.
+#[derive(Default)]
+pub struct Tracked {
+    slots: [Option<(Arc<Table>, Key)>; 3],
+}
+
+/// What tracking a request adds to its entry: HAProxy counts a tracked
+/// stream as a connection and a request (`conn_*`, `sess_*`, `http_req_*`);
+/// `conn_cur` is taken back when the request ends.
+const ON_TRACK: [(Data, i64); 7] = [
+    (Data::ConnCur, 1),
+    (Data::ConnCnt, 1),
+    (Data::ConnRate, 1),
+    (Data::SessCnt, 1),
+    (Data::SessRate, 1),
+    (Data::HttpReqCnt, 1),
+    (Data::HttpReqRate, 1),
+];
+
+impl Tracked {
+    /// Starts tracking `key` in `table` as counter `sc`; a counter already
+    /// tracking keeps its entry (as in HAProxy, the first rule wins).
+    pub fn track(&mut self, sc: u8, table: &Arc<Table>, key: Key) {
+        let Some(slot) = self.slots.get_mut(usize::from(sc)) else {
+            return;
+        };
+        if slot.is_some() {
+            return;
+        }
+        table.add(&key, &ON_TRACK);
+        *slot = Some((table.clone(), key));
+    }
+
+    /// `scN_<data>`: absent when counter `sc` tracks nothing or its table
+    /// does not store `data`.
+    pub fn get(&self, sc: u8, data: Data) -> Option<i64> {
+        let (t, k) = self.slots.get(usize::from(sc))?.as_ref()?;
+        t.get(k, data)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.iter().all(Option::is_none)
+    }
+
+    /// Counts the answer's status on every tracked entry: a 4xx is an
+    /// `http_err`, a 5xx other than 501 and 505 an `http_fail`.
+    pub fn answered(&self, status: u16) {
+        let changes: &[(Data, i64)] = match status {
+            400..=499 => &[(Data::HttpErrCnt, 1), (Data::HttpErrRate, 1)],
+            500..=599 if status != 501 && status != 505 => {
+                &[(Data::HttpFailCnt, 1), (Data::HttpFailRate, 1)]
+            }
+            _ => return,
+        };
+        for (t, k) in self.slots.iter().flatten() {
+            t.add(k, changes);
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        for (t, k) in self.slots.iter().flatten() {
+            t.add_existing(k, &[(Data::ConnCur, -1)]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

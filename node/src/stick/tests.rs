@@ -1,0 +1,249 @@
+use std::cell::Cell;
+use std::time::Duration;
+
+use super::*;
+
+thread_local! {
+    static NOW: Cell<u64> = const { Cell::new(1_000_000_000) };
+}
+
+fn now() -> u64 {
+    NOW.with(Cell::get)
+}
+
+fn advance(ms: u64) {
+    NOW.with(|c| c.set(c.get() + ms));
+}
+
+fn set_now(ms: u64) {
+    NOW.with(|c| c.set(ms));
+}
+
+fn table(size: u64, expire: Option<u64>, store: &[&str]) -> Table {
+    let def = StickTable {
+        name: "t".into(),
+        key_type: "ip".into(),
+        size,
+        expire: expire.map(Duration::from_millis),
+        store: store.iter().map(|s| s.to_string()).collect(),
+    };
+    Table::with_clock(&def, now).expect("valid table")
+}
+
+fn ip(last: u8) -> Key {
+    Key::ip(IpAddr::from([10, 0, 0, last]))
+}
+
+#[test]
+fn the_seed_rule_sees_the_101st_connection_of_a_window_at_any_boundary() {
+    // `sc0_conn_rate gt 100` over conn_rate(10s): whatever the phase of
+    // the wall clock, the 101st connection within 10 s reads 101.
+    for phase in [0, 1, 4_999, 9_990, 9_999] {
+        set_now(10_000 * 77 + phase);
+        let t = table(100, Some(60_000), &["conn_rate(10s)"]);
+        let k = ip(1);
+        for i in 1..=101i64 {
+            t.add(&k, &[(Data::ConnRate, 1)]);
+            assert_eq!(t.get(&k, Data::ConnRate), Some(i), "phase {phase}");
+            advance(1);
+        }
+    }
+}
+
+#[test]
+fn rates_slide_and_counters_do_not() {
+    set_now(1_000_000);
+    let t = table(10, None, &["http_req_cnt", "http_req_rate(1s)"]);
+    let k = ip(2);
+    for _ in 0..10 {
+        t.add(&k, &[(Data::HttpReqCnt, 1), (Data::HttpReqRate, 1)]);
+    }
+    assert_eq!(t.get(&k, Data::HttpReqRate), Some(10));
+    advance(1_500);
+    // Half of the previous second still inside the window.
+    assert_eq!(t.get(&k, Data::HttpReqRate), Some(5));
+    advance(500);
+    assert_eq!(t.get(&k, Data::HttpReqRate), Some(0));
+    assert_eq!(t.get(&k, Data::HttpReqCnt), Some(10));
+    assert_eq!(t.get(&k, Data::ConnRate), None, "not stored");
+}
+
+#[test]
+fn least_recently_updated_entry_goes_when_full() {
+    let t = table(3, None, &["gpc0"]);
+    for i in 1..=3 {
+        t.add(&ip(i), &[(Data::Gpc(0), 1)]);
+    }
+    // ip(1) is updated again: ip(2) is now the least recent.
+    t.add(&ip(1), &[(Data::Gpc(0), 1)]);
+    t.add(&ip(4), &[(Data::Gpc(0), 1)]);
+    assert_eq!(t.len(), 3);
+    assert_eq!(t.get(&ip(2), Data::Gpc(0)), None);
+    assert_eq!(t.get(&ip(1), Data::Gpc(0)), Some(2));
+    assert_eq!(t.get(&ip(4), Data::Gpc(0)), Some(1));
+}
+
+#[test]
+fn a_large_table_holds_its_size() {
+    let t = table(2048, None, &["conn_cnt"]);
+    for i in 0..10_000u32 {
+        t.add(&Key::Int(i64::from(i)), &[(Data::ConnCnt, 1)]);
+    }
+    let n = t.len();
+    assert!(n <= 2048 && n > 1900, "{n} entries");
+    assert_eq!(t.get(&Key::Int(9_999), Data::ConnCnt), Some(1));
+}
+
+#[test]
+fn entries_expire_after_their_last_update() {
+    set_now(5_000_000);
+    let t = table(10, Some(1_000), &["conn_cur"]);
+    t.add(&ip(1), &[(Data::ConnCur, 1)]);
+    t.add(&ip(2), &[(Data::ConnCur, 1)]);
+    advance(600);
+    t.add(&ip(2), &[(Data::ConnCur, 1)]);
+    advance(400);
+    assert_eq!(t.get(&ip(1), Data::ConnCur), None, "expired at 1 s");
+    assert_eq!(t.get(&ip(2), Data::ConnCur), Some(2));
+    advance(599);
+    assert_eq!(t.len(), 1);
+    advance(1);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn clear_one_key_or_all() {
+    let t = table(10, None, &["gpc0"]);
+    for i in 1..=3 {
+        t.add(&ip(i), &[(Data::Gpc(0), 1)]);
+    }
+    t.clear(Some(&ip(2)));
+    let keys: Vec<String> = t.snapshot().iter().map(|(k, _)| k.to_string()).collect();
+    assert_eq!(keys, ["10.0.0.1", "10.0.0.3"]);
+    t.clear(None);
+    assert!(t.is_empty());
+}
+
+/// Replays one node's updates: (key, data, amount, clock step).
+fn run_node(updates: &[(u8, Data, i64, u64)]) -> Vec<Delta> {
+    let t = table(1000, None, STORE);
+    for &(k, d, n, step) in updates {
+        advance(step);
+        t.add(&ip(k), &[(d, n)]);
+    }
+    t.drain_deltas()
+}
+
+const STORE: &[&str] = &[
+    "conn_cur",
+    "conn_cnt",
+    "conn_rate(10s)",
+    "gpc(2)",
+    "tokens_rate(1m)",
+];
+
+#[test]
+fn deltas_merge_the_same_in_any_order_and_any_grouping() {
+    const T0: u64 = 10_000 * 500 + 3_000;
+    set_now(T0);
+    let a = run_node(&[
+        (1, Data::ConnCur, 1, 0),
+        (1, Data::ConnCnt, 1, 0),
+        (1, Data::ConnRate, 1, 4_000),
+        (2, Data::TokensRate, 120, 5_000), // crosses a 10 s boundary
+        (1, Data::ConnCur, -1, 10),
+        (2, Data::Gpc(1), 3, 0),
+    ]);
+    set_now(T0);
+    let b = run_node(&[
+        (1, Data::ConnRate, 1, 0),
+        (3, Data::Gpc(0), 1, 2_000),
+        (2, Data::TokensRate, 30, 9_000),
+        (1, Data::ConnCur, 1, 0),
+    ]);
+    assert!(a.iter().any(|d| d.data == Data::ConnRate));
+    let all: Vec<Delta> = a.iter().chain(&b).cloned().collect();
+    // Read back within the 10 s period both nodes counted connections in.
+    set_now(T0 + 6_000);
+
+    let merged = |deltas: &[Delta]| {
+        let t = table(1000, None, STORE);
+        for d in deltas {
+            t.apply(d);
+        }
+        t.snapshot()
+    };
+    let reference = merged(&all);
+    let mut reversed = all.clone();
+    reversed.reverse();
+    assert_eq!(merged(&reversed), reference);
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(merged(&sorted), reference);
+    // Grouped: deltas of the same (key, data, period) summed first, as a
+    // node relaying several others would.
+    let mut grouped: Vec<Delta> = Vec::new();
+    for d in sorted {
+        match grouped.last_mut() {
+            Some(g) if (g.key.clone(), g.data, g.period) == (d.key.clone(), d.data, d.period) => {
+                g.amount += d.amount
+            }
+            _ => grouped.push(d),
+        }
+    }
+    assert!(grouped.len() < all.len(), "nothing was grouped");
+    assert_eq!(merged(&grouped), reference);
+
+    // And the figures are the sums: conn_cur 1 - 1 + 1, conn_rate 2.
+    let row = &reference.iter().find(|(k, _)| *k == ip(1)).expect("ip 1").1;
+    let get = |d: Data| row.iter().find(|(x, _)| *x == d).map(|(_, n)| *n);
+    assert_eq!(get(Data::ConnCur), Some(1));
+    assert_eq!(get(Data::ConnCnt), Some(1));
+    assert_eq!(get(Data::ConnRate), Some(2));
+}
+
+#[test]
+fn a_drain_takes_each_change_once() {
+    let t = table(10, None, &["conn_cnt"]);
+    t.add(&ip(1), &[(Data::ConnCnt, 1)]);
+    t.add(&ip(1), &[(Data::ConnCnt, 1)]);
+    let d = t.drain_deltas();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].amount, 2);
+    assert!(t.drain_deltas().is_empty());
+    // Applied deltas are not local changes: not drained again.
+    t.apply(&d[0]);
+    assert!(t.drain_deltas().is_empty());
+    assert_eq!(t.get(&ip(1), Data::ConnCnt), Some(4));
+}
+
+#[test]
+fn store_lists_parse_like_haproxy() {
+    let s = |v: &[&str]| parse_store(&v.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+    let cols = s(&["conn_rate(10s)", "gpc(2)", "gpc_rate(2,1m)", "http_req_cnt"]).expect("valid");
+    let got: Vec<(Data, u64)> = cols.iter().map(|c| (c.data, c.period_ms)).collect();
+    assert_eq!(
+        got,
+        [
+            (Data::ConnRate, 10_000),
+            (Data::Gpc(0), 0),
+            (Data::Gpc(1), 0),
+            (Data::GpcRate(0), 60_000),
+            (Data::GpcRate(1), 60_000),
+            (Data::HttpReqCnt, 0),
+        ]
+    );
+    assert_eq!(
+        s(&["conn_rate"]).unwrap_err(),
+        "stick-table data 'conn_rate' needs a period, e.g. conn_rate(10s)"
+    );
+    assert_eq!(
+        s(&["conn_cur(1s)"]).unwrap_err(),
+        "stick-table data 'conn_cur(1s)' takes no argument"
+    );
+    assert_eq!(
+        s(&["bogus"]).unwrap_err(),
+        "unknown stick-table data 'bogus'"
+    );
+    assert!(s(&["gpc(0)"]).is_err());
+}
