@@ -75,6 +75,14 @@ async fn each_api_key_has_its_own_request_rate() {
             .send(http::Method::POST, &url, &[("x-api-key", &key)], CHAT)
             .await;
         assert_eq!(r.status, 429, "{kind}: the 6th request of {key}");
+        // Retry-After: when the 1-minute rate leaves room for a request
+        // again — after the current minute-aligned period, and a part of
+        // the next.
+        let wait: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After in seconds");
+        assert!((10..=120).contains(&wait), "{kind}: Retry-After {wait}");
         // Another key, and no key at all (nothing tracked), still pass.
         let r = c
             .send(http::Method::POST, &url, &[("x-api-key", "other")], CHAT)

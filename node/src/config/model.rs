@@ -334,6 +334,16 @@ impl Expr {
         self.any_test(&|c| matches!(c, Condition::Int(IntFetch::StickCounter { .. }, _, _)))
     }
 
+    /// Calls `f` on this expression and every sub-expression, outside in.
+    pub fn walk(&self, f: &mut dyn FnMut(&Expr)) {
+        f(self);
+        match self {
+            Expr::Test(_) => {}
+            Expr::Not(e) => e.walk(f),
+            Expr::All(v) | Expr::Any(v) => v.iter().for_each(|e| e.walk(f)),
+        }
+    }
+
     pub fn any_test(&self, f: &dyn Fn(&Condition) -> bool) -> bool {
         match self {
             Expr::Test(c) => f(c),

@@ -21,7 +21,9 @@ use super::body::{ReqBody, RespBody};
 use super::conn::{ConnInfo, InflightGuard};
 use super::error;
 use crate::balance::PickCtx;
-use crate::config::{Backend, Fallback, Frontend, HttpReqRule, ReqAction};
+use crate::config::{
+    Backend, Condition, Expr, Fallback, Frontend, HttpReqRule, IntFetch, IntOp, ReqAction,
+};
 use crate::gateway::{Shared, Snapshot};
 use crate::health::outcome_of;
 use crate::llm::model::{self, ModelScanner, Scan};
@@ -616,16 +618,28 @@ impl Rules<'_> {
                 }
                 ReqAction::SetPath(p) => set_path(parts, p),
                 ReqAction::Deny(status) => {
-                    let code = if status.as_u16() == 429 {
-                        "rate_limited"
-                    } else {
-                        "denied"
-                    };
-                    return Some(error::error_response(
+                    let limited = status.as_u16() == 429;
+                    let code = if limited { "rate_limited" } else { "denied" };
+                    let mut resp = error::error_response(
                         *status,
                         code,
                         "The request was denied by the gateway's rules.",
-                    ));
+                    );
+                    let wait = r.cond.as_ref().filter(|_| limited).and_then(|c| {
+                        let facts = Facts {
+                            parts,
+                            src: self.src,
+                            model: self.model,
+                            tracked: Some(self.tracked),
+                        };
+                        retry_after(c, &facts, self.tracked)
+                    });
+                    if let Some(wait) = wait {
+                        let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
+                        resp.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                    }
+                    return Some(resp);
                 }
                 ReqAction::Return {
                     status,
@@ -654,6 +668,31 @@ impl Rules<'_> {
         }
         None
     }
+}
+
+/// How long until a request denied by `cond` would pass: for each rate
+/// limit in it that holds now (`scN_<rate> gt|ge N`), the time until the
+/// rate leaves room for one more request; the longest of them. `None` when
+/// the condition holds for another reason (nothing to wait for that we
+/// can tell).
+fn retry_after(cond: &Expr, facts: &Facts, tracked: &Tracked) -> Option<std::time::Duration> {
+    let mut waits = Vec::new();
+    let mut visit = |e: &Expr| {
+        let Expr::Test(Condition::Int(IntFetch::StickCounter { sc, data }, op, n)) = e else {
+            return;
+        };
+        if !data.is_rate() || !route::eval(e, facts) {
+            return;
+        }
+        let at_most = match op {
+            IntOp::Gt => n - 1,
+            IntOp::Ge => n - 2,
+            _ => return,
+        };
+        waits.extend(tracked.retry_after(*sc, *data, at_most));
+    };
+    cond.walk(&mut visit);
+    waits.into_iter().max()
 }
 
 /// The key a `track-sc` rule names, typed for its table; `None` when the

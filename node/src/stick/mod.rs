@@ -76,8 +76,8 @@ impl std::fmt::Display for Key {
 }
 
 /// One change to one key's data, as the cluster ships it. For a rate,
-/// `period` is the period index (`unix_ms / period_ms`) the events belong
-/// to; for a counter it is 0. Amounts add (a `conn_cur` decrement is a
+/// `period` is the slot the events belong to (`unix_ms / slot_ms`, see
+/// [`rate`]); for a counter it is 0. Amounts add (a `conn_cur` decrement is a
 /// negative amount).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Delta {
@@ -129,6 +129,9 @@ pub struct Table {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     clock: Clock,
+    /// Keep local changes for [`Table::drain_deltas`]: on only while a
+    /// cluster drains them, so a lone node keeps nothing it never sends.
+    recording: std::sync::atomic::AtomicBool,
 }
 
 impl Table {
@@ -149,7 +152,14 @@ impl Table {
             shards: (0..shards).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             clock,
+            recording: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Starts (or stops) keeping local changes as deltas.
+    pub fn record_deltas(&self, on: bool) {
+        self.recording
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn columns(&self) -> &[Column] {
@@ -191,6 +201,7 @@ impl Table {
             return;
         }
         let entry = self.entry(map, key, now);
+        let recording = self.recording.load(std::sync::atomic::Ordering::Relaxed);
         for &(data, amount) in changes {
             for (col, value) in self.columns.iter().zip(entry.values.iter_mut()) {
                 if col.data != data {
@@ -201,13 +212,11 @@ impl Table {
                         *c += amount;
                         0
                     }
-                    Value::Rate(r) => {
-                        let idx = now / col.period_ms;
-                        r.add(idx, amount.max(0) as u64);
-                        idx
-                    }
+                    Value::Rate(r) => r.add_at(now, col.period_ms, amount.max(0) as u64),
                 };
-                *pending.entry((key.clone(), data, period)).or_insert(0) += amount;
+                if recording {
+                    *pending.entry((key.clone(), data, period)).or_insert(0) += amount;
+                }
             }
         }
     }
@@ -278,6 +287,20 @@ impl Table {
         })
     }
 
+    /// How long until `data` of `key` (a rate) is at most `limit` with no
+    /// new event; `None` for a counter, a missing entry or data not stored.
+    pub fn wait_until_at_most(&self, key: &Key, data: Data, limit: i64) -> Option<Duration> {
+        let now = (self.clock)();
+        let col = self.columns.iter().position(|c| c.data == data)?;
+        let period = self.columns[col].period_ms;
+        let shard = self.shard(key);
+        let Value::Rate(r) = shard.map.get(key)?.values[col] else {
+            return None;
+        };
+        let ms = r.ms_until_at_most(now, period, u64::try_from(limit).unwrap_or(0));
+        Some(Duration::from_millis(ms))
+    }
+
     /// Entries in the table now.
     pub fn len(&self) -> usize {
         let now = (self.clock)();
@@ -336,8 +359,9 @@ impl Table {
         }
     }
 
-    /// Takes the local changes made since the last drain, one delta per
-    /// (key, data, period), amounts summed.
+    /// Takes the local changes made since the last drain (while
+    /// [`Table::record_deltas`] is on), one delta per (key, data, period),
+    /// amounts summed.
     pub fn drain_deltas(&self) -> Vec<Delta> {
         let mut out = Vec::new();
         for s in self.shards.iter() {
@@ -415,6 +439,14 @@ impl Tracked {
 
     pub fn is_empty(&self) -> bool {
         self.slots.iter().all(Option::is_none)
+    }
+
+    /// When a request denied because `scN_<data>` is over a limit may come
+    /// back and pass: the time until the rate, with no new request, leaves
+    /// room for one more (`at_most` = the limit minus one).
+    pub fn retry_after(&self, sc: u8, data: Data, at_most: i64) -> Option<Duration> {
+        let (t, k) = self.slots.get(usize::from(sc))?.as_ref()?;
+        t.wait_until_at_most(k, data, at_most)
     }
 
     /// Counts the answer's status on every tracked entry: a 4xx is an

@@ -27,7 +27,9 @@ fn table(size: u64, expire: Option<u64>, store: &[&str]) -> Table {
         expire: expire.map(Duration::from_millis),
         store: store.iter().map(|s| s.to_string()).collect(),
     };
-    Table::with_clock(&def, now).expect("valid table")
+    let t = Table::with_clock(&def, now).expect("valid table");
+    t.record_deltas(true);
+    t
 }
 
 fn ip(last: u8) -> Key {
@@ -59,10 +61,13 @@ fn rates_slide_and_counters_do_not() {
         t.add(&k, &[(Data::HttpReqCnt, 1), (Data::HttpReqRate, 1)]);
     }
     assert_eq!(t.get(&k, Data::HttpReqRate), Some(10));
-    advance(1_500);
-    // Half of the previous second still inside the window.
+    advance(999);
+    assert_eq!(t.get(&k, Data::HttpReqRate), Some(10));
+    // Their 100 ms slot is half out of the window…
+    advance(51);
     assert_eq!(t.get(&k, Data::HttpReqRate), Some(5));
-    advance(500);
+    // …then all of it.
+    advance(50);
     assert_eq!(t.get(&k, Data::HttpReqRate), Some(0));
     assert_eq!(t.get(&k, Data::HttpReqCnt), Some(10));
     assert_eq!(t.get(&k, Data::ConnRate), None, "not stored");
@@ -200,6 +205,15 @@ fn deltas_merge_the_same_in_any_order_and_any_grouping() {
     assert_eq!(get(Data::ConnCur), Some(1));
     assert_eq!(get(Data::ConnCnt), Some(1));
     assert_eq!(get(Data::ConnRate), Some(2));
+}
+
+#[test]
+fn nothing_is_kept_for_deltas_unless_asked() {
+    let t = table(10, None, &["conn_cnt"]);
+    t.record_deltas(false);
+    t.add(&ip(1), &[(Data::ConnCnt, 1)]);
+    assert!(t.drain_deltas().is_empty());
+    assert_eq!(t.get(&ip(1), Data::ConnCnt), Some(1));
 }
 
 #[test]
