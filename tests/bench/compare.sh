@@ -39,7 +39,7 @@ root=$(cd "$here/../.." && pwd)
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 ROWS=${ROWS:-${1:-all}}
-[ "$ROWS" = all ] && ROWS=throughput,latency,cpu,streams,tls,idle,failover
+[ "$ROWS" = all ] && ROWS=throughput,latency,cpu,streams,tls,idle,failover,stick
 RATE=${RATE:-5000}
 STREAMS=${STREAMS:-5000,9000}
 STREAM_DELAY_MS=${STREAM_DELAY_MS:-1000}
@@ -185,7 +185,9 @@ gen_certs() {
 #    `tune.ssl.cachesize 0` in global, in the shared file for both.
 LLMGW_ACCEPTS_HTTP_REUSE=${LLMGW_ACCEPTS_HTTP_REUSE-1}
 
-# shared_cfg VARIANT(path|model) THREADS TLS MAXCONN [RESUME(on|off)] -> path of the .cfg (port in PATH.port)
+# shared_cfg VARIANT(path|model|stick|stickmem) THREADS TLS MAXCONN [RESUME(on|off)] -> path of the .cfg (port in PATH.port)
+#   stick: path routing + a tracked source address with two counters and a
+#   deny rule that never fires; stickmem: one entry per request (x-key header)
 shared_cfg() {
     local variant=$1 th=$2 tls=$3 maxconn=$4 resume=${5:-on} p
     local f=$work/shared-$variant-$th-$tls-$maxconn-$resume.cfg
@@ -195,6 +197,13 @@ shared_cfg() {
         [ "$tls" != none ] && bindopt=" ssl crt $work/$tls.bundle.pem alpn h2,http/1.1"
         local tune=""
         [ "$tls" != none ] && [ "$resume" = off ] && { bindopt+=" no-tls-tickets"; tune="$nl    tune.ssl.cachesize 0"; }
+        [ "$variant" = stick ] && route="    stick-table type ip size 100k expire 30s store http_req_rate(10s),conn_cur
+    http-request track-sc0 src
+    http-request deny deny_status 429 if { sc0_http_req_rate gt 1000000000 }
+$route"
+        [ "$variant" = stickmem ] && route="    stick-table type string len 32 size 1m expire 10m store http_req_rate(10s),conn_cur
+    http-request track-sc0 req.hdr(x-key)
+$route"
         [ "$variant" = model ] && route="    option http-buffer-request
     use_backend mock if { req.body,json_query('\$.model') -m beg gpt- }"
         [ -n "$LLMGW_ACCEPTS_HTTP_REUSE" ] && reuse="$nl    http-reuse always"
@@ -636,6 +645,63 @@ row_idle() {
     has_proxy haproxy && sample idle "binary size" MiB lo haproxy "$(stat -c %s "$(command -v haproxy)" | awk '{print $1 / 1048576}')"
     has_proxy nginx && sample idle "binary size" MiB lo nginx "$(stat -c %s "$(command -v nginx)" | awk '{print $1 / 1048576}')"
     note "idle: VmRSS 1 s after start with the bench config (nginx: master + 1 worker); binary size is the file on disk (HAProxy and nginx link OpenSSL/PCRE/… dynamically, llmgw is $(file -b "$BIN" | grep -q 'not stripped' && echo 'NOT stripped' || echo stripped))."
+}
+
+# Stick tables: throughput with a tracked key and two counters vs none (one
+# .cfg per case for llmgw and HAProxy), and memory per table entry (a new
+# key per request: RSS delta / entries).
+row_stick() {
+    log "== stick: wrk -t1 -c64 -d$DURATION with and without track-sc0 src; memory per entry"
+    start_mock
+    local name conf r v
+    cat > "$work/keys.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$BODY'
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+request = function()
+    n = n + 1
+    wrk.headers["x-key"] = string.format("key-%08d", n)
+    return wrk.format()
+end
+LUA
+    for name in llmgw haproxy; do
+        has_proxy "$name" || continue
+        for conf in path stick; do
+            CONF=$conf start_proxy "$name" 1 || continue
+            for ((r = 0; r < RUNS; r++)); do
+                v=$(taskset -c "$CORE_PROXY" wrk -t1 -c64 -d"$DURATION" -s "$work/post.lua" "http://127.0.0.1:$P_PORT/v1/chat/completions" 2>&1 | tee "$work/wrk.out" |
+                    awk '/Requests\/sec/ {print $2}')
+                grep -qE 'Non-2xx|Socket errors' "$work/wrk.out" && note "stick $name $conf: wrk reported: $(grep -E 'Non-2xx|Socket errors' "$work/wrk.out" | tr '\n' ' ')"
+                sample stick "req/s, $([ "$conf" = stick ] && echo "track-sc0 src, 2 counters" || echo "no tracking")" "req/s" hi "$name" "$v"
+                printf '%s %s %s\n' "$name" "$conf" "$v" >> "$work/stick.raw"
+            done
+            stop_proxy
+        done
+        for ((r = 0; r < RUNS; r++)); do
+            CONF=stickmem start_proxy "$name" 1 || continue
+            local before after n
+            sleep 0.5
+            before=$(rss_kib $P_PIDS)
+            n=$(taskset -c "$CORE_PROXY" wrk -t1 -c16 -d3s -s "$work/keys.lua" "http://127.0.0.1:$P_PORT/v1/chat/completions" 2>&1 |
+                awk '/requests in/ {print $1}')
+            sleep 0.5
+            after=$(rss_kib $P_PIDS)
+            stop_proxy
+            [ -n "$n" ] && [ "$n" -gt 0 ] && sample stick "memory per table entry (string key, 2 counters)" bytes lo "$name" "$(( (after - before) * 1024 / n ))"
+        done
+    done
+    python3 - "$work/stick.raw" >> "$samples" <<'PY'
+import statistics, sys
+runs = {}
+for l in open(sys.argv[1]):
+    name, conf, v = l.split()
+    runs.setdefault(name, {}).setdefault(conf, []).append(float(v))
+for name, c in runs.items():
+    if "path" in c and "stick" in c:
+        print(f"stick\tthroughput with tracking / without\tx\thi\t{name}\t{statistics.median(c['stick']) / statistics.median(c['path'])}")
+PY
+    note "stick: the shared .cfg plus 'stick-table type ip size 100k expire 30s store http_req_rate(10s),conn_cur', 'http-request track-sc0 src', 'http-request deny deny_status 429 if { sc0_http_req_rate gt 1000000000 }' (never fires), for llmgw and HAProxy alike; memory: 'stick-table type string len 32 size 1m expire 10m store http_req_rate(10s),conn_cur' + 'track-sc0 req.hdr(x-key)', a new key per request (wrk -c16 -d3s), RSS delta / requests."
 }
 
 # Three upstreams behind one proxy at a fixed rate; the second is killed
