@@ -434,14 +434,20 @@ fn replace_model(body: &Bytes, model: &str, headers: &mut HeaderMap) -> Bytes {
     let Scan::Found(range) = ModelScanner::default().scan(body) else {
         return body.clone();
     };
+    let out = splice_model(body, range, model);
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    }
+    out
+}
+
+/// `body` with the raw model value at `range` replaced by `model`, encoded.
+fn splice_model(body: &[u8], range: std::ops::Range<usize>, model: &str) -> Bytes {
     let encoded = model::encode(model);
     let mut out = BytesMut::with_capacity(body.len() + encoded.len());
     out.extend_from_slice(&body[..range.start]);
     out.extend_from_slice(encoded.as_bytes());
     out.extend_from_slice(&body[range.end..]);
-    if headers.contains_key(header::CONTENT_LENGTH) {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-    }
     out.freeze()
 }
 
@@ -832,22 +838,20 @@ pub(super) fn resolve_model(
     let Some((_, target)) = fe.model_aliases.iter().find(|(a, _)| *a == name) else {
         return Ok((head, name));
     };
-    let encoded = model::encode(target);
-    let mut rewritten = BytesMut::with_capacity(head.len() + encoded.len());
-    rewritten.extend_from_slice(&head[..range.start]);
-    rewritten.extend_from_slice(encoded.as_bytes());
-    rewritten.extend_from_slice(&head[range.end..]);
+    let rewritten = splice_model(&head, range.clone(), target);
     if let Some(cl) = parts.headers.get(header::CONTENT_LENGTH) {
         let len = cl.to_str().ok().and_then(|s| s.parse::<u64>().ok());
         let Some(len) = len else {
             return Err(Box::new(error::bad_request("Invalid Content-Length.")));
         };
-        let new_len = (len + encoded.len() as u64).saturating_sub(range.len() as u64);
+        // `head` may be only the start of the body: the length moves by
+        // the difference.
+        let new_len = (len + rewritten.len() as u64).saturating_sub(head.len() as u64);
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(new_len));
     }
-    Ok((rewritten.freeze(), target.clone()))
+    Ok((rewritten, target.clone()))
 }
 
 /// The part of a request body read so far. Most bodies arrive in one frame,
