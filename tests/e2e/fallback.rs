@@ -5,8 +5,7 @@
 
 use std::net::SocketAddr;
 
-use http::Method;
-use llmgw_e2e::{start_cfg, Client, Gateway, Mock};
+use llmgw_e2e::{mock_chats, mock_force, start_cfg, Client, Gateway, Mock};
 use serde_json::Value;
 
 const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
@@ -38,18 +37,6 @@ fn start(config: &str) -> (Gateway, SocketAddr) {
     (gw, stats)
 }
 
-async fn force(c: &Client, m: SocketAddr, fail: &str) {
-    let r = c
-        .send(
-            Method::POST,
-            &format!("http://{m}/mock/fail?fail={fail}"),
-            &[],
-            "",
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-}
-
 /// A loopback address nothing listens on.
 fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -68,12 +55,6 @@ async fn fallback_counts(c: &Client, stats: SocketAddr, name: &str) -> (u64, u64
     (n("handed_on"), n("taken_over"))
 }
 
-/// Chat completions a mock answered (failures it was told to give count).
-async fn mock_chats(c: &Client, m: SocketAddr) -> u64 {
-    let j = c.get(&format!("http://{m}/mock/stats")).await.json();
-    j["by_path"]["/v1/chat/completions"].as_u64().unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_rate_limited_provider_hands_over_with_the_next_steps_model() {
     let (o, z, c) = (
@@ -82,7 +63,7 @@ async fn a_rate_limited_provider_hands_over_with_the_next_steps_model() {
         Mock::start("c", &[]),
     );
     let ctl = Client::http1();
-    force(&ctl, o.addr, "status:429").await;
+    mock_force(&ctl, o.addr, "status:429").await;
     let (gw, stats) = start(&native(
         r#"[{ backend = "azure", on = ["429"], model = "gpt-4o-eu" }, { backend = "compat", model = "claude-sonnet" }]"#,
         o.addr,
@@ -112,7 +93,7 @@ async fn a_rate_limited_provider_hands_over_with_the_next_steps_model() {
 
     // azure fails too, with a 500 its step does not name but the next
     // step's default conditions do: compat answers, under its own model.
-    force(&ctl, z.addr, "status:500").await;
+    mock_force(&ctl, z.addr, "status:500").await;
     for (kind, cl) in clients() {
         let r = cl.post_json(&gw.url("/v1/chat/completions"), CHAT).await;
         assert_eq!(r.status, 200, "{kind}: {}", r.text());
@@ -130,7 +111,7 @@ async fn a_failure_the_step_does_not_name_reaches_the_client() {
         Mock::start("c", &[]),
     );
     let ctl = Client::http1();
-    force(&ctl, o.addr, "status:500").await;
+    mock_force(&ctl, o.addr, "status:500").await;
     let (gw, stats) = start(&native(
         r#"[{ backend = "azure", on = ["429", "503"] }]"#,
         o.addr,
@@ -146,7 +127,7 @@ async fn a_failure_the_step_does_not_name_reaches_the_client() {
     assert_eq!(fallback_counts(&ctl, stats, "openai").await, (0, 0));
 
     // A request the chain does not need never leaves its backend.
-    force(&ctl, o.addr, "none").await;
+    mock_force(&ctl, o.addr, "none").await;
     let r = ctl.post_json(&gw.url("/v1/chat/completions"), CHAT).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-mock-server"), Some("o"));
@@ -183,7 +164,7 @@ async fn an_unreachable_backend_falls_back_after_its_own_retries() {
 async fn haproxy_dialect_fallback_lines() {
     let (o, z) = (Mock::start("o", &[]), Mock::start("z", &[]));
     let ctl = Client::http1();
-    force(&ctl, o.addr, "status:503").await;
+    mock_force(&ctl, o.addr, "status:503").await;
     let cfg = format!(
         "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
          frontend f\n    bind 127.0.0.1:0\n    default_backend openai\n\

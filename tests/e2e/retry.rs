@@ -8,9 +8,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use http::Method;
 use http_body_util::BodyExt;
-use llmgw_e2e::{eventually, Client, Gateway, Mock, RawClient, RawUpstream, Reply};
+use llmgw_e2e::{
+    eventually, mock_chats, mock_force, Client, Gateway, Mock, RawClient, RawUpstream, Reply,
+};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -61,26 +62,6 @@ fn n(v: &Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} missing in {v}"))
 }
 
-/// Requests the mock answered on `/v1/chat/completions`.
-async fn mock_chats(c: &Client, m: SocketAddr) -> u64 {
-    let j = c.get(&format!("http://{m}/mock/stats")).await.json();
-    j["by_path"]["/v1/chat/completions"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no chat count in {j}"))
-}
-
-async fn force(c: &Client, m: SocketAddr, fail: &str) {
-    let r = c
-        .send(
-            Method::POST,
-            &format!("http://{m}/mock/fail?fail={fail}"),
-            &[],
-            "",
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-}
-
 fn clients() -> [(&'static str, Client); 2] {
     [("http1", Client::http1()), ("h2c", Client::h2c())]
 }
@@ -90,7 +71,7 @@ async fn a_503_is_retried_on_another_server_only_when_retry_on_says_so() {
     let a = Mock::start("a", &[]);
     let b = Mock::start("b", &[]);
     let ctl = Client::http1();
-    force(&ctl, a.addr, "status:503").await;
+    mock_force(&ctl, a.addr, "status:503").await;
     let servers = [("a", a.addr, ""), ("b", b.addr, "")];
 
     let (gw, stats) = start(&native(
@@ -347,7 +328,7 @@ async fn haproxy_dialect_retries_and_ttft() {
     let a = Mock::start("a", &[]);
     let b = Mock::start("b", &["--ttft-ms", "30000"]);
     let ctl = Client::http1();
-    force(&ctl, a.addr, "status:502").await;
+    mock_force(&ctl, a.addr, "status:502").await;
     let c_mock = Mock::start("c", &[]);
     let cfg = format!(
         "defaults\n    mode http\n    timeout connect 1s\n    timeout client 10s\n    timeout server 10s\n    timeout ttft 300ms\n\
@@ -463,7 +444,7 @@ async fn a_body_written_after_its_head_is_still_retried() {
     let b = Mock::start("b", &[]);
     let ctl = Client::http1();
     // a closes every connection without an answer (empty-response).
-    force(&ctl, a.addr, "close").await;
+    mock_force(&ctl, a.addr, "close").await;
     let servers = [("a", a.addr, ""), ("b", b.addr, "")];
     let (gw, stats) = start(&native(
         "retries = 1\nretry_on = [\"empty-response\"]\nredispatch = true",

@@ -172,6 +172,26 @@ pub struct Mock {
     pub addr: SocketAddr,
 }
 
+/// Makes the mock at `m` fail every request as `fail` says
+/// (`status:NNN`, `hang`, `close`, `reset-mid-stream`, … or `none`).
+pub async fn mock_force(c: &Client, m: SocketAddr, fail: &str) {
+    let r = c
+        .send(
+            Method::POST,
+            &format!("http://{m}/mock/fail?fail={fail}"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Chat completions the mock at `m` answered (injected failures count).
+pub async fn mock_chats(c: &Client, m: SocketAddr) -> u64 {
+    let j = c.get(&format!("http://{m}/mock/stats")).await.json();
+    j["by_path"]["/v1/chat/completions"].as_u64().unwrap_or(0)
+}
+
 impl Mock {
     pub fn start(name: &str, extra: &[&str]) -> Mock {
         Self::start_at(name, "127.0.0.1:0".parse().expect("addr"), extra)
