@@ -130,3 +130,27 @@ async fn conn_cur_counts_a_request_until_its_stream_ends() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn error_answers_count_toward_http_err_rate() {
+    let m = Mock::start("m", &[]);
+    for (kind, c) in [("http1", Client::http1()), ("h2c", Client::h2c())] {
+        let gw = start_cfg(
+            &seed_like(
+                m.addr,
+                "stick-table type ip size 1k expire 30s store http_err_rate(10s)",
+                "    http-request track-sc0 src\n    http-request deny deny_status 429 if { sc0_http_err_rate gt 3 }\n",
+            ),
+            1,
+            &[],
+        );
+        // Four 404s from the upstream: the rate reads 4 before the next
+        // request's own answer is known.
+        for _ in 0..4 {
+            let r = c.get(&gw.url("/no/such/path")).await;
+            assert_eq!(r.status, 404, "{kind}");
+        }
+        let r = c.post_json(&gw.url("/v1/chat/completions"), CHAT).await;
+        assert_eq!(r.status, 429, "{kind}: {}", r.text());
+    }
+}

@@ -324,7 +324,7 @@ async fn exchange<'a, IO: ClientIo>(
         Err(no) => {
             let resp = no.response(&be.name);
             let done = framing_consumed(framing, read.len(), buf);
-            return answer(io, fe, resp, request_id, close || !done)
+            return answer_tracked(io, fe, &tracked, resp, request_id, close || !done)
                 .await
                 .into();
         }
@@ -338,7 +338,7 @@ async fn exchange<'a, IO: ClientIo>(
         Err(_) => {
             let resp = error::bad_request("The request target cannot be forwarded.");
             let done = framing_consumed(framing, read.len(), buf);
-            return answer(io, fe, resp, request_id, close || !done)
+            return answer_tracked(io, fe, &tracked, resp, request_id, close || !done)
                 .await
                 .into();
         }
@@ -380,7 +380,9 @@ async fn exchange<'a, IO: ClientIo>(
         Ok(n) => n,
         Err(why) => {
             let resp = error::bad_request(&format!("The request body is malformed: {why}."));
-            return answer(io, fe, resp, request_id, true).await.into();
+            return answer_tracked(io, fe, &tracked, resp, request_id, true)
+                .await
+                .into();
         }
     };
     out.extend_from_slice(&buf[..from_buf]);
@@ -409,9 +411,16 @@ async fn exchange<'a, IO: ClientIo>(
     let (up, pool, active, mut rbuf, rhead, resp, rframing) = loop {
         attempt += 1;
         let Some(pool) = brt.upstreams[si].h1.as_ref() else {
-            return answer(io, fe, error::no_server(&be.name), request_id, true)
-                .await
-                .into();
+            return answer_tracked(
+                io,
+                fe,
+                &tracked,
+                error::no_server(&be.name),
+                request_id,
+                true,
+            )
+            .await
+            .into();
         };
         // Counts the request on the server until its response body is over
         // (it moves into the body relay), and hears how the request went.
@@ -431,11 +440,15 @@ async fn exchange<'a, IO: ClientIo>(
                                 let resp = error::bad_request(&format!(
                                     "The request body is malformed: {why}."
                                 ));
-                                answer(io, fe, resp, request_id, true).await.into()
+                                answer_tracked(io, fe, &tracked, resp, request_id, true)
+                                    .await
+                                    .into()
                             }
                             BodyFail::Upstream(e) => {
                                 active.server().observe(e.outcome());
-                                answer(io, fe, e.response(), request_id, true).await.into()
+                                answer_tracked(io, fe, &tracked, e.response(), request_id, true)
+                                    .await
+                                    .into()
                             }
                         };
                     }
@@ -483,7 +496,7 @@ async fn exchange<'a, IO: ClientIo>(
         if !((retryable || (untouched && policy.enabled()))
             && policy.allows(failed.failure(), attempt))
         {
-            return answer(io, fe, failed.response(), request_id, true)
+            return answer_tracked(io, fe, &tracked, failed.response(), request_id, true)
                 .await
                 .into();
         }
@@ -1290,6 +1303,20 @@ async fn write_client<IO: ClientIo>(io: &mut IO, data: &[u8], limit: Duration) -
 
 /// Answers with a gateway-made response (after the frontend's response
 /// rules) and says whether the connection goes on.
+/// [`answer`] for a request that may track stick-table entries: the
+/// status is counted on them first.
+async fn answer_tracked<IO: ClientIo>(
+    io: &mut IO,
+    fe: &Frontend,
+    tracked: &Tracked,
+    resp: Response<RespBody>,
+    request_id: Option<HeaderValue>,
+    close: bool,
+) -> Next {
+    tracked.answered(resp.status().as_u16());
+    answer(io, fe, resp, request_id, close).await
+}
+
 async fn answer<IO: ClientIo>(
     io: &mut IO,
     fe: &Frontend,
