@@ -7,7 +7,7 @@ use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use llmgw_e2e::{eventually, start_cfg, Client, Mock};
+use llmgw_e2e::{eventually, start_cfg, Client, Gateway, Mock};
 
 const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
 const CHAT_STREAM: &str = r#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
@@ -20,21 +20,15 @@ fn seed_like(mock: SocketAddr, table_line: &str, rules: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn the_seed_rule_denies_exactly_from_the_101st_connection() {
-    let m = Mock::start("m", &[]);
-    let gw = start_cfg(
-        &seed_like(
-            m.addr,
-            "stick-table type ip size 100k expire 30s store conn_rate(10s)",
-            "    http-request track-sc0 src\n    http-request deny deny_status 429 if { sc0_conn_rate gt 100 }\n",
-        ),
-        1,
-        &[],
-    );
+const SEED_TABLE: &str = "stick-table type ip size 100k expire 30s store conn_rate(10s)";
+const SEED_RULES: &str =
+    "    http-request track-sc0 src\n    http-request deny deny_status 429 if { sc0_conn_rate gt 100 }\n";
+
+/// 100 requests pass, the 101st is denied (over http1 and h2c, into one
+/// table).
+async fn assert_seed_rule(gw: &Gateway) {
     let url = gw.url("/v1/chat/completions");
-    // Every request is a new tracked stream, as in HAProxy; the 10 s
-    // window holds all of them (the rate rounds in the window's favour).
+    // Every request is a new tracked stream, as in HAProxy.
     let (h1, h2) = (Client::http1(), Client::h2c());
     for i in 1..=100 {
         let c = if i % 2 == 0 { &h1 } else { &h2 };
@@ -46,6 +40,22 @@ async fn the_seed_rule_denies_exactly_from_the_101st_connection() {
         assert_eq!(r.status, 429, "{kind}: {}", r.text());
         assert_eq!(r.json()["error"]["code"], "rate_limited");
     }
+}
+
+#[tokio::test]
+async fn the_seed_rule_denies_exactly_from_the_101st_connection() {
+    let m = Mock::start("m", &[]);
+    let gw = start_cfg(&seed_like(m.addr, SEED_TABLE, SEED_RULES), 1, &[]);
+    assert_seed_rule(&gw).await;
+}
+
+#[tokio::test]
+async fn the_seed_rule_converted_to_toml_denies_the_same() {
+    let m = Mock::start("m", &[]);
+    let toml = crate::haproxy::convert(&seed_like(m.addr, SEED_TABLE, SEED_RULES));
+    assert!(toml.contains("[[stick_table]]"), "{toml}");
+    let gw = Gateway::start(&toml, 1);
+    assert_seed_rule(&gw).await;
 }
 
 #[tokio::test]

@@ -366,8 +366,26 @@ pub fn convert(c: &Config, text: &str) -> String {
         bes.push(Value::Table(t));
     }
     root.insert("backend".into(), Value::Array(bes));
-    for t in &c.stick_tables {
-        notes.push(format!("stick table {}: {:?} (issue 6)", t.name, t));
+    let tables: Vec<Value> = c
+        .stick_tables
+        .iter()
+        .map(|t| {
+            let mut st = Table::new();
+            st.insert("name".into(), Value::String(t.name.clone()));
+            st.insert("type".into(), Value::String(t.key_type.clone()));
+            st.insert(
+                "size".into(),
+                Value::Integer(i64::try_from(t.size).unwrap_or(i64::MAX)),
+            );
+            if let Some(e) = t.expire {
+                st.insert("expire".into(), dur(e));
+            }
+            st.insert("store".into(), strings(t.store.clone()));
+            Value::Table(st)
+        })
+        .collect();
+    if !tables.is_empty() {
+        root.insert("stick_table".into(), Value::Array(tables));
     }
 
     let mut out = String::from("# Converted from HAProxy configuration by `llmgw convert`.\n");

@@ -33,6 +33,25 @@ struct RawConfig {
     frontends: Vec<RawFrontend>,
     #[serde(default, rename = "backend")]
     backends: Vec<RawBackend>,
+    #[serde(default, rename = "stick_table")]
+    stick_tables: Vec<Spanned<RawStickTable>>,
+}
+
+/// `[[stick_table]]`: HAProxy's `stick-table` (the rules that track into
+/// it are written in HAProxy syntax in `http_request_rules`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStickTable {
+    name: String,
+    /// `ip`, `ipv6`, `integer`, `string` or `binary`.
+    #[serde(rename = "type")]
+    key_type: String,
+    /// Entries; a number or a size such as `"100k"`.
+    size: SizeValue,
+    expire: Option<Spanned<DurationValue>>,
+    /// `store` entries: `["conn_rate(10s)", "http_req_rate(1m)", "conn_cur"]`.
+    #[serde(default)]
+    store: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -409,6 +428,7 @@ pub fn load_str(file: &str, text: &str, base: &Path) -> Result<Config, Diags> {
         lines,
         base,
         diags: Vec::new(),
+        table_names: HashSet::new(),
     };
     let config = cx.compile(raw);
     if cx.diags.is_empty() {
@@ -424,6 +444,8 @@ struct Compiler<'a> {
     lines: Lines,
     base: &'a Path,
     diags: Vec<Diag>,
+    /// Declared stick tables, for the `track-sc` rules that name them.
+    table_names: HashSet<String>,
 }
 
 impl Compiler<'_> {
@@ -473,6 +495,8 @@ impl Compiler<'_> {
             Some(s) => self.size(s),
             None => DEFAULT_BODY_LIMIT,
         };
+
+        let stick_tables = self.stick_tables(raw.stick_tables);
 
         // Backends first: routes refer to them by name.
         let mut backend_index: HashMap<String, usize> = HashMap::new();
@@ -542,8 +566,50 @@ impl Compiler<'_> {
             global,
             frontends,
             backends,
-            stick_tables: Vec::new(),
+            stick_tables,
         }
+    }
+
+    /// `[[stick_table]]` sections, checked as the HAProxy reader checks
+    /// `stick-table` lines.
+    fn stick_tables(&mut self, raw: Vec<Spanned<RawStickTable>>) -> Vec<StickTable> {
+        let mut out = Vec::new();
+        for r in raw {
+            let span = r.span();
+            let t = r.into_inner();
+            if !self.table_names.insert(t.name.clone()) {
+                self.err(span, format!("duplicate stick_table name '{}'", t.name));
+                continue;
+            }
+            if !matches!(
+                t.key_type.as_str(),
+                "ip" | "ipv6" | "integer" | "string" | "binary"
+            ) {
+                self.err(span.clone(), format!("stick_table '{}': type '{}' is unknown (use ip, ipv6, integer, string or binary)", t.name, t.key_type));
+            }
+            let size = match &t.size {
+                SizeValue::Bytes(n) => Ok(*n),
+                SizeValue::Text(s) => parse_size(s),
+            };
+            let size = match size {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    self.err(span.clone(), format!("stick_table '{}': size must be a positive number of entries (e.g. 100000 or \"100k\")", t.name));
+                    1
+                }
+            };
+            if let Err(e) = super::stick::parse_store(&t.store) {
+                self.err(span.clone(), format!("stick_table '{}': {e}", t.name));
+            }
+            out.push(StickTable {
+                expire: t.expire.as_ref().and_then(|d| self.duration(d)),
+                name: t.name,
+                key_type: t.key_type,
+                size,
+                store: t.store,
+            });
+        }
+        out
     }
 
     fn socket_addr(&mut self, s: &str, span: std::ops::Range<usize>) -> Option<SocketAddr> {
@@ -816,13 +882,20 @@ impl Compiler<'_> {
             v.as_ref().map_or(&[][..], |s| s.get_ref().as_slice())
         }
         let span = |v: &Option<Spanned<Vec<String>>>| v.as_ref().map_or(0..0, |s| s.span());
-        let (e, errors) = super::haproxy::embedded_rules(
+        let (e, mut errors) = super::haproxy::embedded_rules(
             section,
             lines(acl),
             lines(req),
             lines(resp),
             lines(tcp),
         );
+        for r in &e.req {
+            if let ReqAction::TrackSc { table, .. } = &r.action {
+                if !self.table_names.contains(table) {
+                    errors.push(format!("track rule: stick table '{table}' is not declared (add a [[stick_table]] with name = \"{table}\")"));
+                }
+            }
+        }
         // Each error names its line; point at the list that holds it.
         for m in errors {
             let from = |v| lines(v).iter().any(|a| m.starts_with(&format!("'{a}'")));
@@ -2060,6 +2133,35 @@ check_port = 0
             [
                 "test.toml:12: backend 'openai': fallback backend 'openai' is already in the chain",
                 "test.toml:12: backend 'openai': fallback model is empty",
+            ]
+        );
+    }
+
+    #[test]
+    fn stick_tables_are_declared_and_tracked_into() {
+        let base = "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:1\"]\ndefault_backend = \"b\"\n\
+             http_request_rules = [\"track-sc0 src table rl\", \"deny deny_status 429 if { sc0_conn_rate gt 10 }\"]\n\
+             [[backend]]\nname = \"b\"\n";
+        let c = load(&format!(
+            "{base}[[stick_table]]\nname = \"rl\"\ntype = \"ip\"\nsize = \"100k\"\nexpire = \"30s\"\nstore = [\"conn_rate(10s)\"]\n"
+        ))
+        .unwrap();
+        let t = &c.stick_tables[0];
+        assert_eq!(
+            (t.name.as_str(), t.key_type.as_str(), t.size),
+            ("rl", "ip", 102_400)
+        );
+        assert_eq!(t.expire, Some(Duration::from_secs(30)));
+        let e = errors(&format!(
+            "{base}[[stick_table]]\nname = \"x\"\ntype = \"uuid\"\nsize = 0\nstore = [\"conn_rate\"]\n"
+        ));
+        assert_eq!(
+            e,
+            [
+                "test.toml:5: track rule: stick table 'rl' is not declared (add a [[stick_table]] with name = \"rl\")",
+                "test.toml:8: stick_table 'x': type 'uuid' is unknown (use ip, ipv6, integer, string or binary)",
+                "test.toml:8: stick_table 'x': size must be a positive number of entries (e.g. 100000 or \"100k\")",
+                "test.toml:8: stick_table 'x': stick-table data 'conn_rate' needs a period, e.g. conn_rate(10s)",
             ]
         );
     }
