@@ -36,6 +36,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The frontend called `name` (`None` once a reload removed it: its
+    /// listener is draining).
+    pub fn frontend(&self, name: &str) -> Option<&crate::config::Frontend> {
+        self.config.frontends.iter().find(|f| *f.name == *name)
+    }
+
     /// The stick table called `name`.
     pub fn table(&self, name: &str) -> Option<&Arc<crate::stick::Table>> {
         self.tables.iter().find(|t| t.name == name)

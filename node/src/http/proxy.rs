@@ -50,12 +50,7 @@ pub async fn handle(
     inflight: InflightGuard,
 ) -> Response<RespBody> {
     let snap = shared.current.load_full();
-    let Some(fe) = snap
-        .config
-        .frontends
-        .iter()
-        .find(|f| *f.name == *conn.frontend)
-    else {
+    let Some(fe) = snap.frontend(&conn.frontend) else {
         // The listener outlived its frontend across a reload; it is draining.
         return error::error_response(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -113,7 +113,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let snap = shared.current.load_full();
-    let Some(fe) = snap.config.frontends.iter().find(|f| *f.name == *frontend) else {
+    let Some(fe) = snap.frontend(&frontend) else {
         return;
     };
     let (peeked, hello) = if fe.needs_content() && !fe.tcp_request.inspect_delay.is_zero() {

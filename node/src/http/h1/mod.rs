@@ -122,12 +122,7 @@ pub async fn serve<IO: ClientIo>(
             }
         };
         let snap = shared.current.load_full();
-        let Some(fe) = snap
-            .config
-            .frontends
-            .iter()
-            .find(|f| *f.name == *conn.frontend)
-        else {
+        let Some(fe) = snap.frontend(&conn.frontend) else {
             // The listener outlived its frontend; the general path answers.
             return Served::Handoff;
         };
