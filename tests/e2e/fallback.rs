@@ -5,16 +5,12 @@
 
 use std::net::SocketAddr;
 
-use llmgw_e2e::{mock_chats, mock_force, start_cfg, Client, Gateway, Mock};
+use llmgw_e2e::{clients, mock_chats, mock_force, start_cfg, Client, Gateway, Mock};
 use serde_json::Value;
 
 const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
 const CHAT_STREAM: &str =
     r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-
-fn clients() -> [(&'static str, Client); 2] {
-    [("http1", Client::http1()), ("h2c", Client::h2c())]
-}
 
 /// Backends `openai` (the route's), `azure` and `compat`, one server each;
 /// `chain` is the TOML of `openai`'s `fallback` array.

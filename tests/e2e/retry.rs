@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use llmgw_e2e::{
-    eventually, mock_chats, mock_force, Client, Gateway, Mock, RawClient, RawUpstream, Reply,
+    clients, eventually, mock_chats, mock_force, Client, Gateway, Mock, RawClient, RawUpstream,
+    Reply,
 };
 use serde_json::Value;
 
@@ -60,10 +61,6 @@ fn n(v: &Value, field: &str) -> u64 {
     v[field]
         .as_u64()
         .unwrap_or_else(|| panic!("{field} missing in {v}"))
-}
-
-fn clients() -> [(&'static str, Client); 2] {
-    [("http1", Client::http1()), ("h2c", Client::h2c())]
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use llmgw_e2e::{eventually, start_cfg, Client, Gateway, Mock};
+use llmgw_e2e::{clients, eventually, start_cfg, Client, Gateway, Mock};
 
 const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
 const CHAT_STREAM: &str = r#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
@@ -73,7 +73,7 @@ async fn each_api_key_has_its_own_request_rate() {
     );
     let gw = start_cfg(&cfg, 1, &[]);
     let url = gw.url("/v1/chat/completions");
-    for (kind, c) in [("http1", Client::http1()), ("h2c", Client::h2c())] {
+    for (kind, c) in clients() {
         let key = format!("key-{kind}");
         for i in 1..=5 {
             let r = c
@@ -117,7 +117,7 @@ async fn conn_cur_counts_a_request_until_its_stream_ends() {
         &[],
     );
     let url = gw.url("/v1/chat/completions");
-    for (kind, c) in [("http1", Client::http1()), ("h2c", Client::h2c())] {
+    for (kind, c) in clients() {
         // Two streams open: a third request is over the limit.
         let (p1, b1) = c.stream(&url, &[], CHAT_STREAM).await;
         let (p2, b2) = c.stream(&url, &[], CHAT_STREAM).await;
@@ -144,7 +144,7 @@ async fn conn_cur_counts_a_request_until_its_stream_ends() {
 #[tokio::test]
 async fn error_answers_count_toward_http_err_rate() {
     let m = Mock::start("m", &[]);
-    for (kind, c) in [("http1", Client::http1()), ("h2c", Client::h2c())] {
+    for (kind, c) in clients() {
         let gw = start_cfg(
             &seed_like(
                 m.addr,

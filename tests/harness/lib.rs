@@ -172,6 +172,12 @@ pub struct Mock {
     pub addr: SocketAddr,
 }
 
+/// One client per request path, named: HTTP/1.1 (the gateway's engine)
+/// and h2c (the general path).
+pub fn clients() -> [(&'static str, Client); 2] {
+    [("http1", Client::http1()), ("h2c", Client::h2c())]
+}
+
 /// Makes the mock at `m` fail every request as `fail` says
 /// (`status:NNN`, `hang`, `close`, `reset-mid-stream`, … or `none`).
 pub async fn mock_force(c: &Client, m: SocketAddr, fail: &str) {
