@@ -33,6 +33,25 @@ pub struct Snapshot {
     /// path before its rules run, since a handoff after routing would run
     /// the rules — and count the request — twice.
     pub tracking_needs_general_path: bool,
+    /// Some rule tracks and some table counts bytes or tokens: requests
+    /// are accounted ([`crate::stick::Tracked::account`]) on the general
+    /// path, which sees their bodies.
+    pub accounting: Accounting,
+}
+
+/// What the tracked tables count of a request's cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accounting {
+    pub bytes: bool,
+    /// A token estimate is reserved up front: the body is read whole (up
+    /// to the frontend's `body_limit`) before the rules run.
+    pub tokens: bool,
+}
+
+impl Accounting {
+    pub fn any(self) -> bool {
+        self.bytes || self.tokens
+    }
 }
 
 impl Snapshot {
@@ -172,7 +191,7 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
             }
         })
         .collect();
-    let tables = config
+    let tables: Vec<Arc<crate::stick::Table>> = config
         .stick_tables
         .iter()
         .map(|t| {
@@ -188,12 +207,24 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
     };
     let tracking = config.frontends.iter().any(|f| tracks(&f.http_request))
         || config.backends.iter().any(|b| tracks(&b.http_request));
-    let tracking_needs_general_path = tracking && backends.iter().any(|b: &BackendRt| !b.h1_only);
+    let counts = |f: fn(crate::config::stick::Data) -> bool| {
+        tracking
+            && tables
+                .iter()
+                .any(|t: &Arc<crate::stick::Table>| t.columns().iter().any(|c| f(c.data)))
+    };
+    let accounting = Accounting {
+        bytes: counts(crate::config::stick::Data::is_bytes),
+        tokens: counts(crate::config::stick::Data::is_tokens),
+    };
+    let tracking_needs_general_path =
+        tracking && (accounting.any() || backends.iter().any(|b: &BackendRt| !b.h1_only));
     Ok(Snapshot {
         config,
         backends,
         checks,
         tables,
         tracking_needs_general_path,
+        accounting,
     })
 }

@@ -164,3 +164,139 @@ async fn error_answers_count_toward_http_err_rate() {
         assert_eq!(r.status, 429, "{kind}: {}", r.text());
     }
 }
+
+/// A frontend limiting each API key to `limit` tokens a minute.
+fn token_limited(mock: SocketAddr, limit: u64) -> String {
+    format!(
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+         frontend f\n    bind 127.0.0.1:0\n\
+             http-request track-sc0 req.hdr(x-api-key) table per_key\n\
+             http-request deny deny_status 429 if {{ sc0_tokens_rate gt {limit} }}\n\
+             default_backend b\n\
+         backend per_key\n    stick-table type string size 1k expire 2m store tokens_rate(1m),tokens_in_rate(1m),tokens_out_rate(1m)\n\
+         backend b\n    server m {mock}\n"
+    )
+}
+
+/// A streamed chat request with a budget of 50 tokens, asking for usage.
+const BUDGETED: &str = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+/// The same without asking for usage: the stream reports none.
+const BUDGETED_NO_USAGE: &str = r#"{"model":"gpt-4o","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"hi there"}]}"#;
+
+/// What the gateway reserves for `body`: its bytes / 4 rounded up, and
+/// its `max_tokens` (50).
+fn estimate(body: &str) -> u64 {
+    (body.len() as u64).div_ceil(4) + 50
+}
+
+/// The total tokens a streamed answer reports in its `usage` chunk.
+fn reported_total(stream: &[u8]) -> Option<u64> {
+    String::from_utf8_lossy(stream)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .find_map(|v| v["usage"]["total_tokens"].as_u64())
+}
+
+/// Sends `n` budgeted streams at once; returns the statuses (with
+/// Retry-After for a 429) and the tokens the admitted ones reported.
+async fn wave(url: &str, n: usize) -> (usize, Vec<u64>) {
+    let (h1, h2) = (Client::http1(), Client::h2c());
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let c = if i % 2 == 0 { h1.clone() } else { h2.clone() };
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                let (parts, body) = c.stream(&url, &[("x-api-key", "team-a")], BUDGETED).await;
+                let bytes = body.collect().await.expect("a whole answer").to_bytes();
+                match parts.status.as_u16() {
+                    200 => Some(reported_total(&bytes).expect("a usage chunk")),
+                    429 => {
+                        let wait: u64 = parts
+                            .headers
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok()?.parse().ok())
+                            .expect("Retry-After on a token-limit 429");
+                        assert!((1..=70).contains(&wait), "Retry-After {wait}");
+                        None
+                    }
+                    s => panic!("status {s}: {}", String::from_utf8_lossy(&bytes)),
+                }
+            })
+        })
+        .collect();
+    let mut denied = 0;
+    let mut used = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Some(tokens) => used.push(tokens),
+            None => denied += 1,
+        }
+    }
+    (denied, used)
+}
+
+#[tokio::test]
+async fn token_limit_holds_under_50_concurrent_streams_and_settles_on_usage() {
+    // 10 completion tokens 100 ms apart: every stream of a wave is still
+    // open when the last one is admitted.
+    let m = Mock::start("m", &["--tokens", "10", "--token-delay-ms", "100"]);
+    let limit = 1000;
+    let gw = start_cfg(&token_limited(m.addr, limit), 1, &[]);
+    let url = gw.url("/v1/chat/completions");
+    let est = estimate(BUDGETED);
+    // The mock counts the prompt as bytes / 4 (rounded down), and makes
+    // 10 of the 50 tokens allowed.
+    let actual = BUDGETED.len() as u64 / 4 + 10;
+
+    let (denied, used) = wave(&url, 50).await;
+    let admitted = used.len() as u64;
+    assert!(admitted >= 1, "none admitted");
+    assert_eq!(denied as u64 + admitted, 50);
+    // Each admitted request saw the others' reservations: no more than the
+    // limit was reserved, so the wave could not overrun it.
+    assert!(admitted * est <= limit, "{admitted} × {est} reserved");
+    assert!(used.iter().all(|&u| u == actual), "{used:?}");
+    // With no stream settled yet, the wave fills the limit to within one
+    // reservation.
+    assert_eq!(admitted, limit / est, "admitted while all were open");
+
+    // Settled on the reported usage, the unused part of the reservations
+    // is free again: a second wave gets exactly the room left.
+    let spent = admitted * actual;
+    let (_, used2) = wave(&url, 50).await;
+    let admitted2 = used2.len() as u64;
+    assert_eq!(admitted2, (limit - spent) / est, "second wave");
+    let total: u64 = used.iter().chain(&used2).sum();
+    assert!(total <= limit + est, "{total} tokens admitted");
+}
+
+#[tokio::test]
+async fn an_answer_without_usage_costs_its_estimate_and_one_with_usage_its_report() {
+    let m = Mock::start("m", &["--tokens", "10"]);
+    let limit = 1000;
+    for (body, cost) in [
+        (BUDGETED_NO_USAGE, estimate(BUDGETED_NO_USAGE)),
+        (BUDGETED, BUDGETED.len() as u64 / 4 + 10),
+    ] {
+        let gw = start_cfg(&token_limited(m.addr, limit), 1, &[]);
+        let url = gw.url("/v1/chat/completions");
+        let c = Client::h2c();
+        // Request k passes while what k−1 cost plus its own estimate fits.
+        let passes = (limit - estimate(body)) / cost + 1;
+        for k in 1..=passes {
+            let (parts, b) = c.stream(&url, &[("x-api-key", "k")], body).await;
+            b.collect().await.expect("a whole answer");
+            assert_eq!(parts.status, 200, "request {k} of {passes}");
+        }
+        let r = c
+            .send(http::Method::POST, &url, &[("x-api-key", "k")], body)
+            .await;
+        assert_eq!(r.status, 429, "after {passes}: {}", r.text());
+        // Other keys have their own budget.
+        let r = c
+            .send(http::Method::POST, &url, &[("x-api-key", "other")], body)
+            .await;
+        assert_eq!(r.status, 200);
+    }
+}

@@ -216,6 +216,12 @@ pub fn convert(c: &Config, text: &str) -> String {
             Value::Boolean(f.request_id_header.is_some()),
         );
         t.insert("body_limit".into(), Value::Integer(f.body_limit as i64));
+        if f.default_max_tokens != super::native::DEFAULT_MAX_TOKENS {
+            t.insert(
+                "default_max_tokens".into(),
+                Value::Integer(i64::try_from(f.default_max_tokens).unwrap_or(i64::MAX)),
+            );
+        }
         t.insert("timeout".into(), timeouts(&f.timeouts));
         if !acl.is_empty() {
             t.insert("acl".into(), strings(acl));

@@ -52,6 +52,9 @@ pub struct Global {
     pub tune_bufsize: Option<usize>,
     /// HAProxy's `tune.ssl.cachesize`, applied to every TLS bind.
     pub ssl_cachesize: Option<usize>,
+    /// `tune.llm.default-max-tokens` (llmgw's): every frontend's
+    /// [`Frontend::default_max_tokens`].
+    pub default_max_tokens: Option<u64>,
 }
 
 /// Timeouts, resolved from defaults → frontend / backend.
@@ -151,6 +154,9 @@ pub struct Frontend {
     pub model_aliases: Vec<(String, String)>,
     /// Largest request body buffered when a rule needs to read it.
     pub body_limit: usize,
+    /// The completion budget a token reservation assumes for a request
+    /// whose body names no `max_tokens`.
+    pub default_max_tokens: u64,
     pub forward_for: ForwardFor,
     /// Header carrying the request id (kept from the client or generated).
     pub request_id_header: Option<HeaderName>,

@@ -22,6 +22,10 @@ use super::units::{parse_duration, parse_size};
 /// The default limit on a request body buffered for routing.
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 
+/// The completion budget reserved for a request that names no
+/// `max_tokens` when a table counts tokens.
+pub const DEFAULT_MAX_TOKENS: u64 = 1024;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -77,6 +81,7 @@ struct RawDefaults {
     #[serde(default)]
     timeout: RawTimeouts,
     body_limit: Option<Spanned<SizeValue>>,
+    default_max_tokens: Option<u64>,
     #[serde(default)]
     pool: RawPool,
 }
@@ -131,6 +136,7 @@ struct RawFrontend {
     timeout: RawTimeouts,
     default_backend: Option<Spanned<String>>,
     body_limit: Option<Spanned<SizeValue>>,
+    default_max_tokens: Option<u64>,
     #[serde(default)]
     forwardfor: bool,
     #[serde(default)]
@@ -485,6 +491,7 @@ impl Compiler<'_> {
             stats_socket: None,
             tune_bufsize: None,
             ssl_cachesize: None,
+            default_max_tokens: None,
         };
         if let Some(m) = raw.global.maxconn.as_ref().filter(|m| *m.get_ref() == 0) {
             self.err(m.span(), "global maxconn must be at least 1");
@@ -534,6 +541,9 @@ impl Compiler<'_> {
                 rf,
                 &default_timeouts,
                 default_body_limit,
+                raw.defaults
+                    .default_max_tokens
+                    .unwrap_or(DEFAULT_MAX_TOKENS),
                 &backend_index,
                 &modes,
             );
@@ -737,6 +747,7 @@ impl Compiler<'_> {
         rf: RawFrontend,
         defaults: &Timeouts,
         default_body_limit: usize,
+        default_max_tokens: u64,
         backends: &HashMap<String, usize>,
         modes: &[Mode],
     ) -> Frontend {
@@ -859,6 +870,7 @@ impl Compiler<'_> {
             default_backend,
             model_aliases,
             body_limit,
+            default_max_tokens: rf.default_max_tokens.unwrap_or(default_max_tokens),
             forward_for: ForwardFor {
                 x_forwarded_for: rf.forwardfor,
                 forwarded: rf.forwarded,

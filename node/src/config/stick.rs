@@ -53,6 +53,22 @@ impl Data {
         )
     }
 
+    /// Token rates, fed from the `usage` of responses.
+    pub fn is_tokens(self) -> bool {
+        matches!(
+            self,
+            Data::TokensInRate | Data::TokensOutRate | Data::TokensRate
+        )
+    }
+
+    /// Byte counts and rates, fed from request and response bodies.
+    pub fn is_bytes(self) -> bool {
+        matches!(
+            self,
+            Data::BytesInCnt | Data::BytesInRate | Data::BytesOutCnt | Data::BytesOutRate
+        )
+    }
+
     /// The data an `scN_<name>` fetch reads (`conn_rate`, `gpc0`, …).
     pub fn from_fetch(name: &str) -> Option<Data> {
         FETCHABLE.iter().copied().find(|d| d.name() == name)

@@ -109,8 +109,8 @@ pub struct RespBody {
     /// Ends the connection's in-flight count likewise.
     _inflight: Option<InflightGuard>,
     /// The stick-table entries the request tracks (`conn_cur` counts it
-    /// until the body is over).
-    _tracked: Option<Box<crate::stick::Tracked>>,
+    /// until the body is over; bytes and tokens are counted as it passes).
+    tracked: Option<Box<crate::stick::Tracked>>,
 }
 
 enum Kind {
@@ -136,7 +136,7 @@ impl RespBody {
             kind: Kind::Full(Some(b.into())),
             _server: None,
             _inflight: None,
-            _tracked: None,
+            tracked: None,
         }
     }
 
@@ -145,7 +145,7 @@ impl RespBody {
             kind: Kind::Full(None),
             _server: None,
             _inflight: None,
-            _tracked: None,
+            tracked: None,
         }
     }
 
@@ -170,7 +170,7 @@ impl RespBody {
             }),
             _server: Some(guard),
             _inflight: None,
-            _tracked: None,
+            tracked: None,
         }
     }
 }
@@ -189,11 +189,24 @@ impl RespBody {
         self
     }
 
-    pub fn with_tracked(mut self, t: crate::stick::Tracked) -> Self {
+    pub fn with_tracked(mut self, mut t: crate::stick::Tracked) -> Self {
         if !t.is_empty() {
-            self._tracked = Some(Box::new(t));
+            if matches!(self.kind, Kind::Upstream(_)) {
+                t.from_upstream();
+            }
+            self.tracked = Some(Box::new(t));
         }
         self
+    }
+
+    /// Shows a data frame on its way out to the tracked entries' account
+    /// (bytes out, the usage report).
+    fn count(tracked: &mut Option<Box<crate::stick::Tracked>>, frame: &Frame<Bytes>) {
+        if let (Some(t), Some(d)) = (tracked, frame.data_ref()) {
+            if t.counts_response() {
+                t.response_data(d);
+            }
+        }
     }
 }
 
@@ -210,6 +223,7 @@ impl Body for RespBody {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(u) => {
                 if let Some(f) = u.first.take() {
+                    Self::count(&mut this.tracked, &f);
                     return Poll::Ready(Some(Ok(f)));
                 }
                 if u.failed.is_some() {
@@ -222,10 +236,15 @@ impl Body for RespBody {
                 {
                     Poll::Ready(Some(Ok(f))) => {
                         u.deadline.as_mut().reset(Instant::now() + u.idle);
+                        Self::count(&mut this.tracked, &f);
                         return Poll::Ready(Some(Ok(f)));
                     }
                     Poll::Ready(None) => {
+                        // Settled before the client sees the end: a request
+                        // sent after it finds its tokens and `conn_cur`
+                        // counted.
                         this._server = None;
+                        this.tracked = None;
                         return Poll::Ready(None);
                     }
                     Poll::Ready(Some(Err(e))) => (Outcome::BrokenResponse, e.into()),

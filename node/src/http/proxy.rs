@@ -27,6 +27,7 @@ use crate::config::{
 use crate::gateway::{Shared, Snapshot};
 use crate::health::outcome_of;
 use crate::llm::model::{self, ModelScanner, Scan};
+use crate::llm::usage::{self, Tokens};
 use crate::route::{self, Facts};
 use crate::runtime::ActiveGuard;
 use crate::runtime::Outcome;
@@ -86,6 +87,14 @@ async fn proxy(
         }
     } else {
         (ReqBody::Stream(incoming), None)
+    };
+    let body = if snap.accounting.any() && client_upgrade.is_none() {
+        match account(snap, fe, &parts, body, tracked).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        }
+    } else {
+        body
     };
 
     let bi = match choose_backend(
@@ -492,6 +501,61 @@ async fn buffer_for_retry(
             }
         }
     }
+}
+
+/// Starts the request's account before its rules track it: the bytes of
+/// its body and, when a table counts tokens, its estimate — for which the
+/// body is read whole first, up to the frontend's `body_limit` (a longer
+/// one is estimated from its length and the default budget).
+async fn account(
+    snap: &Snapshot,
+    fe: &Frontend,
+    parts: &Parts,
+    body: ReqBody,
+    tracked: &mut Tracked,
+) -> Result<ReqBody, Response<RespBody>> {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if !snap.accounting.tokens {
+        let len = declared.unwrap_or_else(|| body.size_hint().lower());
+        tracked.account(Tokens::default(), len);
+        return Ok(body);
+    }
+    let (rest, whole) = buffer_for_retry(body, fe.body_limit).await?;
+    let (body, estimate, len) = match (rest, whole) {
+        (_, Some(whole)) => {
+            let estimate = if whole.is_empty() {
+                Tokens::default()
+            } else {
+                usage::estimate(&whole, fe.default_max_tokens)
+            };
+            let len = whole.len() as u64;
+            let body = ReqBody::Prefixed {
+                head: Some(whole),
+                rest: None,
+            };
+            (body, estimate, len)
+        }
+        (Some(rest), None) => {
+            let len = declared.unwrap_or_else(|| rest.size_hint().lower());
+            let estimate = Tokens {
+                input: len.div_ceil(4),
+                output: fe.default_max_tokens,
+            };
+            (rest, estimate, len)
+        }
+        (None, None) => {
+            let empty = ReqBody::Prefixed {
+                head: None,
+                rest: None,
+            };
+            (empty, Tokens::default(), 0)
+        }
+    };
+    tracked.account(estimate, len);
+    Ok(body)
 }
 
 /// The routing phases every request goes through, whichever engine carries

@@ -1,4 +1,5 @@
-//! LLM specifics: finding the model in a request body (more — SSE parsing,
-//! usage accounting, provider quirks — joins here with later issues).
+//! LLM specifics: finding the model in a request body, and token
+//! accounting (a request's expected cost, a response's reported usage).
 
 pub mod model;
+pub mod usage;

@@ -25,6 +25,7 @@ pub use rate::Rate;
 
 pub use crate::config::stick::{parse_store, Column, Data};
 use crate::config::StickTable;
+use crate::llm::usage::{Tokens, UsageScanner};
 
 /// Shards of a large table; a table smaller than [`SHARDED_FROM`] has one,
 /// so its eviction is exactly least-recently-updated.
@@ -212,9 +213,44 @@ impl Table {
                         *c += amount;
                         0
                     }
-                    Value::Rate(r) => r.add_at(now, col.period_ms, amount.max(0) as u64),
+                    Value::Rate(r) => r.add_at(now, col.period_ms, amount),
                 };
                 if recording {
+                    *pending.entry((key.clone(), data, period)).or_insert(0) += amount;
+                }
+            }
+        }
+    }
+
+    /// Settles a reservation made at `at_ms` (rates only): each
+    /// `(data, reserved, used)` puts `used − reserved` into the slot the
+    /// reservation went to, so the tokens count from when the request was
+    /// admitted; a reservation whose slot has left the window counts `used`
+    /// now instead (a stream longer than the period). Only an entry still
+    /// present is settled.
+    pub fn settle(&self, key: &Key, at_ms: u64, changes: &[(Data, i64, i64)]) {
+        let now = (self.clock)();
+        let mut shard = self.shard(key);
+        let Shard { map, pending } = &mut *shard;
+        if !map.contains_key(key) {
+            return;
+        }
+        let entry = self.entry(map, key, now);
+        let recording = self.recording.load(std::sync::atomic::Ordering::Relaxed);
+        for &(data, reserved, used) in changes {
+            for (col, value) in self.columns.iter().zip(entry.values.iter_mut()) {
+                let (true, Value::Rate(r)) = (col.data == data, value) else {
+                    continue;
+                };
+                let slot_ms = rate::slot_ms(col.period_ms);
+                let (at, amount) = if now / slot_ms - at_ms.min(now) / slot_ms <= rate::SLOTS as u64
+                {
+                    (at_ms, used - reserved)
+                } else {
+                    (now, used)
+                };
+                let period = r.add_at(at, col.period_ms, amount);
+                if recording && amount != 0 {
                     *pending.entry((key.clone(), data, period)).or_insert(0) += amount;
                 }
             }
@@ -389,7 +425,7 @@ impl Table {
             }
             match value {
                 Value::Count(c) => *c += d.amount,
-                Value::Rate(r) => r.add(d.period, d.amount.max(0) as u64),
+                Value::Rate(r) => r.add(d.period, d.amount),
             }
         }
     }
@@ -397,10 +433,35 @@ impl Table {
 
 /// The entries one request tracks (`track-sc0|1|2`): what the `scN_*`
 /// fetches read, and what counts the request — `conn_cur` until it ends
-/// (when this is dropped), its status class when its answer is known.
+/// (when this is dropped), its status class when its answer is known, and
+/// its bytes and tokens when a tracked table counts them.
 #[derive(Default)]
 pub struct Tracked {
     slots: [Option<(Arc<Table>, Key)>; 3],
+    account: Option<Box<Account>>,
+}
+
+/// What a request costs, for tables that count bytes or tokens.
+///
+/// Tokens are known only once the response is over, so a request reserves
+/// its estimate on each entry that counts tokens as it is tracked —
+/// before the rules after the `track-sc` look at the rate, so concurrent
+/// requests each see the others' reservations — and the reservation is
+/// settled against the usage the response reports when the request ends.
+#[derive(Debug, Default)]
+pub struct Account {
+    estimate: Tokens,
+    /// When the reservation was made (the tables' clock), once it was.
+    reserved_at: Option<u64>,
+    usage: UsageScanner,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// The answer came from an upstream with a 2xx status: without a
+    /// usage report it is charged its estimate (a stream cut short, or a
+    /// provider that does not report usage), where a gateway-made answer
+    /// or an upstream error costs nothing.
+    upstream_ok: bool,
+    status: u16,
 }
 
 /// What tracking a request adds to its entry: HAProxy counts a tracked
@@ -416,7 +477,30 @@ const ON_TRACK: [(Data, i64); 7] = [
     (Data::HttpReqRate, 1),
 ];
 
+fn token_changes(t: Tokens) -> [(Data, i64); 3] {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    [
+        (Data::TokensInRate, n(t.input)),
+        (Data::TokensOutRate, n(t.output)),
+        (Data::TokensRate, n(t.total())),
+    ]
+}
+
+fn counts_tokens(t: &Table) -> bool {
+    t.columns.iter().any(|c| c.data.is_tokens())
+}
+
 impl Tracked {
+    /// Starts accounting for a request expected to cost `estimate` tokens
+    /// with a body of `bytes_in` bytes; called before the rules that track.
+    pub fn account(&mut self, estimate: Tokens, bytes_in: u64) {
+        self.account = Some(Box::new(Account {
+            estimate,
+            bytes_in,
+            ..Account::default()
+        }));
+    }
+
     /// Starts tracking `key` in `table` as counter `sc`; a counter already
     /// tracking keeps its entry (as in HAProxy, the first rule wins).
     pub fn track(&mut self, sc: u8, table: &Arc<Table>, key: Key) {
@@ -426,7 +510,16 @@ impl Tracked {
         if slot.is_some() {
             return;
         }
-        table.add(&key, &ON_TRACK);
+        match self.account.as_mut().filter(|_| counts_tokens(table)) {
+            Some(a) => {
+                let mut changes = [(Data::ConnCur, 0); ON_TRACK.len() + 3];
+                changes[..ON_TRACK.len()].copy_from_slice(&ON_TRACK);
+                changes[ON_TRACK.len()..].copy_from_slice(&token_changes(a.estimate));
+                table.add(&key, &changes);
+                a.reserved_at.get_or_insert_with(|| (table.clock)());
+            }
+            None => table.add(&key, &ON_TRACK),
+        }
         *slot = Some((table.clone(), key));
     }
 
@@ -443,7 +536,9 @@ impl Tracked {
 
     /// When a request denied because `scN_<data>` is over a limit may come
     /// back and pass: the time until the rate, with no new request, leaves
-    /// room for one more (`at_most` = the limit minus one).
+    /// room for one more (`at_most` = the limit minus one). A token rate
+    /// still holds this request's own reservation, which the deny gives
+    /// back: leaving room under the limit for it is room for the request.
     pub fn retry_after(&self, sc: u8, data: Data, at_most: i64) -> Option<Duration> {
         let (t, k) = self.slots.get(usize::from(sc))?.as_ref()?;
         t.wait_until_at_most(k, data, at_most)
@@ -451,7 +546,10 @@ impl Tracked {
 
     /// Counts the answer's status on every tracked entry: a 4xx is an
     /// `http_err`, a 5xx other than 501 and 505 an `http_fail`.
-    pub fn answered(&self, status: u16) {
+    pub fn answered(&mut self, status: u16) {
+        if let Some(a) = &mut self.account {
+            a.status = status;
+        }
         let changes: &[(Data, i64)] = match status {
             400..=499 => &[(Data::HttpErrCnt, 1), (Data::HttpErrRate, 1)],
             500..=599 if status != 501 && status != 505 => {
@@ -463,12 +561,61 @@ impl Tracked {
             t.add(k, changes);
         }
     }
+
+    /// The answer is an upstream's, its body passing through
+    /// [`Tracked::response_data`].
+    pub fn from_upstream(&mut self) {
+        if let Some(a) = &mut self.account {
+            a.upstream_ok = (200..300).contains(&a.status);
+        }
+    }
+
+    /// Whether the response body should be shown to
+    /// [`Tracked::response_data`].
+    pub fn counts_response(&self) -> bool {
+        self.account.is_some()
+    }
+
+    /// A piece of the response body on its way to the client.
+    pub fn response_data(&mut self, data: &[u8]) {
+        if let Some(a) = &mut self.account {
+            a.bytes_out += data.len() as u64;
+            if a.reserved_at.is_some() {
+                a.usage.feed(data);
+            }
+        }
+    }
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
+        let Some(a) = self.account.take() else {
+            for (t, k) in self.slots.iter().flatten() {
+                t.add_existing(k, &[(Data::ConnCur, -1)]);
+            }
+            return;
+        };
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let ending = [
+            (Data::ConnCur, -1),
+            (Data::BytesInCnt, n(a.bytes_in)),
+            (Data::BytesInRate, n(a.bytes_in)),
+            (Data::BytesOutCnt, n(a.bytes_out)),
+            (Data::BytesOutRate, n(a.bytes_out)),
+        ];
+        let used = match a.usage.found() {
+            Some(u) => u,
+            None if a.upstream_ok => a.estimate,
+            None => Tokens::default(),
+        };
+        let (reserved, used) = (token_changes(a.estimate), token_changes(used));
+        let settle: [(Data, i64, i64); 3] =
+            std::array::from_fn(|i| (reserved[i].0, reserved[i].1, used[i].1));
         for (t, k) in self.slots.iter().flatten() {
-            t.add_existing(k, &[(Data::ConnCur, -1)]);
+            t.add_existing(k, &ending);
+            if let (Some(at), true) = (a.reserved_at, counts_tokens(t)) {
+                t.settle(k, at, &settle);
+            }
         }
     }
 }

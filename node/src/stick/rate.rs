@@ -12,6 +12,10 @@
 //! rounded up. Every event of the last `period − period/SLOTS` is counted
 //! exactly; the error is confined to one slot at the window's far edge,
 //! and is never an undercount.
+//!
+//! Amounts may be negative: a token reservation is settled by adding the
+//! difference between the tokens used and those reserved to the slot the
+//! reservation went to. A rate reads as zero rather than below.
 
 /// Slots per period.
 pub const SLOTS: usize = 10;
@@ -21,7 +25,7 @@ pub const SLOTS: usize = 10;
 pub struct Rate {
     /// Slot index (`unix_ms / slot_ms`) of the newest slot.
     idx: u64,
-    counts: [u32; SLOTS + 1],
+    counts: [i32; SLOTS + 1],
 }
 
 /// Milliseconds per slot of a period.
@@ -32,7 +36,7 @@ pub fn slot_ms(period_ms: u64) -> u64 {
 impl Rate {
     /// Counts `n` events at `now_ms`; returns the slot they went to (the
     /// delta's period).
-    pub fn add_at(&mut self, now_ms: u64, period_ms: u64, n: u64) -> u64 {
+    pub fn add_at(&mut self, now_ms: u64, period_ms: u64, n: i64) -> u64 {
         let slot = now_ms / slot_ms(period_ms);
         self.add(slot, n);
         slot
@@ -41,7 +45,7 @@ impl Rate {
     /// Counts `n` events in slot `slot`. A slot too old for the window is
     /// dropped. The result depends only on which events were added, never
     /// on their order.
-    pub fn add(&mut self, slot: u64, n: u64) {
+    pub fn add(&mut self, slot: u64, n: i64) {
         let keep = (SLOTS + 1) as u64;
         if slot > self.idx {
             let gap = slot - self.idx;
@@ -57,7 +61,8 @@ impl Rate {
             return;
         }
         let c = &mut self.counts[(slot % keep) as usize];
-        *c = c.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        let n = i32::try_from(n).unwrap_or(if n < 0 { i32::MIN } else { i32::MAX });
+        *c = c.saturating_add(n);
     }
 
     /// The rate at `now_ms` over a window of `period_ms`.
@@ -67,26 +72,35 @@ impl Rate {
         let keep = (SLOTS + 1) as u64;
         // A clock behind the newest slot reads as of that slot.
         let now = now.max(self.idx);
-        let count = |s: u64| -> u64 {
+        let count = |s: u64| -> i64 {
             if s <= self.idx && self.idx - s < keep {
-                u64::from(self.counts[(s % keep) as usize])
+                i64::from(self.counts[(s % keep) as usize])
             } else {
                 0
             }
         };
-        let full: u64 = (0..SLOTS as u64)
+        let full: i64 = (0..SLOTS as u64)
             .filter_map(|back| now.checked_sub(back))
             .map(count)
             .sum();
         let Some(edge) = now.checked_sub(SLOTS as u64) else {
-            return full;
+            return full.max(0) as u64;
         };
         let into = if now_ms / slot_ms < now {
             0
         } else {
             now_ms % slot_ms
         };
-        full + (count(edge) * (slot_ms - into)).div_ceil(slot_ms)
+        // The edge slot's part still inside the window, rounded away from
+        // zero (up for events, so a limit never undercounts).
+        let part = count(edge) * (slot_ms - into) as i64;
+        let slot_ms = slot_ms as i64;
+        let edge_part = if part >= 0 {
+            (part + slot_ms - 1) / slot_ms
+        } else {
+            (part - slot_ms + 1) / slot_ms
+        };
+        (full + edge_part).max(0) as u64
     }
 
     /// How long from `now_ms` until the rate, with no new event, is at
@@ -162,7 +176,7 @@ mod tests {
     #[test]
     fn order_of_additions_does_not_matter() {
         let events = [
-            (30u64, 5u64),
+            (30u64, 5i64),
             (34, 7),
             (18, 9),
             (34, 1),
@@ -183,6 +197,25 @@ mod tests {
         assert_eq!(sorted, reversed);
         // Slots 18, 25 and 30 are too old for a window ending at slot 41.
         assert_eq!(sorted.read(41 * S, P), 7 + 1 + 2 + 4);
+    }
+
+    #[test]
+    fn a_settlement_takes_back_from_the_slot_it_names() {
+        let mut r = Rate::default();
+        let t0 = 30 * P;
+        // 100 reserved at t0, 40 at t0 + 2 s; the first settles at 30.
+        let slot = r.add_at(t0, P, 100);
+        r.add_at(t0 + 2_000, P, 40);
+        r.add(slot, 30 - 100);
+        assert_eq!(r.read(t0 + 2_000, P), 70);
+        // The settled reservation leaves the window with its slot.
+        assert_eq!(r.read(t0 + P + S, P), 40);
+        // Never below zero, whatever order the amounts arrive in.
+        let mut early = Rate::default();
+        early.add(slot, -50);
+        assert_eq!(early.read(t0, P), 0);
+        early.add(slot, 80);
+        assert_eq!(early.read(t0, P), 30);
     }
 
     #[test]

@@ -2,6 +2,7 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use super::*;
+use crate::llm::usage::Tokens;
 
 thread_local! {
     static NOW: Cell<u64> = const { Cell::new(1_000_000_000) };
@@ -260,4 +261,70 @@ fn store_lists_parse_like_haproxy() {
         "unknown stick-table data 'bogus'"
     );
     assert!(s(&["gpc(0)"]).is_err());
+}
+
+fn tokens(input: u64, output: u64) -> Tokens {
+    Tokens { input, output }
+}
+
+/// A request of `estimate` tracked on `t` as sc0, settled when dropped.
+fn request(t: &Arc<Table>, estimate: Tokens) -> Tracked {
+    let mut r = Tracked::default();
+    r.account(estimate, 100);
+    r.track(0, t, ip(1));
+    r
+}
+
+#[test]
+fn a_token_reservation_is_seen_at_once_and_settled_on_the_reported_usage() {
+    set_now(60_000 * 500);
+    let t = Arc::new(table(
+        10,
+        Some(120_000),
+        &["tokens_rate(1m)", "tokens_in_rate(1m)", "bytes_in_cnt"],
+    ));
+    let mut a = request(&t, tokens(30, 50));
+    assert_eq!(t.get(&ip(1), Data::TokensRate), Some(80));
+    // A second request sees the first's reservation with its own.
+    let b = request(&t, tokens(30, 50));
+    assert_eq!(t.get(&ip(1), Data::TokensRate), Some(160));
+    // The first answer reports 40 tokens: its reservation becomes that.
+    advance(2_000);
+    a.answered(200);
+    a.from_upstream();
+    a.response_data(br#"{"usage":{"prompt_tokens":28,"completion_tokens":12}}"#);
+    drop(a);
+    assert_eq!(t.get(&ip(1), Data::TokensRate), Some(80 + 40));
+    assert_eq!(t.get(&ip(1), Data::TokensInRate), Some(30 + 28));
+    // A gateway-made answer (a deny, an error) costs nothing.
+    let mut denied = b;
+    denied.answered(429);
+    drop(denied);
+    assert_eq!(t.get(&ip(1), Data::TokensRate), Some(40));
+    assert_eq!(t.get(&ip(1), Data::BytesInCnt), Some(200));
+    // An upstream 2xx without a usage report costs its estimate.
+    let mut c = request(&t, tokens(10, 10));
+    c.answered(200);
+    c.from_upstream();
+    c.response_data(b"data: {\"choices\":[]}\n\n");
+    drop(c);
+    assert_eq!(t.get(&ip(1), Data::TokensRate), Some(60));
+    // The settled tokens leave the window with the reservation's slot.
+    advance(60_000 + 6_000);
+    assert_eq!(t.get(&ip(1), Data::TokensRate), Some(0));
+}
+
+#[test]
+fn a_stream_outlasting_the_window_counts_its_usage_when_it_ends() {
+    set_now(60_000 * 700);
+    let t = Arc::new(table(10, None, &["tokens_out_rate(1m)"]));
+    let mut long = request(&t, tokens(0, 100));
+    // Two minutes later the reservation has left the window.
+    advance(120_000);
+    assert_eq!(t.get(&ip(1), Data::TokensOutRate), Some(0));
+    long.answered(200);
+    long.from_upstream();
+    long.response_data(br#"{"usage":{"input_tokens":1,"output_tokens":70}}"#);
+    drop(long);
+    assert_eq!(t.get(&ip(1), Data::TokensOutRate), Some(70));
 }

@@ -25,7 +25,9 @@ use self::cond::{parse_test, split_cond, Acls};
 use self::lexer::{lex, Line, Word};
 use super::diag::{Diag, Diags};
 use super::model::*;
-use super::native::{parse_balance, parse_listen_addr, parse_server_addr, DEFAULT_BODY_LIMIT};
+use super::native::{
+    parse_balance, parse_listen_addr, parse_server_addr, DEFAULT_BODY_LIMIT, DEFAULT_MAX_TOKENS,
+};
 use super::units::{parse_duration, parse_size};
 
 /// How strictly to read.
@@ -507,6 +509,7 @@ impl Cx<'_> {
             stats_socket: None,
             tune_bufsize: None,
             ssl_cachesize: None,
+            default_max_tokens: None,
         };
         let mut template = Draft::default();
         let mut proxies: Vec<Proxy> = Vec::new();
@@ -588,6 +591,13 @@ impl Cx<'_> {
                 None => self.err(
                     l.line,
                     "'tune.ssl.cachesize' needs a number of sessions (0 disables the cache)",
+                ),
+            },
+            "tune.llm.default-max-tokens" => match one_num::<u64>(a) {
+                Some(n) => g.default_max_tokens = Some(n),
+                None => self.err(
+                    l.line,
+                    "'tune.llm.default-max-tokens' needs a number of tokens (the completion budget reserved for a request without max_tokens)",
                 ),
             },
             "tune.bufsize" => match a.first().map(|w| parse_size(&w.text)) {
@@ -1901,6 +1911,7 @@ impl Cx<'_> {
                     body_limit: global
                         .tune_bufsize
                         .map_or(DEFAULT_BODY_LIMIT, |b| b.max(DEFAULT_BODY_LIMIT)),
+                    default_max_tokens: global.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
                     forward_for: ForwardFor {
                         x_forwarded_for: p.d.forwardfor && http,
                         forwarded: false,

@@ -319,7 +319,7 @@ async fn exchange<'a, IO: ClientIo>(
         Err(no) => {
             let resp = no.response(&be.name);
             let done = framing_consumed(framing, read.len(), buf);
-            return answer_tracked(io, fe, &tracked, resp, request_id, close || !done)
+            return answer_tracked(io, fe, &mut tracked, resp, request_id, close || !done)
                 .await
                 .into();
         }
@@ -333,7 +333,7 @@ async fn exchange<'a, IO: ClientIo>(
         Err(_) => {
             let resp = error::bad_request("The request target cannot be forwarded.");
             let done = framing_consumed(framing, read.len(), buf);
-            return answer_tracked(io, fe, &tracked, resp, request_id, close || !done)
+            return answer_tracked(io, fe, &mut tracked, resp, request_id, close || !done)
                 .await
                 .into();
         }
@@ -375,7 +375,7 @@ async fn exchange<'a, IO: ClientIo>(
         Ok(n) => n,
         Err(why) => {
             let resp = error::bad_request(&format!("The request body is malformed: {why}."));
-            return answer_tracked(io, fe, &tracked, resp, request_id, true)
+            return answer_tracked(io, fe, &mut tracked, resp, request_id, true)
                 .await
                 .into();
         }
@@ -409,7 +409,7 @@ async fn exchange<'a, IO: ClientIo>(
             return answer_tracked(
                 io,
                 fe,
-                &tracked,
+                &mut tracked,
                 error::no_server(&be.name),
                 request_id,
                 true,
@@ -435,13 +435,13 @@ async fn exchange<'a, IO: ClientIo>(
                                 let resp = error::bad_request(&format!(
                                     "The request body is malformed: {why}."
                                 ));
-                                answer_tracked(io, fe, &tracked, resp, request_id, true)
+                                answer_tracked(io, fe, &mut tracked, resp, request_id, true)
                                     .await
                                     .into()
                             }
                             BodyFail::Upstream(e) => {
                                 active.server().observe(e.outcome());
-                                answer_tracked(io, fe, &tracked, e.response(), request_id, true)
+                                answer_tracked(io, fe, &mut tracked, e.response(), request_id, true)
                                     .await
                                     .into()
                             }
@@ -491,7 +491,7 @@ async fn exchange<'a, IO: ClientIo>(
         if !((retryable || (untouched && policy.enabled()))
             && policy.allows(failed.failure(), attempt))
         {
-            return answer_tracked(io, fe, &tracked, failed.response(), request_id, true)
+            return answer_tracked(io, fe, &mut tracked, failed.response(), request_id, true)
                 .await
                 .into();
         }
@@ -1296,14 +1296,12 @@ async fn write_client<IO: ClientIo>(io: &mut IO, data: &[u8], limit: Duration) -
     }
 }
 
-/// Answers with a gateway-made response (after the frontend's response
-/// rules) and says whether the connection goes on.
 /// [`answer`] for a request that may track stick-table entries: the
 /// status is counted on them first.
 async fn answer_tracked<IO: ClientIo>(
     io: &mut IO,
     fe: &Frontend,
-    tracked: &Tracked,
+    tracked: &mut Tracked,
     resp: Response<RespBody>,
     request_id: Option<HeaderValue>,
     close: bool,
@@ -1312,6 +1310,8 @@ async fn answer_tracked<IO: ClientIo>(
     answer(io, fe, resp, request_id, close).await
 }
 
+/// Answers with a gateway-made response (after the frontend's response
+/// rules) and says whether the connection goes on.
 async fn answer<IO: ClientIo>(
     io: &mut IO,
     fe: &Frontend,

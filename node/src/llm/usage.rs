@@ -1,0 +1,390 @@
+//! Token accounting: what a request is expected to cost before it is sent
+//! (its reservation) and what its response says it cost (the `usage` the
+//! provider reports, streamed responses included).
+//!
+//! Neither side parses the whole JSON. The request side walks the top
+//! level of a buffered body for `max_tokens` and its aliases; the response
+//! side looks for `"usage":{…}` objects as the bytes pass, keeping only the
+//! small object itself, so a response streams through untouched and its
+//! prompt text is never copied.
+
+use serde::Deserialize;
+
+/// Tokens in (the prompt) and out (the completion).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub input: u64,
+    pub output: u64,
+}
+
+impl Tokens {
+    pub fn total(self) -> u64 {
+        self.input + self.output
+    }
+}
+
+/// The keys under which the APIs carry a completion's token budget (Chat
+/// Completions' old and new names, the Responses API's).
+const BUDGET_KEYS: [&[u8]; 3] = [
+    b"max_completion_tokens",
+    b"max_tokens",
+    b"max_output_tokens",
+];
+
+/// What a request is expected to cost: its prompt at about four bytes a
+/// token, and its completion budget (`max_tokens` or an alias), else
+/// `default_output` when the body names none.
+pub fn estimate(body: &[u8], default_output: u64) -> Tokens {
+    Tokens {
+        input: (body.len() as u64).div_ceil(4),
+        output: top_level_uint(body, &BUDGET_KEYS).unwrap_or(default_output),
+    }
+}
+
+/// The first of `keys` (in body order) whose top-level value is an
+/// unsigned integer. Tracks just the JSON structure needed to tell a
+/// top-level key from a nested one or from text inside a string.
+fn top_level_uint(body: &[u8], keys: &[&[u8]]) -> Option<u64> {
+    let mut depth = 0u32;
+    let mut i = 0;
+    // A top-level key was just read and matched: its value is wanted.
+    let mut want = false;
+    // The next string at depth 1 is a key (after `{` or `,`).
+    let mut at_key = false;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                let end = string_end(body, i + 1)?;
+                if depth == 1 && at_key {
+                    want = keys.contains(&&body[i + 1..end]);
+                    at_key = false;
+                } else {
+                    want = false;
+                }
+                i = end + 1;
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                at_key = depth == 1;
+                want = false;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return None;
+                }
+            }
+            b',' if depth == 1 => {
+                at_key = true;
+                want = false;
+            }
+            b'0'..=b'9' if depth == 1 && want => {
+                let digits = body[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+                let n = std::str::from_utf8(&body[i..i + digits]).ok()?.parse().ok();
+                if n.is_some() {
+                    return n;
+                }
+                want = false;
+                i += digits;
+                continue;
+            }
+            b':' | b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ => want = false,
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The index of the `"` closing a string whose content starts at `from`.
+fn string_end(body: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let k = from + memchr::memchr2(b'"', b'\\', &body[from..])?;
+        if body[k] == b'"' {
+            return Some(k);
+        }
+        from = k + 2;
+        if from > body.len() {
+            return None;
+        }
+    }
+}
+
+/// A `usage` object as the providers write it: OpenAI's Chat Completions
+/// (`prompt_tokens`, `completion_tokens`), Anthropic's Messages and
+/// OpenAI's Responses API (`input_tokens`, `output_tokens`).
+#[derive(Deserialize, Default)]
+struct UsageObject {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+/// The largest `usage` object kept; a larger one is not a usage report.
+const MAX_USAGE_OBJECT: usize = 4096;
+
+const NEEDLE: &[u8] = b"\"usage\"";
+
+/// Finds the token usage in a response body fed to it piece by piece.
+///
+/// A streamed response may report usage more than once (Anthropic sends
+/// the input tokens in `message_start` and the running output count in
+/// each `message_delta`; OpenAI a final chunk when the client asked for
+/// it): each field keeps the largest value seen, which is the final count
+/// in every case.
+#[derive(Debug, Default)]
+pub struct UsageScanner {
+    state: State,
+    /// The end of the previous piece, for a needle split across pieces.
+    carry: Vec<u8>,
+    found: Option<Tokens>,
+}
+
+#[derive(Debug, Default)]
+enum State {
+    /// Looking for `"usage"`.
+    #[default]
+    Seek,
+    /// After the key, before its value (`:` and whitespace).
+    Colon,
+    /// Collecting the object: its bytes so far, nesting depth, whether in
+    /// a string and after a backslash in it.
+    Object {
+        buf: Vec<u8>,
+        depth: u32,
+        in_string: bool,
+        escape: bool,
+    },
+}
+
+impl UsageScanner {
+    /// The usage reported so far, if any.
+    pub fn found(&self) -> Option<Tokens> {
+        self.found
+    }
+
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            data = match &mut self.state {
+                State::Seek => self.seek(data),
+                State::Colon => {
+                    let Some(k) = data.iter().position(|b| !b.is_ascii_whitespace()) else {
+                        return;
+                    };
+                    match data[k] {
+                        b':' => &data[k + 1..],
+                        b'{' => {
+                            self.state = State::Object {
+                                buf: Vec::with_capacity(128),
+                                depth: 0,
+                                in_string: false,
+                                escape: false,
+                            };
+                            &data[k..]
+                        }
+                        // `"usage": null`, or a string: nothing to count.
+                        _ => {
+                            self.state = State::Seek;
+                            &data[k..]
+                        }
+                    }
+                }
+                State::Object { .. } => self.collect(data),
+            };
+        }
+    }
+
+    /// Looks for the needle, including across the previous piece's end.
+    fn seek<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
+        const TAIL: usize = NEEDLE.len() - 1;
+        let carried = self.carry.len();
+        if carried > 0 {
+            self.carry.extend_from_slice(&data[..data.len().min(TAIL)]);
+            if let Some(k) = memchr::memmem::find(&self.carry, NEEDLE) {
+                self.carry.clear();
+                self.state = State::Colon;
+                return &data[k + NEEDLE.len() - carried..];
+            }
+        }
+        if let Some(k) = memchr::memmem::find(data, NEEDLE) {
+            self.carry.clear();
+            self.state = State::Colon;
+            return &data[k + NEEDLE.len()..];
+        }
+        if data.len() >= TAIL {
+            self.carry.clear();
+            self.carry.extend_from_slice(&data[data.len() - TAIL..]);
+        } else {
+            if carried == 0 {
+                self.carry.extend_from_slice(data);
+            }
+            // The carry now ends with all of `data`.
+            let excess = self.carry.len().saturating_sub(TAIL);
+            self.carry.drain(..excess);
+        }
+        &[]
+    }
+
+    /// Adds bytes to the object being collected, up to its closing brace.
+    fn collect<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
+        let State::Object {
+            buf,
+            depth,
+            in_string,
+            escape,
+        } = &mut self.state
+        else {
+            return data;
+        };
+        for (k, &c) in data.iter().enumerate() {
+            if *in_string {
+                if *escape {
+                    *escape = false;
+                } else if c == b'\\' {
+                    *escape = true;
+                } else if c == b'"' {
+                    *in_string = false;
+                }
+                continue;
+            }
+            match c {
+                b'"' => *in_string = true,
+                b'{' => *depth += 1,
+                b'}' => {
+                    *depth -= 1;
+                    if *depth == 0 {
+                        let whole = buf.len() + k < MAX_USAGE_OBJECT;
+                        buf.extend_from_slice(&data[..=k]);
+                        let object = std::mem::take(buf);
+                        self.state = State::Seek;
+                        if whole {
+                            self.record(&object);
+                        }
+                        return &data[k + 1..];
+                    }
+                }
+                _ => {}
+            }
+        }
+        if buf.len() + data.len() > MAX_USAGE_OBJECT {
+            self.state = State::Seek;
+        } else {
+            buf.extend_from_slice(data);
+        }
+        &[]
+    }
+
+    fn record(&mut self, object: &[u8]) {
+        let Ok(u) = serde_json::from_slice::<UsageObject>(object) else {
+            return;
+        };
+        let input = u.prompt_tokens.or(u.input_tokens);
+        let output = u.completion_tokens.or(u.output_tokens);
+        if input.is_none() && output.is_none() {
+            return;
+        }
+        let seen = self.found.get_or_insert_with(Tokens::default);
+        seen.input = seen.input.max(input.unwrap_or(0));
+        seen.output = seen.output.max(output.unwrap_or(0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimate_reads_the_top_level_budget() {
+        let body = br#"{"model":"m","messages":[{"content":"\"max_tokens\": 5","max_tokens":7}],"max_tokens":100}"#;
+        assert_eq!(estimate(body, 1).output, 100);
+        assert_eq!(estimate(body, 1).input, (body.len() as u64).div_ceil(4));
+        assert_eq!(
+            estimate(br#"{"max_completion_tokens": 64, "max_tokens": 9}"#, 1).output,
+            64
+        );
+        assert_eq!(estimate(br#"{"max_output_tokens":12}"#, 1).output, 12);
+        // Absent, nested only, not a number, or not JSON: the default.
+        assert_eq!(estimate(br#"{"model":"m"}"#, 256).output, 256);
+        assert_eq!(estimate(br#"{"a":{"max_tokens":5}}"#, 256).output, 256);
+        assert_eq!(estimate(br#"{"max_tokens":null,"x":5}"#, 256).output, 256);
+        assert_eq!(estimate(br#"{"max_tokens":"5"}"#, 256).output, 256);
+        assert_eq!(estimate(b"max_tokens 5", 256).output, 256);
+        assert_eq!(estimate(br#"{"max_tokens":"#, 256).output, 256);
+        assert_eq!(estimate(br#"{"s":"unterminated"#, 256).output, 256);
+    }
+
+    fn scan_in_pieces(body: &[u8], split: usize) -> Option<Tokens> {
+        let mut s = UsageScanner::default();
+        for piece in body.chunks(split.max(1)) {
+            s.feed(piece);
+        }
+        s.found()
+    }
+
+    #[test]
+    fn openai_usage_in_a_whole_response() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\": {\"prompt_tokens\": 999}"}}],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        let want = Some(Tokens {
+            input: 12,
+            output: 34,
+        });
+        for split in 1..=body.len() {
+            assert_eq!(scan_in_pieces(body, split), want, "split {split}");
+        }
+    }
+
+    #[test]
+    fn openai_stream_with_null_usage_until_the_last_chunk() {
+        let body = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
+            data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n\
+            data: [DONE]\n\n";
+        for split in 1..=body.len() {
+            assert_eq!(
+                scan_in_pieces(body, split),
+                Some(Tokens {
+                    input: 5,
+                    output: 2
+                }),
+                "split {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn anthropic_stream_counts_from_start_and_deltas() {
+        let body = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":8}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n";
+        for split in 1..=body.len() {
+            assert_eq!(
+                scan_in_pieces(body, split),
+                Some(Tokens {
+                    input: 25,
+                    output: 15
+                }),
+                "split {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_usage_or_an_oversized_object_finds_nothing() {
+        assert_eq!(scan_in_pieces(br#"{"choices":[]}"#, 3), None);
+        assert_eq!(scan_in_pieces(br#"{"usage":{}}"#, 3), None);
+        let mut huge = br#"{"usage":{"x":""#.to_vec();
+        huge.extend(std::iter::repeat_n(b'a', MAX_USAGE_OBJECT));
+        huge.extend_from_slice(br#"","prompt_tokens":1}}"#);
+        assert_eq!(scan_in_pieces(&huge, 100), None);
+        // Found later all the same.
+        huge.extend_from_slice(br#"{"usage":{"prompt_tokens":3}}"#);
+        assert_eq!(
+            scan_in_pieces(&huge, 100),
+            Some(Tokens {
+                input: 3,
+                output: 0
+            })
+        );
+    }
+}
