@@ -28,6 +28,8 @@ pub struct Snapshot {
     /// Same order as `config.stick_tables`; kept across reloads by name
     /// (shared with the runtime state).
     pub tables: Vec<Arc<crate::stick::Table>>,
+    /// Same order as `config.key_lists`.
+    pub keyrings: Vec<crate::keys::KeyRing>,
     /// Some rule tracks into a stick table and some backend is not plain
     /// HTTP/1.1: the HTTP/1 engine then hands every request to the general
     /// path before its rules run, since a handoff after routing would run
@@ -205,7 +207,17 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
             .iter()
             .any(|r| matches!(r.action, crate::config::ReqAction::TrackSc { .. }))
     };
-    let tracking = config.frontends.iter().any(|f| tracks(&f.http_request))
+    let keyrings = config
+        .key_lists
+        .iter()
+        .map(|l| {
+            crate::keys::KeyRing::new(l, runtime)
+                .map_err(|e| format!("client_keys '{}': {e}", l.name))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let keyed = config.frontends.iter().any(|f| f.client_keys.is_some());
+    let tracking = keyed
+        || config.frontends.iter().any(|f| tracks(&f.http_request))
         || config.backends.iter().any(|b| tracks(&b.http_request));
     let counts = |f: fn(crate::config::stick::Data) -> bool| {
         tracking
@@ -215,7 +227,8 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
     };
     let accounting = Accounting {
         bytes: counts(crate::config::stick::Data::is_bytes),
-        tokens: counts(crate::config::stick::Data::is_tokens),
+        // Client keys count tokens in their own tables.
+        tokens: keyed || counts(crate::config::stick::Data::is_tokens),
     };
     let tracking_needs_general_path =
         tracking && (accounting.any() || backends.iter().any(|b: &BackendRt| !b.h1_only));
@@ -224,6 +237,7 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
         backends,
         checks,
         tables,
+        keyrings,
         tracking_needs_general_path,
         accounting,
     })

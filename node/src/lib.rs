@@ -12,6 +12,7 @@ pub mod config;
 pub mod gateway;
 pub mod health;
 pub mod http;
+pub mod keys;
 pub mod listen;
 pub mod llm;
 pub mod mock;

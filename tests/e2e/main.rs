@@ -2,6 +2,7 @@
 //! provider, on ephemeral loopback ports.
 
 mod balancing;
+mod client_keys;
 mod config_errors;
 mod differential;
 mod errors;

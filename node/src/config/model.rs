@@ -22,6 +22,33 @@ pub struct Config {
     pub backends: Vec<Backend>,
     /// Declared stick tables.
     pub stick_tables: Vec<StickTable>,
+    /// Lists of client keys (virtual API keys) frontends may require.
+    pub key_lists: Vec<KeyList>,
+}
+
+/// A named list of client keys (`[[client_keys]]`): the virtual API keys
+/// a frontend accepts in place of provider credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyList {
+    pub name: String,
+    pub keys: Vec<ClientKey>,
+}
+
+/// One client key: who holds it (a principal, named in logs and metrics —
+/// the key itself is never kept, only its SHA-256), what it may use, and
+/// its limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientKey {
+    pub name: String,
+    pub sha256: [u8; 32],
+    /// Models it may ask for; `None` = any.
+    pub models: Option<Vec<String>>,
+    /// Backends (indexes into [`Config::backends`]) its requests may be
+    /// routed to; `None` = any.
+    pub backends: Option<Vec<usize>>,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub max_concurrent: Option<u64>,
 }
 
 /// HAProxy's `stick-table` (see `crate::stick`).
@@ -154,6 +181,9 @@ pub struct Frontend {
     pub model_aliases: Vec<(String, String)>,
     /// Largest request body buffered when a rule needs to read it.
     pub body_limit: usize,
+    /// The client keys every request must carry (index into
+    /// [`Config::key_lists`]); `None` = no key asked for.
+    pub client_keys: Option<usize>,
     /// The completion budget a token reservation assumes for a request
     /// whose body names no `max_tokens`.
     pub default_max_tokens: u64,

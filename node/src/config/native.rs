@@ -22,6 +22,20 @@ use super::units::{parse_duration, parse_size};
 /// The default limit on a request body buffered for routing.
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 
+/// 32 bytes from 64 hex digits (either case).
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
 /// The completion budget reserved for a request that names no
 /// `max_tokens` when a table counts tokens.
 pub const DEFAULT_MAX_TOKENS: u64 = 1024;
@@ -39,6 +53,31 @@ struct RawConfig {
     backends: Vec<RawBackend>,
     #[serde(default, rename = "stick_table")]
     stick_tables: Vec<Spanned<RawStickTable>>,
+    #[serde(default, rename = "client_keys")]
+    key_lists: Vec<Spanned<RawKeyList>>,
+}
+
+/// `[[client_keys]]`: a named list of virtual API keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyList {
+    name: String,
+    #[serde(default, rename = "key")]
+    keys: Vec<Spanned<RawClientKey>>,
+}
+
+/// `[[client_keys.key]]`: one key, by the hex SHA-256 of its value
+/// (`printf %s "$KEY" | sha256sum`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientKey {
+    name: String,
+    sha256: String,
+    models: Option<Vec<String>>,
+    backends: Option<Vec<String>>,
+    requests_per_minute: Option<u64>,
+    tokens_per_minute: Option<u64>,
+    max_concurrent: Option<u64>,
 }
 
 /// `[[stick_table]]`: HAProxy's `stick-table` (the rules that track into
@@ -137,6 +176,8 @@ struct RawFrontend {
     default_backend: Option<Spanned<String>>,
     body_limit: Option<Spanned<SizeValue>>,
     default_max_tokens: Option<u64>,
+    /// The `[[client_keys]]` list whose keys this frontend requires.
+    client_keys: Option<Spanned<String>>,
     #[serde(default)]
     forwardfor: bool,
     #[serde(default)]
@@ -525,6 +566,8 @@ impl Compiler<'_> {
             backends[bi].opts.fallback = steps;
         }
 
+        let key_lists = self.key_lists(raw.key_lists, &backend_index);
+
         let mut frontends = Vec::new();
         let mut frontend_names = HashSet::new();
         let mut bound: HashMap<SocketAddr, String> = HashMap::new();
@@ -537,7 +580,8 @@ impl Compiler<'_> {
                 continue;
             }
             let modes: Vec<Mode> = backends.iter().map(|b: &Backend| b.mode).collect();
-            let f = self.frontend(
+            let keys = rf.client_keys.clone();
+            let mut f = self.frontend(
                 rf,
                 &default_timeouts,
                 default_body_limit,
@@ -563,6 +607,23 @@ impl Compiler<'_> {
                     });
                 }
             }
+            if let Some(k) = keys {
+                f.client_keys = key_lists.iter().position(|l| l.name == *k.get_ref());
+                if f.client_keys.is_none() {
+                    self.err(
+                        k.span(),
+                        format!(
+                            "client_keys '{}' is not a [[client_keys]] list",
+                            k.get_ref()
+                        ),
+                    );
+                } else if f.mode == Mode::Tcp {
+                    self.err(
+                        k.span(),
+                        "client_keys needs mode http: a tcp frontend sees no requests",
+                    );
+                }
+            }
             frontends.push(f);
         }
         if frontends.is_empty() {
@@ -577,7 +638,87 @@ impl Compiler<'_> {
             frontends,
             backends,
             stick_tables,
+            key_lists,
         }
+    }
+
+    /// `[[client_keys]]` lists: names unique, hashes valid and unique,
+    /// allowed backends known.
+    fn key_lists(
+        &mut self,
+        raw: Vec<Spanned<RawKeyList>>,
+        backends: &HashMap<String, usize>,
+    ) -> Vec<KeyList> {
+        let mut out: Vec<KeyList> = Vec::new();
+        for rl in raw {
+            let span = rl.span();
+            let rl = rl.into_inner();
+            if out.iter().any(|l| l.name == rl.name) {
+                self.err(span, format!("duplicate client_keys name '{}'", rl.name));
+                continue;
+            }
+            let mut keys: Vec<ClientKey> = Vec::new();
+            for rk in rl.keys {
+                let span = rk.span();
+                let rk = rk.into_inner();
+                let Some(sha256) = parse_sha256(&rk.sha256) else {
+                    self.err(span, format!("client key '{}': sha256 must be 64 hex digits (the SHA-256 of the key, e.g. from `printf %s \"$KEY\" | sha256sum`)", rk.name));
+                    continue;
+                };
+                if let Some(other) = keys
+                    .iter()
+                    .find(|k| k.name == rk.name || k.sha256 == sha256)
+                {
+                    let what = if other.name == rk.name { "name" } else { "key" };
+                    self.err(
+                        span,
+                        format!(
+                            "client key '{}': same {what} as client key '{}'",
+                            rk.name, other.name
+                        ),
+                    );
+                    continue;
+                }
+                let allowed = rk.backends.map(|names| {
+                    names
+                        .iter()
+                        .filter_map(|n| match backends.get(n) {
+                            Some(&i) => Some(i),
+                            None => {
+                                self.err(
+                                    span.clone(),
+                                    format!("client key '{}': unknown backend '{n}'", rk.name),
+                                );
+                                None
+                            }
+                        })
+                        .collect()
+                });
+                for (what, v) in [
+                    ("requests_per_minute", rk.requests_per_minute),
+                    ("tokens_per_minute", rk.tokens_per_minute),
+                    ("max_concurrent", rk.max_concurrent),
+                ] {
+                    if v == Some(0) {
+                        self.err(span.clone(), format!("client key '{}': {what} must be at least 1 (leave it out for no limit)", rk.name));
+                    }
+                }
+                keys.push(ClientKey {
+                    name: rk.name,
+                    sha256,
+                    models: rk.models,
+                    backends: allowed,
+                    requests_per_minute: rk.requests_per_minute,
+                    tokens_per_minute: rk.tokens_per_minute,
+                    max_concurrent: rk.max_concurrent,
+                });
+            }
+            out.push(KeyList {
+                name: rl.name,
+                keys,
+            });
+        }
+        out
     }
 
     /// `[[stick_table]]` sections, checked as the HAProxy reader checks
@@ -871,6 +1012,7 @@ impl Compiler<'_> {
             model_aliases,
             body_limit,
             default_max_tokens: rf.default_max_tokens.unwrap_or(default_max_tokens),
+            client_keys: None,
             forward_for: ForwardFor {
                 x_forwarded_for: rf.forwardfor,
                 forwarded: rf.forwarded,
@@ -2106,6 +2248,57 @@ check_port = 0
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
             e[0].starts_with("test.toml:7:") && e[0].contains("unknown retry_on keyword '418'"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn client_keys_are_hashes_with_known_backends() {
+        let hash = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let base = "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:1\"]\ndefault_backend = \"b\"\n\
+             client_keys = \"teams\"\n[[backend]]\nname = \"b\"\n[[client_keys]]\nname = \"teams\"\n";
+        let c = load(&format!(
+            "{base}[[client_keys.key]]\nname = \"a\"\nsha256 = \"{}\"\nbackends = [\"b\"]\nmodels = [\"gpt-4o\"]\ntokens_per_minute = 1000\n\
+             default_max_tokens = 0\n",
+            hash.to_uppercase()
+        ));
+        // `default_max_tokens` belongs to the frontend, not a key.
+        assert!(c.is_err());
+        let c = load(&format!(
+            "{base}[[client_keys.key]]\nname = \"a\"\nsha256 = \"{}\"\nbackends = [\"b\"]\nmodels = [\"gpt-4o\"]\ntokens_per_minute = 1000\n",
+            hash.to_uppercase()
+        ))
+        .unwrap();
+        assert_eq!(c.frontends[0].client_keys, Some(0));
+        let k = &c.key_lists[0].keys[0];
+        assert_eq!(k.sha256, crate::keys::sha256(b"abc"));
+        assert_eq!(k.backends.as_deref(), Some(&[0][..]));
+        assert_eq!(k.tokens_per_minute, Some(1000));
+        let e = errors(&format!(
+            "{base}[[client_keys.key]]\nname = \"a\"\nsha256 = \"abc\"\n\
+             [[client_keys.key]]\nname = \"b\"\nsha256 = \"{hash}\"\nbackends = [\"nope\"]\nmax_concurrent = 0\n\
+             [[client_keys.key]]\nname = \"c\"\nsha256 = \"{hash}\"\n"
+        ));
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(
+            e[0].starts_with("test.toml:10: client key 'a': sha256 must be 64 hex digits"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("test.toml:13: client key 'b': unknown backend 'nope'"),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("test.toml:13: client key 'b': max_concurrent must be at least 1"),
+            "{e:?}"
+        );
+        assert!(
+            e[3].starts_with("test.toml:18: client key 'c': same key as client key 'b'"),
+            "{e:?}"
+        );
+        let e = errors(&base.replace("client_keys = \"teams\"", "client_keys = \"other\""));
+        assert!(
+            e[0].contains("client_keys 'other' is not a [[client_keys]] list"),
             "{e:?}"
         );
     }

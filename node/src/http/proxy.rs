@@ -571,6 +571,10 @@ pub(super) fn choose_backend(
     needs_model: bool,
     tracked: &mut Tracked,
 ) -> Result<usize, Box<Response<RespBody>>> {
+    let key = match fe.client_keys.and_then(|i| snap.keyrings.get(i)) {
+        Some(ring) => Some((ring, ring.admit(&mut parts.headers, model_name, tracked)?)),
+        None => None,
+    };
     let src = conn.client.ip();
     let mut rules = Rules {
         snap,
@@ -598,6 +602,11 @@ pub(super) fn choose_backend(
             )),
         }));
     };
+    if let Some((ring, k)) = key {
+        if !ring.allows_backend(k, bi) {
+            return Err(crate::keys::backend_not_allowed());
+        }
+    }
     let be = &snap.config.backends[bi];
     match rules.run(&be.http_request, parts) {
         Some(resp) => Err(Box::new(resp)),

@@ -437,9 +437,14 @@ impl Table {
 /// its bytes and tokens when a tracked table counts them.
 #[derive(Default)]
 pub struct Tracked {
-    slots: [Option<(Arc<Table>, Key)>; 3],
+    /// `sc0`–`sc2` for the rules, and [`CLIENT_KEY_SLOT`].
+    slots: [Option<(Arc<Table>, Key)>; 4],
     account: Option<Box<Account>>,
 }
+
+/// The counter a request's client key is tracked on (beyond the rules'
+/// `sc0`–`sc2`, which cannot name it).
+pub const CLIENT_KEY_SLOT: u8 = 3;
 
 /// What a request costs, for tables that count bytes or tokens.
 ///

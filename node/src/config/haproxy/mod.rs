@@ -1912,6 +1912,7 @@ impl Cx<'_> {
                         .tune_bufsize
                         .map_or(DEFAULT_BODY_LIMIT, |b| b.max(DEFAULT_BODY_LIMIT)),
                     default_max_tokens: global.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+                    client_keys: None,
                     forward_for: ForwardFor {
                         x_forwarded_for: p.d.forwardfor && http,
                         forwarded: false,
@@ -1968,6 +1969,9 @@ impl Cx<'_> {
             frontends,
             backends,
             stick_tables: tables,
+            // Client keys are a native-configuration feature (HAProxy has
+            // no equivalent to convert from).
+            key_lists: Vec::new(),
         }
     }
 
