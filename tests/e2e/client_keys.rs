@@ -116,7 +116,7 @@ async fn keys_and_permissions_matrix() {
         Mock::start("anthropic", &[]),
         Mock::start("slow", &[]),
     );
-    let mut gw = start(&o, &a, &s);
+    let gw = start(&o, &a, &s);
     let url = gw.url("/v1/chat/completions");
     let bearer = |k: &'static str| [("authorization", k)];
     for (kind, c) in clients() {
