@@ -300,3 +300,106 @@ async fn an_answer_without_usage_costs_its_estimate_and_one_with_usage_its_repor
         assert_eq!(r.status, 200);
     }
 }
+
+#[tokio::test]
+async fn gpc_and_gpt_flag_an_abuser_for_every_later_request() {
+    let m = Mock::start("m", &[]);
+    for (kind, c) in clients() {
+        let gw = start_cfg(
+            &seed_like(
+                m.addr,
+                "stick-table type ip size 1k expire 1m store gpc0,gpc0_rate(1m),gpt0",
+                "    http-request track-sc0 src\n\
+                     http-request sc-inc-gpc0(0) if { path_beg /admin }\n\
+                     http-request sc-set-gpt0(0) 1 if { path_beg /ban-me }\n\
+                     http-request deny deny_status 403 if { sc0_gpc0 gt 2 } || { sc0_get_gpt0 gt 0 }\n",
+            ),
+            1,
+            &[],
+        );
+        let chat = gw.url("/v1/chat/completions");
+        // Two probes of /admin go through (the upstream has no such page)...
+        for _ in 0..2 {
+            assert_eq!(c.get(&gw.url("/admin/x")).await.status, 404, "{kind}");
+        }
+        assert_eq!(c.post_json(&chat, CHAT).await.status, 200, "{kind}");
+        // ...the third is one too many, and from then on so is everything.
+        assert_eq!(c.get(&gw.url("/admin/x")).await.status, 403, "{kind}");
+        let r = c.post_json(&chat, CHAT).await;
+        assert_eq!(r.status, 403, "{kind}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "denied");
+    }
+    // A tag set once holds for the entry's life.
+    let gw = start_cfg(
+        &seed_like(
+            m.addr,
+            "stick-table type ip size 1k expire 1m store gpc0,gpt0",
+            "    http-request track-sc0 src\n\
+                 http-request sc-set-gpt0(0) 1 if { path_beg /ban-me }\n\
+                 http-request deny deny_status 403 if { sc0_get_gpt0 gt 0 }\n",
+        ),
+        1,
+        &[],
+    );
+    let c = Client::h2c();
+    let chat = gw.url("/v1/chat/completions");
+    assert_eq!(c.post_json(&chat, CHAT).await.status, 200);
+    assert_eq!(c.get(&gw.url("/ban-me")).await.status, 403);
+    assert_eq!(c.post_json(&chat, CHAT).await.status, 403);
+}
+
+#[tokio::test]
+async fn tarpit_holds_the_answer_for_timeout_tarpit() {
+    let m = Mock::start("m", &[]);
+    let cfg = format!(
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n    timeout tarpit 400ms\n\
+         frontend f\n    bind 127.0.0.1:0\n\
+             http-request tarpit deny_status 429 if {{ path_beg /bots }}\n\
+             http-request tarpit if {{ path_beg /scan }}\n\
+             default_backend b\n\
+         backend b\n    server m {}\n",
+        m.addr
+    );
+    let gw = start_cfg(&cfg, 1, &[]);
+    for (kind, c) in clients() {
+        // While one client sits in the tarpit, others are served.
+        let slow = {
+            let (c, url) = (c.clone(), gw.url("/bots/1"));
+            tokio::spawn(async move {
+                let t0 = std::time::Instant::now();
+                let r = c.get(&url).await;
+                (r.status, t0.elapsed())
+            })
+        };
+        let r = c.post_json(&gw.url("/v1/chat/completions"), CHAT).await;
+        assert_eq!(r.status, 200, "{kind}");
+        let (status, held) = slow.await.expect("task");
+        assert_eq!(status, 429, "{kind}");
+        assert!(held >= Duration::from_millis(400), "{kind}: held {held:?}");
+        // HAProxy's default tarpit answer is a 500.
+        assert_eq!(c.get(&gw.url("/scan")).await.status, 500, "{kind}");
+    }
+}
+
+#[tokio::test]
+async fn the_model_can_be_a_tracking_key() {
+    let m = Mock::start("m", &[]);
+    let cfg = format!(
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+         frontend f\n    bind 127.0.0.1:0\n\
+             http-request track-sc1 req.body,json_query('$.model') table per_model\n\
+             http-request deny deny_status 429 if {{ sc1_http_req_cnt gt 2 }}\n\
+             default_backend b\n\
+         backend per_model\n    stick-table type string size 1k expire 1m store http_req_cnt\n\
+         backend b\n    server m {}\n",
+        m.addr
+    );
+    let gw = start_cfg(&cfg, 1, &[]);
+    let url = gw.url("/v1/chat/completions");
+    let (h1, h2) = (Client::http1(), Client::h2c());
+    assert_eq!(h1.post_json(&url, CHAT).await.status, 200);
+    assert_eq!(h2.post_json(&url, CHAT).await.status, 200);
+    assert_eq!(h1.post_json(&url, CHAT).await.status, 429);
+    let other = r#"{"model":"gpt-4o-mini","messages":[]}"#;
+    assert_eq!(h2.post_json(&url, other).await.status, 200);
+}

@@ -59,6 +59,9 @@ fn timeouts(t: &Timeouts) -> Value {
     if let Some(ttft) = t.ttft {
         m.insert("ttft".into(), dur(ttft));
     }
+    if let Some(tarpit) = t.tarpit {
+        m.insert("tarpit".into(), dur(tarpit));
+    }
     Value::Table(m)
 }
 

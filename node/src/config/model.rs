@@ -109,6 +109,9 @@ pub struct Timeouts {
     /// abandoned as a `response-timeout` (retried if allowed, else 504).
     /// `None`: only `timeout server` bounds the wait.
     pub ttft: Option<Duration>,
+    /// How long `http-request tarpit` holds a request before answering;
+    /// `None`: `connect`, as in HAProxy.
+    pub tarpit: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -123,6 +126,7 @@ impl Default for Timeouts {
             tunnel_set: false,
             handshake: Duration::from_secs(10),
             ttft: None,
+            tarpit: None,
         }
     }
 }
@@ -218,14 +222,16 @@ impl Frontend {
                 .any(|r| r.cond.as_ref().is_some_and(content))
     }
 
-    /// Does any route, rule (or alias) need the request body's `model`?
+    /// Does any route, rule (or alias), or the client keys' model
+    /// permissions, need the request body's `model`?
     pub fn needs_model(&self) -> bool {
         !self.model_aliases.is_empty()
+            || self.client_keys.is_some()
             || self.routes.iter().any(|r| r.needs_model())
-            || self
-                .http_request
-                .iter()
-                .any(|r| r.cond.as_ref().is_some_and(Expr::needs_model))
+            || self.http_request.iter().any(|r| {
+                r.cond.as_ref().is_some_and(Expr::needs_model)
+                    || matches!(&r.action, ReqAction::TrackSc { key, .. } if key == MODEL_KEY)
+            })
     }
 }
 
@@ -256,14 +262,32 @@ pub enum ReqAction {
     },
     /// Stop evaluating `http-request` rules of this section.
     Allow,
+    /// Hold the request for `timeout tarpit`, then answer with this status
+    /// (500 by default): an abuser's client waits instead of retrying at
+    /// once, at the cost of a timer here.
+    Tarpit(http::StatusCode),
+    /// `sc-inc-gpc(IDX,SC)` (`sc-inc-gpc0(SC)`, `sc-inc-gpc1(SC)`): adds one
+    /// to general purpose counter IDX and its rate on counter SC's entry.
+    IncGpc {
+        sc: u8,
+        idx: u8,
+    },
+    /// `sc-set-gpt0(SC) VALUE`: sets the entry's general purpose tag.
+    SetGpt0 {
+        sc: u8,
+        value: i64,
+    },
     /// `track-sc0|1|2 KEY [table T]`: the request is counted in table T's
-    /// entry for KEY (`src`, `req.hdr(NAME)`).
+    /// entry for KEY (`src`, `req.hdr(NAME)`, the model).
     TrackSc {
         sc: u8,
         key: String,
         table: String,
     },
 }
+
+/// The `track-sc` key naming the request's model.
+pub const MODEL_KEY: &str = "model";
 
 /// One `http-response` rule.
 #[derive(Debug, Clone)]

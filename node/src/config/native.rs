@@ -137,6 +137,8 @@ struct RawTimeouts {
     handshake: Option<Spanned<DurationValue>>,
     /// Time to first token (llmgw's own).
     ttft: Option<Spanned<DurationValue>>,
+    /// How long `http-request tarpit` holds a request.
+    tarpit: Option<Spanned<DurationValue>>,
     /// HAProxy's `timeout queue` (backends only).
     queue: Option<Spanned<DurationValue>>,
 }
@@ -814,10 +816,11 @@ impl Compiler<'_> {
         if raw.tunnel.is_some() {
             t.tunnel_set = true;
         }
-        if let Some(v) = &raw.ttft {
+        for (v, slot) in [(&raw.ttft, &mut t.ttft), (&raw.tarpit, &mut t.tarpit)] {
+            let Some(v) = v else { continue };
             match self.duration(v) {
                 Some(d) if d.is_zero() => self.err(v.span(), "a timeout of 0 is not allowed"),
-                Some(d) => t.ttft = Some(d),
+                Some(d) => *slot = Some(d),
                 None => {}
             }
         }

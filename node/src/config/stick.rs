@@ -71,6 +71,9 @@ impl Data {
 
     /// The data an `scN_<name>` fetch reads (`conn_rate`, `gpc0`, …).
     pub fn from_fetch(name: &str) -> Option<Data> {
+        // `sc0_get_gpt0`, `sc0_get_gpc0`: HAProxy's names for reading a tag
+        // or counter without touching it (reads never touch here).
+        let name = name.strip_prefix("get_").unwrap_or(name);
         FETCHABLE.iter().copied().find(|d| d.name() == name)
     }
 

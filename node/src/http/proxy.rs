@@ -21,8 +21,10 @@ use super::body::{ReqBody, RespBody};
 use super::conn::{ConnInfo, InflightGuard};
 use super::error;
 use crate::balance::PickCtx;
+use crate::config::stick::Data;
 use crate::config::{
     Backend, Condition, Expr, Fallback, Frontend, HttpReqRule, IntFetch, IntOp, ReqAction,
+    MODEL_KEY,
 };
 use crate::gateway::{Shared, Snapshot};
 use crate::health::outcome_of;
@@ -62,6 +64,7 @@ pub async fn handle(
     let request_id = request_id(fe, req.headers());
     let mut tracked = Tracked::default();
     let mut resp = proxy(&snap, fe, conn, req, request_id.as_ref(), &mut tracked).await;
+    hold_tarpitted(&mut resp).await;
     finish_response(fe, resp.headers_mut(), request_id);
     tracked.answered(resp.status().as_u16());
     resp.map(|b| b.with_inflight(inflight).with_tracked(tracked))
@@ -193,6 +196,7 @@ async fn proxy(
             src: conn.client.ip(),
             model,
             tracked,
+            tarpit: be.timeouts.tarpit.unwrap_or(be.timeouts.connect),
         };
         if let Some(resp) = rules.run(&be.http_request, &mut p) {
             return resp;
@@ -581,6 +585,7 @@ pub(super) fn choose_backend(
         src,
         model: model_name,
         tracked,
+        tarpit: fe.timeouts.tarpit.unwrap_or(fe.timeouts.connect),
     };
     if let Some(resp) = rules.run(&fe.http_request, parts) {
         return Err(Box::new(resp));
@@ -650,6 +655,20 @@ struct Rules<'a> {
     src: IpAddr,
     model: Option<&'a str>,
     tracked: &'a mut Tracked,
+    /// How long `tarpit` holds a request (`timeout tarpit`, else `connect`).
+    tarpit: std::time::Duration,
+}
+
+/// Marks an answer `http-request tarpit` made: it is sent only after this
+/// long (see [`hold_tarpitted`]).
+#[derive(Clone, Copy)]
+pub(super) struct Tarpitted(pub std::time::Duration);
+
+/// Waits out a tarpit before its answer goes; nothing for other answers.
+pub(super) async fn hold_tarpitted<B>(resp: &mut Response<B>) {
+    if let Some(Tarpitted(d)) = resp.extensions_mut().remove::<Tarpitted>() {
+        tokio::time::sleep(d).await;
+    }
 }
 
 impl Rules<'_> {
@@ -732,10 +751,24 @@ impl Rules<'_> {
                 }
                 ReqAction::TrackSc { sc, key, table } => {
                     if let Some(t) = self.snap.table(table) {
-                        if let Some(k) = track_key(key, &t.key_type, parts, self.src) {
+                        if let Some(k) = track_key(key, &t.key_type, parts, self.src, self.model) {
                             self.tracked.track(*sc, t, k);
                         }
                     }
+                }
+                ReqAction::IncGpc { sc, idx } => {
+                    self.tracked
+                        .add(*sc, &[(Data::Gpc(*idx), 1), (Data::GpcRate(*idx), 1)]);
+                }
+                ReqAction::SetGpt0 { sc, value } => self.tracked.set(*sc, Data::Gpt0, *value),
+                ReqAction::Tarpit(status) => {
+                    let mut resp = error::error_response(
+                        *status,
+                        "denied",
+                        "The request was denied by the gateway's rules.",
+                    );
+                    resp.extensions_mut().insert(Tarpitted(self.tarpit));
+                    return Some(resp);
                 }
                 ReqAction::Allow => break,
             }
@@ -771,13 +804,20 @@ fn retry_after(cond: &Expr, facts: &Facts, tracked: &Tracked) -> Option<std::tim
 
 /// The key a `track-sc` rule names, typed for its table; `None` when the
 /// request has none (an absent header: nothing is tracked, as in HAProxy).
-fn track_key(key: &str, key_type: &str, parts: &Parts, src: IpAddr) -> Option<Key> {
+fn track_key(
+    key: &str,
+    key_type: &str,
+    parts: &Parts,
+    src: IpAddr,
+    model: Option<&str>,
+) -> Option<Key> {
     let header = key
         .strip_prefix("req.hdr(")
         .or_else(|| key.strip_prefix("hdr("))
         .and_then(|k| k.strip_suffix(')'));
     let raw: std::borrow::Cow<'_, [u8]> = match header {
         Some(name) => parts.headers.get(name)?.as_bytes().into(),
+        None if key == MODEL_KEY => model?.as_bytes().into(),
         None if key == "src" => {
             if matches!(key_type, "ip" | "ipv6") {
                 return Some(Key::ip(src));

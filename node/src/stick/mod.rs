@@ -539,6 +539,22 @@ impl Tracked {
         self.slots.iter().all(Option::is_none)
     }
 
+    /// Adds to counter `sc`'s entry (`sc-inc-gpc`); nothing when `sc`
+    /// tracks nothing.
+    pub fn add(&self, sc: u8, changes: &[(Data, i64)]) {
+        if let Some((t, k)) = self.slots.get(usize::from(sc)).and_then(Option::as_ref) {
+            t.add(k, changes);
+        }
+    }
+
+    /// Sets a tag on counter `sc`'s entry (`sc-set-gpt0`), as the
+    /// difference from its current value so it stays a mergeable delta.
+    pub fn set(&self, sc: u8, data: Data, value: i64) {
+        if let Some(now) = self.get(sc, data) {
+            self.add(sc, &[(data, value - now)]);
+        }
+    }
+
     /// When a request denied because `scN_<data>` is over a limit may come
     /// back and pass: the time until the rate, with no new request, leaves
     /// room for one more (`at_most` = the limit minus one). A token rate

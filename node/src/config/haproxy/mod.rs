@@ -202,7 +202,7 @@ fn tuning_only(dir: &str, args: &[Word]) -> bool {
                     | "http-no-delay"
                     | "http-pretend-keepalive"
             ))
-        || (dir == "timeout" && matches!(a0, "client-fin" | "server-fin" | "tarpit"))
+        || (dir == "timeout" && matches!(a0, "client-fin" | "server-fin"))
         || (dir == "stats" && matches!(a0, "timeout" | "maxconn" | "bind-process"))
 }
 
@@ -814,7 +814,7 @@ impl Cx<'_> {
         let a = &l.words[1..];
         let (Some(which), Some(v), true) = (a.first(), a.get(1), a.len() == 2) else {
             if a.first()
-                .is_some_and(|w| matches!(w.text.as_str(), "client-fin" | "server-fin" | "tarpit"))
+                .is_some_and(|w| matches!(w.text.as_str(), "client-fin" | "server-fin"))
             {
                 return self.unsupported(l);
             }
@@ -842,6 +842,7 @@ impl Cx<'_> {
             "queue" => d.opts.timeout_queue = Some(dur),
             // llmgw's own: time to first token (no HAProxy equivalent).
             "ttft" => t.ttft = Some(dur),
+            "tarpit" => t.tarpit = Some(dur),
             "check" => d.opts.timeout_check = Some(dur),
             _ => self.unsupported(l),
         }
@@ -1257,8 +1258,12 @@ impl Cx<'_> {
                 }
                 ReqAction::SetPath(to.to_string())
             }
-            ("deny", rest) => {
-                let mut status = StatusCode::FORBIDDEN;
+            (kind @ ("deny" | "tarpit"), rest) => {
+                let mut status = if kind == "deny" {
+                    StatusCode::FORBIDDEN
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
                 match rest {
                     [] => {}
                     ["deny_status", s] => {
@@ -1277,11 +1282,17 @@ impl Cx<'_> {
                     _ => {
                         return self.err(
                             line,
-                            "'http-request deny' takes only 'deny_status N' (and a condition)",
+                            format!(
+                            "'http-request {kind}' takes only 'deny_status N' (and a condition)"
+                        ),
                         )
                     }
                 }
-                ReqAction::Deny(status)
+                if kind == "deny" {
+                    ReqAction::Deny(status)
+                } else {
+                    ReqAction::Tarpit(status)
+                }
             }
             ("return", rest) => {
                 let mut status = StatusCode::OK;
@@ -1339,13 +1350,20 @@ impl Cx<'_> {
                         )
                     }
                 };
-                if !matches!(key.as_str(), "src")
+                // The model, as conditions name it (the lexer has dropped
+                // the quotes of `json_query('$.model')`).
+                let key = if key == "req.body,json_query($.model)" {
+                    MODEL_KEY.to_owned()
+                } else {
+                    key
+                };
+                if !matches!(key.as_str(), "src" | MODEL_KEY)
                     && !key.starts_with("req.hdr(")
                     && !key.starts_with("hdr(")
                 {
                     return self.err(
                         line,
-                        format!("track key '{key}' is not supported (use src or req.hdr(NAME))"),
+                        format!("track key '{key}' is not supported (use src, req.hdr(NAME) or req.body,json_query('$.model'))"),
                     );
                 }
                 p.tracks.push((line, key.clone(), table.clone()));
@@ -1353,6 +1371,23 @@ impl Cx<'_> {
                     sc,
                     key,
                     table: table.unwrap_or_else(|| p.name.clone()),
+                }
+            }
+            (t, rest) if t.starts_with("sc-inc-gpc") || t.starts_with("sc-set-gpt0") => {
+                let Some((idx, sc)) = gpc_action(t) else {
+                    return self.err(line, format!("'{t}' is not supported (use sc-inc-gpc0(SC), sc-inc-gpc1(SC), sc-inc-gpc(IDX,SC) or sc-set-gpt0(SC) VALUE, with SC 0, 1 or 2)"));
+                };
+                match (idx, rest) {
+                    (Some(idx), []) => ReqAction::IncGpc { sc, idx },
+                    (None, [v]) => match v.parse::<i64>() {
+                        Ok(value) => ReqAction::SetGpt0 { sc, value },
+                        Err(_) => {
+                            return self
+                                .err(line, format!("'{t}' needs an integer value, not '{v}'"))
+                        }
+                    },
+                    (Some(_), _) => return self.err(line, format!("'{t}' takes no argument")),
+                    (None, _) => return self.err(line, format!("'{t}' needs one integer value")),
                 }
             }
             ("allow", []) => ReqAction::Allow,
@@ -2101,6 +2136,26 @@ fn blank_server() -> Server {
         tls: None,
         proto: UpstreamProto::Auto,
         opts: ServerOpts::default(),
+    }
+}
+
+/// `sc-inc-gpc0(SC)`, `sc-inc-gpc1(SC)`, `sc-inc-gpc(IDX,SC)` → (Some(IDX),
+/// SC); `sc-set-gpt0(SC)` → (None, SC).
+fn gpc_action(t: &str) -> Option<(Option<u8>, u8)> {
+    let (name, args) = t.strip_suffix(')')?.split_once('(')?;
+    let sc = |s: &str| s.trim().parse::<u8>().ok().filter(|n| *n <= 2);
+    match name {
+        "sc-inc-gpc0" => Some((Some(0), sc(args)?)),
+        "sc-inc-gpc1" => Some((Some(1), sc(args)?)),
+        "sc-inc-gpc" => {
+            let (i, s) = args.split_once(',')?;
+            Some((
+                Some(i.trim().parse::<u8>().ok().filter(|i| *i < 100)?),
+                sc(s)?,
+            ))
+        }
+        "sc-set-gpt0" => Some((None, sc(args)?)),
+        _ => None,
     }
 }
 

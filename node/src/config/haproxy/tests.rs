@@ -494,3 +494,54 @@ fn fallback_chains_resolve_in_order_with_their_conditions() {
         "{e:#?}"
     );
 }
+
+#[test]
+fn gpc_gpt_and_tarpit_actions() {
+    let base = "defaults\n    mode http\n    timeout tarpit 2s\nfrontend f\n    bind :80\n    \
+                stick-table type ip size 1k store gpc0,gpc(3),gpt0\n    http-request track-sc0 src\n";
+    let c = load(
+        &format!(
+            "{base}    http-request sc-inc-gpc0(0)\n    http-request sc-inc-gpc(3,0) if {{ path_beg /x }}\n    \
+             http-request sc-set-gpt0(0) 7\n    http-request tarpit deny_status 429\n    http-request tarpit\n    \
+             http-request track-sc2 req.body,json_query('$.model')\n"
+        ),
+        false,
+    )
+    .unwrap()
+    .config;
+    let f = &c.frontends[0];
+    let actions: Vec<String> = f
+        .http_request
+        .iter()
+        .map(|r| format!("{:?}", r.action))
+        .collect();
+    assert_eq!(actions[1], "IncGpc { sc: 0, idx: 0 }");
+    assert_eq!(actions[2], "IncGpc { sc: 0, idx: 3 }");
+    assert_eq!(actions[3], "SetGpt0 { sc: 0, value: 7 }");
+    assert_eq!(actions[4], "Tarpit(429)");
+    assert_eq!(actions[5], "Tarpit(500)");
+    assert!(actions[6].contains("key: \"model\""), "{}", actions[6]);
+    assert!(f.needs_model());
+    assert_eq!(f.timeouts.tarpit, Some(std::time::Duration::from_secs(2)));
+    let e = errors(&format!(
+        "{base}    http-request sc-inc-gpc0(3)\n    http-request sc-set-gpt0(0) x\n    http-request sc-inc-gpc1(0) 5\n    \
+         http-request tarpit deny_status 299\n"
+    ));
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(
+        e[0].starts_with("t.cfg:8: 'sc-inc-gpc0(3)' is not supported"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("t.cfg:9: 'sc-set-gpt0(0)' needs an integer value, not 'x'"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].starts_with("t.cfg:10: 'sc-inc-gpc1(0)' takes no argument"),
+        "{e:?}"
+    );
+    assert!(
+        e[3].starts_with("t.cfg:11: invalid deny_status '299'"),
+        "{e:?}"
+    );
+}

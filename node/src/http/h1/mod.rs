@@ -1319,6 +1319,7 @@ async fn answer<IO: ClientIo>(
     request_id: Option<HeaderValue>,
     close: bool,
 ) -> Next {
+    proxy::hold_tarpitted(&mut resp).await;
     proxy::finish_response(fe, resp.headers_mut(), request_id);
     match write_local(io, resp, close, fe.timeouts.client).await {
         Ok(()) if !close => Next::KeepAlive,
