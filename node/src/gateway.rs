@@ -39,6 +39,10 @@ pub struct Snapshot {
     /// are accounted ([`crate::stick::Tracked::account`]) on the general
     /// path, which sees their bodies.
     pub accounting: Accounting,
+    /// Some rule reads the body beyond its model (a token estimate, a
+    /// `track-sc` key from a body field): the general path reads it whole
+    /// first, and the HTTP/1 engine hands such requests over.
+    pub reads_body: bool,
 }
 
 /// What the tracked tables count of a request's cost.
@@ -230,8 +234,17 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
         // Client keys count tokens in their own tables.
         tokens: keyed || counts(crate::config::stick::Data::is_tokens),
     };
-    let tracking_needs_general_path =
-        tracking && (accounting.any() || backends.iter().any(|b: &BackendRt| !b.h1_only));
+    let body_keyed = |rules: &[crate::config::HttpReqRule]| {
+        rules.iter().any(|r| {
+            matches!(&r.action, crate::config::ReqAction::TrackSc { key, .. }
+                if crate::config::body_key_path(key).is_some())
+        })
+    };
+    let reads_body = accounting.tokens
+        || config.frontends.iter().any(|f| body_keyed(&f.http_request))
+        || config.backends.iter().any(|b| body_keyed(&b.http_request));
+    let tracking_needs_general_path = tracking
+        && (accounting.any() || reads_body || backends.iter().any(|b: &BackendRt| !b.h1_only));
     Ok(Snapshot {
         config,
         backends,
@@ -240,5 +253,6 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
         keyrings,
         tracking_needs_general_path,
         accounting,
+        reads_body,
     })
 }

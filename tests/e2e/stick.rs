@@ -403,3 +403,40 @@ async fn the_model_can_be_a_tracking_key() {
     let other = r#"{"model":"gpt-4o-mini","messages":[]}"#;
     assert_eq!(h2.post_json(&url, other).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_body_field_can_be_a_tracking_key() {
+    let m = Mock::start("m", &[]);
+    let cfg = format!(
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+         frontend f\n    bind 127.0.0.1:0\n\
+             http-request track-sc0 req.body,json_query('$.user') table per_user\n\
+             http-request track-sc1 req.body,json_query('$.metadata.user_id') table per_user\n\
+             http-request deny deny_status 429 if {{ sc0_http_req_cnt gt 1 }} || {{ sc1_http_req_cnt gt 1 }}\n\
+             default_backend b\n\
+         backend per_user\n    stick-table type string size 1k expire 1m store http_req_cnt\n\
+         backend b\n    server m {}\n",
+        m.addr
+    );
+    let gw = start_cfg(&cfg, 1, &[]);
+    let url = gw.url("/v1/chat/completions");
+    let body = |who: &str| {
+        format!(
+            r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{{\"user\":\"x\"}}"}}],{who}}}"#
+        )
+    };
+    for (kind, c) in clients() {
+        let alice = body(&format!(r#""user":"alice-{kind}""#));
+        let r = c.post_json(&url, &alice).await;
+        assert_eq!(r.status, 200, "{kind}: {}", r.text());
+        assert_eq!(c.post_json(&url, &alice).await.status, 429, "{kind}");
+        let bob = body(&format!(r#""metadata":{{"user_id":"bob-{kind}"}}"#));
+        assert_eq!(c.post_json(&url, &bob).await.status, 200, "{kind}");
+        assert_eq!(c.post_json(&url, &bob).await.status, 429, "{kind}");
+        // No such field: nothing is tracked, nothing limited.
+        for _ in 0..3 {
+            let r = c.post_json(&url, &body(r#""n":1"#)).await;
+            assert_eq!(r.status, 200, "{kind}");
+        }
+    }
+}

@@ -289,6 +289,15 @@ pub enum ReqAction {
 /// The `track-sc` key naming the request's model.
 pub const MODEL_KEY: &str = "model";
 
+/// The dotted path of a `track-sc` key read from the body
+/// (`req.body,json_query('$.metadata.user_id')`, quotes dropped by the
+/// lexer).
+pub fn body_key_path(key: &str) -> Option<&str> {
+    key.strip_prefix("req.body,json_query($.")?
+        .strip_suffix(')')
+        .filter(|p| !p.is_empty() && !p.split('.').any(str::is_empty))
+}
+
 /// One `http-response` rule.
 #[derive(Debug, Clone)]
 pub struct HttpRespRule {

@@ -23,11 +23,12 @@ use super::error;
 use crate::balance::PickCtx;
 use crate::config::stick::Data;
 use crate::config::{
-    Backend, Condition, Expr, Fallback, Frontend, HttpReqRule, IntFetch, IntOp, ReqAction,
-    MODEL_KEY,
+    body_key_path, Backend, Condition, Expr, Fallback, Frontend, HttpReqRule, IntFetch, IntOp,
+    ReqAction, MODEL_KEY,
 };
 use crate::gateway::{Shared, Snapshot};
 use crate::health::outcome_of;
+use crate::llm::json;
 use crate::llm::model::{self, ModelScanner, Scan};
 use crate::llm::usage::{self, Tokens};
 use crate::route::{self, Facts};
@@ -91,24 +92,26 @@ async fn proxy(
     } else {
         (ReqBody::Stream(incoming), None)
     };
-    let body = if snap.accounting.any() && client_upgrade.is_none() {
-        match account(snap, fe, &parts, body, tracked).await {
+    // Rules that read the body (a token estimate, a `track-sc` key from a
+    // body field) have it whole, up to `body_limit`.
+    let (body, whole) = if snap.reads_body && client_upgrade.is_none() {
+        match buffer_whole(body, fe.body_limit).await {
             Ok(b) => b,
             Err(resp) => return resp,
         }
     } else {
-        body
+        (body, None)
+    };
+    if snap.accounting.any() && client_upgrade.is_none() {
+        account(snap, fe, &parts, &body, whole.as_deref(), tracked);
+    }
+    let content = Content {
+        model: model_name.as_deref(),
+        needs_model,
+        body: whole.as_deref(),
     };
 
-    let bi = match choose_backend(
-        snap,
-        fe,
-        conn,
-        &mut parts,
-        model_name.as_deref(),
-        needs_model,
-        tracked,
-    ) {
+    let bi = match choose_backend(snap, fe, conn, &mut parts, content, tracked) {
         Ok(bi) => bi,
         Err(resp) => return *resp,
     };
@@ -189,12 +192,15 @@ async fn proxy(
             (Some(bytes), Some(m)) => Some(replace_model(bytes, m, &mut p.headers)),
             _ => replay.clone(),
         };
-        let model = next.model.as_deref().or(model_name.as_deref());
+        let content = Content {
+            model: next.model.as_deref().or(model_name.as_deref()),
+            ..content
+        };
         let be = &snap.config.backends[next.backend];
         let mut rules = Rules {
             snap,
             src: conn.client.ip(),
-            model,
+            content,
             tracked,
             tarpit: be.timeouts.tarpit.unwrap_or(be.timeouts.connect),
         };
@@ -507,59 +513,72 @@ async fn buffer_for_retry(
     }
 }
 
+/// Reads the body whole, up to `limit`, for the rules that read it:
+/// returns the body to forward and, when it was all read, its bytes. A
+/// longer body streams on, with only what was read at hand.
+async fn buffer_whole(
+    body: ReqBody,
+    limit: usize,
+) -> Result<(ReqBody, Option<Bytes>), Response<RespBody>> {
+    Ok(match buffer_for_retry(body, limit).await? {
+        (_, Some(whole)) => {
+            let body = ReqBody::Prefixed {
+                head: Some(whole.clone()),
+                rest: None,
+            };
+            (body, Some(whole))
+        }
+        (Some(rest), None) => (rest, None),
+        (None, None) => (
+            ReqBody::Prefixed {
+                head: None,
+                rest: None,
+            },
+            Some(Bytes::new()),
+        ),
+    })
+}
+
 /// Starts the request's account before its rules track it: the bytes of
-/// its body and, when a table counts tokens, its estimate — for which the
-/// body is read whole first, up to the frontend's `body_limit` (a longer
-/// one is estimated from its length and the default budget).
-async fn account(
+/// its body and, when a table counts tokens, its estimate — from the whole
+/// body when it was read (`whole`), else from its length and the default
+/// budget.
+fn account(
     snap: &Snapshot,
     fe: &Frontend,
     parts: &Parts,
-    body: ReqBody,
+    body: &ReqBody,
+    whole: Option<&[u8]>,
     tracked: &mut Tracked,
-) -> Result<ReqBody, Response<RespBody>> {
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if !snap.accounting.tokens {
-        let len = declared.unwrap_or_else(|| body.size_hint().lower());
-        tracked.account(Tokens::default(), len);
-        return Ok(body);
-    }
-    let (rest, whole) = buffer_for_retry(body, fe.body_limit).await?;
-    let (body, estimate, len) = match (rest, whole) {
-        (_, Some(whole)) => {
-            let estimate = if whole.is_empty() {
-                Tokens::default()
-            } else {
-                usage::estimate(&whole, fe.default_max_tokens)
-            };
-            let len = whole.len() as u64;
-            let body = ReqBody::Prefixed {
-                head: Some(whole),
-                rest: None,
-            };
-            (body, estimate, len)
-        }
-        (Some(rest), None) => {
-            let len = declared.unwrap_or_else(|| rest.size_hint().lower());
-            let estimate = Tokens {
-                input: len.div_ceil(4),
-                output: fe.default_max_tokens,
-            };
-            (rest, estimate, len)
-        }
-        (None, None) => {
-            let empty = ReqBody::Prefixed {
-                head: None,
-                rest: None,
-            };
-            (empty, Tokens::default(), 0)
-        }
+) {
+    let len = match whole {
+        Some(w) => w.len() as u64,
+        None => parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or_else(|| body.size_hint().lower()),
+    };
+    let estimate = match whole {
+        _ if !snap.accounting.tokens || len == 0 => Tokens::default(),
+        Some(w) => usage::estimate(w, fe.default_max_tokens),
+        None => Tokens {
+            input: len.div_ceil(4),
+            output: fe.default_max_tokens,
+        },
     };
     tracked.account(estimate, len);
-    Ok(body)
+}
+
+/// What the rules know of the request's body.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Content<'a> {
+    /// The body's `model`, when something needs it and the body has one.
+    pub model: Option<&'a str>,
+    /// Something needs the model: a request without one is then an error.
+    pub needs_model: bool,
+    /// The whole body, when a rule reads other fields of it.
+    pub body: Option<&'a [u8]>,
 }
 
 /// The routing phases every request goes through, whichever engine carries
@@ -571,10 +590,10 @@ pub(super) fn choose_backend(
     fe: &Frontend,
     conn: &ConnInfo,
     parts: &mut Parts,
-    model_name: Option<&str>,
-    needs_model: bool,
+    content: Content<'_>,
     tracked: &mut Tracked,
 ) -> Result<usize, Box<Response<RespBody>>> {
+    let model_name = content.model;
     let key = match fe.client_keys.and_then(|i| snap.keyrings.get(i)) {
         Some(ring) => Some((ring, ring.admit(&mut parts.headers, model_name, tracked)?)),
         None => None,
@@ -583,7 +602,7 @@ pub(super) fn choose_backend(
     let mut rules = Rules {
         snap,
         src,
-        model: model_name,
+        content,
         tracked,
         tarpit: fe.timeouts.tarpit.unwrap_or(fe.timeouts.connect),
     };
@@ -599,7 +618,7 @@ pub(super) fn choose_backend(
     let Some(bi) = route::select(fe, &facts) else {
         return Err(Box::new(match model_name {
             Some(m) => error::model_not_found(m),
-            None if needs_model && parts.method == Method::POST => error::model_required(),
+            None if content.needs_model && parts.method == Method::POST => error::model_required(),
             None => error::no_route(&format!(
                 "No route for {} {}.",
                 parts.method,
@@ -653,7 +672,7 @@ pub(super) fn finish_response(
 struct Rules<'a> {
     snap: &'a Snapshot,
     src: IpAddr,
-    model: Option<&'a str>,
+    content: Content<'a>,
     tracked: &'a mut Tracked,
     /// How long `tarpit` holds a request (`timeout tarpit`, else `connect`).
     tarpit: std::time::Duration,
@@ -680,7 +699,7 @@ impl Rules<'_> {
                 let facts = Facts {
                     parts,
                     src: self.src,
-                    model: self.model,
+                    model: self.content.model,
                     tracked: Some(self.tracked),
                 };
                 if !route::eval(c, &facts) {
@@ -722,7 +741,7 @@ impl Rules<'_> {
                         let facts = Facts {
                             parts,
                             src: self.src,
-                            model: self.model,
+                            model: self.content.model,
                             tracked: Some(self.tracked),
                         };
                         retry_after(c, &facts, self.tracked)
@@ -751,7 +770,8 @@ impl Rules<'_> {
                 }
                 ReqAction::TrackSc { sc, key, table } => {
                     if let Some(t) = self.snap.table(table) {
-                        if let Some(k) = track_key(key, &t.key_type, parts, self.src, self.model) {
+                        if let Some(k) = track_key(key, &t.key_type, parts, self.src, self.content)
+                        {
                             self.tracked.track(*sc, t, k);
                         }
                     }
@@ -809,7 +829,7 @@ fn track_key(
     key_type: &str,
     parts: &Parts,
     src: IpAddr,
-    model: Option<&str>,
+    content: Content<'_>,
 ) -> Option<Key> {
     let header = key
         .strip_prefix("req.hdr(")
@@ -817,14 +837,17 @@ fn track_key(
         .and_then(|k| k.strip_suffix(')'));
     let raw: std::borrow::Cow<'_, [u8]> = match header {
         Some(name) => parts.headers.get(name)?.as_bytes().into(),
-        None if key == MODEL_KEY => model?.as_bytes().into(),
+        None if key == MODEL_KEY => content.model?.as_bytes().into(),
         None if key == "src" => {
             if matches!(key_type, "ip" | "ipv6") {
                 return Some(Key::ip(src));
             }
             src.to_string().into_bytes().into()
         }
-        None => return None,
+        None => match json::text_at(content.body?, body_key_path(key)?)? {
+            std::borrow::Cow::Borrowed(s) => s.as_bytes().into(),
+            std::borrow::Cow::Owned(s) => s.into_bytes().into(),
+        },
     };
     match key_type {
         "ip" | "ipv6" => std::str::from_utf8(&raw)

@@ -24,90 +24,20 @@ impl Tokens {
 }
 
 /// The keys under which the APIs carry a completion's token budget (Chat
-/// Completions' old and new names, the Responses API's).
-const BUDGET_KEYS: [&[u8]; 3] = [
-    b"max_completion_tokens",
-    b"max_tokens",
-    b"max_output_tokens",
-];
+/// Completions' new and old names, the Responses API's), first found wins.
+const BUDGET_KEYS: [&str; 3] = ["max_completion_tokens", "max_tokens", "max_output_tokens"];
 
 /// What a request is expected to cost: its prompt at about four bytes a
 /// token, and its completion budget (`max_tokens` or an alias), else
 /// `default_output` when the body names none.
 pub fn estimate(body: &[u8], default_output: u64) -> Tokens {
+    let budget = BUDGET_KEYS.iter().find_map(|k| {
+        let v = super::json::member(body, k)?;
+        std::str::from_utf8(v).ok()?.parse::<u64>().ok()
+    });
     Tokens {
         input: (body.len() as u64).div_ceil(4),
-        output: top_level_uint(body, &BUDGET_KEYS).unwrap_or(default_output),
-    }
-}
-
-/// The first of `keys` (in body order) whose top-level value is an
-/// unsigned integer. Tracks just the JSON structure needed to tell a
-/// top-level key from a nested one or from text inside a string.
-fn top_level_uint(body: &[u8], keys: &[&[u8]]) -> Option<u64> {
-    let mut depth = 0u32;
-    let mut i = 0;
-    // A top-level key was just read and matched: its value is wanted.
-    let mut want = false;
-    // The next string at depth 1 is a key (after `{` or `,`).
-    let mut at_key = false;
-    while i < body.len() {
-        match body[i] {
-            b'"' => {
-                let end = string_end(body, i + 1)?;
-                if depth == 1 && at_key {
-                    want = keys.contains(&&body[i + 1..end]);
-                    at_key = false;
-                } else {
-                    want = false;
-                }
-                i = end + 1;
-                continue;
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                at_key = depth == 1;
-                want = false;
-            }
-            b'}' | b']' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return None;
-                }
-            }
-            b',' if depth == 1 => {
-                at_key = true;
-                want = false;
-            }
-            b'0'..=b'9' if depth == 1 && want => {
-                let digits = body[i..].iter().take_while(|b| b.is_ascii_digit()).count();
-                let n = std::str::from_utf8(&body[i..i + digits]).ok()?.parse().ok();
-                if n.is_some() {
-                    return n;
-                }
-                want = false;
-                i += digits;
-                continue;
-            }
-            b':' | b' ' | b'\t' | b'\r' | b'\n' => {}
-            _ => want = false,
-        }
-        i += 1;
-    }
-    None
-}
-
-/// The index of the `"` closing a string whose content starts at `from`.
-fn string_end(body: &[u8], mut from: usize) -> Option<usize> {
-    loop {
-        let k = from + memchr::memchr2(b'"', b'\\', &body[from..])?;
-        if body[k] == b'"' {
-            return Some(k);
-        }
-        from = k + 2;
-        if from > body.len() {
-            return None;
-        }
+        output: budget.unwrap_or(default_output),
     }
 }
 
@@ -301,7 +231,7 @@ mod tests {
         assert_eq!(estimate(body, 1).output, 100);
         assert_eq!(estimate(body, 1).input, (body.len() as u64).div_ceil(4));
         assert_eq!(
-            estimate(br#"{"max_completion_tokens": 64, "max_tokens": 9}"#, 1).output,
+            estimate(br#"{"max_tokens": 9, "max_completion_tokens": 64}"#, 1).output,
             64
         );
         assert_eq!(estimate(br#"{"max_output_tokens":12}"#, 1).output, 12);

@@ -1360,10 +1360,11 @@ impl Cx<'_> {
                 if !matches!(key.as_str(), "src" | MODEL_KEY)
                     && !key.starts_with("req.hdr(")
                     && !key.starts_with("hdr(")
+                    && body_key_path(&key).is_none()
                 {
                     return self.err(
                         line,
-                        format!("track key '{key}' is not supported (use src, req.hdr(NAME) or req.body,json_query('$.model'))"),
+                        format!("track key '{key}' is not supported (use src, req.hdr(NAME), or a body field as req.body,json_query('$.FIELD') — a dotted path of object members)"),
                     );
                 }
                 p.tracks.push((line, key.clone(), table.clone()));

@@ -291,8 +291,11 @@ async fn exchange<'a, IO: ClientIo>(
         fe,
         conn,
         &mut parts,
-        model_name.as_deref(),
-        needs_model,
+        proxy::Content {
+            model: model_name.as_deref(),
+            needs_model,
+            body: None,
+        },
         &mut tracked,
     ) {
         Ok(bi) => bi,
