@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace after installing what the tests need:
-# Debian packages (python3-venv, curl, haproxy), and the official OpenAI and
+# Debian packages (python3-venv, curl, haproxy, prometheus for promtool), and the official OpenAI and
 # Anthropic Python SDKs in a virtualenv under target/. Safe to run again; it
 # only installs what is missing. Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -15,10 +15,12 @@ python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The differential tests run the same .cfg under HAProxy.
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+# `promtool check metrics` checks the /metrics exposition.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 if ! "$venv/bin/python" -c "import openai, anthropic" >/dev/null 2>&1; then

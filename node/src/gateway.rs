@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub tables: Vec<Arc<crate::stick::Table>>,
     /// Same order as `config.key_lists`.
     pub keyrings: Vec<crate::keys::KeyRing>,
+    /// Same order as `config.frontends`; kept across reloads by name.
+    pub frontend_stats: Vec<Arc<crate::metrics::ProxyStats>>,
     /// Some rule tracks into a stick table and some backend is not plain
     /// HTTP/1.1: the HTTP/1 engine then hands every request to the general
     /// path before its rules run, since a handoff after routing would run
@@ -67,6 +69,16 @@ impl Snapshot {
         self.config.frontends.iter().find(|f| *f.name == *name)
     }
 
+    /// The counters of the frontend called `name`.
+    pub fn frontend_stats(&self, name: &str) -> Option<&Arc<crate::metrics::ProxyStats>> {
+        let i = self
+            .config
+            .frontends
+            .iter()
+            .position(|f| *f.name == *name)?;
+        self.frontend_stats.get(i)
+    }
+
     /// The stick table called `name`.
     pub fn table(&self, name: &str) -> Option<&Arc<crate::stick::Table>> {
         self.tables.iter().find(|t| t.name == name)
@@ -82,6 +94,8 @@ pub struct BackendRt {
     pub h1_only: bool,
     /// `retries`, `retry-on`, `option redispatch`, resolved.
     pub retry: RetryPolicy,
+    /// Traffic counters (shared with the runtime state, by name).
+    pub stats: Arc<crate::metrics::BackendStats>,
     /// Requests waiting for a slot (shared with the runtime state).
     pub queue: Arc<BackendQueue>,
     /// Most requests that may wait: the servers' `maxqueue` summed, `None`
@@ -191,6 +205,7 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
                 retry: RetryPolicy::of(b),
                 queue: runtime.queue(&b.name),
                 fallbacks: runtime.fallback_counters(&b.name),
+                stats: runtime.metrics.backend(&b.name),
                 queue_limit,
                 queue_timeout: b.opts.timeout_queue.unwrap_or(b.timeouts.connect),
                 upstreams,
@@ -245,12 +260,18 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
         || config.backends.iter().any(|b| body_keyed(&b.http_request));
     let tracking_needs_general_path = tracking
         && (accounting.any() || reads_body || backends.iter().any(|b: &BackendRt| !b.h1_only));
+    let frontend_stats = config
+        .frontends
+        .iter()
+        .map(|f| runtime.metrics.frontend(&f.name))
+        .collect();
     Ok(Snapshot {
         config,
         backends,
         checks,
         tables,
         keyrings,
+        frontend_stats,
         tracking_needs_general_path,
         accounting,
         reads_body,

@@ -51,6 +51,8 @@ pub struct KeyRing {
     by_hash: HashMap<[u8; 32], usize>,
     /// Per-key usage, keyed by the key's name.
     pub table: Arc<Table>,
+    /// Per-key traffic counters (same order as `keys`).
+    stats: Vec<Arc<crate::metrics::LlmStats>>,
 }
 
 impl KeyRing {
@@ -72,6 +74,11 @@ impl KeyRing {
                 .collect(),
             keys: list.keys.clone(),
             table: runtime.table(&def)?,
+            stats: list
+                .keys
+                .iter()
+                .map(|k| runtime.metrics.key(&k.name))
+                .collect(),
         })
     }
 
@@ -133,6 +140,11 @@ impl KeyRing {
 
     pub fn name(&self, i: usize) -> &str {
         &self.keys[i].name
+    }
+
+    /// Key `i`'s traffic counters.
+    pub fn stats(&self, i: usize) -> &Arc<crate::metrics::LlmStats> {
+        &self.stats[i]
     }
 }
 
@@ -209,6 +221,7 @@ fn refuse(r: Refusal<'_>) -> Box<Response<RespBody>> {
         ),
     };
     let mut resp = error_response(status, code, &message);
+    resp.extensions_mut().insert(crate::metrics::Denied);
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -223,11 +236,13 @@ fn refuse(r: Refusal<'_>) -> Box<Response<RespBody>> {
 
 /// The answer for a backend the key may not be routed to.
 pub fn backend_not_allowed() -> Box<Response<RespBody>> {
-    Box::new(error_response(
+    let mut resp = error_response(
         StatusCode::FORBIDDEN,
         "backend_not_allowed",
         "This API key may not use the backend this request is routed to.",
-    ))
+    );
+    resp.extensions_mut().insert(crate::metrics::Denied);
+    Box::new(resp)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod http;
 pub mod keys;
 pub mod listen;
 pub mod llm;
+pub mod metrics;
 pub mod mock;
 pub mod route;
 pub mod runtime;

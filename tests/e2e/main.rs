@@ -11,6 +11,7 @@ mod h1_engine;
 mod haproxy;
 mod health;
 mod listeners;
+mod metrics;
 mod retry;
 mod rewriting;
 mod routing;

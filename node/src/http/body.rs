@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::conn::InflightGuard;
+use crate::metrics::{Termination, Txn};
 use crate::runtime::{ActiveGuard, Outcome};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -111,6 +112,8 @@ pub struct RespBody {
     /// The stick-table entries the request tracks (`conn_cur` counts it
     /// until the body is over; bytes and tokens are counted as it passes).
     tracked: Option<Box<crate::stick::Tracked>>,
+    /// The request's record: counted when the body is over (or dropped).
+    txn: Option<Box<Txn>>,
 }
 
 enum Kind {
@@ -137,6 +140,7 @@ impl RespBody {
             _server: None,
             _inflight: None,
             tracked: None,
+            txn: None,
         }
     }
 
@@ -146,6 +150,7 @@ impl RespBody {
             _server: None,
             _inflight: None,
             tracked: None,
+            txn: None,
         }
     }
 
@@ -171,6 +176,7 @@ impl RespBody {
             _server: Some(guard),
             _inflight: None,
             tracked: None,
+            txn: None,
         }
     }
 }
@@ -199,12 +205,36 @@ impl RespBody {
         self
     }
 
-    /// Shows a data frame on its way out to the tracked entries' account
-    /// (bytes out, the usage report).
-    fn count(tracked: &mut Option<Box<crate::stick::Tracked>>, frame: &Frame<Bytes>) {
-        if let (Some(t), Some(d)) = (tracked, frame.data_ref()) {
+    pub fn with_txn(mut self, mut txn: Box<Txn>) -> Self {
+        if matches!(self.kind, Kind::Upstream(_)) {
+            txn.expect_usage();
+        }
+        self.txn = Some(txn);
+        self
+    }
+
+    /// Shows a data frame on its way out to the request's record and the
+    /// tracked entries' account (bytes out, the usage report).
+    fn count(&mut self, frame: &Frame<Bytes>) {
+        let Some(d) = frame.data_ref() else { return };
+        if let Some(t) = &mut self.txn {
+            t.body(d);
+        }
+        if let Some(t) = &mut self.tracked {
             if t.counts_response() {
                 t.response_data(d);
+            }
+        }
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        // Dropped with its record still open: the client went away before
+        // the end of the answer.
+        if let (Some(t), Kind::Upstream(u)) = (&mut self.txn, &self.kind) {
+            if u.first.is_some() || !u.body.is_end_stream() {
+                t.end(Termination::ClientBody);
             }
         }
     }
@@ -220,10 +250,19 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match &mut this.kind {
-            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Full(b) => {
+                let Some(b) = b.take() else {
+                    this.txn = None;
+                    return Poll::Ready(None);
+                };
+                if let Some(t) = &mut this.txn {
+                    t.body(&b);
+                }
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
             Kind::Upstream(u) => {
                 if let Some(f) = u.first.take() {
-                    Self::count(&mut this.tracked, &f);
+                    this.count(&f);
                     return Poll::Ready(Some(Ok(f)));
                 }
                 if u.failed.is_some() {
@@ -236,7 +275,7 @@ impl Body for RespBody {
                 {
                     Poll::Ready(Some(Ok(f))) => {
                         u.deadline.as_mut().reset(Instant::now() + u.idle);
-                        Self::count(&mut this.tracked, &f);
+                        this.count(&f);
                         return Poll::Ready(Some(Ok(f)));
                     }
                     Poll::Ready(None) => {
@@ -245,6 +284,7 @@ impl Body for RespBody {
                         // counted.
                         this._server = None;
                         this.tracked = None;
+                        this.txn = None;
                         return Poll::Ready(None);
                     }
                     Poll::Ready(Some(Err(e))) => (Outcome::BrokenResponse, e.into()),
@@ -259,6 +299,9 @@ impl Body for RespBody {
                 if let Some(g) = &this._server {
                     g.server().observe(outcome);
                     g.server().count_truncated();
+                }
+                if let Some(t) = &mut this.txn {
+                    t.end(Termination::ServerBody);
                 }
                 if u.sse {
                     u.failed = Some(err);

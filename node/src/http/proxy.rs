@@ -31,6 +31,7 @@ use crate::health::outcome_of;
 use crate::llm::json;
 use crate::llm::model::{self, ModelScanner, Scan};
 use crate::llm::usage::{self, Tokens};
+use crate::metrics::{Denied, Termination, Txn};
 use crate::route::{self, Facts};
 use crate::runtime::ActiveGuard;
 use crate::runtime::Outcome;
@@ -64,11 +65,32 @@ pub async fn handle(
     };
     let request_id = request_id(fe, req.headers());
     let mut tracked = Tracked::default();
-    let mut resp = proxy(&snap, fe, conn, req, request_id.as_ref(), &mut tracked).await;
+    let mut txn = match snap.frontend_stats(&conn.frontend) {
+        Some(s) => Box::new(Txn::new(s)),
+        None => return error::bad_gateway("This listener is closing."),
+    };
+    let mut resp = proxy(
+        &snap,
+        fe,
+        conn,
+        req,
+        request_id.as_ref(),
+        &mut tracked,
+        &mut txn,
+    )
+    .await;
+    if resp.extensions_mut().remove::<Denied>().is_some() {
+        txn.end(Termination::Denied);
+    }
     hold_tarpitted(&mut resp).await;
     finish_response(fe, resp.headers_mut(), request_id);
     tracked.answered(resp.status().as_u16());
-    resp.map(|b| b.with_inflight(inflight).with_tracked(tracked))
+    txn.head(resp.status().as_u16());
+    resp.map(|b| {
+        b.with_inflight(inflight)
+            .with_tracked(tracked)
+            .with_txn(txn)
+    })
 }
 
 async fn proxy(
@@ -78,6 +100,7 @@ async fn proxy(
     mut req: Request<Incoming>,
     request_id: Option<&HeaderValue>,
     tracked: &mut Tracked,
+    txn: &mut Txn,
 ) -> Response<RespBody> {
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
@@ -110,8 +133,14 @@ async fn proxy(
         needs_model,
         body: whole.as_deref(),
     };
+    txn.model(content.model);
+    if let Some(w) = &whole {
+        txn.bytes_in(w.len() as u64);
+    } else if let Some(n) = body.size_hint().exact() {
+        txn.bytes_in(n);
+    }
 
-    let bi = match choose_backend(snap, fe, conn, &mut parts, content, tracked) {
+    let bi = match choose_backend(snap, fe, conn, &mut parts, content, tracked, Some(txn)) {
         Ok(bi) => bi,
         Err(resp) => return *resp,
     };
@@ -157,7 +186,10 @@ async fn proxy(
     let mut step = 0;
     let (mut resp, guard, first) = loop {
         let brt = &snap.backends[bi];
-        let (failure, answer) = match x.forward(bi, parts, &mut body, step_body.as_ref()).await {
+        let (failure, answer) = match x
+            .forward(bi, parts, &mut body, step_body.as_ref(), txn)
+            .await
+        {
             Forwarded::Response(resp, guard, first) => {
                 let status = Failure::Status(resp.status().as_u16());
                 match chain.get(step) {
@@ -172,6 +204,7 @@ async fn proxy(
             Forwarded::Final(answer) => return answer,
         };
         let Some(next) = chain.get(step).filter(|n| takes(n, failure, &body)) else {
+            txn.end(failure.termination());
             return answer;
         };
         let Some(mut p) = pristine.clone() else {
@@ -280,6 +313,7 @@ impl Exchange<'_> {
         mut parts: Parts,
         body: &mut Option<ReqBody>,
         replay: Option<&Bytes>,
+        txn: &mut Txn,
     ) -> Forwarded {
         let (be, brt) = (&self.snap.config.backends[bi], &self.snap.backends[bi]);
         let src = self.conn.client.ip();
@@ -288,9 +322,13 @@ impl Exchange<'_> {
             path: parts.uri.path(),
             headers: &parts.headers,
         };
+        txn.backend(&brt.stats);
         let mut si = match queue::pick(brt, &ctx).await {
             Ok(si) => si,
-            Err(no) => return Forwarded::Failed(no.failure(), no.response(&be.name)),
+            Err(no) => {
+                txn.end(Termination::Queue);
+                return Forwarded::Failed(no.failure(), no.response(&be.name));
+            }
         };
         rewrite_request(
             self.fe,
@@ -312,6 +350,7 @@ impl Exchange<'_> {
         loop {
             attempt += 1;
             let server = brt.balancer.server(si).clone();
+            txn.server(&server);
             let guard = server.begin();
             let upstream = &brt.upstreams[si];
             let uri = match upstream_uri(be, &parts.uri, upstream) {
@@ -407,6 +446,7 @@ impl Exchange<'_> {
             };
             let next = retry::next_server(&policy, &brt.balancer, &ctx, &tried, si);
             server.count_retry(next != si);
+            txn.retried();
             tracing::debug!(backend = %be.name, attempt, error = ?failure, "retrying");
             si = next;
         }
@@ -592,10 +632,17 @@ pub(super) fn choose_backend(
     parts: &mut Parts,
     content: Content<'_>,
     tracked: &mut Tracked,
+    txn: Option<&mut Txn>,
 ) -> Result<usize, Box<Response<RespBody>>> {
     let model_name = content.model;
     let key = match fe.client_keys.and_then(|i| snap.keyrings.get(i)) {
-        Some(ring) => Some((ring, ring.admit(&mut parts.headers, model_name, tracked)?)),
+        Some(ring) => {
+            let k = ring.admit(&mut parts.headers, model_name, tracked)?;
+            if let Some(txn) = txn {
+                txn.client_key(ring.stats(k).clone());
+            }
+            Some((ring, k))
+        }
         None => None,
     };
     let src = conn.client.ip();
@@ -751,6 +798,7 @@ impl Rules<'_> {
                         resp.headers_mut()
                             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
                     }
+                    resp.extensions_mut().insert(Denied);
                     return Some(resp);
                 }
                 ReqAction::Return {
@@ -788,6 +836,7 @@ impl Rules<'_> {
                         "The request was denied by the gateway's rules.",
                     );
                     resp.extensions_mut().insert(Tarpitted(self.tarpit));
+                    resp.extensions_mut().insert(Denied);
                     return Some(resp);
                 }
                 ReqAction::Allow => break,

@@ -56,6 +56,8 @@ pub struct Listener {
     pub frontend_slots: Option<Arc<Semaphore>>,
     pub global_slots: Arc<Semaphore>,
     pub shared: Arc<Shared>,
+    /// The frontend's counters: each connection is a session on it.
+    pub stats: Arc<crate::metrics::ProxyStats>,
 }
 
 impl Listener {
@@ -80,6 +82,7 @@ impl Listener {
             timeouts,
             frontend_slots,
             global_slots,
+            stats: shared.runtime.metrics.frontend(frontend),
             shared,
         })
     }
@@ -108,8 +111,10 @@ impl Listener {
                 }
             };
             let this = self.clone();
+            let session = crate::metrics::SessionGuard::open(&self.stats);
             tokio::spawn(async move {
                 this.connection(stream, peer).await;
+                drop(session);
                 drop(fe_permit);
                 drop(global_permit);
             });

@@ -79,6 +79,8 @@ pub struct ServerState {
     /// Responses whose body broke after its head reached the client.
     truncated: AtomicU64,
     health: health::Health,
+    /// What this server has carried (responses, bytes, timers).
+    pub stats: crate::metrics::ProxyStats,
 }
 
 impl ServerState {
@@ -108,6 +110,7 @@ impl ServerState {
             redispatches: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
             health: health::Health::new(),
+            stats: crate::metrics::ProxyStats::default(),
         }
     }
 
@@ -302,6 +305,8 @@ pub struct Runtime {
     fallbacks: Mutex<HashMap<String, Arc<FallbackCounters>>>,
     /// Stick tables by name, with the definition they were built from.
     tables: Mutex<HashMap<String, (crate::config::StickTable, Arc<crate::stick::Table>)>>,
+    /// Traffic counters of frontends, backends and client keys by name.
+    pub metrics: crate::metrics::Registry,
 }
 
 impl Runtime {

@@ -5,8 +5,8 @@
 //! (`UP`, `DOWN`, and HAProxy's `UP 2/3` / `DOWN 1/2` while changing),
 //! check status (`L4OK`, `L7STS`, …), last check code and duration,
 //! seconds since the last change, failure counters, 429 cooldown left and
-//! the backup flag. Prometheus metrics, the HTML
-//! stats page and the runtime API arrive with issue 7 on this listener.
+//! the backup flag; and `/metrics`, the traffic counters in Prometheus's
+//! format (`prometheus.rs`).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
@@ -18,6 +18,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+
+mod prometheus;
 
 use crate::gateway::Shared;
 use crate::http::body::RespBody;
@@ -51,17 +53,21 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<RespBody> {
     }
     match req.uri().path() {
         "/healthz" => text("ok\n", "text/plain"),
-        "/stats.json" => text(&stats_json(shared), "application/json"),
+        "/stats.json" => text(stats_json(shared), "application/json"),
+        "/metrics" => text(
+            prometheus::render(shared),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
         _ => error_response(
             StatusCode::NOT_FOUND,
             "not_found",
-            "Try /healthz or /stats.json.",
+            "Try /healthz, /metrics or /stats.json.",
         ),
     }
 }
 
-fn text(body: &str, ctype: &'static str) -> Response<RespBody> {
-    let mut r = Response::new(RespBody::full(body.to_owned()));
+fn text(body: impl Into<bytes::Bytes>, ctype: &'static str) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::full(body));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     r

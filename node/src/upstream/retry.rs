@@ -39,6 +39,18 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// How a request that ended on this failure is told in the logs.
+    pub fn termination(self) -> crate::metrics::Termination {
+        use crate::metrics::Termination;
+        match self {
+            Failure::ConnFailure => Termination::ConnectFailed,
+            Failure::EmptyResponse | Failure::JunkResponse | Failure::ResponseTimeout => {
+                Termination::ServerHead
+            }
+            Failure::Status(_) => Termination::Normal,
+        }
+    }
+
     fn bit(self) -> u32 {
         match self {
             Failure::ConnFailure => retry_on::CONN_FAILURE,

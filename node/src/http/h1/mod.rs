@@ -42,6 +42,7 @@ use crate::config::{Backend, Frontend, Timeouts};
 use crate::gateway::{Shared, Snapshot};
 use crate::health::outcome_of;
 use crate::llm::model::{ModelScanner, Scan};
+use crate::metrics::{Denied, Termination, Txn};
 use crate::runtime::{ActiveGuard, Outcome};
 use crate::stick::Tracked;
 use crate::upstream::pool::H1Pool;
@@ -244,6 +245,15 @@ async fn exchange<'a, IO: ClientIo>(
     } = req;
     let request_id = proxy::request_id(fe, &parts.headers);
     let needs_model = fe.needs_model();
+    let Some(stats) = snap.frontend_stats(&conn.frontend) else {
+        return Next::Close.into();
+    };
+    // The request's record; a request handed to the general path is
+    // recorded there instead.
+    let mut txn = Txn::new(stats);
+    if let Framing::Length(n) = framing {
+        txn.bytes_in(n);
+    }
 
     // The body read so far to find the model (kept as received, for a
     // handoff) and what goes upstream in its place (an alias rewritten).
@@ -256,11 +266,12 @@ async fn exchange<'a, IO: ClientIo>(
     );
     if needs_model && framing != Framing::Empty && !bodiless {
         let Framing::Length(total) = framing else {
+            txn.discard();
             return handoff(buf, &head, &read).into();
         };
         let found = match scan_model(io, buf, total, fe).await {
             Ok(found) => found,
-            Err(Some(resp)) => return answer(io, fe, resp, request_id, true).await.into(),
+            Err(Some(resp)) => return answer(io, fe, resp, request_id, true, txn).await.into(),
             Err(None) => return Next::Close.into(),
         };
         let scanned = buf.len().min(usize::try_from(total).unwrap_or(usize::MAX));
@@ -274,7 +285,7 @@ async fn exchange<'a, IO: ClientIo>(
                 }
                 Err(resp) => {
                     let done = framing_consumed(framing, read.len(), buf);
-                    return answer(io, fe, *resp, request_id, close || !done)
+                    return answer(io, fe, *resp, request_id, close || !done, txn)
                         .await
                         .into();
                 }
@@ -283,6 +294,7 @@ async fn exchange<'a, IO: ClientIo>(
     }
 
     if snap.tracking_needs_general_path {
+        txn.discard();
         return handoff(buf, &head, &read).into();
     }
     let mut tracked = Tracked::default();
@@ -297,18 +309,20 @@ async fn exchange<'a, IO: ClientIo>(
             body: None,
         },
         &mut tracked,
+        Some(&mut txn),
     ) {
         Ok(bi) => bi,
         Err(resp) => {
             tracked.answered(resp.status().as_u16());
             let done = framing_consumed(framing, read.len(), buf);
-            return answer(io, fe, *resp, request_id, close || !done)
+            return answer(io, fe, *resp, request_id, close || !done, txn)
                 .await
                 .into();
         }
     };
     let brt = &snap.backends[bi];
     if !brt.h1_only {
+        txn.discard();
         return handoff(buf, &head, &read).into();
     }
     let be = &snap.config.backends[bi];
@@ -317,12 +331,15 @@ async fn exchange<'a, IO: ClientIo>(
         path: parts.uri.path(),
         headers: &parts.headers,
     };
+    txn.model(model_name.as_deref());
+    txn.backend(&brt.stats);
     let mut si = match queue::pick(brt, &ctx).await {
         Ok(si) => si,
         Err(no) => {
+            txn.end(Termination::Queue);
             let resp = no.response(&be.name);
             let done = framing_consumed(framing, read.len(), buf);
-            return answer_tracked(io, fe, &mut tracked, resp, request_id, close || !done)
+            return answer_tracked(io, fe, &mut tracked, resp, request_id, close || !done, txn)
                 .await
                 .into();
         }
@@ -336,7 +353,7 @@ async fn exchange<'a, IO: ClientIo>(
         Err(_) => {
             let resp = error::bad_request("The request target cannot be forwarded.");
             let done = framing_consumed(framing, read.len(), buf);
-            return answer_tracked(io, fe, &mut tracked, resp, request_id, close || !done)
+            return answer_tracked(io, fe, &mut tracked, resp, request_id, close || !done, txn)
                 .await
                 .into();
         }
@@ -378,7 +395,7 @@ async fn exchange<'a, IO: ClientIo>(
         Ok(n) => n,
         Err(why) => {
             let resp = error::bad_request(&format!("The request body is malformed: {why}."));
-            return answer_tracked(io, fe, &mut tracked, resp, request_id, true)
+            return answer_tracked(io, fe, &mut tracked, resp, request_id, true, txn)
                 .await
                 .into();
         }
@@ -416,6 +433,7 @@ async fn exchange<'a, IO: ClientIo>(
                 error::no_server(&be.name),
                 request_id,
                 true,
+                txn,
             )
             .await
             .into();
@@ -423,30 +441,44 @@ async fn exchange<'a, IO: ClientIo>(
         // Counts the request on the server until its response body is over
         // (it moves into the body relay), and hears how the request went.
         let active = brt.balancer.server(si).begin();
+        txn.server(active.server());
         let deadline = Instant::now() + head_to;
         let mut rbuf = BytesMut::new();
         let failed = match send_request(pool, be, &out, replayable, head_to, &mut rbuf).await {
             Err(e) => e,
             Ok(mut up) => {
+                txn.connected();
                 if !body.done() {
                     if let Err(fail) =
                         stream_request_body(io, &mut up, buf, &mut body, client_to, be).await
                     {
                         return match fail {
-                            BodyFail::Client => Next::Close.into(),
+                            BodyFail::Client => {
+                                txn.end(Termination::ClientRequest);
+                                Next::Close.into()
+                            }
                             BodyFail::Malformed(why) => {
                                 let resp = error::bad_request(&format!(
                                     "The request body is malformed: {why}."
                                 ));
-                                answer_tracked(io, fe, &mut tracked, resp, request_id, true)
+                                answer_tracked(io, fe, &mut tracked, resp, request_id, true, txn)
                                     .await
                                     .into()
                             }
                             BodyFail::Upstream(e) => {
                                 active.server().observe(e.outcome());
-                                answer_tracked(io, fe, &mut tracked, e.response(), request_id, true)
-                                    .await
-                                    .into()
+                                txn.end(e.failure().termination());
+                                answer_tracked(
+                                    io,
+                                    fe,
+                                    &mut tracked,
+                                    e.response(),
+                                    request_id,
+                                    true,
+                                    txn,
+                                )
+                                .await
+                                .into()
                             }
                         };
                     }
@@ -494,9 +526,18 @@ async fn exchange<'a, IO: ClientIo>(
         if !((retryable || (untouched && policy.enabled()))
             && policy.allows(failed.failure(), attempt))
         {
-            return answer_tracked(io, fe, &mut tracked, failed.response(), request_id, true)
-                .await
-                .into();
+            txn.end(failed.failure().termination());
+            return answer_tracked(
+                io,
+                fe,
+                &mut tracked,
+                failed.response(),
+                request_id,
+                true,
+                txn,
+            )
+            .await
+            .into();
         }
         tried.push(si);
         let ctx = PickCtx {
@@ -506,6 +547,7 @@ async fn exchange<'a, IO: ClientIo>(
         };
         let next = retry::next_server(&policy, &brt.balancer, &ctx, &tried, si);
         active.server().count_retry(next != si);
+        txn.retried();
         tracing::debug!(backend = %be.name, attempt, error = ?failed, "retrying");
         si = next;
     };
@@ -519,8 +561,11 @@ async fn exchange<'a, IO: ClientIo>(
     }
     tracked.answered(resp.status.as_u16());
     let tracked = (!tracked.is_empty()).then(|| Box::new(tracked));
+    txn.head(resp.status.as_u16());
+    txn.expect_usage();
     relay_response(
         io, up, pool, active, &mut rbuf, rhead, resp, rframing, be, fe, request_id, close, tracked,
+        txn,
     )
     .await
 }
@@ -1003,6 +1048,7 @@ async fn relay_response<'a, IO: ClientIo>(
     request_id: Option<HeaderValue>,
     client_close: bool,
     tracked: Option<Box<Tracked>>,
+    mut txn: Txn,
 ) -> Step<'a> {
     let server_to = be.timeouts.server;
     let client_to = fe.timeouts.client;
@@ -1035,18 +1081,22 @@ async fn relay_response<'a, IO: ClientIo>(
     let mut relay = Relay::new(framing);
     let Ok(n) = relay.take(rbuf) else {
         active.server().observe(Outcome::BrokenResponse);
+        txn.end(Termination::ServerBody);
         return Next::Close.into();
     };
     let first = rbuf.split_to(n);
+    txn.body(&first);
     let leftover = !rbuf.is_empty();
     if first.len() > COALESCE_MAX {
         if write_client(io, &out, client_to).await.is_err() {
+            txn.end(Termination::ClientBody);
             return Next::Close.into();
         }
         out.clear();
     }
     relay.encode(&mut out, &first);
     if write_client(io, &out, client_to).await.is_err() {
+        txn.end(Termination::ClientBody);
         return Next::Close.into();
     }
     drop((first, out));
@@ -1063,6 +1113,7 @@ async fn relay_response<'a, IO: ClientIo>(
         server_to,
         client_to,
         _tracked: tracked,
+        txn: Box::new(txn),
     };
     if body.relay.done() {
         Step::Done(body.finish(io).await)
@@ -1089,6 +1140,10 @@ struct BodyRelay<'a> {
     /// The stick-table entries the request tracks: `conn_cur` counts it
     /// until the body is over.
     _tracked: Option<Box<Tracked>>,
+    /// The request's record, counted when the body is over (boxed: the
+    /// relay's future holds the relay in several states, and an open
+    /// stream should cost as little as it can).
+    txn: Box<Txn>,
 }
 
 impl BodyRelay<'_> {
@@ -1119,6 +1174,7 @@ impl BodyRelay<'_> {
                 self.active.server().observe(Outcome::BrokenResponse);
                 return self.truncate(io).await;
             };
+            self.txn.body(&chunk[..n]);
             let written = if let Relay::UntilClose(_) = self.relay {
                 let mut framed = Vec::with_capacity(n + 16);
                 self.relay.encode(&mut framed, &chunk[..n]);
@@ -1127,6 +1183,7 @@ impl BodyRelay<'_> {
                 write_client(io, &chunk[..n], self.client_to).await
             };
             if written.is_err() {
+                self.txn.end(Termination::ClientBody);
                 return Next::Close;
             }
             if n < chunk.len() {
@@ -1142,8 +1199,9 @@ impl BodyRelay<'_> {
     /// an SSE client first gets an `event: error` when the framing allows
     /// one more chunk (between chunks of a chunked body, or in a body the
     /// engine chunks itself). Never a clean-looking end.
-    async fn truncate<IO: ClientIo>(self, io: &mut IO) -> Next {
+    async fn truncate<IO: ClientIo>(mut self, io: &mut IO) -> Next {
         self.active.server().count_truncated();
+        self.txn.end(Termination::ServerBody);
         let between_chunks = match &self.relay {
             Relay::Chunked(s) => s.at_chunk_start(),
             Relay::UntilClose(done) => !done,
@@ -1308,9 +1366,10 @@ async fn answer_tracked<IO: ClientIo>(
     resp: Response<RespBody>,
     request_id: Option<HeaderValue>,
     close: bool,
+    txn: Txn,
 ) -> Next {
     tracked.answered(resp.status().as_u16());
-    answer(io, fe, resp, request_id, close).await
+    answer(io, fe, resp, request_id, close, txn).await
 }
 
 /// Answers with a gateway-made response (after the frontend's response
@@ -1321,9 +1380,17 @@ async fn answer<IO: ClientIo>(
     mut resp: Response<RespBody>,
     request_id: Option<HeaderValue>,
     close: bool,
+    mut txn: Txn,
 ) -> Next {
+    if resp.extensions_mut().remove::<Denied>().is_some() {
+        txn.end(Termination::Denied);
+    }
+    txn.head(resp.status().as_u16());
     proxy::hold_tarpitted(&mut resp).await;
     proxy::finish_response(fe, resp.headers_mut(), request_id);
+    if let Some(b) = http_body::Body::size_hint(resp.body()).exact() {
+        txn.bytes_out(b);
+    }
     match write_local(io, resp, close, fe.timeouts.client).await {
         Ok(()) if !close => Next::KeepAlive,
         _ => Next::Close,
@@ -1499,6 +1566,7 @@ mod tests {
             server_to: Duration::from_secs(1),
             client_to: Duration::from_secs(1),
             _tracked: None,
+            txn: Box::new(Txn::new(&Default::default())),
         };
         let run = relay.run(&mut client);
         assert!(

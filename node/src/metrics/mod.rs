@@ -1,0 +1,307 @@
+//! Traffic counters: what every frontend, backend and server has carried,
+//! in HAProxy's terms (sessions, requests, responses by status class,
+//! bytes, denials, errors, timers), plus what LLM traffic adds — time to
+//! first token and tokens, by backend and model and by client key.
+//!
+//! Counters are plain atomics updated once per request, when it ends (the
+//! per-request [`Txn`] records as it goes and adds up on drop), so the hot
+//! path takes no lock. They live in the [`crate::runtime::Runtime`] by name
+//! and so survive reloads. Readers — `/metrics`, `/stats.json`, the stats
+//! page, the runtime API's `show stat` — format them; none of them
+//! changes anything here.
+
+mod txn;
+
+pub use txn::{Termination, Txn};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Histogram bucket upper bounds, in milliseconds: from sub-millisecond
+/// proxying to multi-minute streams.
+pub const BUCKETS_MS: [u64; 16] = [
+    1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000,
+];
+
+/// A latency histogram with fixed buckets (Prometheus-style, cumulative
+/// when exported).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative); the last one is `+Inf`.
+    counts: [AtomicU64; BUCKETS_MS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let ms = d.as_millis() as u64;
+        let i = BUCKETS_MS.partition_point(|&b| b < ms);
+        // `ms` rounds down: a 1.4 ms sample is in the 1 ms bucket only
+        // if it is at most 1 ms — compare in microseconds at the edge.
+        let i = match BUCKETS_MS.get(i) {
+            Some(&b) if b == ms && d.as_micros() as u64 > b * 1000 => i + 1,
+            _ => i,
+        };
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    /// Cumulative counts per bucket bound (the last is `+Inf`), and the sum
+    /// in seconds.
+    pub fn read(&self) -> ([u64; BUCKETS_MS.len() + 1], f64) {
+        let mut out = [0u64; BUCKETS_MS.len() + 1];
+        let mut acc = 0;
+        for (o, c) in out.iter_mut().zip(&self.counts) {
+            acc += c.load(Relaxed);
+            *o = acc;
+        }
+        (out, self.sum_us.load(Relaxed) as f64 / 1e6)
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Mean in milliseconds (HAProxy's `qtime`/`ctime`/`rtime`/`ttime`
+    /// are averages), 0 without samples.
+    pub fn mean_ms(&self) -> u64 {
+        let n = self.count();
+        if n == 0 {
+            return 0;
+        }
+        self.sum_us.load(Relaxed) / n / 1000
+    }
+}
+
+/// The status classes HAProxy counts (`hrsp_1xx` … `hrsp_5xx`,
+/// `hrsp_other`).
+pub fn status_class(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// What one frontend, backend or server has carried. Sessions are
+/// connections for a frontend and requests for a backend or server (as in
+/// HAProxy's HTTP mode, where a server session is one request).
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub cur: AtomicU64,
+    pub max: AtomicU64,
+    pub total: AtomicU64,
+    pub requests: AtomicU64,
+    pub responses: [AtomicU64; 6],
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Requests denied by rules (`dreq`), client keys included.
+    pub denied: AtomicU64,
+    /// Requests that could not be read or were invalid (`ereq`).
+    pub req_errors: AtomicU64,
+    /// Failed connections to a server (`econ`).
+    pub conn_errors: AtomicU64,
+    /// Responses that failed: no answer, a broken one, a timeout (`eresp`).
+    pub resp_errors: AtomicU64,
+    /// Upstream answers with status 429 (the provider's rate limit).
+    pub upstream_429: AtomicU64,
+    /// Requests that waited in a queue (Tw), connected (Tc), got their
+    /// response head (Tr), their first body byte (TTFT) and ended (Tt).
+    pub queue_time: Histogram,
+    pub connect_time: Histogram,
+    pub response_time: Histogram,
+    pub ttft: Histogram,
+    pub total_time: Histogram,
+}
+
+impl ProxyStats {
+    /// One more session open (a connection for a frontend).
+    pub fn open(&self) {
+        let cur = self.cur.fetch_add(1, Relaxed) + 1;
+        self.max.fetch_max(cur, Relaxed);
+        self.total.fetch_add(1, Relaxed);
+    }
+
+    pub fn close(&self) {
+        self.cur.fetch_sub(1, Relaxed);
+    }
+
+    pub fn responses(&self, class: usize) -> u64 {
+        self.responses[class].load(Relaxed)
+    }
+}
+
+/// Closes a session when dropped.
+pub struct SessionGuard(Arc<ProxyStats>);
+
+impl SessionGuard {
+    pub fn open(stats: &Arc<ProxyStats>) -> SessionGuard {
+        stats.open();
+        SessionGuard(stats.clone())
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Marks a gateway-made answer that refused the request (a rule's deny or
+/// tarpit, a client key refused): counted as denied, logged `PR`.
+#[derive(Clone, Copy, Debug)]
+pub struct Denied;
+
+/// LLM traffic of one backend and model, or of one client key.
+#[derive(Debug, Default)]
+pub struct LlmStats {
+    pub requests: AtomicU64,
+    pub tokens_in: AtomicU64,
+    pub tokens_out: AtomicU64,
+    pub ttft: Histogram,
+    pub total_time: Histogram,
+}
+
+/// More distinct models than this per backend are counted as `other`: a
+/// model name comes from the client, and label cardinality must stay
+/// bounded whatever clients send.
+pub const MAX_MODELS_PER_BACKEND: usize = 64;
+
+/// The label for requests without a model, or past the cap.
+pub const OTHER_MODEL: &str = "other";
+
+/// Every counter set by name, kept across reloads.
+#[derive(Debug, Default)]
+pub struct Registry {
+    frontends: Mutex<HashMap<String, Arc<ProxyStats>>>,
+    backends: Mutex<HashMap<String, Arc<BackendStats>>>,
+    keys: Mutex<HashMap<String, Arc<LlmStats>>>,
+}
+
+/// A backend's counters, and its per-model LLM counters.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    pub proxy: ProxyStats,
+    models: Mutex<Vec<(Arc<str>, Arc<LlmStats>)>>,
+}
+
+impl BackendStats {
+    /// The counters of `model` on this backend (`other` past the cap).
+    /// A short linear scan under a lock taken once per request end.
+    pub fn model(&self, model: Option<&str>) -> Arc<LlmStats> {
+        let name = model.unwrap_or(OTHER_MODEL);
+        let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, s)) = models.iter().find(|(m, _)| &**m == name) {
+            return s.clone();
+        }
+        let name = if models.len() >= MAX_MODELS_PER_BACKEND {
+            OTHER_MODEL
+        } else {
+            name
+        };
+        if let Some((_, s)) = models.iter().find(|(m, _)| &**m == name) {
+            return s.clone();
+        }
+        let s = Arc::new(LlmStats::default());
+        models.push((name.into(), s.clone()));
+        s
+    }
+
+    /// Every model seen, with its counters.
+    pub fn models(&self) -> Vec<(Arc<str>, Arc<LlmStats>)> {
+        self.models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Registry {
+    pub fn frontend(&self, name: &str) -> Arc<ProxyStats> {
+        entry(&self.frontends, name)
+    }
+
+    pub fn backend(&self, name: &str) -> Arc<BackendStats> {
+        entry(&self.backends, name)
+    }
+
+    /// A client key's counters, by the key's configured name (never the
+    /// key itself).
+    pub fn key(&self, name: &str) -> Arc<LlmStats> {
+        entry(&self.keys, name)
+    }
+
+    pub fn keys(&self) -> Vec<(String, Arc<LlmStats>)> {
+        let map = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+fn entry<T: Default>(map: &Mutex<HashMap<String, Arc<T>>>, name: &str) -> Arc<T> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = map.get(name) {
+        return s.clone();
+    }
+    let s = Arc::new(T::default());
+    map.insert(name.to_owned(), s.clone());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_bounds() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(400));
+        h.observe(Duration::from_millis(1));
+        h.observe(Duration::from_micros(1_400));
+        h.observe(Duration::from_secs(400));
+        let (cum, sum) = h.read();
+        assert_eq!(cum[0], 2, "≤ 1 ms");
+        assert_eq!(cum[1], 3, "≤ 5 ms");
+        assert_eq!(cum[BUCKETS_MS.len() - 1], 3, "≤ 300 s");
+        assert_eq!(cum[BUCKETS_MS.len()], 4, "+Inf");
+        assert!((sum - 400.0028).abs() < 1e-9, "{sum}");
+        assert_eq!(h.count(), 4);
+    }
+
+    #[test]
+    fn model_labels_are_capped() {
+        let b = BackendStats::default();
+        for i in 0..MAX_MODELS_PER_BACKEND + 10 {
+            b.model(Some(&format!("m{i}")))
+                .requests
+                .fetch_add(1, Relaxed);
+        }
+        let models = b.models();
+        assert_eq!(models.len(), MAX_MODELS_PER_BACKEND + 1);
+        let other = models.iter().find(|(m, _)| &**m == OTHER_MODEL).unwrap();
+        assert_eq!(other.1.requests.load(Relaxed), 10);
+        // A model seen before the cap keeps its own counters.
+        assert!(Arc::ptr_eq(&b.model(Some("m3")), &b.model(Some("m3"))));
+    }
+
+    #[test]
+    fn sessions_track_their_maximum() {
+        let s = Arc::new(ProxyStats::default());
+        let a = SessionGuard::open(&s);
+        let b = SessionGuard::open(&s);
+        drop(a);
+        let _c = SessionGuard::open(&s);
+        drop(b);
+        assert_eq!(s.cur.load(Relaxed), 1);
+        assert_eq!(s.max.load(Relaxed), 2);
+        assert_eq!(s.total.load(Relaxed), 3);
+    }
+}

@@ -1,0 +1,334 @@
+//! One request's record, from its head to the last byte of its answer: the
+//! context both request paths fill in as they go (which backend, server
+//! and model, when each phase ended, how it ended), counted into the
+//! frontend's, backend's, server's, model's and client key's counters
+//! when it is dropped — once, whichever way the request ended.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{status_class, BackendStats, LlmStats, ProxyStats};
+use crate::llm::usage::{Tokens, UsageScanner};
+use crate::runtime::ServerState;
+
+/// How a request ended, in HAProxy's two-letter termination state terms
+/// (who ended it, at which phase); `--` for a normal end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Termination {
+    #[default]
+    Normal,
+    /// Denied or answered by the gateway's rules (`PR`).
+    Denied,
+    /// The request was invalid or its client stopped sending (`CR`).
+    ClientRequest,
+    /// No server could be connected to (`SC`).
+    ConnectFailed,
+    /// The server did not answer in time (`sH`) or broke its answer
+    /// (`SH`), before the head.
+    ServerHead,
+    /// The server broke off or stalled mid-body (`SD`).
+    ServerBody,
+    /// The client went away mid-answer (`CD`).
+    ClientBody,
+    /// Waited too long in a queue, or no server was usable (`sQ`).
+    Queue,
+}
+
+impl Termination {
+    pub fn code(self) -> &'static str {
+        match self {
+            Termination::Normal => "--",
+            Termination::Denied => "PR",
+            Termination::ClientRequest => "CR",
+            Termination::ConnectFailed => "SC",
+            Termination::ServerHead => "SH",
+            Termination::ServerBody => "SD",
+            Termination::ClientBody => "CD",
+            Termination::Queue => "sQ",
+        }
+    }
+}
+
+/// One request's record; see the module doc.
+pub struct Txn {
+    start: Instant,
+    frontend: Arc<ProxyStats>,
+    backend: Option<Arc<BackendStats>>,
+    server: Option<Arc<ServerState>>,
+    key: Option<Arc<LlmStats>>,
+    model: Option<Box<str>>,
+    /// Offsets from `start` at which each phase ended.
+    queued_at: Option<Duration>,
+    dequeued_at: Option<Duration>,
+    connected_at: Option<Duration>,
+    head_at: Option<Duration>,
+    first_byte_at: Option<Duration>,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    retries: u32,
+    termination: Termination,
+    usage: Option<UsageScanner>,
+    discarded: bool,
+}
+
+impl Txn {
+    pub fn new(frontend: &Arc<ProxyStats>) -> Txn {
+        Txn {
+            start: Instant::now(),
+            frontend: frontend.clone(),
+            backend: None,
+            server: None,
+            key: None,
+            model: None,
+            queued_at: None,
+            dequeued_at: None,
+            connected_at: None,
+            head_at: None,
+            first_byte_at: None,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            retries: 0,
+            termination: Termination::Normal,
+            usage: None,
+            discarded: false,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// The request goes to `backend` (counted as a session there until the
+    /// request ends); it may now wait for a server.
+    pub fn backend(&mut self, backend: &Arc<BackendStats>) {
+        if self.backend.is_none() {
+            backend.proxy.open();
+        }
+        if let Some(old) = self.backend.replace(backend.clone()) {
+            // A fallback step moves the request to another backend.
+            old.proxy.close();
+            backend.proxy.open();
+        }
+        self.queued_at = Some(self.now());
+    }
+
+    /// A server was picked (after any wait in the queue).
+    pub fn server(&mut self, server: &Arc<ServerState>) {
+        self.dequeued_at = Some(self.now());
+        self.server = Some(server.clone());
+    }
+
+    /// A connection to the server is ready (pooled or new).
+    pub fn connected(&mut self) {
+        self.connected_at = Some(self.now());
+    }
+
+    /// The attempt failed and another follows.
+    pub fn retried(&mut self) {
+        self.retries += 1;
+    }
+
+    /// The response head is known, from the upstream or the gateway.
+    pub fn head(&mut self, status: u16) {
+        self.status = status;
+        self.head_at.get_or_insert_with(|| self.start.elapsed());
+    }
+
+    pub fn model(&mut self, model: Option<&str>) {
+        self.model = model.map(Into::into);
+    }
+
+    pub fn client_key(&mut self, key: Arc<LlmStats>) {
+        self.key = Some(key);
+    }
+
+    pub fn bytes_in(&mut self, n: u64) {
+        self.bytes_in += n;
+    }
+
+    /// Bytes of a gateway-made answer's body.
+    pub fn bytes_out(&mut self, n: u64) {
+        self.bytes_out += n;
+    }
+
+    /// The request went elsewhere to be recorded (the HTTP/1 engine hands
+    /// it to the general path): this record counts nothing.
+    pub fn discard(mut self) {
+        self.discarded = true;
+    }
+
+    pub fn end(&mut self, t: Termination) {
+        if self.termination == Termination::Normal {
+            self.termination = t;
+        }
+    }
+
+    /// The response is an upstream's and its body will pass through
+    /// [`Txn::body`]: its `usage` is looked for.
+    pub fn expect_usage(&mut self) {
+        self.usage = Some(UsageScanner::default());
+    }
+
+    /// A piece of the response body on its way to the client.
+    pub fn body(&mut self, data: &[u8]) {
+        if self.first_byte_at.is_none() && !data.is_empty() {
+            self.first_byte_at = Some(self.now());
+        }
+        self.bytes_out += data.len() as u64;
+        if let Some(u) = &mut self.usage {
+            u.feed(data);
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    pub fn termination(&self) -> Termination {
+        self.termination
+    }
+
+    fn tokens(&self) -> Option<Tokens> {
+        self.usage.as_ref()?.found()
+    }
+}
+
+impl Drop for Txn {
+    fn drop(&mut self) {
+        if self.discarded {
+            if let Some(be) = &self.backend {
+                be.proxy.close();
+            }
+            return;
+        }
+        let total = self.now();
+        let class = status_class(self.status);
+        let denied = self.termination == Termination::Denied;
+        let fe = &self.frontend;
+        fe.requests.fetch_add(1, Relaxed);
+        fe.responses[class].fetch_add(1, Relaxed);
+        fe.bytes_in.fetch_add(self.bytes_in, Relaxed);
+        fe.bytes_out.fetch_add(self.bytes_out, Relaxed);
+        fe.total_time.observe(total);
+        if denied {
+            fe.denied.fetch_add(1, Relaxed);
+        }
+        if self.termination == Termination::ClientRequest {
+            fe.req_errors.fetch_add(1, Relaxed);
+        }
+        let tokens = self.tokens();
+        let since = |from: Option<Duration>, to: Option<Duration>| to?.checked_sub(from?);
+        let phases = [
+            since(self.queued_at, self.dequeued_at),
+            since(self.dequeued_at, self.connected_at),
+            since(self.connected_at.or(self.dequeued_at), self.head_at),
+            self.first_byte_at,
+        ];
+        let count = |p: &ProxyStats| {
+            p.requests.fetch_add(1, Relaxed);
+            p.responses[class].fetch_add(1, Relaxed);
+            p.bytes_in.fetch_add(self.bytes_in, Relaxed);
+            p.bytes_out.fetch_add(self.bytes_out, Relaxed);
+            if self.status == 429 && self.server.is_some() {
+                p.upstream_429.fetch_add(1, Relaxed);
+            }
+            match self.termination {
+                Termination::Denied => {
+                    p.denied.fetch_add(1, Relaxed);
+                }
+                Termination::ConnectFailed => {
+                    p.conn_errors.fetch_add(1, Relaxed);
+                }
+                Termination::ServerHead | Termination::ServerBody => {
+                    p.resp_errors.fetch_add(1, Relaxed);
+                }
+                _ => {}
+            }
+            let hists = [&p.queue_time, &p.connect_time, &p.response_time, &p.ttft];
+            for (h, d) in hists.into_iter().zip(phases) {
+                if let Some(d) = d {
+                    h.observe(d);
+                }
+            }
+            p.total_time.observe(total);
+        };
+        if let Some(be) = &self.backend {
+            count(&be.proxy);
+            be.proxy.close();
+            let m = be.model(self.model.as_deref());
+            m.requests.fetch_add(1, Relaxed);
+            if let Some(t) = tokens {
+                m.tokens_in.fetch_add(t.input, Relaxed);
+                m.tokens_out.fetch_add(t.output, Relaxed);
+            }
+            if let Some(d) = self.first_byte_at {
+                m.ttft.observe(d);
+            }
+            m.total_time.observe(total);
+        }
+        if let Some(s) = &self.server {
+            count(&s.stats);
+        }
+        if let Some(k) = &self.key {
+            k.requests.fetch_add(1, Relaxed);
+            if let Some(t) = tokens {
+                k.tokens_in.fetch_add(t.input, Relaxed);
+                k.tokens_out.fetch_add(t.output, Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_counts_once_everywhere_it_went() {
+        let fe = Arc::new(ProxyStats::default());
+        let be = Arc::new(BackendStats::default());
+        let srv = Arc::new(ServerState::new("b", "s", 1, 0));
+        let key = Arc::new(LlmStats::default());
+        let mut t = Txn::new(&fe);
+        t.bytes_in(100);
+        t.model(Some("gpt-4o"));
+        t.client_key(key.clone());
+        t.backend(&be);
+        assert_eq!(be.proxy.cur.load(Relaxed), 1);
+        t.server(&srv);
+        t.connected();
+        t.head(200);
+        t.expect_usage();
+        t.body(br#"{"usage":{"prompt_tokens":7,"#);
+        t.body(br#""completion_tokens":5}}"#);
+        drop(t);
+        assert_eq!(fe.requests.load(Relaxed), 1);
+        assert_eq!(fe.responses(1), 1);
+        assert_eq!(fe.bytes_in.load(Relaxed), 100);
+        assert_eq!(be.proxy.cur.load(Relaxed), 0);
+        assert_eq!(be.proxy.responses(1), 1);
+        assert_eq!(srv.stats.responses(1), 1);
+        assert_eq!(srv.stats.ttft.count(), 1);
+        let m = be.model(Some("gpt-4o"));
+        assert_eq!(
+            (m.tokens_in.load(Relaxed), m.tokens_out.load(Relaxed)),
+            (7, 5)
+        );
+        assert_eq!(key.tokens_out.load(Relaxed), 5);
+    }
+
+    #[test]
+    fn a_denied_request_counts_on_its_frontend_only() {
+        let fe = Arc::new(ProxyStats::default());
+        let mut t = Txn::new(&fe);
+        t.end(Termination::Denied);
+        t.head(429);
+        drop(t);
+        assert_eq!(fe.denied.load(Relaxed), 1);
+        assert_eq!(fe.responses(3), 1);
+        assert_eq!(fe.upstream_429.load(Relaxed), 0);
+    }
+}
