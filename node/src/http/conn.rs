@@ -36,6 +36,9 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// The entries the connection tracks (`tcp-request connection
+    /// track-scN`), shared by its requests; `None` when it tracks none.
+    pub tracked: Option<Arc<crate::stick::Tracked>>,
 }
 
 /// Activity shared between the connection's IO and its watchdog.

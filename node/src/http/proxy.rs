@@ -63,7 +63,7 @@ pub async fn handle(
         );
     };
     let request_id = request_id(fe, req.headers());
-    let mut tracked = Tracked::default();
+    let mut tracked = Tracked::for_request(conn.tracked.as_ref());
     let mut resp = proxy(&snap, fe, conn, req, request_id.as_ref(), &mut tracked).await;
     hold_tarpitted(&mut resp).await;
     finish_response(fe, resp.headers_mut(), request_id);

@@ -3,17 +3,23 @@
 //! Connection limits are enforced *before* `accept()`: a listener takes a
 //! permit from its frontend's and from the global `maxconn` semaphore first,
 //! so over the limit new connections wait in the kernel's backlog (as with
-//! HAProxy) instead of being accepted and dropped. After accept, the
+//! HAProxy) instead of being accepted and dropped. Right after accept, before
+//! a byte is read, the frontend's `tcp-request connection` rules run: they
+//! track the client's address in stick tables for the connection's lifetime
+//! (a per-source `conn_cur`, `conn_rate`, …) and may reject it, which closes
+//! it at once with a reset and no response, as HAProxy does. Then the
 //! connection's own task reads the PROXY header (if the bind asks for it) and
 //! completes the TLS handshake, both within `timeout handshake`, then hands
 //! the stream to the HTTP layer, or for a `mode tcp` frontend to the
-//! layer-4 proxy ([`crate::tcp`]).
+//! layer-4 proxy ([`crate::tcp`]); both see the entries the connection
+//! tracks.
 
 pub mod proxy_protocol;
 pub mod tls;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +28,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Bind, Mode, Timeouts};
+use crate::config::{Bind, ConnAction, Mode, Timeouts};
 use crate::gateway::Shared;
 use crate::http::conn::{serve, ConnInfo};
+use crate::runtime::FrontendCounters;
+use crate::stick::{Key, Tracked};
 
 /// Binds a listening TCP socket. IPv6 sockets are v6-only so `[::]:P` and
 /// `0.0.0.0:P` can be bound side by side, as HAProxy's `:::P` and `*:P`.
@@ -56,6 +64,33 @@ pub struct Listener {
     pub frontend_slots: Option<Arc<Semaphore>>,
     pub global_slots: Arc<Semaphore>,
     pub shared: Arc<Shared>,
+    /// The frontend's connection counters (shared by its binds, kept
+    /// across reloads).
+    pub counters: Arc<FrontendCounters>,
+}
+
+/// What the `tcp-request connection` rules decided.
+enum Verdict {
+    Reject,
+    /// Go on, with the entries the connection tracks (if any).
+    Accept(Option<Arc<Tracked>>),
+}
+
+/// Counts a connection as open until it ends.
+struct Open(Arc<FrontendCounters>);
+
+impl Open {
+    fn new(c: &Arc<FrontendCounters>) -> Open {
+        c.conn_tot.fetch_add(1, Relaxed);
+        c.conn_cur.fetch_add(1, Relaxed);
+        Open(c.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.conn_cur.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Listener {
@@ -73,6 +108,7 @@ impl Listener {
             None => None,
         };
         Ok(Listener {
+            counters: shared.runtime.frontend_counters(frontend),
             frontend: frontend.into(),
             mode,
             accept_proxy: bind.accept_proxy,
@@ -108,15 +144,69 @@ impl Listener {
                 }
             };
             let this = self.clone();
+            let open = Open::new(&self.counters);
             tokio::spawn(async move {
                 this.connection(stream, peer).await;
+                drop(open);
                 drop(fe_permit);
                 drop(global_permit);
             });
         }
     }
 
+    /// Runs the frontend's `tcp-request connection` rules for a connection
+    /// from `src`, in order: tracking goes on to the next rule, `accept` and
+    /// `reject` end the evaluation.
+    fn connection_rules(&self, src: IpAddr) -> Verdict {
+        let snap = self.shared.current.load();
+        let Some(fe) = snap.frontend(&self.frontend) else {
+            return Verdict::Accept(None);
+        };
+        let rules = &fe.tcp_request.connection;
+        if rules.is_empty() {
+            return Verdict::Accept(None);
+        }
+        let mut tracked = Tracked::default();
+        for r in rules {
+            if let Some(c) = &r.cond {
+                let facts = crate::tcp::Facts {
+                    src,
+                    sni: None,
+                    hello_type: None,
+                    tracked: Some(&tracked),
+                };
+                if !crate::tcp::eval(c, &facts) {
+                    continue;
+                }
+            }
+            match &r.action {
+                ConnAction::Accept => break,
+                // Dropping `tracked` takes back the conn_cur it added; the
+                // connection still counts in conn_cnt and conn_rate.
+                ConnAction::Reject => return Verdict::Reject,
+                ConnAction::TrackSc { sc, table } => {
+                    let Some(t) = snap.table(table) else { continue };
+                    if let Some(k) = Key::src(src, &t.key_type) {
+                        tracked.track_connection(*sc, t, k);
+                    }
+                }
+            }
+        }
+        tracked.session_accepted();
+        Verdict::Accept((!tracked.is_empty()).then(|| Arc::new(tracked)))
+    }
+
     async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let tracked = match self.connection_rules(peer.ip()) {
+            Verdict::Accept(t) => t,
+            Verdict::Reject => {
+                self.counters.denied_conn.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, frontend = %self.frontend, "tcp-request connection reject");
+                // As HAProxy: no lingering, the close is a single RST.
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                return;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
         let mut client = peer;
@@ -141,6 +231,7 @@ impl Listener {
             client,
             local,
             tls,
+            tracked: tracked.clone(),
         };
         // Only the plain HTTP branch runs inline: every other one is boxed so
         // that its (much larger) state is not part of every connection's
@@ -163,6 +254,7 @@ impl Listener {
                     shared,
                     self.frontend.clone(),
                     client,
+                    tracked.clone(),
                 ))
                 .await
             }
@@ -175,6 +267,7 @@ impl Listener {
                                 self.shared.clone(),
                                 self.frontend.clone(),
                                 client,
+                                tracked.clone(),
                             )
                             .await
                         }

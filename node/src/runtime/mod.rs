@@ -294,12 +294,24 @@ impl std::fmt::Display for CommandError {
 
 impl std::error::Error for CommandError {}
 
+/// A frontend's connection counters (HAProxy's `scur`, `stot`, `dcon`).
+#[derive(Debug, Default)]
+pub struct FrontendCounters {
+    /// Client connections open now.
+    pub conn_cur: AtomicU64,
+    /// Client connections accepted, rejected ones included.
+    pub conn_tot: AtomicU64,
+    /// Connections closed by a `tcp-request connection reject` rule.
+    pub denied_conn: AtomicU64,
+}
+
 /// Every server's live state, by `backend/server`.
 #[derive(Debug, Default)]
 pub struct Runtime {
     servers: Mutex<HashMap<(String, String), Arc<ServerState>>>,
     queues: Mutex<HashMap<String, Arc<BackendQueue>>>,
     fallbacks: Mutex<HashMap<String, Arc<FallbackCounters>>>,
+    frontends: Mutex<HashMap<String, Arc<FrontendCounters>>>,
     /// Stick tables by name, with the definition they were built from.
     tables: Mutex<HashMap<String, (crate::config::StickTable, Arc<crate::stick::Table>)>>,
 }
@@ -336,6 +348,13 @@ impl Runtime {
     pub fn fallback_counters(&self, backend: &str) -> Arc<FallbackCounters> {
         let mut map = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(backend.to_owned()).or_default().clone()
+    }
+
+    /// The connection counters of frontend `name`, created on first sight
+    /// (kept across reloads, like every counter here).
+    pub fn frontend_counters(&self, name: &str) -> Arc<FrontendCounters> {
+        let mut map = self.frontends.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_owned()).or_default().clone()
     }
 
     /// The stick table `def` describes: the existing one (and its entries)

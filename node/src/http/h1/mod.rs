@@ -285,7 +285,7 @@ async fn exchange<'a, IO: ClientIo>(
     if snap.tracking_needs_general_path {
         return handoff(buf, &head, &read).into();
     }
-    let mut tracked = Tracked::default();
+    let mut tracked = Tracked::for_request(conn.tracked.as_ref());
     let bi = match proxy::choose_backend(
         snap,
         fe,
@@ -1515,6 +1515,7 @@ mod tests {
             client: addr,
             local: addr,
             tls: false,
+            tracked: None,
         };
         let timeouts = Timeouts::default();
         let mut buf = BytesMut::new();
