@@ -4,6 +4,7 @@
 mod balancing;
 mod client_keys;
 mod config_errors;
+mod conn_limits;
 mod differential;
 mod errors;
 mod fallback;

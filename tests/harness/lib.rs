@@ -758,6 +758,12 @@ impl RawClient {
         }
     }
 
+    /// Takes over a stream already connected, with the bytes already read
+    /// from it.
+    pub fn from_stream(stream: tokio::net::TcpStream, read: Vec<u8>) -> RawClient {
+        RawClient { stream, buf: read }
+    }
+
     /// Writes `bytes` in one write.
     pub async fn send(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
