@@ -9,6 +9,7 @@ mod differential;
 mod errors;
 mod fallback;
 mod h1_engine;
+mod h2_attacks;
 mod haproxy;
 mod health;
 mod listeners;
