@@ -56,6 +56,65 @@ const MAX_HEADERS: usize = 100;
 const CHUNK: usize = 16 * 1024;
 /// Bodies up to this size go out in the same write as their head.
 const COALESCE_MAX: usize = 16 * 1024;
+/// The slowest a request body may arrive once `timeout http-request` has
+/// passed since its head (Apache's mod_reqtimeout `MinRate`): a real
+/// upload, even on a poor link, is far faster; a slow-body attack
+/// (R-U-Dead-Yet: a few bytes every few seconds, each resetting any
+/// inactivity timeout) is far slower.
+const BODY_MIN_RATE: u64 = 500;
+
+/// When the body being read must have arrived by: `timeout http-request`
+/// after its head, plus one second per [`BODY_MIN_RATE`] bytes received.
+/// HAProxy bounds a body by `timeout http-request` only when it buffers it
+/// (`option http-buffer-request`) and by `timeout client` inactivity
+/// otherwise, which a trickle of bytes never trips.
+#[derive(Clone, Copy)]
+struct BodyClock {
+    start: Instant,
+    base: Duration,
+    client: Duration,
+}
+
+impl BodyClock {
+    fn new(t: &Timeouts) -> BodyClock {
+        BodyClock {
+            start: Instant::now(),
+            base: t.http_request,
+            client: t.client,
+        }
+    }
+
+    fn body_deadline(&self, received: u64) -> Instant {
+        let earned = Duration::from_millis(received.saturating_mul(1000) / BODY_MIN_RATE);
+        self.start + self.base.saturating_add(earned)
+    }
+
+    /// Reads more of the body into `buf` (`received` bytes of it so far),
+    /// within `timeout client` of inactivity and the body's deadline.
+    async fn read<IO: ClientIo>(
+        &self,
+        io: &mut IO,
+        buf: &mut BytesMut,
+        received: u64,
+    ) -> Result<(), BodyFail> {
+        let body_deadline = self.body_deadline(received);
+        let deadline = body_deadline.min(Instant::now() + self.client);
+        match timeout_at(deadline, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => Ok(()),
+            Ok(_) => Err(BodyFail::Client),
+            Err(_) if deadline == body_deadline => Err(BodyFail::TooSlow),
+            Err(_) => Err(BodyFail::Client),
+        }
+    }
+}
+
+fn body_too_slow() -> Response<RespBody> {
+    error::error_response(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "The request body was not received in time.",
+    )
+}
 
 /// A client connection the engine can wait on without holding a buffer.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
@@ -224,6 +283,7 @@ async fn exchange<'a, IO: ClientIo>(
 ) -> Step<'a> {
     let head = buf.split_to(head_len).freeze();
     let client_to = fe.timeouts.client;
+    let clock = BodyClock::new(&fe.timeouts);
     let req = match parse_request(&head) {
         Parsed::Request(r) => r,
         Parsed::Handoff => return handoff(buf, &head, &Bytes::new()).into(),
@@ -258,7 +318,7 @@ async fn exchange<'a, IO: ClientIo>(
         let Framing::Length(total) = framing else {
             return handoff(buf, &head, &read).into();
         };
-        let found = match scan_model(io, buf, total, fe).await {
+        let found = match scan_model(io, buf, total, fe, &clock).await {
             Ok(found) => found,
             Err(Some(resp)) => return answer(io, fe, resp, request_id, true).await.into(),
             Err(None) => return Next::Close.into(),
@@ -359,9 +419,16 @@ async fn exchange<'a, IO: ClientIo>(
             if need <= fe.body_limit {
                 while buf.len() < need {
                     buf.reserve(need - buf.len());
-                    match timeout(client_to, io.read_buf(buf)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => return Next::Close.into(),
+                    let received = (read.len() + buf.len()) as u64;
+                    match clock.read(io, buf, received).await {
+                        Ok(()) => {}
+                        Err(BodyFail::TooSlow) => {
+                            let resp = body_too_slow();
+                            return answer_tracked(io, fe, &mut tracked, resp, request_id, true)
+                                .await
+                                .into();
+                        }
+                        Err(_) => return Next::Close.into(),
                     }
                 }
             }
@@ -429,11 +496,22 @@ async fn exchange<'a, IO: ClientIo>(
             Err(e) => e,
             Ok(mut up) => {
                 if !body.done() {
+                    let received = (send.len() + from_buf) as u64;
                     if let Err(fail) =
-                        stream_request_body(io, &mut up, buf, &mut body, client_to, be).await
+                        stream_request_body(io, &mut up, buf, &mut body, &clock, received, be).await
                     {
                         return match fail {
                             BodyFail::Client => Next::Close.into(),
+                            BodyFail::TooSlow => answer_tracked(
+                                io,
+                                fe,
+                                &mut tracked,
+                                body_too_slow(),
+                                request_id,
+                                true,
+                            )
+                            .await
+                            .into(),
                             BodyFail::Malformed(why) => {
                                 let resp = error::bad_request(&format!(
                                     "The request body is malformed: {why}."
@@ -716,6 +794,7 @@ async fn scan_model<IO: ClientIo>(
     buf: &mut BytesMut,
     total: u64,
     fe: &Frontend,
+    clock: &BodyClock,
 ) -> Result<Option<Range<usize>>, Option<Response<RespBody>>> {
     let total = usize::try_from(total).unwrap_or(usize::MAX);
     let mut scanner = ModelScanner::default();
@@ -732,9 +811,10 @@ async fn scan_model<IO: ClientIo>(
             return Err(Some(error::too_large(fe.body_limit)));
         }
         buf.reserve(CHUNK);
-        match timeout(fe.timeouts.client, io.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return Err(None),
+        match clock.read(io, buf, buf.len() as u64).await {
+            Ok(()) => {}
+            Err(BodyFail::TooSlow) => return Err(Some(body_too_slow())),
+            Err(_) => return Err(None),
         }
     }
 }
@@ -889,6 +969,8 @@ async fn fill(
 
 enum BodyFail {
     Client,
+    /// Slower than [`BODY_MIN_RATE`] past `timeout http-request`: 408.
+    TooSlow,
     Malformed(&'static str),
     Upstream(UpstreamError),
 }
@@ -899,16 +981,15 @@ async fn stream_request_body<IO: ClientIo>(
     up: &mut TcpStream,
     buf: &mut BytesMut,
     body: &mut BodyLeft,
-    client_to: Duration,
+    clock: &BodyClock,
+    mut received: u64,
     be: &Backend,
 ) -> Result<(), BodyFail> {
     while !body.done() {
         buf.reserve(CHUNK);
-        match timeout(client_to, io.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return Err(BodyFail::Client),
-        }
+        clock.read(io, buf, received).await?;
         let n = body.take(buf).map_err(BodyFail::Malformed)?;
+        received += n as u64;
         match timeout(be.timeouts.server, up.write_all(&buf[..n])).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(BodyFail::Upstream(UpstreamError::Broken)),
