@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace after installing what the tests need:
-# Debian packages (python3-venv, curl, haproxy), and the official OpenAI and
+# Debian packages (python3-venv, curl, haproxy, slowhttptest), and the official OpenAI and
 # Anthropic Python SDKs plus the h2 package (the HTTP/2 attacker of
 # tests/python/h2_attack.py) in a virtualenv under target/. Safe to run again; it
 # only installs what is missing. Extra arguments go to `cargo test`.
@@ -16,6 +16,8 @@ python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The differential tests run the same .cfg under HAProxy.
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+# The slow-client tests (tests/e2e/slowloris.rs) run slowhttptest.
+command -v slowhttptest >/dev/null 2>&1 || missing+=(slowhttptest)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}"
     $sudo apt-get update -qq

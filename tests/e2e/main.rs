@@ -17,6 +17,7 @@ mod retry;
 mod rewriting;
 mod routing;
 mod sdk;
+mod slowloris;
 mod stick;
 mod streaming;
 mod tcp;
