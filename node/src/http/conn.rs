@@ -631,7 +631,10 @@ impl<T: AsyncWrite> AsyncWrite for FrameMeter<T> {
 /// `timeout client` for a client that stops reading, and `timeout
 /// http-keep-alive` between requests (then a graceful close: h1 closes,
 /// h2 sends GOAWAY). h1 is idle when no byte moved, h2 when no request
-/// started or ended, whatever control frames went by.
+/// started or ended, whatever control frames went by. A graceful close the
+/// client does not complete (an h2 client must acknowledge it) becomes a
+/// plain one after another `timeout http-keep-alive` with nothing in
+/// flight.
 async fn watch<F, E>(
     mut conn: Pin<&mut F>,
     graceful_shutdown: fn(Pin<&mut F>),
@@ -646,7 +649,9 @@ async fn watch<F, E>(
     let keep_alive = timeouts.http_keep_alive;
     let client = timeouts.client;
     let mut wake = Box::pin(tokio::time::sleep(keep_alive.min(client)));
-    let mut closing = false;
+    // When the graceful close started: an h2 client must still acknowledge
+    // it (GOAWAY, then a PING) before hyper lets the connection go.
+    let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -665,11 +670,22 @@ async fn watch<F, E>(
                 // h2: PINGs and SETTINGS move bytes without being requests.
                 let idle = if h2 { activity.requests_idle_for() } else { activity.idle_for() };
                 let inflight = activity.inflight.load(Ordering::Relaxed);
-                if !closing && inflight == 0 && idle >= keep_alive {
+                if closing.is_none() && inflight == 0 && idle >= keep_alive {
                     graceful_shutdown(conn.as_mut());
-                    closing = true;
+                    closing = Some(Instant::now());
                 }
-                let mut next = if inflight == 0 && !closing { keep_alive.saturating_sub(idle) } else { client };
+                // A client that ignores the close (never acknowledges the
+                // GOAWAY's PING) is dropped after another idle period.
+                let lingering = closing.filter(|_| inflight == 0).map(|at| at.elapsed());
+                if lingering.is_some_and(|l| l >= keep_alive) {
+                    tracing::debug!(client = %client_addr, "client did not finish the graceful close, dropping");
+                    return;
+                }
+                let mut next = match (closing, lingering) {
+                    (None, _) if inflight == 0 => keep_alive.saturating_sub(idle),
+                    (Some(_), Some(l)) => keep_alive.saturating_sub(l),
+                    _ => client,
+                };
                 if let Some(b) = blocked {
                     next = next.min(client.saturating_sub(b));
                 } else if inflight > 0 {
