@@ -30,8 +30,12 @@ struct Outcome {
 }
 
 async fn run(mode: &str) -> Outcome {
+    run_with(mode, "", ROUNDS).await
+}
+
+async fn run_with(mode: &str, frontend: &str, rounds_wanted: usize) -> Outcome {
     let mock = Mock::start("m", &[]);
-    let gw = Gateway::start(&one_backend("", "", mock.addr), 1);
+    let gw = Gateway::start(&one_backend(frontend, "", mock.addr), 1);
     let url = gw.url("/v1/chat/completions");
     let [(_, h1), (_, h2c)] = llmgw_e2e::clients();
     // Warm both paths up, so the memory measured after is the attack's.
@@ -44,7 +48,7 @@ async fn run(mode: &str) -> Outcome {
         .arg(root().join("tests/python/h2_attack.py"))
         .arg(gw.addr().to_string())
         .arg(mode)
-        .args(["--rounds", &ROUNDS.to_string()])
+        .args(["--rounds", &rounds_wanted.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -79,7 +83,7 @@ async fn run(mode: &str) -> Outcome {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert_eq!(rounds.len(), ROUNDS, "{stdout}");
+    assert_eq!(rounds.len(), rounds_wanted, "{stdout}");
     // And after it, the gateway still serves both kinds of client.
     for c in [&h1, &h2c] {
         assert_eq!(c.post_json(&url, CHAT).await.status, 200);
@@ -194,4 +198,20 @@ fn assert_flood_cut(mode: &str, o: &Outcome) {
         "{log}"
     );
     let _ = (o.rss_before_kib, o.rss_after_kib);
+}
+
+/// A connection that sends PINGs but no request is idle: GOAWAY(NO_ERROR)
+/// once `timeout http-keep-alive` has passed since it opened, though bytes
+/// keep moving (the attacker would ping for 10 s, 10 times the timeout);
+/// as it never acknowledges the GOAWAY's own PING, the gateway drops it
+/// after another keep-alive period.
+#[tokio::test]
+async fn pings_do_not_keep_an_idle_h2_connection_open() {
+    let o = run_with("ping-idle", "timeout = { http_keep_alive = \"1s\" }", 2).await;
+    assert_each_round_ended("ping-idle", &o);
+    for r in &o.rounds {
+        assert_eq!(r["goaway_code"], 0, "{r}");
+        let sent = r["sent"].as_u64().unwrap_or(0);
+        assert!(sent < 100, "pinged to the end of its budget: {r}");
+    }
 }

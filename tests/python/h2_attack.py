@@ -9,6 +9,8 @@ MODE is one of:
                 frames of one never-ending header value (CVE-2024-27316)
   settings      endless SETTINGS frames
   ping          endless PING frames
+  ping-idle     no request, one PING every 100 ms (for 10 s at most): the
+                connection is idle all the same and must get GOAWAY
 
 Each round opens a fresh h2c (prior knowledge) connection and attacks it
 until the gateway ends it or the frame budget below is spent. A reader
@@ -38,7 +40,7 @@ from hyperframe.frame import (
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Frames (or stream pairs) sent per round at most, and per write.
-BUDGET = {"rapid-reset": 5000, "continuation": 4000, "settings": 50000, "ping": 50000}
+BUDGET = {"rapid-reset": 5000, "continuation": 4000, "settings": 50000, "ping": 50000, "ping-idle": 100}
 BATCH = 100
 # How long to wait for the gateway's answer once everything is sent.
 DRAIN_S = 10.0
@@ -129,7 +131,7 @@ def frames_for(mode, enc):
             s = SettingsFrame(0)
             s.settings = {SettingsFrame.INITIAL_WINDOW_SIZE: 65535}
             yield s.serialize()
-    elif mode == "ping":
+    elif mode in ("ping", "ping-idle"):
         i = 0
         while True:
             yield PingFrame(0, (i % (1 << 64)).to_bytes(8, "big")).serialize()
@@ -153,10 +155,14 @@ def attack(addr, mode):
         sock.sendall(PREFACE + settings.serialize())
         gen = frames_for(mode, enc)
         budget = BUDGET[mode]
+        pace = mode == "ping-idle"
+        step = 1 if pace else BATCH
         while sent < budget and not reader.done.is_set():
-            batch = b"".join(next(gen) for _ in range(min(BATCH, budget - sent)))
+            batch = b"".join(next(gen) for _ in range(min(step, budget - sent)))
             sock.sendall(batch)
-            sent += min(BATCH, budget - sent)
+            sent += min(step, budget - sent)
+            if pace:
+                reader.done.wait(0.1)
     except (BrokenPipeError, ConnectionResetError) as e:
         send_error = type(e).__name__
     except socket.timeout:
