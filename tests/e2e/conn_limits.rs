@@ -224,3 +224,51 @@ async fn requests_count_on_the_connection_entry_on_both_paths() {
     let r = h2.get(&gw.url("/v1/models")).await;
     assert_eq!(r.status, 429, "h2c request 4");
 }
+
+/// What a client sees of the 10-connection limit: 10 held connections
+/// served, the 11th closed without a response, and once 3 are closed a new
+/// one served again.
+async fn ten_per_source_outcomes(addr: SocketAddr) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut open = Vec::new();
+    for _ in 0..11 {
+        match served(addr).await {
+            Some(c) => {
+                out.push("served");
+                open.push(c);
+            }
+            None => out.push("closed without a response"),
+        }
+    }
+    open.truncate(7);
+    // HAProxy and llmgw both take a moment to see the 3 closes.
+    let again = eventually(Duration::from_secs(10), || async { served(addr).await }).await;
+    out.push("served again after 3 closed");
+    drop(again);
+    out
+}
+
+/// The same `.cfg` under HAProxy and llmgw: the same connections served
+/// and refused.
+#[tokio::test]
+async fn same_connection_limit_as_haproxy() {
+    let m = Mock::start("m", &[]);
+    let port = crate::differential::free_port();
+    let config = cfg("http", "conn_cur", CONN_CUR_RULES, m.addr)
+        .replace("bind 127.0.0.1:0", &format!("bind 127.0.0.1:{port}"));
+    let gw = llmgw_e2e::start_cfg(&config, 1, &["--bind", "127.0.0.1:0"]);
+    let ours = ten_per_source_outcomes(gw.addr()).await;
+    drop(gw);
+
+    let _hap = crate::differential::start_haproxy(&config);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(addr).await.ok().map(drop)
+    })
+    .await;
+    // The probe's connection is closed: HAProxy takes back its conn_cur
+    // long before the 11th connection below.
+    let theirs = ten_per_source_outcomes(addr).await;
+    assert_eq!(ours, theirs, "llmgw left, haproxy right");
+    assert_eq!(ours[10], "closed without a response");
+}
