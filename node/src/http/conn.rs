@@ -466,9 +466,10 @@ fn h2_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
 }
 
 /// Control frames a client may send at once (then [`CONTROL_REFILL_PER_S`]
-/// a second): far more than a client needs — a handful of SETTINGS and
-/// PINGs, a PRIORITY or RST_STREAM per stream it cancels — and far less
-/// than a flood.
+/// a second, and one more for each request it makes): far more than a
+/// client needs — a handful of SETTINGS and PINGs, a PRIORITY (or
+/// PRIORITY_UPDATE) per request, an RST_STREAM per stream it cancels — and
+/// far less than a flood.
 const CONTROL_BURST: u32 = 1000;
 const CONTROL_REFILL_PER_S: u32 = 100;
 /// The client connection preface, which precedes the first frame.
@@ -480,8 +481,9 @@ pin_project_lite::pin_project! {
     /// header). Frames that cost the gateway work but carry no request —
     /// PING, SETTINGS, RST_STREAM, PRIORITY and frame types it ignores —
     /// spend a token bucket ([`CONTROL_BURST`], refilled at
-    /// [`CONTROL_REFILL_PER_S`]); once it is empty the read fails and the
-    /// connection is dropped. The `h2` crate answers one PING or SETTINGS
+    /// [`CONTROL_REFILL_PER_S`] and by one for each HEADERS frame, so that
+    /// what a busy client sends per request is paid for by the request);
+    /// once it is empty the read fails and the connection is dropped. The `h2` crate answers one PING or SETTINGS
     /// at a time and stops reading while the answer is unsent (so a flood
     /// cannot queue answers), but it answers any number of them.
     pub struct FrameMeter<T> {
@@ -492,9 +494,46 @@ pin_project_lite::pin_project! {
         skip: usize,
         head: [u8; 9],
         head_len: usize,
-        tokens: u32,
-        refilled: Instant,
+        bucket: Bucket,
         client: SocketAddr,
+    }
+}
+
+/// What [`meter`] charges frames to.
+trait Budget {
+    /// A control frame: `false` when there is nothing left to spend.
+    fn spend(&mut self) -> bool;
+    /// A request (a HEADERS frame) earns one back.
+    fn earn(&mut self);
+}
+
+/// The token bucket of [`FrameMeter`].
+struct Bucket {
+    tokens: u32,
+    refilled: Instant,
+}
+
+impl Budget for Bucket {
+    fn spend(&mut self) -> bool {
+        if self.tokens == 0 {
+            // Refilled only when empty: one clock read per CONTROL_BURST
+            // frames at most.
+            let now = Instant::now();
+            let earned = now.duration_since(self.refilled).as_millis() as u64
+                * u64::from(CONTROL_REFILL_PER_S)
+                / 1000;
+            if earned == 0 {
+                return false;
+            }
+            self.tokens = u32::try_from(earned).unwrap_or(u32::MAX).min(CONTROL_BURST);
+            self.refilled = now;
+        }
+        self.tokens -= 1;
+        true
+    }
+
+    fn earn(&mut self) {
+        self.tokens = (self.tokens + 1).min(CONTROL_BURST);
     }
 }
 
@@ -505,8 +544,10 @@ impl<T> FrameMeter<T> {
             skip: PREFACE_LEN,
             head: [0; 9],
             head_len: 0,
-            tokens: CONTROL_BURST,
-            refilled: Instant::now(),
+            bucket: Bucket {
+                tokens: CONTROL_BURST,
+                refilled: Instant::now(),
+            },
             client,
         }
     }
@@ -528,7 +569,7 @@ fn meter(
     head: &mut [u8; 9],
     head_len: &mut usize,
     mut data: &[u8],
-    mut spend: impl FnMut() -> bool,
+    budget: &mut impl Budget,
 ) -> bool {
     while !data.is_empty() {
         if *skip > 0 {
@@ -544,8 +585,10 @@ fn meter(
         if *head_len == 9 {
             *head_len = 0;
             *skip = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-            if is_control(head[3]) && !spend() {
-                return false;
+            match head[3] {
+                1 => budget.earn(),
+                kind if is_control(kind) && !budget.spend() => return false,
+                _ => {}
             }
         }
     }
@@ -561,30 +604,12 @@ impl<T: AsyncRead> AsyncRead for FrameMeter<T> {
         let this = self.project();
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
-        let tokens = this.tokens;
-        let refilled = this.refilled;
         let ok = meter(
             this.skip,
             this.head,
             this.head_len,
             &buf.filled()[before..],
-            || {
-                if *tokens == 0 {
-                    // Refill only when empty: one clock read per
-                    // CONTROL_BURST frames at most.
-                    let now = Instant::now();
-                    let earned = now.duration_since(*refilled).as_millis() as u64
-                        * u64::from(CONTROL_REFILL_PER_S)
-                        / 1000;
-                    if earned == 0 {
-                        return false;
-                    }
-                    *tokens = u32::try_from(earned).unwrap_or(u32::MAX).min(CONTROL_BURST);
-                    *refilled = now;
-                }
-                *tokens -= 1;
-                true
-            },
+            this.bucket,
         );
         if !ok {
             tracing::info!(client = %this.client, "HTTP/2 control frame flood: closing the connection");
@@ -718,21 +743,40 @@ mod tests {
         f
     }
 
-    /// Feeds `stream` in pieces of `step` bytes; returns the control frames
-    /// seen, or `None` when the budget of `budget` ran out.
-    fn run(stream: &[u8], step: usize, budget: u32) -> Option<u32> {
+    /// Counts what it is charged, up to `left` control frames.
+    struct Count {
+        spent: u32,
+        earned: u32,
+        left: u32,
+    }
+
+    impl Budget for Count {
+        fn spend(&mut self) -> bool {
+            self.spent += 1;
+            self.left = self.left.saturating_sub(1);
+            self.left > 0 || self.spent <= self.earned
+        }
+
+        fn earn(&mut self) {
+            self.earned += 1;
+        }
+    }
+
+    /// Feeds `stream` in pieces of `step` bytes; returns (control frames,
+    /// requests) seen, or `None` when the budget of `left` ran out.
+    fn run(stream: &[u8], step: usize, left: u32) -> Option<(u32, u32)> {
         let (mut skip, mut head, mut head_len) = (PREFACE_LEN, [0u8; 9], 0);
-        let mut seen = 0;
+        let mut b = Count {
+            spent: 0,
+            earned: 0,
+            left: left + 1,
+        };
         for piece in stream.chunks(step) {
-            let ok = meter(&mut skip, &mut head, &mut head_len, piece, || {
-                seen += 1;
-                seen <= budget
-            });
-            if !ok {
+            if !meter(&mut skip, &mut head, &mut head_len, piece, &mut b) {
                 return None;
             }
         }
-        Some(seen)
+        Some((b.spent, b.earned))
     }
 
     #[test]
@@ -747,7 +791,7 @@ mod tests {
         s.extend(frame(2, &[0; 5])); // PRIORITY
         s.extend(frame(0xfa, &[1, 2, 3])); // unknown type
         for step in [1, 2, 5, 9, 10, 17, 4096] {
-            assert_eq!(run(&s, step, 100), Some(5), "split every {step} bytes");
+            assert_eq!(run(&s, step, 100), Some((5, 1)), "split every {step} bytes");
         }
     }
 
@@ -758,6 +802,32 @@ mod tests {
             s.extend(frame(6, &[0; 8]));
         }
         assert_eq!(run(&s, 1000, CONTROL_BURST), None);
-        assert_eq!(run(&s, 1000, CONTROL_BURST + 1), Some(CONTROL_BURST + 1));
+        assert_eq!(
+            run(&s, 1000, CONTROL_BURST + 1),
+            Some((CONTROL_BURST + 1, 0))
+        );
+    }
+
+    #[test]
+    fn the_bucket_refunds_a_request_and_refills_with_time() {
+        let mut b = Bucket {
+            tokens: 2,
+            refilled: Instant::now(),
+        };
+        assert!(b.spend() && b.spend());
+        b.earn();
+        assert!(b.spend());
+        // Empty, and no time has passed to speak of.
+        b.refilled = Instant::now() + Duration::from_secs(3600);
+        assert!(!b.spend());
+        // A second is worth CONTROL_REFILL_PER_S frames.
+        b.refilled = Instant::now() - Duration::from_secs(1);
+        for _ in 0..CONTROL_REFILL_PER_S {
+            assert!(b.spend());
+        }
+        for _ in 0..10 * CONTROL_BURST {
+            b.earn();
+        }
+        assert_eq!(b.tokens, CONTROL_BURST);
     }
 }
