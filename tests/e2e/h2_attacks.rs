@@ -215,3 +215,16 @@ async fn pings_do_not_keep_an_idle_h2_connection_open() {
         assert!(sent < 100, "pinged to the end of its budget: {r}");
     }
 }
+
+/// R-U-Dead-Yet over HTTP/2: a POST whose body comes a byte every 100 ms.
+/// The general path holds a body to the same pace as the HTTP/1 engine:
+/// past `timeout http-request`, 500 bytes a second or a 408.
+#[tokio::test]
+async fn a_slow_h2_body_gets_408() {
+    let o = run_with("slow-body", "timeout = { http_request = \"1s\" }", 2).await;
+    for r in &o.rounds {
+        assert_eq!(r["statuses"], serde_json::json!(["408"]), "{r}");
+        let sent = r["sent"].as_u64().unwrap_or(0);
+        assert!(sent < 100, "sent its whole body: {r}");
+    }
+}

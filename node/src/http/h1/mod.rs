@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use self::framing::{ChunkedScanner, Framing};
-use super::body::RespBody;
+use super::body::{BodyPace, RespBody};
 use super::conn::ConnInfo;
 use super::{error, proxy};
 use crate::balance::PickCtx;
@@ -56,64 +56,19 @@ const MAX_HEADERS: usize = 100;
 const CHUNK: usize = 16 * 1024;
 /// Bodies up to this size go out in the same write as their head.
 const COALESCE_MAX: usize = 16 * 1024;
-/// The slowest a request body may arrive once `timeout http-request` has
-/// passed since its head (Apache's mod_reqtimeout `MinRate`): a real
-/// upload, even on a poor link, is far faster; a slow-body attack
-/// (R-U-Dead-Yet: a few bytes every few seconds, each resetting any
-/// inactivity timeout) is far slower.
-const BODY_MIN_RATE: u64 = 500;
-
-/// When the body being read must have arrived by: `timeout http-request`
-/// after its head, plus one second per [`BODY_MIN_RATE`] bytes received.
-/// HAProxy bounds a body by `timeout http-request` only when it buffers it
-/// (`option http-buffer-request`) and by `timeout client` inactivity
-/// otherwise, which a trickle of bytes never trips.
-#[derive(Clone, Copy)]
-struct BodyClock {
-    start: Instant,
-    base: Duration,
-    client: Duration,
-}
-
-impl BodyClock {
-    fn new(t: &Timeouts) -> BodyClock {
-        BodyClock {
-            start: Instant::now(),
-            base: t.http_request,
-            client: t.client,
-        }
+/// Reads more of a request body into `buf` (`received` bytes of it so
+/// far), held to the body's pace: a body that stops coming is a 408.
+async fn read_body<IO: ClientIo>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    pace: &BodyPace,
+    received: u64,
+) -> Result<(), BodyFail> {
+    match timeout_at(pace.next_deadline(received), io.read_buf(buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(_) => Err(BodyFail::Client),
+        Err(_) => Err(BodyFail::TooSlow),
     }
-
-    fn body_deadline(&self, received: u64) -> Instant {
-        let earned = Duration::from_millis(received.saturating_mul(1000) / BODY_MIN_RATE);
-        self.start + self.base.saturating_add(earned)
-    }
-
-    /// Reads more of the body into `buf` (`received` bytes of it so far),
-    /// within `timeout client` of inactivity and the body's deadline.
-    async fn read<IO: ClientIo>(
-        &self,
-        io: &mut IO,
-        buf: &mut BytesMut,
-        received: u64,
-    ) -> Result<(), BodyFail> {
-        let body_deadline = self.body_deadline(received);
-        let deadline = body_deadline.min(Instant::now() + self.client);
-        match timeout_at(deadline, io.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => Ok(()),
-            Ok(_) => Err(BodyFail::Client),
-            Err(_) if deadline == body_deadline => Err(BodyFail::TooSlow),
-            Err(_) => Err(BodyFail::Client),
-        }
-    }
-}
-
-fn body_too_slow() -> Response<RespBody> {
-    error::error_response(
-        StatusCode::REQUEST_TIMEOUT,
-        "request_timeout",
-        "The request body was not received in time.",
-    )
 }
 
 /// A client connection the engine can wait on without holding a buffer.
@@ -283,7 +238,7 @@ async fn exchange<'a, IO: ClientIo>(
 ) -> Step<'a> {
     let head = buf.split_to(head_len).freeze();
     let client_to = fe.timeouts.client;
-    let clock = BodyClock::new(&fe.timeouts);
+    let pace = BodyPace::new(&fe.timeouts);
     let req = match parse_request(&head) {
         Parsed::Request(r) => r,
         Parsed::Handoff => return handoff(buf, &head, &Bytes::new()).into(),
@@ -318,7 +273,7 @@ async fn exchange<'a, IO: ClientIo>(
         let Framing::Length(total) = framing else {
             return handoff(buf, &head, &read).into();
         };
-        let found = match scan_model(io, buf, total, fe, &clock).await {
+        let found = match scan_model(io, buf, total, fe, &pace).await {
             Ok(found) => found,
             Err(Some(resp)) => return answer(io, fe, resp, request_id, true).await.into(),
             Err(None) => return Next::Close.into(),
@@ -420,10 +375,10 @@ async fn exchange<'a, IO: ClientIo>(
                 while buf.len() < need {
                     buf.reserve(need - buf.len());
                     let received = (read.len() + buf.len()) as u64;
-                    match clock.read(io, buf, received).await {
+                    match read_body(io, buf, &pace, received).await {
                         Ok(()) => {}
                         Err(BodyFail::TooSlow) => {
-                            let resp = body_too_slow();
+                            let resp = proxy::body_too_slow();
                             return answer_tracked(io, fe, &mut tracked, resp, request_id, true)
                                 .await
                                 .into();
@@ -498,7 +453,7 @@ async fn exchange<'a, IO: ClientIo>(
                 if !body.done() {
                     let received = (send.len() + from_buf) as u64;
                     if let Err(fail) =
-                        stream_request_body(io, &mut up, buf, &mut body, &clock, received, be).await
+                        stream_request_body(io, &mut up, buf, &mut body, &pace, received, be).await
                     {
                         return match fail {
                             BodyFail::Client => Next::Close.into(),
@@ -506,7 +461,7 @@ async fn exchange<'a, IO: ClientIo>(
                                 io,
                                 fe,
                                 &mut tracked,
-                                body_too_slow(),
+                                proxy::body_too_slow(),
                                 request_id,
                                 true,
                             )
@@ -794,7 +749,7 @@ async fn scan_model<IO: ClientIo>(
     buf: &mut BytesMut,
     total: u64,
     fe: &Frontend,
-    clock: &BodyClock,
+    pace: &BodyPace,
 ) -> Result<Option<Range<usize>>, Option<Response<RespBody>>> {
     let total = usize::try_from(total).unwrap_or(usize::MAX);
     let mut scanner = ModelScanner::default();
@@ -811,9 +766,9 @@ async fn scan_model<IO: ClientIo>(
             return Err(Some(error::too_large(fe.body_limit)));
         }
         buf.reserve(CHUNK);
-        match clock.read(io, buf, buf.len() as u64).await {
+        match read_body(io, buf, pace, buf.len() as u64).await {
             Ok(()) => {}
-            Err(BodyFail::TooSlow) => return Err(Some(body_too_slow())),
+            Err(BodyFail::TooSlow) => return Err(Some(proxy::body_too_slow())),
             Err(_) => return Err(None),
         }
     }
@@ -969,7 +924,7 @@ async fn fill(
 
 enum BodyFail {
     Client,
-    /// Slower than [`BODY_MIN_RATE`] past `timeout http-request`: 408.
+    /// Past its [`BodyPace`]: 408.
     TooSlow,
     Malformed(&'static str),
     Upstream(UpstreamError),
@@ -981,13 +936,13 @@ async fn stream_request_body<IO: ClientIo>(
     up: &mut TcpStream,
     buf: &mut BytesMut,
     body: &mut BodyLeft,
-    clock: &BodyClock,
+    pace: &BodyPace,
     mut received: u64,
     be: &Backend,
 ) -> Result<(), BodyFail> {
     while !body.done() {
         buf.reserve(CHUNK);
-        clock.read(io, buf, received).await?;
+        read_body(io, buf, pace, received).await?;
         let n = body.take(buf).map_err(BodyFail::Malformed)?;
         received += n as u64;
         match timeout(be.timeouts.server, up.write_all(&buf[..n])).await {
