@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace after installing what the tests need:
-# Debian packages (python3-venv, curl, haproxy, prometheus for promtool), and the official OpenAI and
-# Anthropic Python SDKs in a virtualenv under target/. Safe to run again; it
+# Debian packages (python3-venv, curl, haproxy, slowhttptest, prometheus for
+# promtool), and the official OpenAI and Anthropic Python SDKs plus the h2
+# package (the HTTP/2 attacker of tests/python/h2_attack.py) in a virtualenv
+# under target/. Safe to run again; it
 # only installs what is missing. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,17 +19,19 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # `promtool check metrics` checks the /metrics exposition.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# The slow-client tests (tests/e2e/slowloris.rs) run slowhttptest.
+command -v slowhttptest >/dev/null 2>&1 || missing+=(slowhttptest)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if ! "$venv/bin/python" -c "import openai, anthropic" >/dev/null 2>&1; then
-    echo "tests/run.sh: creating $venv with the openai and anthropic SDKs"
+if ! "$venv/bin/python" -c "import openai, anthropic, h2" >/dev/null 2>&1; then
+    echo "tests/run.sh: creating $venv with the openai and anthropic SDKs and h2"
     mkdir -p target
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check openai anthropic
+    "$venv/bin/pip" install --quiet --disable-pip-version-check openai anthropic h2
 fi
 export LLMGW_TEST_PYTHON="$PWD/$venv/bin/python"
 

@@ -32,7 +32,8 @@ pub struct Snapshot {
     pub keyrings: Vec<crate::keys::KeyRing>,
     /// Same order as `config.frontends`; kept across reloads by name.
     pub frontend_stats: Vec<Arc<crate::metrics::ProxyStats>>,
-    /// Some rule tracks into a stick table and some backend is not plain
+    /// Some rule (`http-request` or `tcp-request connection`) tracks into a
+    /// stick table and some backend is not plain
     /// HTTP/1.1: the HTTP/1 engine then hands every request to the general
     /// path before its rules run, since a handoff after routing would run
     /// the rules — and count the request — twice.
@@ -235,8 +236,13 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
         })
         .collect::<Result<Vec<_>, _>>()?;
     let keyed = config.frontends.iter().any(|f| f.client_keys.is_some());
+    // A connection's entries count each of its requests too, so a request
+    // handed over after routing would count twice on them as well.
     let tracking = keyed
-        || config.frontends.iter().any(|f| tracks(&f.http_request))
+        || config
+            .frontends
+            .iter()
+            .any(|f| tracks(&f.http_request) || f.tcp_request.tracks_connections())
         || config.backends.iter().any(|b| tracks(&b.http_request));
     let counts = |f: fn(crate::config::stick::Data) -> bool| {
         tracking

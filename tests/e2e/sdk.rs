@@ -3,20 +3,7 @@
 
 use std::process::Command;
 
-use llmgw_e2e::{root, Proc};
-
-fn python() -> String {
-    if let Ok(p) = std::env::var("LLMGW_TEST_PYTHON") {
-        return p;
-    }
-    let venv = root().join("target/test-venv/bin/python");
-    assert!(
-        venv.exists(),
-        "the SDK tests need Python with the openai and anthropic packages: run tests/run.sh (it creates {})",
-        venv.display()
-    );
-    venv.to_string_lossy().into_owned()
-}
+use llmgw_e2e::{python, root, Proc};
 
 #[test]
 fn openai_and_anthropic_sdks_against_the_embedded_default() {

@@ -45,6 +45,32 @@ pub fn llmgw_bin() -> PathBuf {
     bin
 }
 
+/// The Python the Python-driven tests run: `LLMGW_TEST_PYTHON`, else the
+/// virtualenv tests/run.sh creates (with openai, anthropic and h2).
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("LLMGW_TEST_PYTHON") {
+        return p;
+    }
+    let venv = root().join("target/test-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the Python tests need Python with the openai, anthropic and h2 packages: run tests/run.sh (it creates {})",
+        venv.display()
+    );
+    venv.to_string_lossy().into_owned()
+}
+
+/// A process's resident memory (`VmRSS` of /proc/PID/status), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
 /// A child process whose stdout lines are collected; killed on drop.
 pub struct Proc {
     child: Child,
@@ -756,6 +782,12 @@ impl RawClient {
             stream,
             buf: Vec::new(),
         }
+    }
+
+    /// Takes over a stream already connected, with the bytes already read
+    /// from it.
+    pub fn from_stream(stream: tokio::net::TcpStream, read: Vec<u8>) -> RawClient {
+        RawClient { stream, buf: read }
     }
 
     /// Writes `bytes` in one write.

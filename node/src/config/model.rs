@@ -149,22 +149,56 @@ impl Mode {
     }
 }
 
-/// `tcp-request` settings of a frontend (used in `mode tcp`).
+/// `tcp-request` settings of a frontend.
 #[derive(Debug, Clone, Default)]
 pub struct TcpRequest {
     /// `tcp-request inspect-delay`: how long to wait for the client's first
     /// bytes (the TLS ClientHello) when a rule looks at them; zero = rules
-    /// see no content.
+    /// see no content (`mode tcp`).
     pub inspect_delay: Duration,
     /// `tcp-request content accept|reject [if|unless COND]`, in order; the
-    /// first whose condition holds decides, none = accept.
+    /// first whose condition holds decides, none = accept (`mode tcp`).
     pub content: Vec<TcpRule>,
+    /// `tcp-request connection …` rules, in order, run at accept time before
+    /// a byte is read (either mode): tracking goes on past a rule, `accept`
+    /// and `reject` end the evaluation, none = accept.
+    pub connection: Vec<ConnRule>,
+}
+
+impl TcpRequest {
+    /// Does a `tcp-request connection` rule track a stick counter?
+    pub fn tracks_connections(&self) -> bool {
+        self.connection
+            .iter()
+            .any(|r| matches!(r.action, ConnAction::TrackSc { .. }))
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct TcpRule {
     pub cond: Option<Expr>,
     pub accept: bool,
+}
+
+/// One `tcp-request connection` rule. Its condition sees only what is known
+/// at accept: `src` and the stick counters tracked by the rules before it.
+#[derive(Debug, Clone)]
+pub struct ConnRule {
+    pub cond: Option<Expr>,
+    pub action: ConnAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnAction {
+    Accept,
+    /// Close at once, without a response.
+    Reject,
+    /// `track-sc0|1|2 src [table T]`: the connection is counted in table
+    /// T's entry for the client's address for as long as it is open.
+    TrackSc {
+        sc: u8,
+        table: String,
+    },
 }
 
 #[derive(Debug, Clone)]

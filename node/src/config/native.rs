@@ -1053,6 +1053,19 @@ impl Compiler<'_> {
                 }
             }
         }
+        for r in &e.tcp.connection {
+            if let ConnAction::TrackSc { table, .. } = &r.action {
+                if !self.table_names.contains(table) {
+                    // Name the line, so the error points at tcp_request_rules.
+                    let line = lines(tcp)
+                        .iter()
+                        .find(|l| l.contains("track-sc") && l.contains(table.as_str()))
+                        .or_else(|| lines(tcp).iter().find(|l| l.contains("track-sc")))
+                        .map_or(String::new(), |l| format!("'{l}': "));
+                    errors.push(format!("{line}track rule: stick table '{table}' is not declared (add a [[stick_table]] with name = \"{table}\")"));
+                }
+            }
+        }
         // Each error names its line; point at the list that holds it.
         for m in errors {
             let from = |v| lines(v).iter().any(|a| m.starts_with(&format!("'{a}'")));
@@ -2370,6 +2383,41 @@ check_port = 0
                 "test.toml:8: stick_table 'x': type 'uuid' is unknown (use ip, ipv6, integer, string or binary)",
                 "test.toml:8: stick_table 'x': size must be a positive number of entries (e.g. 100000 or \"100k\")",
                 "test.toml:8: stick_table 'x': stick-table data 'conn_rate' needs a period, e.g. conn_rate(10s)",
+            ]
+        );
+    }
+
+    #[test]
+    fn tcp_request_connection_rules_in_both_modes() {
+        for mode in ["http", "tcp"] {
+            let text = format!(
+                "[[frontend]]\nname = \"f\"\nmode = \"{mode}\"\nbind = [\"127.0.0.1:1\"]\ndefault_backend = \"b\"\n\
+                 tcp_request_rules = [\"connection track-sc0 src table conns\", \"connection reject if {{ sc0_conn_cur gt 10 }}\"]\n\
+                 [[backend]]\nname = \"b\"\nmode = \"{mode}\"\n\
+                 [[stick_table]]\nname = \"conns\"\ntype = \"ip\"\nsize = 1000\nstore = [\"conn_cur\"]\n"
+            );
+            let c = load(&text).unwrap_or_else(|e| panic!("{mode}: {e}"));
+            let rules = &c.frontends[0].tcp_request.connection;
+            assert_eq!(rules.len(), 2, "{mode}");
+            assert_eq!(
+                rules[0].action,
+                ConnAction::TrackSc {
+                    sc: 0,
+                    table: "conns".into()
+                }
+            );
+            assert_eq!(rules[1].action, ConnAction::Reject);
+        }
+        let e = errors(
+            "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:1\"]\ndefault_backend = \"b\"\n\
+             tcp_request_rules = [\"connection track-sc0 src\", \"connection reject if { path /x }\"]\n\
+             [[backend]]\nname = \"b\"\n",
+        );
+        assert_eq!(
+            e,
+            [
+                "test.toml:5: 'connection reject if { path /x }': 'tcp-request connection' conditions cannot use path: nothing is read yet at accept time (use src or scN_* fetches, or 'tcp-request content' in mode tcp)",
+                "test.toml:5: 'connection track-sc0 src': track rule: stick table 'f' is not declared (add a [[stick_table]] with name = \"f\")",
             ]
         );
     }

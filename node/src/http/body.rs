@@ -4,6 +4,10 @@
 //! (an upstream stream passed through, or a short gateway-made reply) cost no
 //! allocation, and the guards they carry end a request's accounting exactly
 //! when its last byte has gone.
+//!
+//! A client's request body must also keep coming ([`BodyPace`]): the HTTP/1
+//! engine applies the pace to its own reads, the general path reads through
+//! [`ClientBody`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,14 +25,151 @@ use crate::runtime::{ActiveGuard, Outcome};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The slowest a request body may arrive once `timeout http-request` has
+/// passed since its head (Apache's mod_reqtimeout `MinRate`): a real
+/// upload, even on a poor link, is far faster; a slow-body attack
+/// (R-U-Dead-Yet: a few bytes every few seconds, each resetting any
+/// inactivity timeout) is far slower.
+pub const BODY_MIN_RATE: u64 = 500;
+
+/// When the next bytes of a request body must arrive: within `timeout
+/// client` of the last ones, and the whole body by `timeout http-request`
+/// after its head plus one second per [`BODY_MIN_RATE`] bytes received.
+/// HAProxy bounds a body by `timeout http-request` only when it buffers it
+/// (`option http-buffer-request`), and otherwise by `timeout client`
+/// inactivity alone, which a trickle of bytes never trips.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyPace {
+    start: Instant,
+    base: Duration,
+    client: Duration,
+}
+
+impl BodyPace {
+    /// The pace of a body whose head has just arrived.
+    pub fn new(t: &crate::config::Timeouts) -> BodyPace {
+        BodyPace {
+            start: Instant::now(),
+            base: t.http_request,
+            client: t.client,
+        }
+    }
+
+    /// The deadline for more of a body of which `received` bytes came.
+    pub fn next_deadline(&self, received: u64) -> Instant {
+        let earned = Duration::from_millis(received.saturating_mul(1000) / BODY_MIN_RATE);
+        let pace = self.start + self.base.saturating_add(earned);
+        pace.min(Instant::now() + self.client)
+    }
+}
+
+/// A request body that stopped coming in time (see [`BodyPace`]); the
+/// client gets a 408.
+#[derive(Debug)]
+pub struct BodyTooSlow;
+
+impl std::fmt::Display for BodyTooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body was not received in time")
+    }
+}
+
+impl std::error::Error for BodyTooSlow {}
+
+impl BodyTooSlow {
+    /// Is `e`, or what caused it, a body that came too slowly?
+    pub fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut src = Some(e);
+        while let Some(s) = src {
+            if s.is::<BodyTooSlow>() {
+                return true;
+            }
+            src = s.source();
+        }
+        false
+    }
+}
+
+/// A client's request body as the general path reads it, held to its
+/// [`BodyPace`]: past the deadline it ends with [`BodyTooSlow`].
+pub struct ClientBody {
+    inner: Incoming,
+    pace: BodyPace,
+    received: u64,
+    /// Armed while waiting for the next frame; made on the first wait only
+    /// (most bodies arrive with their head and never wait).
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming, t: &crate::config::Timeouts) -> ClientBody {
+        ClientBody {
+            inner,
+            pace: BodyPace::new(t),
+            received: 0,
+            timer: None,
+            armed: false,
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.received += d.len() as u64;
+                }
+                this.armed = false;
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(other) => return Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => {}
+        }
+        if !this.armed {
+            let at = this.pace.next_deadline(this.received);
+            match &mut this.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => this.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            this.armed = true;
+        }
+        let expired = this
+            .timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+        if expired {
+            Poll::Ready(Some(Err(BodyTooSlow.into())))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A request body on its way upstream.
 pub enum ReqBody {
     /// Untouched client body, streamed.
-    Stream(Incoming),
+    Stream(ClientBody),
     /// The part already read (to find the model), then the rest of the stream.
     Prefixed {
         head: Option<Bytes>,
-        rest: Option<Incoming>,
+        rest: Option<ClientBody>,
     },
 }
 

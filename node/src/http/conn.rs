@@ -3,10 +3,17 @@
 //!
 //! hyper enforces `timeout http-request` (complete headers) itself. What it
 //! does not do is close a keep-alive connection that sits idle between
-//! requests; a small watchdog does, using the last time a byte moved and the
-//! number of requests in flight (an idle h1 connection is closed, an h2 one
-//! gets GOAWAY). It never interrupts a request in progress: a slow upstream is
-//! `timeout server`'s business.
+//! requests; a small watchdog does, using the last time a byte moved (h1) or
+//! a request started or ended (h2, where PINGs and SETTINGS move bytes
+//! without being requests) and the number of requests in flight (an idle h1
+//! connection is closed, an h2 one gets GOAWAY). It never interrupts a
+//! request in progress: a slow upstream is `timeout server`'s business.
+//!
+//! HTTP/2 is where one connection can cost the most, so its limits are set
+//! here explicitly (see [`h2_builder`]), and a [`FrameMeter`] closes a
+//! connection whose client sends control frames (PING, SETTINGS,
+//! RST_STREAM, PRIORITY, unknown types) faster than any client needs: the
+//! `h2` crate bounds what such frames *queue*, not how many it processes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -36,6 +43,9 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// The entries the connection tracks (`tcp-request connection
+    /// track-scN`), shared by its requests; `None` when it tracks none.
+    pub tracked: Option<Arc<crate::stick::Tracked>>,
 }
 
 /// Activity shared between the connection's IO and its watchdog.
@@ -49,6 +59,8 @@ pub struct Activity {
     /// 1 + milliseconds since `epoch` when a write to the client started
     /// waiting for the socket (the client is not reading); 0 when not.
     write_blocked: AtomicU64,
+    /// Milliseconds since `epoch` when a request last started or ended.
+    request_edge: AtomicU64,
 }
 
 impl Default for Activity {
@@ -64,7 +76,18 @@ impl Activity {
             last: AtomicU64::new(0),
             inflight: AtomicU32::new(0),
             write_blocked: AtomicU64::new(0),
+            request_edge: AtomicU64::new(0),
         }
+    }
+
+    fn request_edge(&self) {
+        self.request_edge.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since a request last started or ended.
+    fn requests_idle_for(&self) -> Duration {
+        let last = self.request_edge.load(Ordering::Relaxed);
+        Duration::from_millis(self.now_ms().saturating_sub(last))
     }
 
     fn now_ms(&self) -> u64 {
@@ -114,6 +137,7 @@ pub struct InflightGuard(Arc<Activity>);
 impl InflightGuard {
     pub fn new(a: &Arc<Activity>) -> Self {
         a.inflight.fetch_add(1, Ordering::Relaxed);
+        a.request_edge();
         InflightGuard(a.clone())
     }
 }
@@ -122,6 +146,7 @@ impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
+        self.0.request_edge();
     }
 }
 
@@ -366,13 +391,10 @@ async fn serve_hyper<IO>(
         })
     };
 
-    let io = TokioIo::new(Tracked::with_prefix(io, prefix, activity.clone()));
+    let io = Tracked::with_prefix(io, prefix, activity.clone());
     if h2 {
-        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .max_concurrent_streams(256)
-            .max_header_list_size(64 * 1024);
-        let conn = b.serve_connection(io, svc);
+        let io = TokioIo::new(FrameMeter::new(io, info_client));
+        let conn = h2_builder().serve_connection(io, svc);
         tokio::pin!(conn);
         watch(
             conn,
@@ -380,6 +402,7 @@ async fn serve_hyper<IO>(
             &activity,
             timeouts,
             info_client,
+            true,
         )
         .await;
     } else {
@@ -388,7 +411,7 @@ async fn serve_hyper<IO>(
             .header_read_timeout(timeouts.http_request)
             .keep_alive(true)
             .max_buf_size(64 * 1024);
-        let conn = b.serve_connection(io, svc).with_upgrades();
+        let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
         tokio::pin!(conn);
         watch(
             conn,
@@ -396,21 +419,254 @@ async fn serve_hyper<IO>(
             &activity,
             timeouts,
             info_client,
+            false,
         )
         .await;
+    }
+}
+
+/// Concurrent streams per HTTP/2 connection. Each is a request the gateway
+/// works on (an upstream call, buffers), so this is also the most one
+/// connection can make the gateway do at once.
+const H2_MAX_STREAMS: u32 = 256;
+/// Request header list, decoded (HTTP/1's head limit too). It also bounds
+/// CONTINUATION frames: the `h2` crate allows a header block only about
+/// `max_header_list_size / max_frame_size` of them (at least 5), then
+/// answers GOAWAY(ENHANCE_YOUR_CALM) — the CVE-2024-27316 class.
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Response bytes buffered per stream for a client that is not reading.
+/// hyper's default (400 KiB) times 256 streams is 100 MiB for one
+/// connection; SSE frames are small, so 64 KiB costs no throughput worth
+/// having and bounds a connection at 16 MiB.
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
+/// Streams the client resets before the gateway took them up (HTTP/2 rapid
+/// reset, CVE-2023-44487): past this many at once, GOAWAY(ENHANCE_YOUR_CALM).
+/// The `h2` crate's default, stated here so it does not change under us.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the gateway had to reset because the client broke the protocol
+/// on them (bad headers, flow-control errors): a working client causes
+/// none, so past this many the connection is ended (hyper's default is 1024).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 128;
+
+/// The HTTP/2 server settings, each for a reason (above). The flow-control
+/// windows stay at hyper's 1 MiB per stream and per connection: the
+/// connection window bounds the request bytes a client can push unread.
+/// No keep-alive PINGs: an idle connection is closed by the watchdog, and
+/// a dead peer under a stream is found by `timeout client` or TCP itself.
+fn h2_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .max_send_buf_size(H2_MAX_SEND_BUF)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        .keep_alive_interval(None);
+    b
+}
+
+/// Control frames a client may send at once (then [`CONTROL_REFILL_PER_S`]
+/// a second, and one more for each request it makes): far more than a
+/// client needs — a handful of SETTINGS and PINGs, a PRIORITY (or
+/// PRIORITY_UPDATE) per request, an RST_STREAM per stream it cancels — and
+/// far less than a flood.
+const CONTROL_BURST: u32 = 1000;
+const CONTROL_REFILL_PER_S: u32 = 100;
+/// The client connection preface, which precedes the first frame.
+const PREFACE_LEN: usize = 24;
+
+pin_project_lite::pin_project! {
+    /// Meters the HTTP/2 frames a client sends, reading only the 9-byte
+    /// frame headers as they pass (nothing is copied or held but a partial
+    /// header). Frames that cost the gateway work but carry no request —
+    /// PING, SETTINGS, RST_STREAM, PRIORITY and frame types it ignores —
+    /// spend a token bucket ([`CONTROL_BURST`], refilled at
+    /// [`CONTROL_REFILL_PER_S`] and by one for each HEADERS frame, so that
+    /// what a busy client sends per request is paid for by the request);
+    /// once it is empty the read fails and the connection is dropped. The `h2` crate answers one PING or SETTINGS
+    /// at a time and stops reading while the answer is unsent (so a flood
+    /// cannot queue answers), but it answers any number of them.
+    pub struct FrameMeter<T> {
+        #[pin]
+        inner: T,
+        // Bytes to pass before the next frame header (the preface, then
+        // each frame's payload).
+        skip: usize,
+        head: [u8; 9],
+        head_len: usize,
+        bucket: Bucket,
+        client: SocketAddr,
+    }
+}
+
+/// What [`meter`] charges frames to.
+trait Budget {
+    /// A control frame: `false` when there is nothing left to spend.
+    fn spend(&mut self) -> bool;
+    /// A request (a HEADERS frame) earns one back.
+    fn earn(&mut self);
+}
+
+/// The token bucket of [`FrameMeter`].
+struct Bucket {
+    tokens: u32,
+    refilled: Instant,
+}
+
+impl Budget for Bucket {
+    fn spend(&mut self) -> bool {
+        if self.tokens == 0 {
+            // Refilled only when empty: one clock read per CONTROL_BURST
+            // frames at most.
+            let now = Instant::now();
+            let earned = now.duration_since(self.refilled).as_millis() as u64
+                * u64::from(CONTROL_REFILL_PER_S)
+                / 1000;
+            if earned == 0 {
+                return false;
+            }
+            self.tokens = u32::try_from(earned).unwrap_or(u32::MAX).min(CONTROL_BURST);
+            self.refilled = now;
+        }
+        self.tokens -= 1;
+        true
+    }
+
+    fn earn(&mut self) {
+        self.tokens = (self.tokens + 1).min(CONTROL_BURST);
+    }
+}
+
+impl<T> FrameMeter<T> {
+    pub fn new(inner: T, client: SocketAddr) -> Self {
+        FrameMeter {
+            inner,
+            skip: PREFACE_LEN,
+            head: [0; 9],
+            head_len: 0,
+            bucket: Bucket {
+                tokens: CONTROL_BURST,
+                refilled: Instant::now(),
+            },
+            client,
+        }
+    }
+}
+
+/// Frame types that carry no request: PRIORITY (2), RST_STREAM (3),
+/// SETTINGS (4), PING (6), and any type HTTP/2 does not define (which
+/// must be ignored, so they cost processing and nothing else).
+/// DATA, HEADERS, CONTINUATION (the `h2` crate limits those itself),
+/// GOAWAY and WINDOW_UPDATE (which flow control needs) are not metered.
+fn is_control(kind: u8) -> bool {
+    matches!(kind, 2 | 3 | 4 | 6) || kind > 9
+}
+
+/// Walks `data` (the next bytes of the client's stream) frame header by
+/// frame header; `false` once the client has spent its control budget.
+fn meter(
+    skip: &mut usize,
+    head: &mut [u8; 9],
+    head_len: &mut usize,
+    mut data: &[u8],
+    budget: &mut impl Budget,
+) -> bool {
+    while !data.is_empty() {
+        if *skip > 0 {
+            let n = (*skip).min(data.len());
+            *skip -= n;
+            data = &data[n..];
+            continue;
+        }
+        let n = (9 - *head_len).min(data.len());
+        head[*head_len..*head_len + n].copy_from_slice(&data[..n]);
+        *head_len += n;
+        data = &data[n..];
+        if *head_len == 9 {
+            *head_len = 0;
+            *skip = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            match head[3] {
+                1 => budget.earn(),
+                kind if is_control(kind) && !budget.spend() => return false,
+                _ => {}
+            }
+        }
+    }
+    true
+}
+
+impl<T: AsyncRead> AsyncRead for FrameMeter<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        let ok = meter(
+            this.skip,
+            this.head,
+            this.head_len,
+            &buf.filled()[before..],
+            this.bucket,
+        );
+        if !ok {
+            tracing::info!(client = %this.client, "HTTP/2 control frame flood: closing the connection");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "HTTP/2 control frame flood",
+            )));
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for FrameMeter<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 
 /// Drives a connection to its end while enforcing the idle policy:
 /// `timeout client` for a client that stops reading, and `timeout
 /// http-keep-alive` between requests (then a graceful close: h1 closes,
-/// h2 sends GOAWAY).
+/// h2 sends GOAWAY). h1 is idle when no byte moved, h2 when no request
+/// started or ended, whatever control frames went by. A graceful close the
+/// client does not complete (an h2 client must acknowledge it) becomes a
+/// plain one after another `timeout http-keep-alive` with nothing in
+/// flight.
 async fn watch<F, E>(
     mut conn: Pin<&mut F>,
     graceful_shutdown: fn(Pin<&mut F>),
     activity: &Activity,
     timeouts: &Timeouts,
     client_addr: SocketAddr,
+    h2: bool,
 ) where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -418,7 +674,9 @@ async fn watch<F, E>(
     let keep_alive = timeouts.http_keep_alive;
     let client = timeouts.client;
     let mut wake = Box::pin(tokio::time::sleep(keep_alive.min(client)));
-    let mut closing = false;
+    // When the graceful close started: an h2 client must still acknowledge
+    // it (GOAWAY, then a PING) before hyper lets the connection go.
+    let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -434,13 +692,25 @@ async fn watch<F, E>(
                     tracing::debug!(client = %client_addr, "client inactivity timeout, closing");
                     return;
                 }
-                let idle = activity.idle_for();
+                // h2: PINGs and SETTINGS move bytes without being requests.
+                let idle = if h2 { activity.requests_idle_for() } else { activity.idle_for() };
                 let inflight = activity.inflight.load(Ordering::Relaxed);
-                if !closing && inflight == 0 && idle >= keep_alive {
+                if closing.is_none() && inflight == 0 && idle >= keep_alive {
                     graceful_shutdown(conn.as_mut());
-                    closing = true;
+                    closing = Some(Instant::now());
                 }
-                let mut next = if inflight == 0 && !closing { keep_alive.saturating_sub(idle) } else { client };
+                // A client that ignores the close (never acknowledges the
+                // GOAWAY's PING) is dropped after another idle period.
+                let lingering = closing.filter(|_| inflight == 0).map(|at| at.elapsed());
+                if lingering.is_some_and(|l| l >= keep_alive) {
+                    tracing::debug!(client = %client_addr, "client did not finish the graceful close, dropping");
+                    return;
+                }
+                let mut next = match (closing, lingering) {
+                    (None, _) if inflight == 0 => keep_alive.saturating_sub(idle),
+                    (Some(_), Some(l)) => keep_alive.saturating_sub(l),
+                    _ => client,
+                };
                 if let Some(b) = blocked {
                     next = next.min(client.saturating_sub(b));
                 } else if inflight > 0 {
@@ -449,5 +719,115 @@ async fn watch<F, E>(
                 wake.as_mut().reset(Instant::now() + next.max(Duration::from_millis(10)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len();
+        let mut f = vec![
+            (n >> 16) as u8,
+            (n >> 8) as u8,
+            n as u8,
+            kind,
+            0,
+            0,
+            0,
+            0,
+            1,
+        ];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Counts what it is charged, up to `left` control frames.
+    struct Count {
+        spent: u32,
+        earned: u32,
+        left: u32,
+    }
+
+    impl Budget for Count {
+        fn spend(&mut self) -> bool {
+            self.spent += 1;
+            self.left = self.left.saturating_sub(1);
+            self.left > 0 || self.spent <= self.earned
+        }
+
+        fn earn(&mut self) {
+            self.earned += 1;
+        }
+    }
+
+    /// Feeds `stream` in pieces of `step` bytes; returns (control frames,
+    /// requests) seen, or `None` when the budget of `left` ran out.
+    fn run(stream: &[u8], step: usize, left: u32) -> Option<(u32, u32)> {
+        let (mut skip, mut head, mut head_len) = (PREFACE_LEN, [0u8; 9], 0);
+        let mut b = Count {
+            spent: 0,
+            earned: 0,
+            left: left + 1,
+        };
+        for piece in stream.chunks(step) {
+            if !meter(&mut skip, &mut head, &mut head_len, piece, &mut b) {
+                return None;
+            }
+        }
+        Some((b.spent, b.earned))
+    }
+
+    #[test]
+    fn control_frames_are_counted_across_any_split() {
+        let mut s = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        s.extend(frame(4, &[0; 6])); // SETTINGS
+        s.extend(frame(1, &[0x82; 40])); // HEADERS
+        s.extend(frame(0, &[6; 300])); // DATA: its payload looks like PINGs
+        s.extend(frame(8, &[0, 0, 1, 0])); // WINDOW_UPDATE
+        s.extend(frame(6, &[0; 8])); // PING
+        s.extend(frame(3, &[0; 4])); // RST_STREAM
+        s.extend(frame(2, &[0; 5])); // PRIORITY
+        s.extend(frame(0xfa, &[1, 2, 3])); // unknown type
+        for step in [1, 2, 5, 9, 10, 17, 4096] {
+            assert_eq!(run(&s, step, 100), Some((5, 1)), "split every {step} bytes");
+        }
+    }
+
+    #[test]
+    fn a_ping_flood_runs_out_of_budget() {
+        let mut s = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        for _ in 0..CONTROL_BURST + 1 {
+            s.extend(frame(6, &[0; 8]));
+        }
+        assert_eq!(run(&s, 1000, CONTROL_BURST), None);
+        assert_eq!(
+            run(&s, 1000, CONTROL_BURST + 1),
+            Some((CONTROL_BURST + 1, 0))
+        );
+    }
+
+    #[test]
+    fn the_bucket_refunds_a_request_and_refills_with_time() {
+        let mut b = Bucket {
+            tokens: 2,
+            refilled: Instant::now(),
+        };
+        assert!(b.spend() && b.spend());
+        b.earn();
+        assert!(b.spend());
+        // Empty, and no time has passed to speak of.
+        b.refilled = Instant::now() + Duration::from_secs(3600);
+        assert!(!b.spend());
+        // A second is worth CONTROL_REFILL_PER_S frames.
+        b.refilled = Instant::now() - Duration::from_secs(1);
+        for _ in 0..CONTROL_REFILL_PER_S {
+            assert!(b.spend());
+        }
+        for _ in 0..10 * CONTROL_BURST {
+            b.earn();
+        }
+        assert_eq!(b.tokens, CONTROL_BURST);
     }
 }

@@ -17,7 +17,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::body::{ReqBody, RespBody};
+use super::body::{BodyTooSlow, ClientBody, ReqBody, RespBody};
 use super::conn::{ConnInfo, InflightGuard};
 use super::error;
 use crate::balance::PickCtx;
@@ -64,7 +64,7 @@ pub async fn handle(
         );
     };
     let request_id = request_id(fe, req.headers());
-    let mut tracked = Tracked::default();
+    let mut tracked = Tracked::for_request(conn.tracked.as_ref());
     let mut txn = match snap.frontend_stats(&conn.frontend) {
         Some(s) => Box::new(Txn::new(s)),
         None => return error::bad_gateway("This listener is closing."),
@@ -104,6 +104,7 @@ async fn proxy(
 ) -> Response<RespBody> {
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
+    let incoming = ClientBody::new(incoming, &fe.timeouts);
 
     // Read the body only as far as the model, and only if a rule needs it.
     let needs_model = fe.needs_model();
@@ -392,6 +393,11 @@ impl Exchange<'_> {
                         error::gateway_timeout("The upstream did not answer in time."),
                     )
                 }
+                // The client's body stopped coming: not the server's fault,
+                // and nothing to retry.
+                Ok(Err(e)) if BodyTooSlow::caused(&e) => {
+                    return Forwarded::Final(body_too_slow());
+                }
                 Ok(Err(e)) => {
                     server.observe(if e.is_connect() {
                         Outcome::ConnectFailed
@@ -543,7 +549,7 @@ async fn buffer_for_retry(
         }
         match rest.frame().await {
             None => return Ok((None, Some(read.freeze()))),
-            Some(Err(_)) => return Err(error::bad_request("The request body could not be read.")),
+            Some(Err(e)) => return Err(body_error(&*e)),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     read.push(data);
@@ -941,7 +947,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
         })
 }
 
-fn may_have_body(method: &Method, body: &Incoming) -> bool {
+fn may_have_body(method: &Method, body: &ClientBody) -> bool {
     !matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
@@ -954,7 +960,7 @@ fn may_have_body(method: &Method, body: &Incoming) -> bool {
 async fn inspect_model(
     fe: &Frontend,
     parts: &mut Parts,
-    mut incoming: Incoming,
+    mut incoming: ClientBody,
 ) -> Result<(ReqBody, Option<String>), Response<RespBody>> {
     let mut read = BodyPrefix::default();
     let mut scanner = ModelScanner::default();
@@ -971,7 +977,7 @@ async fn inspect_model(
         }
         match incoming.frame().await {
             None => ended = true,
-            Some(Err(_)) => return Err(error::bad_request("The request body could not be read.")),
+            Some(Err(e)) => return Err(body_error(&*e)),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     read.push(data);
@@ -1287,6 +1293,23 @@ fn upstream_uri(
     parts.authority = Some(up.authority.clone());
     parts.path_and_query = Some(upstream_path(be, uri)?);
     Ok(Uri::from_parts(parts)?)
+}
+
+/// The answer to a request whose body could not be read.
+fn body_error(e: &(dyn std::error::Error + 'static)) -> Response<RespBody> {
+    if BodyTooSlow::caused(e) {
+        body_too_slow()
+    } else {
+        error::bad_request("The request body could not be read.")
+    }
+}
+
+pub(super) fn body_too_slow() -> Response<RespBody> {
+    error::error_response(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "The request body was not received in time.",
+    )
 }
 
 fn upstream_error(be: &Backend, e: &hyper_util::client::legacy::Error) -> Response<RespBody> {

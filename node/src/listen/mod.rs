@@ -3,17 +3,23 @@
 //! Connection limits are enforced *before* `accept()`: a listener takes a
 //! permit from its frontend's and from the global `maxconn` semaphore first,
 //! so over the limit new connections wait in the kernel's backlog (as with
-//! HAProxy) instead of being accepted and dropped. After accept, the
+//! HAProxy) instead of being accepted and dropped. Right after accept, before
+//! a byte is read, the frontend's `tcp-request connection` rules run: they
+//! track the client's address in stick tables for the connection's lifetime
+//! (a per-source `conn_cur`, `conn_rate`, …) and may reject it, which closes
+//! it at once with a reset and no response, as HAProxy does. Then the
 //! connection's own task reads the PROXY header (if the bind asks for it) and
 //! completes the TLS handshake, both within `timeout handshake`, then hands
 //! the stream to the HTTP layer, or for a `mode tcp` frontend to the
-//! layer-4 proxy ([`crate::tcp`]).
+//! layer-4 proxy ([`crate::tcp`]); both see the entries the connection
+//! tracks.
 
 pub mod proxy_protocol;
 pub mod tls;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +28,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Bind, Mode, Timeouts};
+use crate::config::{Bind, ConnAction, Mode, Timeouts};
 use crate::gateway::Shared;
 use crate::http::conn::{serve, ConnInfo};
+use crate::metrics::{ProxyStats, SessionGuard};
+use crate::stick::{Key, Tracked};
 
 /// Binds a listening TCP socket. IPv6 sockets are v6-only so `[::]:P` and
 /// `0.0.0.0:P` can be bound side by side, as HAProxy's `:::P` and `*:P`.
@@ -56,8 +64,16 @@ pub struct Listener {
     pub frontend_slots: Option<Arc<Semaphore>>,
     pub global_slots: Arc<Semaphore>,
     pub shared: Arc<Shared>,
-    /// The frontend's counters: each connection is a session on it.
-    pub stats: Arc<crate::metrics::ProxyStats>,
+    /// The frontend's counters (shared by its binds, kept across reloads):
+    /// each connection is a session on it.
+    pub stats: Arc<ProxyStats>,
+}
+
+/// What the `tcp-request connection` rules decided.
+enum Verdict {
+    Reject,
+    /// Go on, with the entries the connection tracks (if any).
+    Accept(Option<Arc<Tracked>>),
 }
 
 impl Listener {
@@ -111,7 +127,8 @@ impl Listener {
                 }
             };
             let this = self.clone();
-            let session = crate::metrics::SessionGuard::open(&self.stats);
+            // Rejected connections count too (HAProxy's `stot`).
+            let session = SessionGuard::open(&self.stats);
             tokio::spawn(async move {
                 this.connection(stream, peer).await;
                 drop(session);
@@ -121,7 +138,59 @@ impl Listener {
         }
     }
 
+    /// Runs the frontend's `tcp-request connection` rules for a connection
+    /// from `src`, in order: tracking goes on to the next rule, `accept` and
+    /// `reject` end the evaluation.
+    fn connection_rules(&self, src: IpAddr) -> Verdict {
+        let snap = self.shared.current.load();
+        let Some(fe) = snap.frontend(&self.frontend) else {
+            return Verdict::Accept(None);
+        };
+        let rules = &fe.tcp_request.connection;
+        if rules.is_empty() {
+            return Verdict::Accept(None);
+        }
+        let mut tracked = Tracked::default();
+        for r in rules {
+            if let Some(c) = &r.cond {
+                let facts = crate::tcp::Facts {
+                    src,
+                    sni: None,
+                    hello_type: None,
+                    tracked: Some(&tracked),
+                };
+                if !crate::tcp::eval(c, &facts) {
+                    continue;
+                }
+            }
+            match &r.action {
+                ConnAction::Accept => break,
+                // Dropping `tracked` takes back the conn_cur it added; the
+                // connection still counts in conn_cnt and conn_rate.
+                ConnAction::Reject => return Verdict::Reject,
+                ConnAction::TrackSc { sc, table } => {
+                    let Some(t) = snap.table(table) else { continue };
+                    if let Some(k) = Key::src(src, &t.key_type) {
+                        tracked.track_connection(*sc, t, k);
+                    }
+                }
+            }
+        }
+        tracked.session_accepted();
+        Verdict::Accept((!tracked.is_empty()).then(|| Arc::new(tracked)))
+    }
+
     async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let tracked = match self.connection_rules(peer.ip()) {
+            Verdict::Accept(t) => t,
+            Verdict::Reject => {
+                self.stats.denied_conn.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, frontend = %self.frontend, "tcp-request connection reject");
+                // As HAProxy: no lingering, the close is a single RST.
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                return;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
         let mut client = peer;
@@ -146,6 +215,7 @@ impl Listener {
             client,
             local,
             tls,
+            tracked: tracked.clone(),
         };
         // Only the plain HTTP branch runs inline: every other one is boxed so
         // that its (much larger) state is not part of every connection's
@@ -168,6 +238,7 @@ impl Listener {
                     shared,
                     self.frontend.clone(),
                     client,
+                    tracked.clone(),
                 ))
                 .await
             }
@@ -180,6 +251,7 @@ impl Listener {
                                 self.shared.clone(),
                                 self.frontend.clone(),
                                 client,
+                                tracked.clone(),
                             )
                             .await
                         }

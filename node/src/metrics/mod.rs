@@ -104,6 +104,9 @@ pub struct ProxyStats {
     pub bytes_out: AtomicU64,
     /// Requests denied by rules (`dreq`), client keys included.
     pub denied: AtomicU64,
+    /// Connections closed by a `tcp-request connection reject` rule
+    /// (`dcon`; a frontend's).
+    pub denied_conn: AtomicU64,
     /// Requests that could not be read or were invalid (`ereq`).
     pub req_errors: AtomicU64,
     /// Failed connections to a server (`econ`).

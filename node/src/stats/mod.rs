@@ -1,7 +1,8 @@
 //! The stats listener: its own address, apart from client traffic.
 //!
 //! For now it answers `/healthz` (liveness) and `/stats.json`: every
-//! server's admin state, weights, request counts and health — status
+//! frontend's connection counts (open, accepted, denied by `tcp-request
+//! connection reject`), every server's admin state, weights, request counts and health — status
 //! (`UP`, `DOWN`, and HAProxy's `UP 2/3` / `DOWN 1/2` while changing),
 //! check status (`L4OK`, `L7STS`, …), last check code and duration,
 //! seconds since the last change, failure counters, 429 cooldown left and
@@ -160,8 +161,29 @@ fn stats_json(shared: &Shared) -> String {
             })
         })
         .collect();
+    // Frontends: connections open, accepted and denied at accept time by
+    // `tcp-request connection reject` (HAProxy's scur, stot and dcon).
+    let frontends: Vec<_> = snap
+        .config
+        .frontends
+        .iter()
+        .map(|f| {
+            let c = shared.runtime.metrics.frontend(&f.name);
+            serde_json::json!({
+                "name": f.name,
+                "mode": f.mode.as_str(),
+                "conn_cur": c.cur.load(Relaxed),
+                "conn_max": c.max.load(Relaxed),
+                "conn_tot": c.total.load(Relaxed),
+                "denied_conn": c.denied_conn.load(Relaxed),
+                "requests": c.requests.load(Relaxed),
+                "denied_req": c.denied.load(Relaxed),
+            })
+        })
+        .collect();
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "frontends": frontends,
         "backends": backends,
         "tables": tables,
     })

@@ -58,6 +58,17 @@ impl Key {
     pub fn bytes(b: &[u8]) -> Key {
         Key::Bytes(b[..b.len().min(MAX_STRING_KEY)].into())
     }
+
+    /// The `src` key for a table of type `key_type`: the address for `ip`
+    /// and `ipv6`, its text for `string` and `binary`, none for `integer`
+    /// (HAProxy cannot convert an address to an integer key either).
+    pub fn src(a: IpAddr, key_type: &str) -> Option<Key> {
+        match key_type {
+            "ip" | "ipv6" => Some(Key::ip(a)),
+            "integer" => None,
+            _ => Some(Key::bytes(a.to_string().as_bytes())),
+        }
+    }
 }
 
 impl std::fmt::Display for Key {
@@ -435,11 +446,20 @@ impl Table {
 /// fetches read, and what counts the request — `conn_cur` until it ends
 /// (when this is dropped), its status class when its answer is known, and
 /// its bytes and tokens when a tracked table counts them.
-#[derive(Default)]
+///
+/// A connection tracks entries too (`tcp-request connection track-scN`),
+/// in a `Tracked` of its own that lives as long as the connection and that
+/// each of its requests shares ([`Tracked::for_request`]): as in HAProxy,
+/// a counter the connection tracks is not tracked again by a request's
+/// `http-request track-scN`, and the request counts on the connection's
+/// entry instead (`http_req_*`, `http_err_*`, bytes, tokens used, …).
+#[derive(Debug, Default)]
 pub struct Tracked {
     /// `sc0`–`sc2` for the rules, and [`CLIENT_KEY_SLOT`].
     slots: [Option<(Arc<Table>, Key)>; 4],
     account: Option<Box<Account>>,
+    /// The connection's entries, when this is a request's.
+    conn: Option<Arc<Tracked>>,
 }
 
 /// The counter a request's client key is tracked on (beyond the rules'
@@ -482,6 +502,15 @@ const ON_TRACK: [(Data, i64); 7] = [
     (Data::HttpReqRate, 1),
 ];
 
+/// What tracking a connection at accept adds: a connection (`conn_cur`
+/// until it closes). Its session is counted only once the connection
+/// rules accepted it ([`Tracked::session_accepted`]), as in HAProxy, where
+/// a rejected connection is never a session.
+const ON_CONN: [(Data, i64); 3] = [(Data::ConnCur, 1), (Data::ConnCnt, 1), (Data::ConnRate, 1)];
+const ON_SESSION: [(Data, i64); 2] = [(Data::SessCnt, 1), (Data::SessRate, 1)];
+/// What each request adds to the entries its connection tracks.
+const ON_REQUEST: [(Data, i64); 2] = [(Data::HttpReqCnt, 1), (Data::HttpReqRate, 1)];
+
 fn token_changes(t: Tokens) -> [(Data, i64); 3] {
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     [
@@ -496,6 +525,59 @@ fn counts_tokens(t: &Table) -> bool {
 }
 
 impl Tracked {
+    /// The entries of a new request on a connection that tracks `conn`
+    /// (none: an empty set). The request counts once on each of them.
+    pub fn for_request(conn: Option<&Arc<Tracked>>) -> Tracked {
+        let Some(c) = conn else {
+            return Tracked::default();
+        };
+        for (t, k) in c.slots.iter().flatten() {
+            t.add(k, &ON_REQUEST);
+        }
+        Tracked {
+            slots: Default::default(),
+            account: None,
+            conn: Some(c.clone()),
+        }
+    }
+
+    /// The entry counter `sc` reads: the connection's, else the request's.
+    fn slot(&self, sc: u8) -> Option<&(Arc<Table>, Key)> {
+        let i = usize::from(sc);
+        self.conn
+            .as_ref()
+            .and_then(|c| c.slots.get(i)?.as_ref())
+            .or_else(|| self.slots.get(i)?.as_ref())
+    }
+
+    /// The connection's entries (none for a request on a connection that
+    /// tracks nothing, or for the connection's own).
+    fn conn_slots(&self) -> impl Iterator<Item = &(Arc<Table>, Key)> {
+        self.conn.iter().flat_map(|c| c.slots.iter().flatten())
+    }
+
+    /// `tcp-request connection track-scN`: counts a connection on `key`'s
+    /// entry (`conn_cur` until this is dropped); a counter already tracking
+    /// keeps its entry.
+    pub fn track_connection(&mut self, sc: u8, table: &Arc<Table>, key: Key) {
+        let Some(slot) = self.slots.get_mut(usize::from(sc)) else {
+            return;
+        };
+        if slot.is_some() {
+            return;
+        }
+        table.add(&key, &ON_CONN);
+        *slot = Some((table.clone(), key));
+    }
+
+    /// The connection passed its `tcp-request connection` rules: it counts
+    /// as a session on the entries it tracks.
+    pub fn session_accepted(&self) {
+        for (t, k) in self.slots.iter().flatten() {
+            t.add(k, &ON_SESSION);
+        }
+    }
+
     /// Starts accounting for a request expected to cost `estimate` tokens
     /// with a body of `bytes_in` bytes; called before the rules that track.
     pub fn account(&mut self, estimate: Tokens, bytes_in: u64) {
@@ -507,8 +589,17 @@ impl Tracked {
     }
 
     /// Starts tracking `key` in `table` as counter `sc`; a counter already
-    /// tracking keeps its entry (as in HAProxy, the first rule wins).
+    /// tracking keeps its entry (as in HAProxy, the first rule wins, and a
+    /// counter the connection tracks is not tracked again).
     pub fn track(&mut self, sc: u8, table: &Arc<Table>, key: Key) {
+        let i = usize::from(sc);
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.slots.get(i).is_some_and(Option::is_some))
+        {
+            return;
+        }
         let Some(slot) = self.slots.get_mut(usize::from(sc)) else {
             return;
         };
@@ -531,18 +622,18 @@ impl Tracked {
     /// `scN_<data>`: absent when counter `sc` tracks nothing or its table
     /// does not store `data`.
     pub fn get(&self, sc: u8, data: Data) -> Option<i64> {
-        let (t, k) = self.slots.get(usize::from(sc))?.as_ref()?;
+        let (t, k) = self.slot(sc)?;
         t.get(k, data)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.iter().all(Option::is_none)
+        self.conn.is_none() && self.slots.iter().all(Option::is_none)
     }
 
     /// Adds to counter `sc`'s entry (`sc-inc-gpc`); nothing when `sc`
     /// tracks nothing.
     pub fn add(&self, sc: u8, changes: &[(Data, i64)]) {
-        if let Some((t, k)) = self.slots.get(usize::from(sc)).and_then(Option::as_ref) {
+        if let Some((t, k)) = self.slot(sc) {
             t.add(k, changes);
         }
     }
@@ -561,12 +652,13 @@ impl Tracked {
     /// still holds this request's own reservation, which the deny gives
     /// back: leaving room under the limit for it is room for the request.
     pub fn retry_after(&self, sc: u8, data: Data, at_most: i64) -> Option<Duration> {
-        let (t, k) = self.slots.get(usize::from(sc))?.as_ref()?;
+        let (t, k) = self.slot(sc)?;
         t.wait_until_at_most(k, data, at_most)
     }
 
-    /// Counts the answer's status on every tracked entry: a 4xx is an
-    /// `http_err`, a 5xx other than 501 and 505 an `http_fail`.
+    /// Counts the answer's status on every tracked entry (the request's and
+    /// its connection's): a 4xx is an `http_err`, a 5xx other than 501 and
+    /// 505 an `http_fail`.
     pub fn answered(&mut self, status: u16) {
         if let Some(a) = &mut self.account {
             a.status = status;
@@ -578,7 +670,7 @@ impl Tracked {
             }
             _ => return,
         };
-        for (t, k) in self.slots.iter().flatten() {
+        for (t, k) in self.slots.iter().flatten().chain(self.conn_slots()) {
             t.add(k, changes);
         }
     }
@@ -610,6 +702,9 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
+        // The connection's entries let go of their conn_cur when the
+        // connection (the last holder of its `Arc`) ends; a request only
+        // adds its traffic to them.
         let Some(a) = self.account.take() else {
             for (t, k) in self.slots.iter().flatten() {
                 t.add_existing(k, &[(Data::ConnCur, -1)]);
@@ -636,6 +731,14 @@ impl Drop for Tracked {
             t.add_existing(k, &ending);
             if let (Some(at), true) = (a.reserved_at, counts_tokens(t)) {
                 t.settle(k, at, &settle);
+            }
+        }
+        // Nothing was reserved on the connection's entries: they count the
+        // tokens used, once known.
+        for (t, k) in self.conn_slots() {
+            t.add_existing(k, &ending[1..]);
+            if counts_tokens(t) {
+                t.add_existing(k, &used);
             }
         }
     }

@@ -328,3 +328,51 @@ fn a_stream_outlasting_the_window_counts_its_usage_when_it_ends() {
     drop(long);
     assert_eq!(t.get(&ip(1), Data::TokensOutRate), Some(70));
 }
+
+#[test]
+fn a_connection_entry_counts_its_requests_and_is_not_tracked_again() {
+    set_now(5_000_000);
+    let t = Arc::new(table(
+        10,
+        None,
+        &[
+            "conn_cur",
+            "conn_cnt",
+            "sess_cnt",
+            "http_req_cnt",
+            "http_err_cnt",
+        ],
+    ));
+    let k = ip(9);
+    let mut conn = Tracked::default();
+    conn.track_connection(0, &t, k.clone());
+    // Counted as a connection at once, as a session only once accepted.
+    assert_eq!(t.get(&k, Data::ConnCur), Some(1));
+    assert_eq!(t.get(&k, Data::ConnCnt), Some(1));
+    assert_eq!(t.get(&k, Data::SessCnt), Some(0));
+    conn.session_accepted();
+    assert_eq!(t.get(&k, Data::SessCnt), Some(1));
+    let conn = Arc::new(conn);
+    for _ in 0..3 {
+        let mut req = Tracked::for_request(Some(&conn));
+        // The request's own `track-sc0` finds the slot taken: nothing is
+        // added to conn_cur/conn_cnt, and the fetch reads the connection's.
+        req.track(0, &t, k.clone());
+        assert_eq!(req.get(0, Data::ConnCur), Some(1));
+        req.answered(404);
+    }
+    assert_eq!(t.get(&k, Data::ConnCur), Some(1));
+    assert_eq!(t.get(&k, Data::ConnCnt), Some(1));
+    assert_eq!(t.get(&k, Data::HttpReqCnt), Some(3));
+    assert_eq!(t.get(&k, Data::HttpErrCnt), Some(3));
+    // Another slot is the request's own, let go with the request.
+    let mut req = Tracked::for_request(Some(&conn));
+    req.track(1, &t, ip(10));
+    assert_eq!(t.get(&ip(10), Data::ConnCur), Some(1));
+    drop(req);
+    assert_eq!(t.get(&ip(10), Data::ConnCur), Some(0));
+    assert_eq!(t.get(&k, Data::ConnCur), Some(1));
+    // The connection ends: its conn_cur is taken back.
+    drop(conn);
+    assert_eq!(t.get(&k, Data::ConnCur), Some(0));
+}

@@ -2,15 +2,17 @@
 //!
 //! A `mode tcp` frontend forwards bytes instead of HTTP requests. The
 //! listener (`listen/mod.rs`) accepts exactly as for HTTP — maxconn permits
-//! before `accept()`, then the PROXY header and (if the bind has `ssl`) the
-//! TLS handshake — and hands the stream to [`serve`], which:
+//! before `accept()`, `tcp-request connection` rules right after it, then
+//! the PROXY header and (if the bind has `ssl`) the TLS handshake — and
+//! hands the stream to [`serve`], which:
 //!
 //! 1. when a rule looks at the client's first bytes (`req.ssl_sni`,
 //!    `req.ssl_hello_type`), reads them for at most `tcp-request
 //!    inspect-delay`, until the first TLS record is complete or cannot be
 //!    one ([`clienthello`]);
 //! 2. runs `tcp-request content accept|reject` rules (first match decides;
-//!    reject closes);
+//!    reject closes; `scN_*` fetches read what the listener's `tcp-request
+//!    connection` rules tracked);
 //! 3. picks the backend (`use_backend`, else `default_backend`; none
 //!    closes) and a server with the backend's [`Balancer`](crate::balance);
 //! 4. connects within `timeout connect`, replays the bytes read in step 1,
@@ -47,6 +49,9 @@ pub struct Facts<'a> {
     pub sni: Option<&'a str>,
     /// `req.ssl_hello_type`.
     pub hello_type: Option<u8>,
+    /// The entries the connection tracks (`tcp-request connection
+    /// track-scN`), for the `scN_*` fetches.
+    pub tracked: Option<&'a crate::stick::Tracked>,
 }
 
 fn holds(c: &Condition, f: &Facts) -> bool {
@@ -56,8 +61,12 @@ fn holds(c: &Condition, f: &Facts) -> bool {
         Condition::Int(IntFetch::SslHelloType, op, n) => {
             f.hello_type.is_some_and(|t| op.holds(i64::from(t), *n))
         }
-        // HTTP fetches are refused in mode tcp by the config readers; stick
-        // counters: mode tcp tracks nothing (no `tcp-request` tracking yet). An absent fetch never matches.
+        // An absent fetch (nothing tracked, data not stored) never matches.
+        Condition::Int(IntFetch::StickCounter { sc, data }, op, n) => f
+            .tracked
+            .and_then(|t| t.get(*sc, *data))
+            .is_some_and(|v| op.holds(v, *n)),
+        // HTTP fetches are refused in mode tcp by the config readers.
         _ => false,
     }
 }
@@ -107,9 +116,15 @@ async fn inspect<S: AsyncRead + Unpin>(client: &mut S, deadline: Instant) -> (Ve
     }
 }
 
-/// Serves one accepted `mode tcp` connection of `frontend`.
-pub async fn serve<S>(mut client: S, shared: Arc<Shared>, frontend: Arc<str>, src: SocketAddr)
-where
+/// Serves one accepted `mode tcp` connection of `frontend`; `tracked` are
+/// the entries its `tcp-request connection` rules track, held until it ends.
+pub async fn serve<S>(
+    mut client: S,
+    shared: Arc<Shared>,
+    frontend: Arc<str>,
+    src: SocketAddr,
+    tracked: Option<Arc<crate::stick::Tracked>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let snap = shared.current.load_full();
@@ -129,6 +144,7 @@ where
         src: src.ip(),
         sni,
         hello_type,
+        tracked: tracked.as_deref(),
     };
     if !accepted(fe, &facts) {
         tracing::debug!(%src, frontend = %fe.name, "tcp-request content reject");

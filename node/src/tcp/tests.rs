@@ -43,6 +43,7 @@ fn facts<'a>(src: &str, sni: Option<&'a str>, hello: Option<u8>) -> Facts<'a> {
         src: src.parse().expect("ip"),
         sni,
         hello_type: hello,
+        tracked: None,
     }
 }
 

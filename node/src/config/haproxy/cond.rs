@@ -216,6 +216,29 @@ fn fetch_of(f: &str) -> Result<(Fetch, Meth), String> {
                     return Ok((Fetch::UrlParam(a), Meth::Str));
                 }
             }
+            if let Some(call) = f.strip_prefix("sc_") {
+                // `sc_<data>(N)`: the same fetch as `scN_<data>`.
+                let parsed = call
+                    .strip_suffix(')')
+                    .and_then(|c| c.split_once('('))
+                    .map(|(data, arg)| (data, arg.trim()));
+                let Some((data, arg)) = parsed else {
+                    return Err(format!(
+                        "fetch '{f}' needs the counter number (e.g. sc_conn_cur(0))"
+                    ));
+                };
+                let sc = match arg {
+                    "0" => 0,
+                    "1" => 1,
+                    "2" => 2,
+                    a if a.contains(',') => return Err(format!("fetch '{f}': a table argument is not supported (track into that table and use scN_{data})")),
+                    _ => return Err(format!("fetch '{f}': the counter number must be 0, 1 or 2")),
+                };
+                let Some(data) = ScData::from_fetch(data) else {
+                    return Err(format!("fetch '{f}' is not supported (use sc_<data>(N) with a stick-table data name, e.g. sc_conn_cur(0), sc_conn_rate(0), sc_http_req_rate(1))"));
+                };
+                return Ok((Fetch::Sc(sc, data), Meth::Str));
+            }
             if let Some(rest) = f.strip_prefix("sc") {
                 // `get` rather than `split_at`: the text may not be ASCII.
                 let (n, data) = (rest.get(..1).unwrap_or(""), rest.get(1..).unwrap_or(""));

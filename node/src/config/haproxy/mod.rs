@@ -1033,9 +1033,63 @@ impl Cx<'_> {
                 });
             }
             ["content", other, ..] => self.err(l.line, format!("'tcp-request content {other}' is not supported (use accept or reject)")),
-            [other, ..] => self.err(l.line, format!("'tcp-request {other}' is not supported (use inspect-delay or content)")),
-            [] => self.err(l.line, "'tcp-request' needs 'inspect-delay' or 'content'"),
+            ["connection", rest @ ..] => self.tcp_connection(l.line, rest, cond, p),
+            ["session", ..] => self.err(l.line, "'tcp-request session' is not supported; use 'tcp-request connection' (its src is the peer's address, before any PROXY header)"),
+            [other, ..] => self.err(l.line, format!("'tcp-request {other}' is not supported (use inspect-delay, connection or content)")),
+            [] => self.err(l.line, "'tcp-request' needs 'inspect-delay', 'connection' or 'content'"),
         }
+    }
+
+    /// `tcp-request connection accept|reject|track-scN src [table T] [if|unless
+    /// COND]`: run at accept, before a byte is read, so a condition may only
+    /// look at `src` and at stick counters.
+    fn tcp_connection(&mut self, line: usize, args: &[&str], cond: Option<Expr>, p: &mut Proxy) {
+        if let Some(c) = &cond {
+            if let Some(f) = content_fetch(c) {
+                return self.err(line, format!("'tcp-request connection' conditions cannot use {f}: nothing is read yet at accept time (use src or scN_* fetches, or 'tcp-request content' in mode tcp)"));
+            }
+            p.conds.push((line, c.clone()));
+        }
+        let action = match args {
+            ["accept"] => ConnAction::Accept,
+            ["reject"] => ConnAction::Reject,
+            [t, rest @ ..] if t.starts_with("track-sc") => {
+                let sc = match *t {
+                    "track-sc0" => 0,
+                    "track-sc1" => 1,
+                    "track-sc2" => 2,
+                    _ => {
+                        return self.err(
+                            line,
+                            format!("'{t}' is not supported (use track-sc0, track-sc1 or track-sc2)"),
+                        )
+                    }
+                };
+                let table = match rest {
+                    ["src"] => None,
+                    ["src", "table", t] => Some(t.to_string()),
+                    [k, ..] if *k != "src" => {
+                        return self.err(line, format!("'tcp-request connection {t}' key '{k}' is not supported (only src is known at accept time)"))
+                    }
+                    _ => {
+                        return self.err(line, format!("'tcp-request connection {t}' needs the key src and optionally 'table NAME'"))
+                    }
+                };
+                p.tracks.push((line, "src".into(), table.clone()));
+                ConnAction::TrackSc {
+                    sc,
+                    table: table.unwrap_or_else(|| p.name.clone()),
+                }
+            }
+            [other, ..] if matches!(*other, "accept" | "reject") => {
+                return self.err(line, format!("'tcp-request connection {other}' takes no arguments (only a condition)"))
+            }
+            [other, ..] => {
+                return self.err(line, format!("'tcp-request connection {other}' is not supported (use accept, reject or track-sc0|1|2 src)"))
+            }
+            [] => return self.err(line, "'tcp-request connection' needs an action (accept, reject or track-sc0|1|2 src)"),
+        };
+        p.tcp.connection.push(ConnRule { cond, action });
     }
 
     fn bind(&mut self, l: &Line, p: &mut Proxy) {
@@ -2100,6 +2154,20 @@ impl Cx<'_> {
             );
         }
     }
+}
+
+/// The first fetch of an expression that needs bytes from the client (HTTP
+/// or TLS content), for `tcp-request connection` errors.
+fn content_fetch(e: &Expr) -> Option<&'static str> {
+    http_fetch(e).or_else(|| {
+        if e.any_test(&|c| matches!(c, Condition::Sni(_))) {
+            Some("req.ssl_sni")
+        } else if e.any_test(&|c| matches!(c, Condition::Int(IntFetch::SslHelloType, _, _))) {
+            Some("req.ssl_hello_type")
+        } else {
+            None
+        }
+    })
 }
 
 /// The first HTTP-only fetch an expression uses, for `mode tcp` errors.

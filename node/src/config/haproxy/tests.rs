@@ -545,3 +545,109 @@ fn gpc_gpt_and_tarpit_actions() {
         "{e:?}"
     );
 }
+
+#[test]
+fn tcp_request_connection_rules_compile_in_both_modes() {
+    for mode in ["http", "tcp"] {
+        let text = format!(
+            "frontend f
+    mode {mode}
+    bind 127.0.0.1:0
+    stick-table type ip size 1k expire 30s store conn_cur,conn_rate(10s)
+    tcp-request connection accept if {{ src 10.0.0.0/8 }}
+    tcp-request connection track-sc0 src
+    tcp-request connection track-sc1 src table other
+    tcp-request connection reject if {{ sc0_conn_cur gt 10 }} || {{ sc_conn_rate(1) ge 20 }}
+    default_backend b
+backend other
+    stick-table type string size 1k store conn_cnt
+backend b
+    mode {mode}
+    server s 127.0.0.1:1
+"
+        );
+        let loaded = load(&text, false).unwrap_or_else(|e| panic!("{mode}: {e}"));
+        let rules = &loaded.config.frontends[0].tcp_request.connection;
+        let actions: Vec<_> = rules.iter().map(|r| r.action.clone()).collect();
+        assert_eq!(
+            actions,
+            [
+                ConnAction::Accept,
+                ConnAction::TrackSc {
+                    sc: 0,
+                    table: "f".into()
+                },
+                ConnAction::TrackSc {
+                    sc: 1,
+                    table: "other".into()
+                },
+                ConnAction::Reject,
+            ],
+            "{mode}"
+        );
+        assert!(rules[0].cond.is_some() && rules[1].cond.is_none());
+        assert!(rules[3]
+            .cond
+            .as_ref()
+            .is_some_and(Expr::uses_stick_counters));
+    }
+}
+
+#[test]
+fn tcp_request_connection_misuse_is_a_file_line_error() {
+    let head = "frontend f\n    bind 127.0.0.1:0\n    default_backend b\n";
+    let tail = "backend b\n    server s 127.0.0.1:1\n";
+    for (line, want) in [
+        (
+            "tcp-request connection track-sc0 src",
+            "t.cfg:4: frontend 'f' has no stick-table to track into",
+        ),
+        (
+            "tcp-request connection track-sc0 src table nope",
+            "t.cfg:4: stick table 'nope' is not declared",
+        ),
+        (
+            "tcp-request connection track-sc0 req.hdr(x-key)",
+            "t.cfg:4: 'tcp-request connection track-sc0' key 'req.hdr(x-key)' is not supported (only src",
+        ),
+        (
+            "tcp-request connection track-sc3 src",
+            "t.cfg:4: 'track-sc3' is not supported",
+        ),
+        (
+            "tcp-request connection reject if { sc0_conn_curr gt 1 }",
+            "t.cfg:4: fetch 'sc0_conn_curr' is not supported",
+        ),
+        (
+            "tcp-request connection reject if { sc_conn_cur(0,t) gt 1 }",
+            "t.cfg:4: fetch 'sc_conn_cur(0,t)': a table argument is not supported",
+        ),
+        (
+            "tcp-request connection reject if { path /x }",
+            "t.cfg:4: 'tcp-request connection' conditions cannot use path",
+        ),
+        (
+            "tcp-request connection reject if { req.ssl_sni x.test }",
+            "t.cfg:4: 'tcp-request connection' conditions cannot use req.ssl_sni",
+        ),
+        (
+            "tcp-request connection silent-drop",
+            "t.cfg:4: 'tcp-request connection silent-drop' is not supported",
+        ),
+        (
+            "tcp-request connection reject now",
+            "t.cfg:4: 'tcp-request connection reject' takes no arguments",
+        ),
+        ("tcp-request connection", "t.cfg:4: 'tcp-request connection' needs an action"),
+        (
+            "tcp-request session reject",
+            "t.cfg:4: 'tcp-request session' is not supported",
+        ),
+    ] {
+        let errs = errors(&format!("{head}    {line}\n{tail}"));
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "{line}: {errs:?}"
+        );
+    }
+}

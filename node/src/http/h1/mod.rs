@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use self::framing::{ChunkedScanner, Framing};
-use super::body::RespBody;
+use super::body::{BodyPace, RespBody};
 use super::conn::ConnInfo;
 use super::{error, proxy};
 use crate::balance::PickCtx;
@@ -57,6 +57,20 @@ const MAX_HEADERS: usize = 100;
 const CHUNK: usize = 16 * 1024;
 /// Bodies up to this size go out in the same write as their head.
 const COALESCE_MAX: usize = 16 * 1024;
+/// Reads more of a request body into `buf` (`received` bytes of it so
+/// far), held to the body's pace: a body that stops coming is a 408.
+async fn read_body<IO: ClientIo>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    pace: &BodyPace,
+    received: u64,
+) -> Result<(), BodyFail> {
+    match timeout_at(pace.next_deadline(received), io.read_buf(buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(_) => Err(BodyFail::Client),
+        Err(_) => Err(BodyFail::TooSlow),
+    }
+}
 
 /// A client connection the engine can wait on without holding a buffer.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
@@ -225,6 +239,7 @@ async fn exchange<'a, IO: ClientIo>(
 ) -> Step<'a> {
     let head = buf.split_to(head_len).freeze();
     let client_to = fe.timeouts.client;
+    let pace = BodyPace::new(&fe.timeouts);
     let req = match parse_request(&head) {
         Parsed::Request(r) => r,
         Parsed::Handoff => return handoff(buf, &head, &Bytes::new()).into(),
@@ -269,7 +284,7 @@ async fn exchange<'a, IO: ClientIo>(
             txn.discard();
             return handoff(buf, &head, &read).into();
         };
-        let found = match scan_model(io, buf, total, fe).await {
+        let found = match scan_model(io, buf, total, fe, &pace).await {
             Ok(found) => found,
             Err(Some(resp)) => return answer(io, fe, resp, request_id, true, txn).await.into(),
             Err(None) => return Next::Close.into(),
@@ -297,7 +312,7 @@ async fn exchange<'a, IO: ClientIo>(
         txn.discard();
         return handoff(buf, &head, &read).into();
     }
-    let mut tracked = Tracked::default();
+    let mut tracked = Tracked::for_request(conn.tracked.as_ref());
     let bi = match proxy::choose_backend(
         snap,
         fe,
@@ -376,9 +391,28 @@ async fn exchange<'a, IO: ClientIo>(
             if need <= fe.body_limit {
                 while buf.len() < need {
                     buf.reserve(need - buf.len());
-                    match timeout(client_to, io.read_buf(buf)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => return Next::Close.into(),
+                    let received = (read.len() + buf.len()) as u64;
+                    match read_body(io, buf, &pace, received).await {
+                        Ok(()) => {}
+                        Err(BodyFail::TooSlow) => {
+                            txn.end(Termination::ClientRequest);
+                            let resp = proxy::body_too_slow();
+                            return answer_tracked(
+                                io,
+                                fe,
+                                &mut tracked,
+                                resp,
+                                request_id,
+                                true,
+                                txn,
+                            )
+                            .await
+                            .into();
+                        }
+                        Err(_) => {
+                            txn.end(Termination::ClientRequest);
+                            return Next::Close.into();
+                        }
                     }
                 }
             }
@@ -449,13 +483,28 @@ async fn exchange<'a, IO: ClientIo>(
             Ok(mut up) => {
                 txn.connected();
                 if !body.done() {
+                    let received = (send.len() + from_buf) as u64;
                     if let Err(fail) =
-                        stream_request_body(io, &mut up, buf, &mut body, client_to, be).await
+                        stream_request_body(io, &mut up, buf, &mut body, &pace, received, be).await
                     {
                         return match fail {
                             BodyFail::Client => {
                                 txn.end(Termination::ClientRequest);
                                 Next::Close.into()
+                            }
+                            BodyFail::TooSlow => {
+                                txn.end(Termination::ClientRequest);
+                                answer_tracked(
+                                    io,
+                                    fe,
+                                    &mut tracked,
+                                    proxy::body_too_slow(),
+                                    request_id,
+                                    true,
+                                    txn,
+                                )
+                                .await
+                                .into()
                             }
                             BodyFail::Malformed(why) => {
                                 let resp = error::bad_request(&format!(
@@ -761,6 +810,7 @@ async fn scan_model<IO: ClientIo>(
     buf: &mut BytesMut,
     total: u64,
     fe: &Frontend,
+    pace: &BodyPace,
 ) -> Result<Option<Range<usize>>, Option<Response<RespBody>>> {
     let total = usize::try_from(total).unwrap_or(usize::MAX);
     let mut scanner = ModelScanner::default();
@@ -777,9 +827,10 @@ async fn scan_model<IO: ClientIo>(
             return Err(Some(error::too_large(fe.body_limit)));
         }
         buf.reserve(CHUNK);
-        match timeout(fe.timeouts.client, io.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return Err(None),
+        match read_body(io, buf, pace, buf.len() as u64).await {
+            Ok(()) => {}
+            Err(BodyFail::TooSlow) => return Err(Some(proxy::body_too_slow())),
+            Err(_) => return Err(None),
         }
     }
 }
@@ -934,6 +985,8 @@ async fn fill(
 
 enum BodyFail {
     Client,
+    /// Past its [`BodyPace`]: 408.
+    TooSlow,
     Malformed(&'static str),
     Upstream(UpstreamError),
 }
@@ -944,16 +997,15 @@ async fn stream_request_body<IO: ClientIo>(
     up: &mut TcpStream,
     buf: &mut BytesMut,
     body: &mut BodyLeft,
-    client_to: Duration,
+    pace: &BodyPace,
+    mut received: u64,
     be: &Backend,
 ) -> Result<(), BodyFail> {
     while !body.done() {
         buf.reserve(CHUNK);
-        match timeout(client_to, io.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return Err(BodyFail::Client),
-        }
+        read_body(io, buf, pace, received).await?;
         let n = body.take(buf).map_err(BodyFail::Malformed)?;
+        received += n as u64;
         match timeout(be.timeouts.server, up.write_all(&buf[..n])).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(BodyFail::Upstream(UpstreamError::Broken)),
@@ -1583,6 +1635,7 @@ mod tests {
             client: addr,
             local: addr,
             tls: false,
+            tracked: None,
         };
         let timeouts = Timeouts::default();
         let mut buf = BytesMut::new();
