@@ -214,3 +214,52 @@ async fn the_exposition_passes_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn the_grafana_dashboard_uses_only_metrics_that_exist() {
+    let path = llmgw_e2e::root().join("deploy/grafana/llmgw-dashboard.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("JSON");
+    let mut used = std::collections::BTreeSet::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(i) = rest.find("llmgw_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                used.insert(name);
+            }
+        }
+    }
+    assert!(used.len() >= 10, "{used:?}");
+    let (o, a) = (Mock::start("openai", &[]), Mock::start("anthropic", &[]));
+    let mut gw = Gateway::start(&config(o.addr, a.addr), 1);
+    let stats = gw.proc.wait_addr("stats listening on");
+    let c = Client::h2c();
+    c.post_json(&gw.url("/v1/chat/completions"), CHAT).await;
+    let text = eventually(Duration::from_secs(10), || async {
+        let (text, m) = metrics(&c, stats).await;
+        (m.get(r#"llmgw_frontend_http_requests_total{proxy="f"}"#) == Some(&1.0)).then_some(text)
+    })
+    .await;
+    let families: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for name in &used {
+        let family = name
+            .strip_suffix("_bucket")
+            .or_else(|| name.strip_suffix("_sum"))
+            .or_else(|| name.strip_suffix("_count"))
+            .unwrap_or(name);
+        assert!(
+            families.contains(family),
+            "the dashboard uses {name}, which /metrics does not have"
+        );
+    }
+}
