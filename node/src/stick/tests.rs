@@ -376,3 +376,40 @@ fn a_connection_entry_counts_its_requests_and_is_not_tracked_again() {
     drop(conn);
     assert_eq!(t.get(&k, Data::ConnCur), Some(0));
 }
+
+#[test]
+fn token_settlements_merge_like_any_delta() {
+    // Node a reserves 100 tokens, then settles at 40 two seconds later
+    // (a negative amount into the reservation's slot); node b counts 30.
+    const T0: u64 = 60_000 * 900 + 1_000;
+    set_now(T0);
+    let node = table(100, None, STORE);
+    node.add(&ip(7), &[(Data::TokensRate, 100)]);
+    // Shipped before the request ends, as a cluster drains periodically.
+    let mut a = node.drain_deltas();
+    advance(2_000);
+    node.settle(&ip(7), T0, &[(Data::TokensRate, 100, 40)]);
+    a.extend(node.drain_deltas());
+    assert!(a.iter().any(|d| d.amount == -60), "{a:?}");
+    set_now(T0 + 500);
+    let b = table(100, None, STORE);
+    b.add(&ip(7), &[(Data::TokensRate, 30)]);
+    let b = b.drain_deltas();
+    set_now(T0 + 3_000);
+    let merged = |deltas: Vec<&Delta>| {
+        let t = table(100, None, STORE);
+        for d in deltas {
+            t.apply(d);
+        }
+        t.get(&ip(7), Data::TokensRate)
+    };
+    let forward: Vec<&Delta> = a.iter().chain(&b).collect();
+    let mut backward = forward.clone();
+    backward.reverse();
+    // The settlement may arrive before the reservation it corrects.
+    let mut negative_first = forward.clone();
+    negative_first.sort_by_key(|d| d.amount);
+    assert_eq!(merged(forward), Some(70));
+    assert_eq!(merged(backward), Some(70));
+    assert_eq!(merged(negative_first), Some(70));
+}
