@@ -32,6 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::h1::framing::Refusal;
 use crate::config::Timeouts;
 use crate::gateway::Shared;
 
@@ -249,10 +250,9 @@ impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
 enum Prelude {
     /// Request headers complete (or an h2 preface): hand these bytes to hyper.
     Ready(BytesMut),
-    /// Not HTTP: answered with 400.
-    Malformed,
-    /// No end of headers within the size limit: answered with 431.
-    TooLarge,
+    /// Not HTTP (400), a bare LF (400), no end of headers within the size
+    /// limit (414 or 431): answered, then closed.
+    Refused(Refusal),
     TimedOut,
     Closed,
 }
@@ -263,57 +263,43 @@ const PRELUDE_MAX: usize = 64 * 1024;
 /// HAProxy's `408 Request Timeout` rather than a silent close (hyper's own
 /// header timeout, which covers later keep-alive requests, only closes).
 async fn read_prelude<IO: AsyncRead + Unpin>(io: &mut IO, limit: Duration) -> Prelude {
+    use super::h1::{oversized_head, scan_head};
     let mut buf = BytesMut::with_capacity(1024);
     let read = async {
         loop {
             // Only the new bytes (and the 3 before them) can complete CRLFCRLF.
             let from = buf.len().saturating_sub(3);
             match io.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return Some(false),
+                Ok(0) | Err(_) => return Ok(false),
                 Ok(_) => {}
             }
-            if buf.starts_with(b"PRI ") || memfind(&buf[from..], b"\r\n\r\n") {
-                return Some(true);
+            if buf.starts_with(b"PRI ") || scan_head(&buf, from)?.is_some() {
+                return Ok(true);
             }
             if buf.len() >= PRELUDE_MAX {
-                return None;
+                return Err(oversized_head(&buf));
             }
         }
     };
     match tokio::time::timeout(limit, read).await {
-        Ok(Some(true)) if buf.starts_with(b"PRI ") => Prelude::Ready(buf),
-        Ok(Some(true)) => {
+        Ok(Ok(true)) if buf.starts_with(b"PRI ") => Prelude::Ready(buf),
+        Ok(Ok(true)) => {
             // Parse the head once here so garbage gets the gateway's JSON
             // 400 instead of hyper's empty one.
             let mut headers = [httparse::EMPTY_HEADER; 100]; // hyper's own limit
             match httparse::Request::new(&mut headers).parse(&buf) {
                 Ok(_) => Prelude::Ready(buf),
-                Err(httparse::Error::TooManyHeaders) => Prelude::TooLarge,
-                Err(_) => Prelude::Malformed,
+                Err(httparse::Error::TooManyHeaders) => Prelude::Refused(Refusal {
+                    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    why: "too many headers",
+                }),
+                Err(_) => Prelude::Refused(Refusal::bad("malformed head")),
             }
         }
-        Ok(Some(false)) | Ok(None) if buf.is_empty() => Prelude::Closed,
-        Ok(None) => Prelude::TooLarge,
-        Ok(Some(false)) => Prelude::Closed,
+        Ok(Err(r)) => Prelude::Refused(r),
+        Ok(Ok(false)) => Prelude::Closed,
         Err(_) => Prelude::TimedOut,
     }
-}
-
-fn memfind(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Answers a first request that never became a request, then closes: the
-/// engine's own writer, so the answer is the same as for any later request.
-async fn answer_and_close<IO: super::h1::ClientIo>(
-    io: &mut IO,
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    timeouts: &Timeouts,
-) {
-    let resp = super::error::error_response(status, code, message);
-    let _ = super::h1::write_local(io, resp, true, timeouts.client).await;
 }
 
 /// Serves HTTP on one accepted (and, if configured, TLS-terminated) client
@@ -333,20 +319,21 @@ pub async fn serve<IO>(
         match read_prelude(&mut io, timeouts.http_request).await {
             Prelude::Ready(b) => b,
             Prelude::Closed => return,
+            // Answered with the engine's own writer, so the answer is the
+            // same as for any later request; then closed.
             Prelude::TimedOut => {
-                let msg = "The request was not received in time.";
-                let status = StatusCode::REQUEST_TIMEOUT;
-                return answer_and_close(&mut io, status, "request_timeout", msg, timeouts).await;
+                let resp = super::error::error_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "The request was not received in time.",
+                );
+                let _ = super::h1::write_local(&mut io, resp, true, timeouts.client).await;
+                return;
             }
-            Prelude::Malformed => {
-                let msg = "The request is not valid HTTP.";
-                let status = StatusCode::BAD_REQUEST;
-                return answer_and_close(&mut io, status, "bad_request", msg, timeouts).await;
-            }
-            Prelude::TooLarge => {
-                let msg = "The request headers are too large.";
-                let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-                return answer_and_close(&mut io, status, "headers_too_large", msg, timeouts).await;
+            Prelude::Refused(r) => {
+                let resp = super::h1::refusal_response(r);
+                let _ = super::h1::write_local(&mut io, resp, true, timeouts.client).await;
+                return;
             }
         }
     };

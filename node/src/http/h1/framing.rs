@@ -6,6 +6,7 @@
 //! rides along inside a body.
 
 use http::header::{self, HeaderMap};
+use http::StatusCode;
 
 /// How a message's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,26 +23,108 @@ pub enum Framing {
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadFraming(pub &'static str);
 
-/// A request's framing. Stricter than the RFC's minimum, as a gateway in
-/// front of other parsers must be: `Transfer-Encoding` together with
-/// `Content-Length`, a coding list not ending in `chunked`, or differing or
-/// malformed lengths are refused, not guessed at.
-pub fn request(h: &HeaderMap) -> Result<Framing, BadFraming> {
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        if h.contains_key(header::CONTENT_LENGTH) {
-            return Err(BadFraming("Transfer-Encoding and Content-Length together"));
+/// Why a request is refused before any of it is forwarded: the status the
+/// client gets (RFC 9112 names most of them) and a reason it can read.
+/// The connection always closes after it: once the framing is in doubt,
+/// nothing after it can be trusted to start a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub why: &'static str,
+}
+
+impl Refusal {
+    pub const fn bad(why: &'static str) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            why,
         }
-        return if ends_in_chunked(h) {
-            Ok(Framing::Chunked)
-        } else {
-            Err(BadFraming("Transfer-Encoding does not end in chunked"))
-        };
+    }
+}
+
+impl From<BadFraming> for Refusal {
+    fn from(b: BadFraming) -> Refusal {
+        Refusal::bad(b.0)
+    }
+}
+
+/// A request's framing. Stricter than the RFC's minimum, as a gateway in
+/// front of other parsers must be; every refusal is a 400 unless noted:
+///
+/// - `Transfer-Encoding` together with `Content-Length` (RFC 9112 §6.3
+///   would allow going by the coding and closing after; a request built
+///   that way is an attack far more often than a client bug);
+/// - `Transfer-Encoding` in an HTTP/1.0 request (§6.1: faulty framing);
+/// - a coding list that does not end in `chunked` (§6.3 rule 4), names
+///   `chunked` twice (§7), or has an empty element;
+/// - a coding other than the registered ones (`gzip`, `deflate`,
+///   `compress` and their `x-` forms) before the final `chunked`: 501, as
+///   §6.1 says for a coding the server does not understand (`identity`
+///   was taken out of the registry by RFC 7230);
+/// - differing or malformed lengths (RFC 9110 §8.6: only a list of one
+///   repeated number may be taken for that number).
+pub fn request(h: &HeaderMap, http10: bool) -> Result<Framing, Refusal> {
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        if http10 {
+            return Err(Refusal::bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if h.contains_key(header::CONTENT_LENGTH) {
+            return Err(Refusal::bad(
+                "Transfer-Encoding and Content-Length together",
+            ));
+        }
+        request_codings(h)?;
+        return Ok(Framing::Chunked);
     }
     match content_length(h)? {
         None | Some(0) => Ok(Framing::Empty),
         Some(n) => Ok(Framing::Length(n)),
     }
 }
+
+/// Checks a request's transfer codings (all `Transfer-Encoding` lines, in
+/// order, as one list).
+fn request_codings(h: &HeaderMap) -> Result<(), Refusal> {
+    let mut chunked = false;
+    let mut last_chunked = false;
+    let mut unknown = false;
+    for v in h.get_all(header::TRANSFER_ENCODING) {
+        for c in v.as_bytes().split(|&b| b == b',') {
+            // Only SP and HTAB can be around it: a header value holds no
+            // other control characters.
+            let c = c.trim_ascii();
+            if c.is_empty() {
+                return Err(Refusal::bad("empty transfer coding"));
+            }
+            last_chunked = c.eq_ignore_ascii_case(b"chunked");
+            if last_chunked {
+                if chunked {
+                    return Err(Refusal::bad("chunked applied twice"));
+                }
+                chunked = true;
+            } else if !REGISTERED_CODINGS
+                .iter()
+                .any(|k| c.eq_ignore_ascii_case(k.as_bytes()))
+            {
+                unknown = true;
+            }
+        }
+    }
+    if !last_chunked {
+        return Err(Refusal::bad("Transfer-Encoding does not end in chunked"));
+    }
+    if unknown {
+        return Err(Refusal {
+            status: StatusCode::NOT_IMPLEMENTED,
+            why: "unknown transfer coding",
+        });
+    }
+    Ok(())
+}
+
+/// The transfer codings relayed as they are (IANA's HTTP Transfer Coding
+/// registry, `chunked` and the reserved `trailers` aside).
+const REGISTERED_CODINGS: [&str; 5] = ["gzip", "x-gzip", "deflate", "compress", "x-compress"];
 
 /// A response's framing, given the request method and the status.
 pub fn response(h: &HeaderMap, head_request: bool, status: u16) -> Result<Framing, BadFraming> {
@@ -96,19 +179,113 @@ fn parse_digits(s: &[u8]) -> Option<u64> {
     })
 }
 
-/// Follows the chunk framing of a body as its bytes go by.
-#[derive(Debug, Default)]
+/// What a request body still owes, as bytes go by: the end of a request is
+/// where this says, never where the next parser might think.
+#[derive(Clone, Debug)]
+pub enum BodyLeft {
+    Length(u64),
+    Chunked(ChunkedScanner),
+}
+
+impl BodyLeft {
+    /// `already` bytes of a `Length` body were read aside (model scan;
+    /// chunked bodies are never scanned).
+    pub fn new(framing: Framing, already: u64) -> Self {
+        match framing {
+            Framing::Chunked => BodyLeft::Chunked(ChunkedScanner::request()),
+            Framing::Length(n) => BodyLeft::Length(n - already.min(n)),
+            Framing::Empty | Framing::UntilClose => BodyLeft::Length(0),
+        }
+    }
+
+    /// How many bytes at the front of `data` belong to the body.
+    pub fn take(&mut self, data: &[u8]) -> Result<usize, &'static str> {
+        match self {
+            BodyLeft::Length(left) => {
+                let n = data.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= n as u64;
+                Ok(n)
+            }
+            BodyLeft::Chunked(s) => s.scan(data).map_err(|e| e.0),
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        match self {
+            BodyLeft::Length(left) => *left == 0,
+            BodyLeft::Chunked(s) => s.is_done(),
+        }
+    }
+}
+
+/// Follows the chunk framing of a body as its bytes go by (RFC 9112 §7.1),
+/// refusing whatever two parsers could read two ways: a size that is not
+/// plain hex (`0x10`, `-1`, `+5`, ` 5`), whitespace anywhere but before
+/// `;` or the end of the size line (`1 0`), a bare CR or LF, chunk data
+/// not followed by CRLF, a trailer line that is not `name: value` (an
+/// obs-fold among them). Extensions and trailers are relayed as they are;
+/// an extension over [`MAX_EXT`] bytes on one size line or a trailer
+/// section over [`MAX_TRAILERS`] is refused too.
+#[derive(Debug, Default, Clone)]
 pub struct ChunkedScanner {
     state: State,
     /// Data bytes left in the current chunk, or the size being read.
     n: u64,
     size_digits: u8,
+    /// A request body: trailer fields that would change how the request
+    /// is framed, routed, authorized or read are refused (RFC 9110
+    /// §6.5.1 lists them; a recipient merging them is a smuggling vector).
+    request: bool,
+    /// Extension bytes of this size line, or trailer section bytes.
+    len: u32,
+    /// While a trailer name is read: which [`FORBIDDEN_TRAILERS`] it may
+    /// still be (bits), and its length so far.
+    cand: u32,
+    name_len: u8,
 }
+
+/// Extension bytes allowed on one chunk size line.
+pub const MAX_EXT: u32 = 1024;
+/// Bytes allowed in the trailer section (all its lines).
+pub const MAX_TRAILERS: u32 = 16 * 1024;
+
+/// Trailer fields a request may not carry (RFC 9110 §6.5.1: framing,
+/// routing, request modifiers, authentication, how to read the content),
+/// hop-by-hop fields included.
+const FORBIDDEN_TRAILERS: [&str; 24] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "trailer",
+    "te",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "content-type",
+    "content-encoding",
+    "content-range",
+    "expect",
+    "max-forwards",
+    "cache-control",
+    "range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "if-range",
+];
+const ALL_FORBIDDEN: u32 = (1 << FORBIDDEN_TRAILERS.len()) - 1;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum State {
     #[default]
     Size,
+    /// SP/HTAB after the size: only more of it, `;` or CR may follow.
+    SizeWs,
     /// `;ext` after the size, up to CR.
     Ext,
     SizeLf,
@@ -117,13 +294,22 @@ enum State {
     DataLf,
     /// Start of a trailer line, or of the final CRLF.
     TrailerStart,
-    TrailerLine,
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
 }
 
 impl ChunkedScanner {
+    /// A scanner for a request body (forbidden trailers refused).
+    pub fn request() -> Self {
+        ChunkedScanner {
+            request: true,
+            ..ChunkedScanner::default()
+        }
+    }
+
     /// Between chunks, where a new chunk may be inserted (not inside a
     /// chunk, and not after the last one).
     pub fn at_chunk_start(&self) -> bool {
@@ -148,13 +334,25 @@ impl ChunkedScanner {
                     None if self.size_digits == 0 => return Err(BadFraming("invalid chunk size")),
                     None => match b {
                         b'\r' => self.state = State::SizeLf,
-                        b';' | b' ' | b'\t' => self.state = State::Ext,
+                        b';' => self.start_ext(),
+                        b' ' | b'\t' => self.state = State::SizeWs,
                         _ => return Err(BadFraming("invalid chunk size")),
                     },
                 },
+                State::SizeWs => match b {
+                    b' ' | b'\t' => {}
+                    b';' => self.start_ext(),
+                    b'\r' => self.state = State::SizeLf,
+                    _ => return Err(BadFraming("whitespace inside a chunk size")),
+                },
                 State::Ext => match b {
                     b'\r' => self.state = State::SizeLf,
-                    b'\t' | 0x20..=0x7e | 0x80..=0xff => {}
+                    b'\t' | 0x20..=0x7e | 0x80..=0xff => {
+                        self.len += 1;
+                        if self.len > MAX_EXT {
+                            return Err(BadFraming("chunk extension too long"));
+                        }
+                    }
                     _ => return Err(BadFraming("invalid chunk extension")),
                 },
                 State::SizeLf => {
@@ -162,6 +360,7 @@ impl ChunkedScanner {
                         return Err(BadFraming("chunk size line without CRLF"));
                     }
                     self.size_digits = 0;
+                    self.len = 0;
                     self.state = if self.n == 0 {
                         State::TrailerStart
                     } else {
@@ -190,19 +389,41 @@ impl ChunkedScanner {
                     self.state = State::Size;
                 }
                 State::TrailerStart => {
-                    self.state = if b == b'\r' {
-                        State::EndLf
-                    } else if b == b'\n' {
-                        return Err(BadFraming("bare LF in trailers"));
-                    } else {
-                        State::TrailerLine
-                    };
+                    self.count_trailer()?;
+                    match b {
+                        b'\r' => self.state = State::EndLf,
+                        b'\n' => return Err(BadFraming("bare LF in trailers")),
+                        b' ' | b'\t' => return Err(BadFraming("folded trailer line")),
+                        _ if is_tchar(b) => {
+                            self.cand = if self.request { ALL_FORBIDDEN } else { 0 };
+                            self.name_len = 0;
+                            self.trailer_name_byte(b);
+                            self.state = State::TrailerName;
+                        }
+                        _ => return Err(BadFraming("invalid trailer field name")),
+                    }
                 }
-                State::TrailerLine => match b {
-                    b'\r' => self.state = State::TrailerLf,
-                    b'\n' => return Err(BadFraming("bare LF in trailers")),
-                    _ => {}
-                },
+                State::TrailerName => {
+                    self.count_trailer()?;
+                    match b {
+                        b':' => {
+                            if self.forbidden_trailer() {
+                                return Err(BadFraming("forbidden trailer field"));
+                            }
+                            self.state = State::TrailerValue;
+                        }
+                        _ if is_tchar(b) => self.trailer_name_byte(b),
+                        _ => return Err(BadFraming("invalid trailer field name")),
+                    }
+                }
+                State::TrailerValue => {
+                    self.count_trailer()?;
+                    match b {
+                        b'\r' => self.state = State::TrailerLf,
+                        b'\t' | 0x20..=0x7e | 0x80..=0xff => {}
+                        _ => return Err(BadFraming("invalid trailer field value")),
+                    }
+                }
                 State::TrailerLf => {
                     if b != b'\n' {
                         return Err(BadFraming("trailer line without CRLF"));
@@ -226,6 +447,51 @@ impl ChunkedScanner {
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
+
+    fn start_ext(&mut self) {
+        self.len = 0;
+        self.state = State::Ext;
+    }
+
+    fn count_trailer(&mut self) -> Result<(), BadFraming> {
+        self.len += 1;
+        if self.len > MAX_TRAILERS {
+            return Err(BadFraming("trailers too large"));
+        }
+        Ok(())
+    }
+
+    /// Narrows the forbidden names the trailer name being read may be.
+    fn trailer_name_byte(&mut self, b: u8) {
+        let b = b.to_ascii_lowercase();
+        let pos = usize::from(self.name_len);
+        let mut bits = self.cand;
+        while bits != 0 {
+            let i = bits.trailing_zeros();
+            bits &= bits - 1;
+            if FORBIDDEN_TRAILERS[i as usize].as_bytes().get(pos) != Some(&b) {
+                self.cand &= !(1 << i);
+            }
+        }
+        self.name_len = self.name_len.saturating_add(1);
+    }
+
+    fn forbidden_trailer(&self) -> bool {
+        let mut bits = self.cand;
+        while bits != 0 {
+            let i = bits.trailing_zeros();
+            bits &= bits - 1;
+            if FORBIDDEN_TRAILERS[i as usize].len() == usize::from(self.name_len) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A token character (RFC 9110 §5.6.2), as in a field name.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -252,31 +518,59 @@ mod tests {
 
     #[test]
     fn request_framing() {
-        assert_eq!(request(&headers(&[])), Ok(Framing::Empty));
+        let req = |h: &[(&'static str, &'static str)]| request(&headers(h), false);
+        assert_eq!(req(&[]), Ok(Framing::Empty));
+        assert_eq!(req(&[("content-length", "12")]), Ok(Framing::Length(12)));
         assert_eq!(
-            request(&headers(&[("content-length", "12")])),
+            req(&[("content-length", "12, 12")]),
             Ok(Framing::Length(12))
         );
-        assert_eq!(
-            request(&headers(&[("content-length", "12, 12")])),
-            Ok(Framing::Length(12))
-        );
-        assert_eq!(
-            request(&headers(&[("transfer-encoding", "gzip, chunked")])),
-            Ok(Framing::Chunked)
-        );
+        assert_eq!(req(&[("content-length", "007")]), Ok(Framing::Length(7)));
+        for ok in [
+            &[("transfer-encoding", "chunked")][..],
+            &[("transfer-encoding", "\tChunked ")],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[
+                ("transfer-encoding", "x-gzip"),
+                ("transfer-encoding", "CHUNKED"),
+            ],
+        ] {
+            assert_eq!(req(ok), Ok(Framing::Chunked), "{ok:?}");
+        }
         for bad in [
             &[("content-length", "12"), ("content-length", "13")][..],
+            &[("content-length", "1,2")],
+            &[("content-length", "5,")],
             &[("content-length", "-1")],
+            &[("content-length", "+5")],
+            &[("content-length", "5 5")],
+            &[("content-length", "0x5")],
             &[("content-length", "1e3")],
             &[("content-length", "")],
             &[("content-length", "99999999999999999999")],
             &[("transfer-encoding", "chunked"), ("content-length", "3")],
+            &[("content-length", "3"), ("transfer-encoding", "chunked")],
             &[("transfer-encoding", "chunked, gzip")],
+            &[("transfer-encoding", "chunked, identity")],
+            &[("transfer-encoding", "xchunked")],
+            &[("transfer-encoding", "chunked, chunked")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("transfer-encoding", ", chunked")],
+            &[("transfer-encoding", "")],
             &[("transfer-encoding", "identity")],
         ] {
-            assert!(request(&headers(bad)).is_err(), "{bad:?}");
+            let e = req(bad).expect_err(&format!("{bad:?}"));
+            assert_eq!(e.status, 400, "{bad:?}");
         }
+        for unknown in ["identity, chunked", "br, chunked"] {
+            let e = req(&[("transfer-encoding", unknown)]).expect_err(unknown);
+            assert_eq!(e.status, 501, "{unknown}");
+        }
+        let te = headers(&[("transfer-encoding", "chunked")]);
+        assert_eq!(request(&te, true).map_err(|e| e.status.as_u16()), Err(400));
     }
 
     #[test]
@@ -323,19 +617,67 @@ mod tests {
 
     #[test]
     fn malformed_chunks_are_refused() {
+        let long_ext = format!(
+            "5;{}\r\nhello\r\n0\r\n\r\n",
+            "e".repeat(MAX_EXT as usize + 1)
+        );
+        let long_trailer = format!("0\r\nx-a: {}\r\n\r\n", "v".repeat(MAX_TRAILERS as usize));
         for bad in [
             &b"x\r\n"[..],
             b"\r\n",
+            b" 5\r\n",
+            b"-5\r\n",
+            b"+5\r\n",
+            b"0x5\r\n",
+            b"1 0\r\n",
+            b"1 x\r\n",
             b"5\nhello\r\n",
             b"3\r\nabcd\r\n",
             b"3\r\nabc\n",
             b"1234567890abcdef0\r\n",
             b"3;a\x01\r\n",
+            b"3;a\rb\r\n",
+            b"3;a\nb\r\n",
             b"0\r\nx: 1\n\r\n",
             b"0\r\n\n",
+            b"0\r\nx: 1\r\n y\r\n\r\n",
+            b"0\r\nno colon\r\n\r\n",
+            b"0\r\nx: a\rb\r\n\r\n",
+            b"0\r\nx: a\x00b\r\n\r\n",
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nContent-Length: 5\r\n\r\n",
+            b"0\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"0\r\nHost: other\r\n\r\n",
+            b"0\r\nAuthorization: Bearer x\r\n\r\n",
+            long_ext.as_bytes(),
+            long_trailer.as_bytes(),
         ] {
-            let mut s = ChunkedScanner::default();
-            assert!(s.scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            let mut s = ChunkedScanner::request();
+            let shown = String::from_utf8_lossy(&bad[..bad.len().min(60)]).into_owned();
+            assert!(s.scan(bad).is_err(), "{shown:?}");
         }
+    }
+
+    #[test]
+    fn lenient_where_no_parser_can_disagree() {
+        for ok in [
+            &b"5 \r\nhello\r\n0\r\n\r\n"[..],
+            b"5 ;a=b\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"q s\"\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nx-checksum: abc\r\nhostname: h\r\ncontent-lengths: 1\r\n\r\n",
+        ] {
+            let mut s = ChunkedScanner::request();
+            assert_eq!(
+                s.scan(ok),
+                Ok(ok.len()),
+                "{:?}",
+                String::from_utf8_lossy(ok)
+            );
+            assert!(s.is_done());
+        }
+        // Trailer names are refused in requests only: a response's go to
+        // the client as the upstream sent them.
+        let mut s = ChunkedScanner::default();
+        assert!(s.scan(b"0\r\ncontent-length: 1\r\n\r\n").is_ok());
     }
 }

@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use self::framing::{ChunkedScanner, Framing};
+use self::framing::{BodyLeft, ChunkedScanner, Framing, Refusal};
 use super::body::{BodyPace, RespBody};
 use super::conn::ConnInfo;
 use super::{error, proxy};
@@ -50,7 +50,7 @@ use crate::upstream::queue;
 use crate::upstream::retry::{self, Failure};
 
 /// Request and response heads larger than this are refused (431 / 502).
-const HEAD_MAX: usize = 64 * 1024;
+pub(super) const HEAD_MAX: usize = 64 * 1024;
 /// httparse's header slots, as many as hyper allows.
 const MAX_HEADERS: usize = 100;
 /// Read size for bodies and streamed responses.
@@ -176,11 +176,13 @@ async fn read_head<IO: ClientIo>(
     // keep-alive timeout, which only covers waiting for a first byte.
     let mut deadline = (!buf.is_empty()).then(|| Instant::now() + t.http_request);
     loop {
-        if let Some(end) = head_end(buf, searched) {
-            return Ok(Some(end));
+        match scan_head(buf, searched) {
+            Ok(Some(end)) => return Ok(Some(end)),
+            Ok(None) => {}
+            Err(r) => return Err(refusal_response(r)),
         }
         if buf.len() >= HEAD_MAX {
-            return Err(headers_too_large());
+            return Err(refusal_response(oversized_head(buf)));
         }
         searched = buf.len().saturating_sub(3);
         let read = async {
@@ -219,12 +221,66 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     END.find(&buf[from..]).map(|i| from + i + 4)
 }
 
-fn headers_too_large() -> Response<RespBody> {
-    error::error_response(
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        "headers_too_large",
-        "The request headers are too large.",
-    )
+/// Where a request head ends (through its CRLFCRLF), searching from
+/// `from` (at most 3 bytes before where the last search stopped).
+/// `Ok(None)`: not yet. Every line must end in CRLF: a bare LF is refused
+/// as soon as it is seen. RFC 9112 §2.2 lets a recipient take LF alone
+/// for a line end, but a parser that does and one that does not see
+/// different headers (or a different end of the head) in the same bytes.
+/// This replaces a search for CRLFCRLF and costs about the same: one
+/// vectorised search for LF, and a look at the bytes around each one.
+pub(super) fn scan_head(buf: &[u8], from: usize) -> Result<Option<usize>, Refusal> {
+    for i in memchr::memchr_iter(b'\n', &buf[from..]) {
+        let i = from + i;
+        if i == 0 || buf[i - 1] != b'\r' {
+            return Err(Refusal::bad("bare LF line ending"));
+        }
+        if buf.get(i + 1..i + 3) == Some(b"\r\n") {
+            return Ok(Some(i + 3));
+        }
+    }
+    Ok(None)
+}
+
+/// A head that reached the size limit without ending: 414 while still in
+/// its request line (no line end yet), 431 once in its headers, as
+/// HAProxy and hyper answer.
+pub(super) fn oversized_head(buf: &[u8]) -> Refusal {
+    if memchr::memchr(b'\n', buf).is_none() {
+        Refusal {
+            status: StatusCode::URI_TOO_LONG,
+            why: "request line too long",
+        }
+    } else {
+        too_many_headers()
+    }
+}
+
+fn too_many_headers() -> Refusal {
+    Refusal {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        why: "headers too large",
+    }
+}
+
+/// The answer to a refused request (the connection closes after it).
+pub(crate) fn refusal_response(r: Refusal) -> Response<RespBody> {
+    match r.status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => error::error_response(
+            r.status,
+            "headers_too_large",
+            "The request headers are too large.",
+        ),
+        StatusCode::URI_TOO_LONG => {
+            error::error_response(r.status, "uri_too_long", "The request target is too long.")
+        }
+        StatusCode::NOT_IMPLEMENTED => error::error_response(
+            r.status,
+            "not_implemented",
+            &format!("The request cannot be served: {}.", r.why),
+        ),
+        _ => error::bad_request(&format!("The request is not valid HTTP: {}.", r.why)),
+    }
 }
 
 /// One request, up to its response head (and whatever of the body came
@@ -241,15 +297,10 @@ async fn exchange<'a, IO: ClientIo>(
     let client_to = fe.timeouts.client;
     let pace = BodyPace::new(&fe.timeouts);
     let req = match parse_request(&head) {
+        Parsed::Request(r) if r.handoff => return handoff(buf, &head, &Bytes::new()).into(),
         Parsed::Request(r) => r,
-        Parsed::Handoff => return handoff(buf, &head, &Bytes::new()).into(),
-        Parsed::Bad(why) => {
-            let resp = error::bad_request(&format!("The request is not valid HTTP: {why}."));
-            let _ = write_local(io, resp, true, client_to).await;
-            return Next::Close.into();
-        }
-        Parsed::TooManyHeaders => {
-            let _ = write_local(io, headers_too_large(), true, client_to).await;
+        Parsed::Refused(r) => {
+            let _ = write_local(io, refusal_response(r), true, client_to).await;
             return Next::Close.into();
         }
     };
@@ -257,6 +308,7 @@ async fn exchange<'a, IO: ClientIo>(
         mut parts,
         framing,
         close,
+        ..
     } = req;
     let request_id = proxy::request_id(fe, &parts.headers);
     let needs_model = fe.needs_model();
@@ -650,127 +702,179 @@ fn framing_consumed(framing: Framing, read: usize, buf: &mut BytesMut) -> bool {
     }
 }
 
-/// What a request's body still owes, as bytes go by.
-enum BodyLeft {
-    Length(u64),
-    Chunked(ChunkedScanner),
-}
-
-impl BodyLeft {
-    /// `already` bytes of a `Length` body were read aside (model scan;
-    /// chunked bodies are never scanned).
-    fn new(framing: Framing, already: u64) -> Self {
-        match framing {
-            Framing::Chunked => BodyLeft::Chunked(ChunkedScanner::default()),
-            Framing::Length(n) => BodyLeft::Length(n - already.min(n)),
-            Framing::Empty | Framing::UntilClose => BodyLeft::Length(0),
-        }
-    }
-
-    /// How many bytes at the front of `data` belong to the body.
-    fn take(&mut self, data: &[u8]) -> Result<usize, &'static str> {
-        match self {
-            BodyLeft::Length(left) => {
-                let n = data.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= n as u64;
-                Ok(n)
-            }
-            BodyLeft::Chunked(s) => s.scan(data).map_err(|e| e.0),
-        }
-    }
-
-    fn done(&self) -> bool {
-        match self {
-            BodyLeft::Length(left) => *left == 0,
-            BodyLeft::Chunked(s) => s.is_done(),
-        }
-    }
-}
-
 /// A parsed request head.
 // The large variant is the common one; boxing it would cost an allocation
 // per request.
 #[allow(clippy::large_enum_variant)]
-enum Parsed {
+pub(super) enum Parsed {
     Request(ClientRequest),
-    Handoff,
-    Bad(&'static str),
-    TooManyHeaders,
+    Refused(Refusal),
 }
 
-struct ClientRequest {
-    parts: Parts,
-    framing: Framing,
+pub(super) struct ClientRequest {
+    pub(super) parts: Parts,
+    pub(super) framing: Framing,
     /// The client asked to close after this exchange.
-    close: bool,
+    pub(super) close: bool,
+    /// Valid, but for the general path: HTTP/1.0, `Upgrade`, `Expect`,
+    /// `CONNECT`.
+    pub(super) handoff: bool,
 }
 
-/// Parses a complete request head. Names and values are slices of `head`,
-/// not copies.
-fn parse_request(head: &Bytes) -> Parsed {
+/// Parses and checks a complete request head, as [`scan_head`] found it
+/// (every line ending in CRLF). Names and values are slices of `head`,
+/// not copies. Beyond what httparse refuses (obs-fold, whitespace before
+/// the first header or the colon, CTLs and bare CR in values, a request
+/// line that is not `method SP target SP version`), this refuses what
+/// RFC 9112 tells a server to (a missing, repeated or invalid `Host`; a
+/// request target in a form its method does not take) and what parsers
+/// behind a proxy are known to read differently (a fragment or non-ASCII
+/// byte in the target, an absolute-form target whose host is not the
+/// `Host` header's, as HAProxy does), then the framing
+/// ([`framing::request`]). Every check rides on the one pass over the
+/// headers; nothing is allocated beyond the header map.
+pub(super) fn parse_request(head: &Bytes) -> Parsed {
+    let refused = |why| Parsed::Refused(Refusal::bad(why));
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut r = httparse::Request::new(&mut slots);
     match r.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Parsed::Bad("incomplete head"),
-        Err(httparse::Error::TooManyHeaders) => return Parsed::TooManyHeaders,
-        Err(_) => return Parsed::Bad("malformed head"),
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        // httparse ends a head at a bare LF too.
+        Ok(httparse::Status::Complete(_)) => return refused("bare LF line ending"),
+        Ok(httparse::Status::Partial) => return refused("incomplete head"),
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Refused(too_many_headers()),
+        Err(_) => return refused("malformed head"),
     }
     let (Some(method), Some(target), Some(version)) = (r.method, r.path, r.version) else {
-        return Parsed::Bad("malformed request line");
+        return refused("malformed request line");
     };
-    if version != 1 {
-        return Parsed::Handoff;
-    }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Parsed::Bad("invalid method");
+        return refused("invalid method");
     };
-    if method == Method::CONNECT {
-        return Parsed::Handoff;
+    // httparse lets any visible byte and obs-text through; a target has
+    // no fragment and no byte outside ASCII (RFC 9112 §3.2, RFC 3986).
+    if target.bytes().any(|b| b == b'#' || !b.is_ascii()) {
+        return refused("invalid request target");
     }
     let Ok(uri) = Uri::from_maybe_shared(head.slice_ref(target.as_bytes())) else {
-        return Parsed::Bad("invalid request target");
+        return refused("invalid request target");
     };
+    // Authority-form is CONNECT's alone, asterisk-form OPTIONS's
+    // (RFC 9112 §3.2.3, §3.2.4).
+    let connect = method == Method::CONNECT;
+    if connect != (uri.scheme().is_none() && uri.authority().is_some())
+        || (target == "*" && method != Method::OPTIONS)
+    {
+        return refused("request target form does not fit the method");
+    }
     let mut headers = HeaderMap::with_capacity(r.headers.len());
+    let mut hosts = 0;
+    let mut host: &[u8] = b"";
     for h in r.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            return Parsed::Bad("invalid header name");
+            return refused("invalid header name");
         };
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(h.value)) else {
-            return Parsed::Bad("invalid header value");
+            return refused("invalid header value");
         };
+        if name == header::HOST {
+            hosts += 1;
+            host = h.value;
+        }
         headers.append(name, value);
     }
-    if headers.contains_key(header::UPGRADE) || headers.contains_key(header::EXPECT) {
-        return Parsed::Handoff;
+    // RFC 9112 §3.2: a 400 for an HTTP/1.1 request without `Host`, with
+    // more than one, or with an invalid one.
+    let http10 = version == 0;
+    match hosts {
+        0 if !http10 => return refused("missing Host header"),
+        0 => {}
+        1 if !valid_host(host) => return refused("invalid Host header"),
+        1 => {
+            if let Some(a) = uri.authority() {
+                if !same_authority(uri.scheme_str(), a.as_str().as_bytes(), host) {
+                    return refused("request target and Host header disagree");
+                }
+            }
+        }
+        _ => return refused("more than one Host header"),
     }
-    let framing = match framing::request(&headers) {
+    let framing = match framing::request(&headers, http10) {
         Ok(f) => f,
-        Err(e) => return Parsed::Bad(e.0),
+        Err(e) => return Parsed::Refused(e),
     };
     if let Framing::Length(n) = framing {
         // Agreeing values may come as a list or a repeated header
-        // (`5, 5`): forward the one length the framing found, so the alias
-        // rewrite (which parses the header) and stricter upstream parsers
-        // see a single number. The usual single value is left as it is.
+        // (`5, 5`), or with leading zeros (`007`, which a parser reading
+        // C-style numbers takes for octal): forward the one length the
+        // framing found, so the alias rewrite (which parses the header)
+        // and every parser behind see a single plain number. The usual
+        // single value is left as it is.
         let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-        let single =
-            values.next().is_some_and(|v| !v.as_bytes().contains(&b',')) && values.next().is_none();
+        let plain = |v: &[u8]| !v.contains(&b',') && (v.len() == 1 || v.first() != Some(&b'0'));
+        let single = values.next().is_some_and(|v| plain(v.as_bytes())) && values.next().is_none();
         if !single {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
+    let upgrade = headers.contains_key(header::UPGRADE);
+    let handoff = http10 || connect || upgrade || headers.contains_key(header::EXPECT);
     let close = has_token(&headers, "close");
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
-    parts.version = Version::HTTP_11;
+    parts.version = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
     parts.headers = headers;
     Parsed::Request(ClientRequest {
         parts,
         framing,
         close,
+        handoff,
     })
+}
+
+/// A `Host` value (RFC 9110 §7.2: `uri-host [ ":" port ]`): only the
+/// characters of a host, an IP literal and a port. Empty is valid (a
+/// target without authority).
+fn valid_host(v: &[u8]) -> bool {
+    v.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
+}
+
+/// An absolute-form target's authority and the `Host` header name the same
+/// host and port, a port left out being the scheme's default (HAProxy's
+/// rule; RFC 9112 §3.2.2 has an origin server go by the target, but the
+/// upstream here gets the `Host` header, so the two must agree).
+fn same_authority(scheme: Option<&str>, authority: &[u8], host: &[u8]) -> bool {
+    if authority.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    let default: &[u8] = match scheme {
+        Some(s) if s.eq_ignore_ascii_case("http") => b"80",
+        Some(s) if s.eq_ignore_ascii_case("https") => b"443",
+        _ => b"",
+    };
+    let (ah, ap) = split_port(authority);
+    let (hh, hp) = split_port(host);
+    ah.eq_ignore_ascii_case(hh)
+        && match (ap, hp) {
+            (Some(a), Some(h)) => a == h,
+            (Some(p), None) | (None, Some(p)) => !default.is_empty() && p == default,
+            (None, None) => true,
+        }
+}
+
+/// `host[:port]` split at the port's colon (not one inside an IPv6
+/// literal's brackets).
+fn split_port(a: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match a.iter().rposition(|&b| b == b':') {
+        Some(i) if !a[i..].contains(&b']') => (&a[..i], Some(&a[i + 1..])),
+        _ => (a, None),
+    }
 }
 
 fn has_token(h: &HeaderMap, token: &str) -> bool {
@@ -1504,39 +1608,110 @@ mod tests {
     fn what_the_engine_leaves_to_the_general_path() {
         for s in [
             "GET / HTTP/1.0\r\n\r\n",
-            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-            "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
             "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
         ] {
-            assert!(matches!(parse(s), Parsed::Handoff), "{s:?}");
+            assert!(matches!(parse(s), Parsed::Request(r) if r.handoff), "{s:?}");
+        }
+        // Checked all the same before it goes.
+        let s = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(parse(s), Parsed::Refused(_)), "{s:?}");
+    }
+
+    fn refused(s: &str) -> Option<u16> {
+        match parse(s) {
+            Parsed::Refused(r) => Some(r.status.as_u16()),
+            Parsed::Request(_) => None,
         }
     }
 
     #[test]
     fn bad_requests_are_refused() {
         for s in [
-            "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
-            "GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-            "G\x01T / HTTP/1.1\r\n\r\n",
-            "GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "G\x01T / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nBad Name: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n folded\r\n\r\n",
+            "GET / HTTP/1.1\r\n Host: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: 1\n\r\n\r\n",
+            "GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /#f HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /é HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+            "GET http://b/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://a:8080/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET a:80 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
-            assert!(matches!(parse(s), Parsed::Bad(_)), "{s:?}");
+            assert_eq!(refused(s), Some(400), "{s:?}");
         }
+        let s = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity, chunked\r\n\r\n";
+        assert_eq!(refused(s), Some(501));
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("x-{i}: 1\r\n"))
             .collect();
-        assert!(matches!(
-            parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
-            Parsed::TooManyHeaders
-        ));
+        assert_eq!(
+            refused(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),
+            Some(431)
+        );
+    }
+
+    #[test]
+    fn valid_requests_pass() {
+        for s in [
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHOST: [::1]:8080\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost:\r\n\r\n",
+            "GET http://A/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://a:80/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET https://a/x HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked\r\n\r\n",
+        ] {
+            assert_eq!(refused(s), None, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn head_ends_only_at_crlf_crlf() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next";
+        for from in 0..20 {
+            assert_eq!(scan_head(head, from), Ok(Some(27)), "{from}");
+        }
+        assert_eq!(scan_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), Ok(None));
+        for bare in [
+            &b"GET / HTTP/1.1\nHost: a\n\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\nGET /smuggled HTTP/1.1\r\n\r\n",
+            b"\n",
+        ] {
+            assert!(
+                scan_head(bare, 0).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bare)
+            );
+        }
+        assert_eq!(oversized_head(b"GET /aaaa").status, 414);
+        assert_eq!(oversized_head(b"GET / HTTP/1.1\r\nX: aaa").status, 431);
     }
 
     #[test]
     fn agreeing_lengths_become_one() {
         for s in [
-            "POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 005\r\n\r\n",
         ] {
             let Parsed::Request(r) = parse(s) else {
                 panic!("{s:?} not parsed")
@@ -1565,7 +1740,8 @@ mod tests {
 
     #[test]
     fn connection_close_is_seen() {
-        let Parsed::Request(r) = parse("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n")
+        let Parsed::Request(r) =
+            parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Close\r\n\r\n")
         else {
             panic!()
         };
