@@ -26,13 +26,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::StatusCode;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::h1::framing::Refusal;
+use super::h1::guard::{Guard, Verdicts};
 use crate::config::Timeouts;
 use crate::gateway::Shared;
 
@@ -368,13 +370,40 @@ async fn serve_hyper<IO>(
     let activity = Arc::new(Activity::new());
     let info_client = info.client;
     let info = Arc::new(info);
+    // HTTP/1: the engine's framing rules stand in front of hyper's parser
+    // (h1/guard.rs); they speak through these.
+    let verdicts = (!h2).then(|| Arc::new(Verdicts::default()));
     let svc = {
         let activity = activity.clone();
-        service_fn(move |req| {
+        let verdicts = verdicts.clone();
+        service_fn(move |req: Request<Incoming>| {
             let shared = shared.clone();
             let info = info.clone();
             let guard = InflightGuard::new(&activity);
-            async move { Ok::<_, Infallible>(super::proxy::handle(&shared, &info, req, guard).await) }
+            // Taken now, as hyper hands the request over (see
+            // `Verdicts::take_refusal`).
+            let refusal = verdicts.as_ref().and_then(|v| v.take_refusal());
+            let tunnel = (req.method() == Method::CONNECT
+                || req.headers().contains_key(header::UPGRADE))
+            .then(|| verdicts.clone())
+            .flatten()
+            .map(|v| (v, req.method().clone()));
+            async move {
+                if let Some(r) = refusal {
+                    // The stand-in for a refused request: answered, and the
+                    // connection closes after it.
+                    drop(guard);
+                    let mut resp = super::h1::refusal_response(r);
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return Ok::<_, Infallible>(resp);
+                }
+                let resp = super::proxy::handle(&shared, &info, req, guard).await;
+                if let Some((v, method)) = tunnel {
+                    v.decided(Verdicts::switches(&method, resp.status()));
+                }
+                Ok(resp)
+            }
         })
     };
 
@@ -393,6 +422,7 @@ async fn serve_hyper<IO>(
         )
         .await;
     } else {
+        let io = Guard::new(io, verdicts.unwrap_or_default());
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
             .header_read_timeout(timeouts.http_request)

@@ -398,6 +398,11 @@ impl Exchange<'_> {
                 Ok(Err(e)) if BodyTooSlow::caused(&e) => {
                     return Forwarded::Final(body_too_slow());
                 }
+                // Or it turned out malformed mid-way (the HTTP/1 guard found
+                // it): the client's fault too.
+                Ok(Err(e)) if malformed_body(&e).is_some() => {
+                    return Forwarded::Final(body_error(&e));
+                }
                 Ok(Err(e)) => {
                     server.observe(if e.is_connect() {
                         Outcome::ConnectFailed
@@ -1299,6 +1304,8 @@ fn upstream_uri(
 fn body_error(e: &(dyn std::error::Error + 'static)) -> Response<RespBody> {
     if BodyTooSlow::caused(e) {
         body_too_slow()
+    } else if let Some(why) = malformed_body(e) {
+        error::bad_request(&format!("The request body is malformed: {why}."))
     } else {
         error::bad_request("The request body could not be read.")
     }
@@ -1310,6 +1317,24 @@ pub(super) fn body_too_slow() -> Response<RespBody> {
         "request_timeout",
         "The request body was not received in time.",
     )
+}
+
+/// Why the request body was refused, when `e` or what caused it is a
+/// body the HTTP/1 guard found malformed after its start went on (inside
+/// the `io::Error` hyper read it as, whose `source` skips over it).
+fn malformed_body(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut src = Some(e);
+    while let Some(s) = src {
+        let malformed = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|e| e.downcast_ref::<super::h1::guard::MalformedBody>());
+        if let Some(m) = malformed {
+            return Some(m.0);
+        }
+        src = s.source();
+    }
+    None
 }
 
 fn upstream_error(be: &Backend, e: &hyper_util::client::legacy::Error) -> Response<RespBody> {

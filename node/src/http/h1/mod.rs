@@ -19,6 +19,7 @@
 //! LIFECYCLE.md.
 
 pub mod framing;
+pub mod guard;
 
 use std::future::Future;
 use std::io;
@@ -719,6 +720,12 @@ pub(super) struct ClientRequest {
     /// Valid, but for the general path: HTTP/1.0, `Upgrade`, `Expect`,
     /// `CONNECT`.
     pub(super) handoff: bool,
+    /// The connection may stop being HTTP after this request, if the
+    /// answer says so (`Upgrade`: a 101; `CONNECT`: a 2xx).
+    pub(super) tunnel: bool,
+    /// `Content-Length` was rewritten to one plain number: the head as
+    /// received is not the head to forward.
+    pub(super) normalized: bool,
 }
 
 /// Parses and checks a complete request head, as [`scan_head`] found it
@@ -803,6 +810,7 @@ pub(super) fn parse_request(head: &Bytes) -> Parsed {
         Ok(f) => f,
         Err(e) => return Parsed::Refused(e),
     };
+    let mut normalized = false;
     if let Framing::Length(n) = framing {
         // Agreeing values may come as a list or a repeated header
         // (`5, 5`), or with leading zeros (`007`, which a parser reading
@@ -815,6 +823,7 @@ pub(super) fn parse_request(head: &Bytes) -> Parsed {
         let single = values.next().is_some_and(|v| plain(v.as_bytes())) && values.next().is_none();
         if !single {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            normalized = true;
         }
     }
     let upgrade = headers.contains_key(header::UPGRADE);
@@ -834,6 +843,8 @@ pub(super) fn parse_request(head: &Bytes) -> Parsed {
         framing,
         close,
         handoff,
+        tunnel: connect || upgrade,
+        normalized,
     })
 }
 
