@@ -51,7 +51,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     inflight: InflightGuard,
 ) -> Response<RespBody> {
     let snap = shared.current.load_full();
@@ -69,16 +69,21 @@ pub async fn handle(
         Some(s) => Box::new(Txn::new(s)),
         None => return error::bad_gateway("This listener is closing."),
     };
-    let mut resp = proxy(
-        &snap,
-        fe,
-        conn,
-        req,
-        request_id.as_ref(),
-        &mut tracked,
-        &mut txn,
-    )
-    .await;
+    let mut resp = match h2_malformed(&mut req) {
+        Some(why) => error::bad_request(&format!("The request is malformed: {why}.")),
+        None => {
+            proxy(
+                &snap,
+                fe,
+                conn,
+                req,
+                request_id.as_ref(),
+                &mut tracked,
+                &mut txn,
+            )
+            .await
+        }
+    };
     if resp.extensions_mut().remove::<Denied>().is_some() {
         txn.end(Termination::Denied);
     }
@@ -91,6 +96,73 @@ pub async fn handle(
             .with_tracked(tracked)
             .with_txn(txn)
     })
+}
+
+/// What the h2 library lets through but an HTTP/2 request must not have
+/// before it goes on as HTTP/1.1 (the library itself resets a stream with
+/// connection-specific fields, a `te` other than `trailers`, pseudo-headers
+/// missing, repeated, unknown or after a regular field, a name or value
+/// with CR, LF, NUL or uppercase, a `content-length` its DATA disagree
+/// with):
+///
+/// - a field value starting or ending with SP or HTAB (RFC 9113 §8.2.1);
+/// - more than one `host` field and no `:authority`.
+///
+/// And it must not carry two authorities: with `:authority` there, a
+/// `host` field is replaced by it, so routing and the upstream go by the
+/// one the h2 layer used (HAProxy's rule against h2 desync; RFC 9113
+/// §8.3.1 would also allow refusing a `host` that differs, but an
+/// intermediary forwarding over h2 may keep its client's `host` next to
+/// its own `:authority`, as this gateway does towards h2 upstreams). A
+/// `content-length` the library accepted (repeated, or with leading zeros)
+/// is made one plain number, as the HTTP/1 upstream is to get it. HTTP/1
+/// requests were checked as their bytes arrived (`h1::parse_request`).
+fn h2_malformed(req: &mut Request<Incoming>) -> Option<&'static str> {
+    if req.version() != Version::HTTP_2 {
+        return None;
+    }
+    if let Some(n) = uncanonical_length(req.headers()) {
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    if req.headers().contains_key(header::HOST) {
+        match req
+            .uri()
+            .authority()
+            .map(|a| HeaderValue::from_str(a.as_str()))
+        {
+            Some(Ok(a)) => {
+                req.headers_mut().insert(header::HOST, a);
+            }
+            Some(Err(_)) => return Some("an invalid :authority"),
+            None if req.headers().get_all(header::HOST).iter().nth(1).is_some() => {
+                return Some("more than one host field")
+            }
+            None => {}
+        }
+    }
+    let padded = |v: &HeaderValue| {
+        let v = v.as_bytes();
+        [v.first(), v.last()]
+            .iter()
+            .any(|b| matches!(b, Some(b' ' | b'\t')))
+    };
+    req.headers()
+        .values()
+        .any(padded)
+        .then_some("a field value with leading or trailing whitespace")
+}
+
+/// The length an h2 request's `content-length` fields say, when they are
+/// not already one plain number (the h2 library checked they agree).
+fn uncanonical_length(h: &HeaderMap) -> Option<u64> {
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    let v = lengths.next()?.as_bytes();
+    let plain = v.len() == 1 || v.first() != Some(&b'0');
+    if plain && lengths.next().is_none() {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 async fn proxy(
