@@ -19,6 +19,7 @@ mod rewriting;
 mod routing;
 mod sdk;
 mod slowloris;
+mod smuggling;
 mod stick;
 mod streaming;
 mod tcp;
