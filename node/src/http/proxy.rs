@@ -397,7 +397,10 @@ impl Exchange<'_> {
         };
         txn.backend(&brt.stats);
         let mut si = match queue::pick(brt, &ctx).await {
-            Ok(si) => si,
+            Ok((si, waited)) => {
+                txn.queued(waited);
+                si
+            }
             Err(no) => {
                 txn.end(Termination::Queue);
                 return Forwarded::Failed(no.failure(), no.response(&be.name));

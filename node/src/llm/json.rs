@@ -10,33 +10,51 @@ use std::borrow::Cow;
 /// object (a string with its quotes); the first one when repeated. `None`
 /// when the body is not an object or has no such member.
 pub fn member<'b>(body: &'b [u8], key: &str) -> Option<&'b [u8]> {
-    let mut i = skip_ws(body, 0);
-    if body.get(i) != Some(&b'{') {
-        return None;
+    members(body)
+        .find(|(k, _)| *k == key.as_bytes())
+        .map(|(_, v)| v)
+}
+
+/// The top-level members of a JSON object, in order: (key as written,
+/// raw value). Stops at the first thing that is not well-formed.
+pub fn members(body: &[u8]) -> Members<'_> {
+    let i = skip_ws(body, 0);
+    let open = body.get(i) == Some(&b'{');
+    Members {
+        body,
+        i: if open { i + 1 } else { body.len() },
     }
-    i += 1;
-    loop {
-        i = skip_ws(body, i);
-        match body.get(i)? {
-            b'"' => {}
-            _ => return None,
-        }
-        let key_end = string_end(body, i + 1)?;
-        let name = &body[i + 1..key_end];
-        i = skip_ws(body, key_end + 1);
-        if body.get(i) != Some(&b':') {
+}
+
+pub struct Members<'b> {
+    body: &'b [u8],
+    i: usize,
+}
+
+impl<'b> Iterator for Members<'b> {
+    type Item = (&'b [u8], &'b [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.body;
+        let i = skip_ws(b, self.i);
+        if b.get(i)? != &b'"' {
+            self.i = b.len();
             return None;
         }
-        let start = skip_ws(body, i + 1);
-        let end = value_end(body, start)?;
-        if name == key.as_bytes() {
-            return Some(&body[start..end]);
+        let key_end = string_end(b, i + 1)?;
+        let colon = skip_ws(b, key_end + 1);
+        if b.get(colon) != Some(&b':') {
+            self.i = b.len();
+            return None;
         }
-        i = skip_ws(body, end);
-        match body.get(i)? {
-            b',' => i += 1,
-            _ => return None,
-        }
+        let start = skip_ws(b, colon + 1);
+        let end = value_end(b, start)?;
+        let next = skip_ws(b, end);
+        self.i = match b.get(next) {
+            Some(b',') => next + 1,
+            _ => b.len(),
+        };
+        Some((&b[i + 1..key_end], &b[start..end]))
     }
 }
 
@@ -66,7 +84,7 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 }
 
 /// The index of the `"` closing a string whose content starts at `from`.
-pub(super) fn string_end(body: &[u8], mut from: usize) -> Option<usize> {
+fn string_end(body: &[u8], mut from: usize) -> Option<usize> {
     loop {
         let k = from + memchr::memchr2(b'"', b'\\', body.get(from..)?)?;
         if body[k] == b'"' {

@@ -8,8 +8,6 @@
 //! small object itself, so a response streams through untouched and its
 //! prompt text is never copied.
 
-use serde::Deserialize;
-
 /// Tokens in (the prompt) and out (the completion).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tokens {
@@ -41,21 +39,14 @@ pub fn estimate(body: &[u8], default_output: u64) -> Tokens {
     }
 }
 
-/// A `usage` object as the providers write it: OpenAI's Chat Completions
-/// (`prompt_tokens`, `completion_tokens`), Anthropic's Messages and
-/// OpenAI's Responses API (`input_tokens`, `output_tokens`).
-#[derive(Deserialize, Default)]
-struct UsageObject {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-}
-
 /// The largest `usage` object kept; a larger one is not a usage report.
 const MAX_USAGE_OBJECT: usize = 4096;
 
 const NEEDLE: &[u8] = b"\"usage\"";
+
+/// Built once: constructing a searcher costs more than a short search.
+static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(NEEDLE));
 
 /// Finds the token usage in a response body fed to it piece by piece.
 ///
@@ -63,12 +54,15 @@ const NEEDLE: &[u8] = b"\"usage\"";
 /// the input tokens in `message_start` and the running output count in
 /// each `message_delta`; OpenAI a final chunk when the client asked for
 /// it): each field keeps the largest value seen, which is the final count
-/// in every case.
+/// in every case. An object that arrives whole in one piece (the common
+/// case) is read in place; only one split across pieces is copied.
 #[derive(Debug, Default)]
 pub struct UsageScanner {
     state: State,
-    /// The end of the previous piece, for a needle split across pieces.
-    carry: Vec<u8>,
+    /// The end of the previous piece, for a needle split across pieces
+    /// (inline: most responses never need it, and none should allocate).
+    carry: [u8; NEEDLE.len() - 1],
+    carry_len: u8,
     found: Option<Tokens>,
 }
 
@@ -79,8 +73,8 @@ enum State {
     Seek,
     /// After the key, before its value (`:` and whitespace).
     Colon,
-    /// Collecting the object: its bytes so far, nesting depth, whether in
-    /// a string and after a backslash in it.
+    /// An object split across pieces: its bytes so far, nesting depth,
+    /// whether in a string and after a backslash in it.
     Object {
         buf: Vec<u8>,
         depth: u32,
@@ -105,15 +99,7 @@ impl UsageScanner {
                     };
                     match data[k] {
                         b':' => &data[k + 1..],
-                        b'{' => {
-                            self.state = State::Object {
-                                buf: Vec::with_capacity(128),
-                                depth: 0,
-                                in_string: false,
-                                escape: false,
-                            };
-                            &data[k..]
-                        }
+                        b'{' => self.object(&data[k..]),
                         // `"usage": null`, or a string: nothing to count.
                         _ => {
                             self.state = State::Seek;
@@ -129,35 +115,62 @@ impl UsageScanner {
     /// Looks for the needle, including across the previous piece's end.
     fn seek<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
         const TAIL: usize = NEEDLE.len() - 1;
-        let carried = self.carry.len();
+        let carried = usize::from(self.carry_len);
         if carried > 0 {
-            self.carry.extend_from_slice(&data[..data.len().min(TAIL)]);
-            if let Some(k) = memchr::memmem::find(&self.carry, NEEDLE) {
-                self.carry.clear();
+            // The carried end and this piece's start, joined.
+            let mut joined = [0u8; 2 * TAIL];
+            let take = data.len().min(TAIL);
+            joined[..carried].copy_from_slice(&self.carry[..carried]);
+            joined[carried..carried + take].copy_from_slice(&data[..take]);
+            if let Some(k) = FINDER.find(&joined[..carried + take]) {
+                self.carry_len = 0;
                 self.state = State::Colon;
                 return &data[k + NEEDLE.len() - carried..];
             }
         }
-        if let Some(k) = memchr::memmem::find(data, NEEDLE) {
-            self.carry.clear();
+        if let Some(k) = FINDER.find(data) {
+            self.carry_len = 0;
             self.state = State::Colon;
             return &data[k + NEEDLE.len()..];
         }
-        if data.len() >= TAIL {
-            self.carry.clear();
-            self.carry.extend_from_slice(&data[data.len() - TAIL..]);
-        } else {
-            if carried == 0 {
-                self.carry.extend_from_slice(data);
-            }
-            // The carry now ends with all of `data`.
-            let excess = self.carry.len().saturating_sub(TAIL);
-            self.carry.drain(..excess);
-        }
+        // Keep the last TAIL bytes of what was seen (carry, then data).
+        let mut tail = [0u8; 2 * TAIL];
+        tail[..carried].copy_from_slice(&self.carry[..carried]);
+        let from_data = data.len().min(TAIL);
+        tail[carried..carried + from_data].copy_from_slice(&data[data.len() - from_data..]);
+        let total = carried + from_data;
+        let keep = total.min(TAIL);
+        self.carry[..keep].copy_from_slice(&tail[total - keep..total]);
+        self.carry_len = keep as u8;
         &[]
     }
 
-    /// Adds bytes to the object being collected, up to its closing brace.
+    /// `data` starts with the object's `{`: read in place when it closes
+    /// in this piece, else start collecting it.
+    fn object<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
+        self.state = State::Seek;
+        match close(data, 0, false, false) {
+            Ok(end) => {
+                if end <= MAX_USAGE_OBJECT {
+                    self.record(&data[..end]);
+                }
+                &data[end..]
+            }
+            Err((depth, in_string, escape)) => {
+                if data.len() <= MAX_USAGE_OBJECT {
+                    self.state = State::Object {
+                        buf: data.to_vec(),
+                        depth,
+                        in_string,
+                        escape,
+                    };
+                }
+                &[]
+            }
+        }
+    }
+
+    /// Adds a piece to an object split across pieces, up to its close.
     fn collect<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
         let State::Object {
             buf,
@@ -168,50 +181,84 @@ impl UsageScanner {
         else {
             return data;
         };
-        for (k, &c) in data.iter().enumerate() {
-            if *in_string {
-                if *escape {
-                    *escape = false;
-                } else if c == b'\\' {
-                    *escape = true;
-                } else if c == b'"' {
-                    *in_string = false;
+        match close(data, *depth, *in_string, *escape) {
+            Ok(end) => {
+                let whole = buf.len() + end <= MAX_USAGE_OBJECT;
+                buf.extend_from_slice(&data[..end]);
+                let object = std::mem::take(buf);
+                self.state = State::Seek;
+                if whole {
+                    self.record(&object);
                 }
-                continue;
+                &data[end..]
             }
-            match c {
-                b'"' => *in_string = true,
-                b'{' => *depth += 1,
-                b'}' => {
-                    *depth -= 1;
-                    if *depth == 0 {
-                        let whole = buf.len() + k < MAX_USAGE_OBJECT;
-                        buf.extend_from_slice(&data[..=k]);
-                        let object = std::mem::take(buf);
-                        self.state = State::Seek;
-                        if whole {
-                            self.record(&object);
-                        }
-                        return &data[k + 1..];
+            Err(st) => {
+                if buf.len() + data.len() > MAX_USAGE_OBJECT {
+                    self.state = State::Seek;
+                } else {
+                    buf.extend_from_slice(data);
+                    (*depth, *in_string, *escape) = st;
+                }
+                &[]
+            }
+        }
+    }
+
+    /// Reads the counts of a whole `usage` object: OpenAI's Chat
+    /// Completions (`prompt_tokens`, `completion_tokens`), Anthropic's
+    /// Messages and OpenAI's Responses API (`input_tokens`,
+    /// `output_tokens`). Only top-level members with integer values are
+    /// looked at, in one pass that stops once both counts are known (they
+    /// come first in every API's object); this runs on every response.
+    fn record(&mut self, obj: &[u8]) {
+        let (mut input, mut output) = (None, None);
+        let mut depth = 0u32;
+        // At depth 1, after `{` or `,`: the next string is a key.
+        let mut at_key = false;
+        let mut key: &[u8] = &[];
+        let mut i = 0;
+        while i < obj.len() {
+            match obj[i] {
+                b'"' => {
+                    let start = i + 1;
+                    let mut j = start;
+                    while j < obj.len() && obj[j] != b'"' {
+                        j += if obj[j] == b'\\' { 2 } else { 1 };
                     }
+                    if depth == 1 && at_key {
+                        key = obj.get(start..j).unwrap_or_default();
+                        at_key = false;
+                    }
+                    i = j + 1;
+                    continue;
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    at_key = depth == 1;
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                b',' if depth == 1 => at_key = true,
+                b'0'..=b'9' if depth == 1 => {
+                    let mut n: u64 = 0;
+                    while let Some(d) = obj.get(i).filter(|c| c.is_ascii_digit()) {
+                        n = n.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+                        i += 1;
+                    }
+                    let slot = match key {
+                        b"prompt_tokens" | b"input_tokens" => &mut input,
+                        b"completion_tokens" | b"output_tokens" => &mut output,
+                        _ => continue,
+                    };
+                    slot.get_or_insert(n);
+                    if input.is_some() && output.is_some() {
+                        break;
+                    }
+                    continue;
                 }
                 _ => {}
             }
+            i += 1;
         }
-        if buf.len() + data.len() > MAX_USAGE_OBJECT {
-            self.state = State::Seek;
-        } else {
-            buf.extend_from_slice(data);
-        }
-        &[]
-    }
-
-    fn record(&mut self, object: &[u8]) {
-        let Ok(u) = serde_json::from_slice::<UsageObject>(object) else {
-            return;
-        };
-        let input = u.prompt_tokens.or(u.input_tokens);
-        let output = u.completion_tokens.or(u.output_tokens);
         if input.is_none() && output.is_none() {
             return;
         }
@@ -219,6 +266,53 @@ impl UsageScanner {
         seen.input = seen.input.max(input.unwrap_or(0));
         seen.output = seen.output.max(output.unwrap_or(0));
     }
+}
+
+/// Where the object that `data` continues closes (the index just past its
+/// `}`), given the nesting depth and string state so far; or the state at
+/// the end of `data` when it does not close there. Jumps between the bytes
+/// that matter instead of stepping through each.
+fn close(
+    data: &[u8],
+    mut depth: u32,
+    mut in_string: bool,
+    escape: bool,
+) -> Result<usize, (u32, bool, bool)> {
+    let mut i = usize::from(escape && !data.is_empty());
+    while i < data.len() {
+        if in_string {
+            match memchr::memchr2(b'"', b'\\', &data[i..]) {
+                None => return Err((depth, true, false)),
+                Some(k) if data[i + k] == b'"' => {
+                    in_string = false;
+                    i += k + 1;
+                }
+                Some(k) => {
+                    if i + k + 1 >= data.len() {
+                        return Err((depth, true, true));
+                    }
+                    i += k + 2;
+                }
+            }
+            continue;
+        }
+        let Some(k) = memchr::memchr3(b'"', b'{', b'}', &data[i..]) else {
+            return Err((depth, false, false));
+        };
+        i += k;
+        match data[i] {
+            b'"' => in_string = true,
+            b'{' => depth += 1,
+            _ => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return Ok(i + 1);
+                }
+            }
+        }
+        i += 1;
+    }
+    Err((depth, in_string, false))
 }
 
 #[cfg(test)]

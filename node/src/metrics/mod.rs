@@ -34,18 +34,31 @@ pub struct Histogram {
     sum_us: AtomicU64,
 }
 
+/// A sample placed once and added to several histograms (a request's
+/// phase counts on its backend and on its server).
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    bucket: usize,
+    micros: u64,
+}
+
+impl Sample {
+    pub fn of(d: Duration) -> Sample {
+        let micros = d.as_secs() * 1_000_000 + u64::from(d.subsec_micros());
+        // The first bucket whose bound (in ms) is at least the sample.
+        let bucket = BUCKETS_MS.partition_point(|&b| b * 1000 < micros);
+        Sample { bucket, micros }
+    }
+}
+
 impl Histogram {
     pub fn observe(&self, d: Duration) {
-        let ms = d.as_millis() as u64;
-        let i = BUCKETS_MS.partition_point(|&b| b < ms);
-        // `ms` rounds down: a 1.4 ms sample is in the 1 ms bucket only
-        // if it is at most 1 ms — compare in microseconds at the edge.
-        let i = match BUCKETS_MS.get(i) {
-            Some(&b) if b == ms && d.as_micros() as u64 > b * 1000 => i + 1,
-            _ => i,
-        };
-        self.counts[i].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+        self.add(Sample::of(d));
+    }
+
+    pub fn add(&self, s: Sample) {
+        self.counts[s.bucket].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(s.micros, Relaxed);
     }
 
     /// Cumulative counts per bucket bound (the last is `+Inf`), and the sum
@@ -193,36 +206,42 @@ pub struct Registry {
 pub struct BackendStats {
     pub proxy: ProxyStats,
     models: Mutex<Vec<(Arc<str>, Arc<LlmStats>)>>,
+    /// Requests whose model is not known (no rule read it) or past the
+    /// cap: reached without the lock.
+    other: Arc<LlmStats>,
 }
 
 impl BackendStats {
-    /// The counters of `model` on this backend (`other` past the cap).
-    /// A short linear scan under a lock taken once per request end.
+    /// The counters of `model` on this backend (`other` when unknown or
+    /// past the cap). A short linear scan under a lock taken once per
+    /// request end, for requests whose model is known.
     pub fn model(&self, model: Option<&str>) -> Arc<LlmStats> {
-        let name = model.unwrap_or(OTHER_MODEL);
+        let Some(name) = model.filter(|m| *m != OTHER_MODEL) else {
+            return self.other.clone();
+        };
         let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, s)) = models.iter().find(|(m, _)| &**m == name) {
             return s.clone();
         }
-        let name = if models.len() >= MAX_MODELS_PER_BACKEND {
-            OTHER_MODEL
-        } else {
-            name
-        };
-        if let Some((_, s)) = models.iter().find(|(m, _)| &**m == name) {
-            return s.clone();
+        if models.len() >= MAX_MODELS_PER_BACKEND {
+            return self.other.clone();
         }
         let s = Arc::new(LlmStats::default());
         models.push((name.into(), s.clone()));
         s
     }
 
-    /// Every model seen, with its counters.
+    /// Every model seen, with its counters (`other` last, when used).
     pub fn models(&self) -> Vec<(Arc<str>, Arc<LlmStats>)> {
-        self.models
+        let mut v = self
+            .models
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        if self.other.requests.load(Relaxed) > 0 {
+            v.push((OTHER_MODEL.into(), self.other.clone()));
+        }
+        v
     }
 }
 

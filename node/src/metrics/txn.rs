@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{status_class, BackendStats, LlmStats, ProxyStats};
+use super::{status_class, BackendStats, LlmStats, ProxyStats, Sample};
 use crate::llm::usage::{Tokens, UsageScanner};
 use crate::runtime::ServerState;
 
@@ -58,8 +58,9 @@ pub struct Txn {
     server: Option<Arc<ServerState>>,
     key: Option<Arc<LlmStats>>,
     model: Option<Box<str>>,
+    /// Time waited in the backend's queue for a server slot.
+    queued: Duration,
     /// Offsets from `start` at which each phase ended.
-    queued_at: Option<Duration>,
     dequeued_at: Option<Duration>,
     connected_at: Option<Duration>,
     head_at: Option<Duration>,
@@ -82,7 +83,7 @@ impl Txn {
             server: None,
             key: None,
             model: None,
-            queued_at: None,
+            queued: Duration::ZERO,
             dequeued_at: None,
             connected_at: None,
             head_at: None,
@@ -102,20 +103,22 @@ impl Txn {
     }
 
     /// The request goes to `backend` (counted as a session there until the
-    /// request ends); it may now wait for a server.
+    /// request ends).
     pub fn backend(&mut self, backend: &Arc<BackendStats>) {
-        if self.backend.is_none() {
-            backend.proxy.open();
-        }
+        backend.proxy.open();
         if let Some(old) = self.backend.replace(backend.clone()) {
             // A fallback step moves the request to another backend.
             old.proxy.close();
-            backend.proxy.open();
         }
-        self.queued_at = Some(self.now());
     }
 
-    /// A server was picked (after any wait in the queue).
+    /// The backend's queue gave a server slot after `waited` (zero when a
+    /// server was free at once).
+    pub fn queued(&mut self, waited: Duration) {
+        self.queued += waited;
+    }
+
+    /// An attempt goes to `server`: the connection phase starts.
     pub fn server(&mut self, server: &Arc<ServerState>) {
         self.dequeued_at = Some(self.now());
         self.server = Some(server.clone());
@@ -135,6 +138,15 @@ impl Txn {
     pub fn head(&mut self, status: u16) {
         self.status = status;
         self.head_at.get_or_insert_with(|| self.start.elapsed());
+    }
+
+    /// The first bytes of the body came with the head: their time is the
+    /// head's (one clock read fewer on the common path).
+    pub fn body_with_head(&mut self, data: &[u8]) {
+        if self.first_byte_at.is_none() && !data.is_empty() {
+            self.first_byte_at = self.head_at;
+        }
+        self.body(data);
     }
 
     pub fn model(&mut self, model: Option<&str>) {
@@ -204,7 +216,7 @@ impl Drop for Txn {
             }
             return;
         }
-        let total = self.now();
+        let total = Sample::of(self.now());
         let class = status_class(self.status);
         let denied = self.termination == Termination::Denied;
         let fe = &self.frontend;
@@ -212,7 +224,7 @@ impl Drop for Txn {
         fe.responses[class].fetch_add(1, Relaxed);
         fe.bytes_in.fetch_add(self.bytes_in, Relaxed);
         fe.bytes_out.fetch_add(self.bytes_out, Relaxed);
-        fe.total_time.observe(total);
+        fe.total_time.add(total);
         if denied {
             fe.denied.fetch_add(1, Relaxed);
         }
@@ -222,12 +234,13 @@ impl Drop for Txn {
         let tokens = self.tokens();
         let since = |from: Option<Duration>, to: Option<Duration>| to?.checked_sub(from?);
         let phases = [
-            since(self.queued_at, self.dequeued_at),
+            (self.backend.is_some() && self.server.is_some()).then_some(self.queued),
             since(self.dequeued_at, self.connected_at),
             since(self.connected_at.or(self.dequeued_at), self.head_at),
             self.first_byte_at,
-        ];
-        let count = |p: &ProxyStats| {
+        ]
+        .map(|d| d.map(Sample::of));
+        let count = |p: &ProxyStats, server: bool| {
             p.requests.fetch_add(1, Relaxed);
             p.responses[class].fetch_add(1, Relaxed);
             p.bytes_in.fetch_add(self.bytes_in, Relaxed);
@@ -248,15 +261,20 @@ impl Drop for Txn {
                 _ => {}
             }
             let hists = [&p.queue_time, &p.connect_time, &p.response_time, &p.ttft];
-            for (h, d) in hists.into_iter().zip(phases) {
+            for (i, (h, d)) in hists.into_iter().zip(phases).enumerate() {
+                // A server has no queue of its own (requests wait in the
+                // backend's), and its TTFT is the backend's by model.
+                if server && (i == 0 || i == 3) {
+                    continue;
+                }
                 if let Some(d) = d {
-                    h.observe(d);
+                    h.add(d);
                 }
             }
-            p.total_time.observe(total);
+            p.total_time.add(total);
         };
         if let Some(be) = &self.backend {
-            count(&be.proxy);
+            count(&be.proxy, false);
             be.proxy.close();
             let m = be.model(self.model.as_deref());
             m.requests.fetch_add(1, Relaxed);
@@ -264,13 +282,13 @@ impl Drop for Txn {
                 m.tokens_in.fetch_add(t.input, Relaxed);
                 m.tokens_out.fetch_add(t.output, Relaxed);
             }
-            if let Some(d) = self.first_byte_at {
-                m.ttft.observe(d);
+            if let Some(d) = phases[3] {
+                m.ttft.add(d);
             }
-            m.total_time.observe(total);
+            m.total_time.add(total);
         }
         if let Some(s) = &self.server {
-            count(&s.stats);
+            count(&s.stats, true);
         }
         if let Some(k) = &self.key {
             k.requests.fetch_add(1, Relaxed);
@@ -311,7 +329,8 @@ mod tests {
         assert_eq!(be.proxy.cur.load(Relaxed), 0);
         assert_eq!(be.proxy.responses(1), 1);
         assert_eq!(srv.stats.responses(1), 1);
-        assert_eq!(srv.stats.ttft.count(), 1);
+        assert_eq!(be.proxy.ttft.count(), 1);
+        assert_eq!(srv.stats.total_time.count(), 1);
         let m = be.model(Some("gpt-4o"));
         assert_eq!(
             (m.tokens_in.load(Relaxed), m.tokens_out.load(Relaxed)),

@@ -256,7 +256,14 @@ pub fn render(shared: &Shared) -> String {
             }
         }
         for (suffix, help, get) in PROXY_HISTOGRAMS {
-            if side == "frontend" && suffix != "total_time_seconds" {
+            // A frontend has only the total; a server no queue of its own
+            // (requests wait in the backend's) and no TTFT (by model).
+            let skip = match side {
+                "frontend" => suffix != "total_time_seconds",
+                "server" => matches!(suffix, "queue_time_seconds" | "time_to_first_token_seconds"),
+                _ => false,
+            };
+            if skip {
                 continue;
             }
             let name = format!("llmgw_{side}_{suffix}");

@@ -12,6 +12,8 @@
 use std::sync::atomic::Ordering;
 
 use http::{header, HeaderValue, Response, StatusCode};
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use crate::balance::PickCtx;
@@ -72,10 +74,11 @@ impl NoSlot {
     }
 }
 
-/// A server for this request: at once, or after waiting for a slot.
-pub async fn pick(brt: &BackendRt, ctx: &PickCtx<'_>) -> Result<usize, NoSlot> {
+/// A server for this request: at once, or after waiting for a slot; with
+/// how long it waited (zero when a server was free).
+pub async fn pick(brt: &BackendRt, ctx: &PickCtx<'_>) -> Result<(usize, Duration), NoSlot> {
     if let Some(si) = brt.balancer.pick(ctx, &[]) {
-        return Ok(si);
+        return Ok((si, Duration::ZERO));
     }
     if !brt.balancer.any_full() {
         return Err(none_usable(brt));
@@ -107,13 +110,14 @@ pub async fn pick(brt: &BackendRt, ctx: &PickCtx<'_>) -> Result<usize, NoSlot> {
         }
     };
     q.current.fetch_sub(1, Ordering::SeqCst);
+    let waited = start.elapsed();
     q.wait_us
-        .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
     if got.is_err() && q.current.load(Ordering::SeqCst) > 0 {
         // A wake-up this waiter may have taken goes to the next one.
         q.notify.notify_one();
     }
-    got
+    got.map(|si| (si, waited))
 }
 
 /// Why no server is usable: a 429 cooldown when one is running.

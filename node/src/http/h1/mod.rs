@@ -402,7 +402,10 @@ async fn exchange<'a, IO: ClientIo>(
     txn.model(model_name.as_deref());
     txn.backend(&brt.stats);
     let mut si = match queue::pick(brt, &ctx).await {
-        Ok(si) => si,
+        Ok((si, waited)) => {
+            txn.queued(waited);
+            si
+        }
         Err(no) => {
             txn.end(Termination::Queue);
             let resp = no.response(&be.name);
@@ -852,9 +855,27 @@ pub(super) fn parse_request(head: &Bytes) -> Parsed {
 /// characters of a host, an IP literal and a port. Empty is valid (a
 /// target without authority).
 fn valid_host(v: &[u8]) -> bool {
-    v.iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
+    v.iter().all(|&b| HOST_BYTE[usize::from(b)])
 }
+
+/// The bytes a `Host` value may hold (RFC 3986 reg-name, IP literals and a
+/// port), as a table: this runs on every request.
+const HOST_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"-._~%!$&'()*+,;=:[]";
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 /// An absolute-form target's authority and the `Host` header name the same
 /// host and port, a port left out being the scheme's default (HAProxy's
@@ -1252,7 +1273,7 @@ async fn relay_response<'a, IO: ClientIo>(
         return Next::Close.into();
     };
     let first = rbuf.split_to(n);
-    txn.body(&first);
+    txn.body_with_head(&first);
     let leftover = !rbuf.is_empty();
     if first.len() > COALESCE_MAX {
         if write_client(io, &out, client_to).await.is_err() {
