@@ -37,6 +37,43 @@ pub fn convert_file(path: &Path, lenient: bool) -> Result<(String, Vec<Diag>), D
     Ok((convert(&loaded.config, &text), loaded.warnings))
 }
 
+/// `stats = "ADDR"`, or the table form when anyone is told who may use it.
+fn stats_value(addr: std::net::SocketAddr, a: &StatsAccess) -> Value {
+    let d = StatsAccess::default();
+    // Without users admin actions are refused whatever `admin` says.
+    let plain =
+        a.users.is_empty() && a.realm == d.realm && a.refresh == d.refresh && a.uri.is_none();
+    if plain {
+        return Value::String(addr.to_string());
+    }
+    let mut t = Table::new();
+    t.insert("address".into(), Value::String(addr.to_string()));
+    if !a.users.is_empty() {
+        // The passwords as written in the .cfg: a converted file holds the
+        // same secrets as its source.
+        let users = a
+            .users
+            .iter()
+            .map(|u| Value::String(format!("{}:{}", u.name, u.password)));
+        t.insert("auth".into(), Value::Array(users.collect()));
+    }
+    if a.read_auth != d.read_auth {
+        t.insert("read_auth".into(), Value::Boolean(a.read_auth));
+    }
+    // Native admin defaults to on; HAProxy's only with `stats admin`.
+    t.insert("admin".into(), Value::Boolean(a.admin));
+    if a.realm != d.realm {
+        t.insert("realm".into(), Value::String(a.realm.clone()));
+    }
+    if a.refresh != d.refresh {
+        t.insert("refresh".into(), dur(a.refresh));
+    }
+    if let Some(u) = &a.uri {
+        t.insert("uri".into(), Value::String(u.clone()));
+    }
+    Value::Table(t)
+}
+
 fn dur(d: Duration) -> Value {
     Value::String(format!("{}ms", d.as_millis()))
 }
@@ -138,6 +175,9 @@ pub fn convert(c: &Config, text: &str) -> String {
     }
     if c.global.nbthread > 0 {
         g.insert("nbthread".into(), Value::Integer(c.global.nbthread as i64));
+    }
+    if let Some(addr) = c.global.stats {
+        g.insert("stats".into(), stats_value(addr, &c.global.stats_access));
     }
     if let Some(s) = &c.global.stats_socket {
         notes.push(format!(
@@ -546,5 +586,44 @@ fn server_health(st: &mut Table, o: &ServerOpts) {
     }
     if let Some(e) = o.on_error.as_ref().filter(|_| o.check) {
         st.insert("on_error".into(), Value::String(e.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A converted stats section serves the same listener to the same
+    /// users once read back as TOML.
+    #[test]
+    fn stats_section_round_trips() {
+        let cfg = "listen stats
+    bind 127.0.0.1:8404
+    stats enable
+    stats auth admin:pw
+    stats refresh 3s
+    stats admin if TRUE
+frontend f
+    bind 127.0.0.1:8080
+    default_backend b
+backend b
+    server s 127.0.0.1:9000
+";
+        let l =
+            haproxy::load_str("t.cfg", cfg, Path::new("."), haproxy::Options::default()).unwrap();
+        let toml = convert(&l.config, cfg);
+        let back = super::super::native::load_str("t.toml", &toml, Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        assert_eq!(back.global.stats, l.config.global.stats);
+        assert_eq!(back.global.stats_access, l.config.global.stats_access);
+
+        // Without `stats admin`, the native default (admin on) is overridden.
+        let cfg = cfg.replace("    stats admin if TRUE\n", "");
+        let l =
+            haproxy::load_str("t.cfg", &cfg, Path::new("."), haproxy::Options::default()).unwrap();
+        let back =
+            super::super::native::load_str("t.toml", &convert(&l.config, &cfg), Path::new("."))
+                .unwrap();
+        assert!(!back.global.stats_access.admin);
     }
 }

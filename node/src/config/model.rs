@@ -73,6 +73,8 @@ pub struct Global {
     pub nbthread: usize,
     /// Where the stats listener binds (metrics and stats page hang here).
     pub stats: Option<SocketAddr>,
+    /// Who may read the stats listener and act on its admin endpoint.
+    pub stats_access: StatsAccess,
     /// HAProxy's `stats socket PATH`: the runtime API arrives with issue 7.
     pub stats_socket: Option<PathBuf>,
     /// HAProxy's `tune.bufsize`, carried for the buffer work to come.
@@ -82,6 +84,80 @@ pub struct Global {
     /// `tune.llm.default-max-tokens` (llmgw's): every frontend's
     /// [`Frontend::default_max_tokens`].
     pub default_max_tokens: Option<u64>,
+}
+
+/// Access to the stats listener (`/stats`, `/stats.json`, `/metrics` and
+/// the admin endpoint `/stats/admin`): HAProxy's `stats auth`, `stats
+/// admin`, `stats realm`, `stats refresh` and `stats uri` of a stats-enabled
+/// section, or native `stats = { address, auth, … }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsAccess {
+    /// Users who may log in with HTTP basic auth. None: reads are open and
+    /// admin actions are refused (403) — never open to anyone.
+    pub users: Vec<StatsUser>,
+    /// With users configured, reads need credentials too (HAProxy's `stats
+    /// auth` guards the whole page); `false` leaves reads open (e.g. for a
+    /// Prometheus scraper) while admin actions still need a user.
+    pub read_auth: bool,
+    /// Admin actions (ready / drain / maint / weight) are offered to
+    /// logged-in users. Native: on unless `admin = false`; HAProxy: `stats
+    /// admin if TRUE`.
+    pub admin: bool,
+    /// The realm of the basic-auth challenge (HAProxy's `stats realm`).
+    pub realm: String,
+    /// How often the page polls `/stats.json` (HAProxy's `stats refresh`).
+    pub refresh: Duration,
+    /// Another path serving the page besides `/stats` (HAProxy's `stats
+    /// uri`, matched as a prefix of the request's path and query, as
+    /// HAProxy does).
+    pub uri: Option<String>,
+}
+
+/// The page's poll interval without `stats refresh`.
+pub const DEFAULT_STATS_REFRESH: Duration = Duration::from_secs(2);
+
+impl Default for StatsAccess {
+    fn default() -> Self {
+        StatsAccess {
+            users: Vec::new(),
+            read_auth: true,
+            admin: true,
+            realm: "llmgw statistics".to_owned(),
+            refresh: DEFAULT_STATS_REFRESH,
+            uri: None,
+        }
+    }
+}
+
+/// A stats user (`user:password`). The password never appears in `Debug`
+/// output, logs or errors.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StatsUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for StatsUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatsUser")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl StatsUser {
+    /// Reads `user:password` (split at the first colon, as basic auth
+    /// does, so a password may contain colons and a user may not).
+    pub fn parse(s: &str) -> Result<StatsUser, String> {
+        match s.split_once(':') {
+            Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok(StatsUser {
+                name: u.to_owned(),
+                password: p.to_owned(),
+            }),
+            _ => Err("stats auth needs 'user:password' (both non-empty)".to_owned()),
+        }
+    }
 }
 
 /// Timeouts, resolved from defaults → frontend / backend.

@@ -103,8 +103,71 @@ struct RawGlobal {
     maxconn: Option<Spanned<u32>>,
     /// Worker threads; 0 or absent = one per CPU.
     nbthread: Option<usize>,
-    /// Stats listener address (`true` = 127.0.0.1:8404); none by default.
-    stats: Option<Spanned<StringOrBool>>,
+    /// Stats listener: an address, `true` (= 127.0.0.1:8404), or a table
+    /// `{ address, auth, read_auth, admin, realm, refresh, uri }`; none by
+    /// default.
+    stats: Option<Spanned<RawStatsValue>>,
+}
+
+/// The default stats listener address (HAProxy's usual `:8404`, on
+/// loopback only).
+const DEFAULT_STATS_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 8404);
+
+/// `stats = "ADDR" | true | false | { … }`. Deserialized by hand rather
+/// than as an untagged enum so a mistake inside the table (an unknown key,
+/// a wrong type) is reported as itself, not as "did not match any variant".
+enum RawStatsValue {
+    Bool(bool),
+    Address(String),
+    Table(RawStats),
+}
+
+impl<'de> Deserialize<'de> for RawStatsValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawStatsValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "an address, true/false, or { address = \"…\", auth = [\"user:password\"], … }",
+                )
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawStatsValue, E> {
+                Ok(RawStatsValue::Bool(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawStatsValue, E> {
+                Ok(RawStatsValue::Address(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<RawStatsValue, A::Error> {
+                RawStats::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(RawStatsValue::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `stats = { … }`: the listener and who may use it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStats {
+    /// Default 127.0.0.1:8404.
+    address: Option<Spanned<String>>,
+    /// `["user:password", …]`: basic-auth users.
+    #[serde(default)]
+    auth: Vec<Spanned<String>>,
+    /// Reads need a user too (default true when `auth` is set).
+    read_auth: Option<bool>,
+    /// Admin actions for logged-in users (default true).
+    admin: Option<bool>,
+    realm: Option<Spanned<String>>,
+    /// The page's poll interval (default 2s).
+    refresh: Option<Spanned<DurationValue>>,
+    /// Another path serving the page (HAProxy's `stats uri`).
+    uri: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -516,21 +579,11 @@ impl Compiler<'_> {
     }
 
     fn compile(&mut self, raw: RawConfig) -> Config {
-        let global = Global {
+        let mut global = Global {
             maxconn: raw.global.maxconn.as_ref().map(|m| *m.get_ref()),
             nbthread: raw.global.nbthread.unwrap_or(0),
-            // Like HAProxy, no stats listener unless the config asks for one.
-            stats: match raw.global.stats {
-                None => None,
-                Some(s) => {
-                    let span = s.span();
-                    match s.into_inner() {
-                        StringOrBool::Bool(false) => None,
-                        StringOrBool::Bool(true) => Some(SocketAddr::from(([127, 0, 0, 1], 8404))),
-                        StringOrBool::String(a) => self.socket_addr(&a, span),
-                    }
-                }
-            },
+            stats: None,
+            stats_access: StatsAccess::default(),
             stats_socket: None,
             tune_bufsize: None,
             ssl_cachesize: None,
@@ -538,6 +591,20 @@ impl Compiler<'_> {
         };
         if let Some(m) = raw.global.maxconn.as_ref().filter(|m| *m.get_ref() == 0) {
             self.err(m.span(), "global maxconn must be at least 1");
+        }
+        // Like HAProxy, no stats listener unless the config asks for one.
+        if let Some(s) = raw.global.stats {
+            let span = s.span();
+            match s.into_inner() {
+                RawStatsValue::Bool(false) => {}
+                RawStatsValue::Bool(true) => {
+                    global.stats = Some(SocketAddr::from(DEFAULT_STATS_ADDR))
+                }
+                RawStatsValue::Address(a) => global.stats = self.socket_addr(&a, span),
+                RawStatsValue::Table(t) => {
+                    (global.stats, global.stats_access) = self.stats_table(t);
+                }
+            }
         }
 
         let default_timeouts = self.timeouts(&Timeouts::default(), &raw.defaults.timeout);
@@ -763,6 +830,60 @@ impl Compiler<'_> {
             });
         }
         out
+    }
+
+    /// `stats = { … }`: the address and [`StatsAccess`].
+    fn stats_table(&mut self, t: RawStats) -> (Option<SocketAddr>, StatsAccess) {
+        let addr = match &t.address {
+            Some(a) => self.socket_addr(a.get_ref(), a.span()),
+            None => Some(SocketAddr::from(DEFAULT_STATS_ADDR)),
+        };
+        let mut access = StatsAccess::default();
+        for a in &t.auth {
+            match StatsUser::parse(a.get_ref()) {
+                Ok(u) if access.users.iter().any(|o| o.name == u.name) => self.err(
+                    a.span(),
+                    format!("stats auth: user '{}' is listed twice", u.name),
+                ),
+                Ok(u) => access.users.push(u),
+                // The message never repeats the entry: it holds a password.
+                Err(e) => self.err(a.span(), e),
+            }
+        }
+        if let Some(r) = t.read_auth {
+            access.read_auth = r;
+        }
+        if let Some(a) = t.admin {
+            access.admin = a;
+        }
+        if let Some(r) = &t.realm {
+            // It goes into a quoted header parameter.
+            if r.get_ref().is_empty()
+                || r.get_ref().contains(['"', '\\'])
+                || HeaderValue::from_str(r.get_ref()).is_err()
+            {
+                self.err(
+                    r.span(),
+                    "stats realm must be non-empty printable text without quotes or backslashes",
+                );
+            } else {
+                access.realm = r.get_ref().clone();
+            }
+        }
+        if let Some(r) = &t.refresh {
+            match self.duration(r) {
+                Some(d) if d >= Duration::from_millis(500) => access.refresh = d,
+                Some(_) => self.err(r.span(), "stats refresh must be at least 500ms"),
+                None => {}
+            }
+        }
+        if let Some(u) = &t.uri {
+            match check_stats_uri(u.get_ref()) {
+                Ok(()) => access.uri = Some(u.get_ref().clone()),
+                Err(e) => self.err(u.span(), e),
+            }
+        }
+        (addr, access)
     }
 
     fn socket_addr(&mut self, s: &str, span: std::ops::Range<usize>) -> Option<SocketAddr> {
@@ -1736,6 +1857,17 @@ impl Compiler<'_> {
 }
 
 /// `1.2.3.4:80`, `[::1]:80`, `*:80` (all IPv4), `:::80` (all IPv6).
+/// A `stats uri`: an absolute path (a query is allowed, as in HAProxy's
+/// default `/haproxy?stats`) that the page answers besides `/stats`.
+pub fn check_stats_uri(u: &str) -> Result<(), String> {
+    if !u.starts_with('/') || u.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'#') {
+        return Err(format!(
+            "stats uri '{u}' must be a path starting with '/' (e.g. /stats)"
+        ));
+    }
+    Ok(())
+}
+
 pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
     if let Some(port) = s.strip_prefix("*:") {
         return port
@@ -2420,5 +2552,76 @@ check_port = 0
                 "test.toml:5: 'connection track-sc0 src': track rule: stick table 'f' is not declared (add a [[stick_table]] with name = \"f\")",
             ]
         );
+    }
+
+    #[test]
+    fn stats_forms() {
+        let addr = |c: &Config| c.global.stats.map(|a| a.to_string());
+        let c = load(&format!("[global]\nstats = true\n{MIN}")).unwrap();
+        assert_eq!(addr(&c).as_deref(), Some("127.0.0.1:8404"));
+        assert!(c.global.stats_access.users.is_empty());
+        let c = load(&format!("[global]\nstats = \"127.0.0.1:9999\"\n{MIN}")).unwrap();
+        assert_eq!(addr(&c).as_deref(), Some("127.0.0.1:9999"));
+        let c = load(&format!("[global]\nstats = false\n{MIN}")).unwrap();
+        assert_eq!(addr(&c), None);
+
+        let c = load(&format!(
+            "[global]\nstats = {{ address = \"127.0.0.1:0\", auth = [\"admin:pa:ss\"], read_auth = false, refresh = \"1s\", realm = \"ops\", uri = \"/\" }}\n{MIN}"
+        ))
+        .unwrap();
+        let a = &c.global.stats_access;
+        assert_eq!(addr(&c).as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(a.users.len(), 1);
+        assert_eq!(
+            (&*a.users[0].name, &*a.users[0].password),
+            ("admin", "pa:ss")
+        );
+        assert!(!a.read_auth && a.admin);
+        assert_eq!(a.refresh, Duration::from_secs(1));
+        assert_eq!(a.realm, "ops");
+        assert_eq!(a.uri.as_deref(), Some("/"));
+        // A table without an address gets the default one.
+        let c = load(&format!(
+            "[global]\nstats = {{ auth = [\"a:b\"], admin = false }}\n{MIN}"
+        ))
+        .unwrap();
+        assert_eq!(addr(&c).as_deref(), Some("127.0.0.1:8404"));
+        assert!(!c.global.stats_access.admin && c.global.stats_access.read_auth);
+    }
+
+    #[test]
+    fn stats_errors_name_the_line_and_never_the_password() {
+        let errs = errors(&format!(
+            "[global]\nstats = {{ address = \"127.0.0.1:0\", auth = [\"nopass\", \"u:secret1\", \"u:secret2\"] }}\n{MIN}"
+        ));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("test.toml:2: stats auth needs 'user:password'"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("test.toml:2: stats auth: user 'u' is listed twice"),
+            "{errs:?}"
+        );
+        assert!(
+            !errs
+                .iter()
+                .any(|e| e.contains("secret") || e.contains("nopass")),
+            "{errs:?}"
+        );
+
+        let errs = errors(&format!(
+            "[global]\nstats = {{ adress = \"127.0.0.1:0\" }}\n{MIN}"
+        ));
+        assert!(errs[0].contains("unknown field `adress`"), "{errs:?}");
+        let errs = errors(&format!(
+            "[global]\nstats = {{ refresh = \"10ms\" }}\n{MIN}"
+        ));
+        assert!(
+            errs[0].contains("stats refresh must be at least 500ms"),
+            "{errs:?}"
+        );
+        let errs = errors(&format!("[global]\nstats = 5\n{MIN}"));
+        assert!(errs[0].contains("an address, true/false, or {"), "{errs:?}");
     }
 }

@@ -26,7 +26,8 @@ use self::lexer::{lex, Line, Word};
 use super::diag::{Diag, Diags};
 use super::model::*;
 use super::native::{
-    parse_balance, parse_listen_addr, parse_server_addr, DEFAULT_BODY_LIMIT, DEFAULT_MAX_TOKENS,
+    check_stats_uri, parse_balance, parse_listen_addr, parse_server_addr, DEFAULT_BODY_LIMIT,
+    DEFAULT_MAX_TOKENS,
 };
 use super::units::{parse_duration, parse_size};
 
@@ -203,7 +204,19 @@ fn tuning_only(dir: &str, args: &[Word]) -> bool {
                     | "http-pretend-keepalive"
             ))
         || (dir == "timeout" && matches!(a0, "client-fin" | "server-fin"))
-        || (dir == "stats" && matches!(a0, "timeout" | "maxconn" | "bind-process"))
+        || (dir == "stats"
+            && matches!(
+                a0,
+                "timeout"
+                    | "maxconn"
+                    | "bind-process"
+                    // Cosmetics of HAProxy's own page.
+                    | "hide-version"
+                    | "show-legends"
+                    | "show-node"
+                    | "show-desc"
+                    | "show-modules"
+            ))
 }
 
 /// Per-section settings; `defaults` sections produce the template each
@@ -265,6 +278,19 @@ struct Proxy {
     /// Lines of rules and options that need HTTP, ignored in `mode tcp`
     /// with a warning as HAProxy does: (line, what).
     http_only: Vec<(usize, String)>,
+    /// `stats enable|auth|admin|realm|refresh|uri` lines: this section is
+    /// the stats listener, not a frontend.
+    stats: Option<StatsDraft>,
+    /// `http-request use-service prometheus-exporter`: also the stats
+    /// listener (it serves `/metrics`).
+    prometheus: Option<usize>,
+}
+
+/// What a stats section's `stats` lines said.
+struct StatsDraft {
+    /// The first `stats` line.
+    line: usize,
+    access: StatsAccess,
 }
 
 impl Proxy {
@@ -290,6 +316,8 @@ impl Proxy {
             tcp: TcpRequest::default(),
             tcp_lines: Vec::new(),
             http_only: Vec::new(),
+            stats: None,
+            prometheus: None,
         }
     }
 }
@@ -506,6 +534,7 @@ impl Cx<'_> {
             maxconn: None,
             nbthread: 0,
             stats: None,
+            stats_access: StatsAccess::default(),
             stats_socket: None,
             tune_bufsize: None,
             ssl_cachesize: None,
@@ -572,6 +601,7 @@ impl Cx<'_> {
                 }
             }
         }
+        self.stats_section(&mut global, &mut proxies);
         self.finish(global, proxies)
     }
 
@@ -975,10 +1005,20 @@ impl Cx<'_> {
                     Err(e) => self.err(l.line, e),
                 }
             }
+            "http-request"
+                if texts(&a[..a.len().min(2)]) == ["use-service", "prometheus-exporter"] =>
+            {
+                // The stats listener serves /metrics whatever the condition.
+                if let Err(e) = split_cond(a, &p.acls) {
+                    self.err(l.line, e);
+                }
+                p.prometheus.get_or_insert(l.line);
+            }
             "http-request" => {
                 p.http_only.push((l.line, "'http-request' rules".into()));
                 self.http_request(l, p)
             }
+            "stats" => self.stats_line(l, p),
             "http-response" => {
                 p.http_only.push((l.line, "'http-response' rules".into()));
                 self.http_response(l, p)
@@ -1003,6 +1043,123 @@ impl Cx<'_> {
                 p.misplaced.push((l.line, l.words.clone()))
             }
             _ => self.unsupported(l),
+        }
+    }
+
+    /// A proxy's `stats` line. As in HAProxy, any of them makes the section
+    /// serve statistics; here such a section *is* the stats listener (its
+    /// one `bind` is the address), apart from client traffic.
+    fn stats_line(&mut self, l: &Line, p: &mut Proxy) {
+        if p.kind == Kind::Backend {
+            return self.err(l.line, "'stats' in a backend is not supported: the stats page has its own listener (put 'bind' and 'stats enable' in a listen or frontend section of their own)");
+        }
+        let a = texts(&l.words[1..]);
+        let line = l.line;
+        let st = p.stats.get_or_insert_with(|| StatsDraft {
+            line,
+            // As in HAProxy, admin actions only with `stats admin`.
+            access: StatsAccess {
+                admin: false,
+                ..StatsAccess::default()
+            },
+        });
+        match a.as_slice() {
+            ["enable"] => {}
+            ["auth", ua] => match StatsUser::parse(ua) {
+                Ok(u) if st.access.users.iter().any(|o| o.name == u.name) => {
+                    self.err(line, format!("'stats auth': user '{}' is listed twice", u.name))
+                }
+                Ok(u) => st.access.users.push(u),
+                // Never echo the entry: it holds a password.
+                Err(e) => self.err(line, e),
+            },
+            ["auth", ..] => self.err(line, "'stats auth' needs one 'user:password'"),
+            // Only the unconditional form: the admin endpoint always asks
+            // for a `stats auth` user, which is what guards it here.
+            ["admin", "if", "TRUE"] | ["admin", "unless", "FALSE"] => st.access.admin = true,
+            ["admin", ..] => self.err(line, "only 'stats admin if TRUE' is supported (admin actions always need a 'stats auth' user, and are refused without one)"),
+            ["realm", r] => {
+                if r.contains(['"', '\\']) || HeaderValue::from_str(r).is_err() {
+                    self.err(line, "'stats realm' must be printable text without quotes or backslashes");
+                } else {
+                    // HAProxy shows `\ ` escapes as spaces; so do we.
+                    st.access.realm = r.to_string();
+                }
+            }
+            ["refresh", t] => match parse_duration(t) {
+                Ok(d) if d >= Duration::from_millis(500) => st.access.refresh = d,
+                Ok(_) => self.err(line, "'stats refresh' must be at least 500ms"),
+                Err(e) => self.err(line, e),
+            },
+            ["uri", u] => match check_stats_uri(u) {
+                Ok(()) => st.access.uri = Some(u.to_string()),
+                Err(e) => self.err(line, e),
+            },
+            ["enable" | "realm" | "refresh" | "uri", ..] => {
+                self.err(line, format!("'stats {}' takes one argument", a[0]))
+            }
+            _ => self.unsupported(l),
+        }
+    }
+
+    /// Takes the stats section (if any) out of the proxies: its `bind` is
+    /// the stats listener, its `stats` lines who may use it.
+    fn stats_section(&mut self, global: &mut Global, proxies: &mut Vec<Proxy>) {
+        let mut seen: Option<(String, usize)> = None;
+        let all = std::mem::take(proxies);
+        for mut p in all {
+            if p.stats.is_none() && p.prometheus.is_none() {
+                proxies.push(p);
+                continue;
+            }
+            let st = p.stats.take().unwrap_or_else(|| StatsDraft {
+                line: p.line,
+                access: StatsAccess {
+                    admin: false,
+                    ..StatsAccess::default()
+                },
+            });
+            if let Some((name, line)) = &seen {
+                self.err(st.line, format!("only one stats section is supported: '{name}' (line {line}) already serves the stats page and /metrics"));
+                continue;
+            }
+            seen = Some((p.name.clone(), p.line));
+            let kind = p.kind.name();
+            if p.d.mode == Some(Mode::Tcp) {
+                self.err(
+                    p.line,
+                    format!("{kind} '{}': statistics need 'mode http'", p.name),
+                );
+            }
+            let extra = [
+                (!p.servers.is_empty(), "servers"),
+                (
+                    p.default_backend.is_some() || !p.use_backend.is_empty(),
+                    "backend switching",
+                ),
+                (
+                    !p.req_rules.is_empty() || !p.resp_rules.is_empty(),
+                    "http-request/http-response rules",
+                ),
+                (
+                    !p.tcp.connection.is_empty() || !p.tcp.content.is_empty(),
+                    "tcp-request rules",
+                ),
+                (p.stick_table.is_some(), "a stick-table"),
+            ];
+            for (_, what) in extra.iter().filter(|(has, _)| *has) {
+                self.err(p.line, format!("{kind} '{}' serves statistics (line {}), so it cannot also have {what}: put them in another section", p.name, st.line));
+            }
+            match p.binds.as_slice() {
+                [b] if b.tls.is_some() || b.accept_proxy => self.err(p.line, format!("{kind} '{}': 'ssl' and 'accept-proxy' are not supported on the stats listener", p.name)),
+                [b] => global.stats = Some(b.addr),
+                [] => self.err(p.line, format!("{kind} '{}' serves statistics but has no 'bind' (e.g. 'bind 127.0.0.1:8404')", p.name)),
+                _ => self.err(p.line, format!("{kind} '{}': the stats listener takes one address (one 'bind' with one address)", p.name)),
+            }
+            if st.access.admin && st.access.users.is_empty() {
+                self.warn(st.line, "'stats admin' without 'stats auth': admin actions are refused (403) until a user is configured");
+            }
+            global.stats_access = st.access;
         }
     }
 

@@ -651,3 +651,151 @@ fn tcp_request_connection_misuse_is_a_file_line_error() {
         );
     }
 }
+
+const STATS_BACKEND: &str = "frontend f
+    bind 127.0.0.1:8080
+    default_backend b
+backend b
+    server s 127.0.0.1:9000
+";
+
+#[test]
+fn a_stats_section_is_the_stats_listener() {
+    let text = format!(
+        "listen stats
+    bind 127.0.0.1:8404
+    mode http
+    stats enable
+    stats uri /haproxy?stats
+    stats refresh 5s
+    stats realm Ops
+    stats auth admin:s3cr:et
+    stats auth viewer:pw
+    stats admin if TRUE
+{STATS_BACKEND}"
+    );
+    let l = load(&text, false).unwrap();
+    let g = &l.config.global;
+    assert_eq!(g.stats, Some("127.0.0.1:8404".parse().unwrap()));
+    let a = &g.stats_access;
+    let users: Vec<_> = a.users.iter().map(|u| (&*u.name, &*u.password)).collect();
+    // Split at the first colon, as basic auth does.
+    assert_eq!(users, [("admin", "s3cr:et"), ("viewer", "pw")]);
+    assert!(a.admin && a.read_auth);
+    assert_eq!(a.realm, "Ops");
+    assert_eq!(a.refresh, Duration::from_secs(5));
+    assert_eq!(a.uri.as_deref(), Some("/haproxy?stats"));
+    // Not a frontend: it carries no client traffic.
+    assert_eq!(
+        l.config
+            .frontends
+            .iter()
+            .map(|f| &*f.name)
+            .collect::<Vec<_>>(),
+        ["f"]
+    );
+    // The password never shows in Debug output.
+    let dbg = format!("{:?}", l.config.global);
+    assert!(!dbg.contains("s3cr") && dbg.contains("admin"), "{dbg}");
+}
+
+#[test]
+fn stats_admin_is_off_without_stats_admin_and_prometheus_counts() {
+    let text = format!(
+        "frontend prom
+    bind 127.0.0.1:8405
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+{STATS_BACKEND}"
+    );
+    let l = load(&text, false).unwrap();
+    assert_eq!(
+        l.config.global.stats,
+        Some("127.0.0.1:8405".parse().unwrap())
+    );
+    assert!(l.config.global.stats_access.users.is_empty());
+    assert!(!l.config.global.stats_access.admin);
+
+    let text = format!(
+        "listen stats\n    bind :8404\n    stats enable\n    stats admin if TRUE\n{STATS_BACKEND}"
+    );
+    let l = load(&text, false).unwrap();
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.to_string().contains("'stats admin' without 'stats auth'")),
+        "{:?}",
+        l.warnings
+    );
+}
+
+#[test]
+fn stats_section_errors() {
+    for (section, want) in [
+        (
+            "    stats auth admin",
+            "t.cfg:3: stats auth needs 'user:password'",
+        ),
+        (
+            "    stats auth a:b\n    stats auth a:c",
+            "t.cfg:4: 'stats auth': user 'a' is listed twice",
+        ),
+        (
+            "    stats admin if LOCALHOST",
+            "t.cfg:3: only 'stats admin if TRUE' is supported",
+        ),
+        (
+            "    stats refresh 10ms",
+            "t.cfg:3: 'stats refresh' must be at least 500ms",
+        ),
+        (
+            "    stats uri stats",
+            "t.cfg:3: stats uri 'stats' must be a path",
+        ),
+        (
+            "    stats scope b",
+            "t.cfg:3: directive 'stats scope' is not supported",
+        ),
+        (
+            "    stats hide-version",
+            "t.cfg:3: directive 'stats hide-version' is not supported (it only tunes HAProxy",
+        ),
+        (
+            "    stats enable\n    server s 127.0.0.1:1",
+            "t.cfg:1: listen 'stats' serves statistics (line 3), so it cannot also have servers",
+        ),
+        (
+            "    stats enable\n    bind :8405",
+            "t.cfg:1: listen 'stats': the stats listener takes one address",
+        ),
+        (
+            "    stats enable\n    mode tcp",
+            "t.cfg:1: listen 'stats': statistics need 'mode http'",
+        ),
+    ] {
+        let text = format!("listen stats\n    bind 127.0.0.1:8404\n{section}\n{STATS_BACKEND}");
+        let errs = errors(&text);
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "{section}: {errs:?}"
+        );
+        // A password never reaches a message.
+        assert!(
+            !errs.iter().any(|e| e.contains(":c") || e.contains("a:b")),
+            "{errs:?}"
+        );
+    }
+    let errs = errors(&format!(
+        "listen s1\n    bind :1\n    stats enable\nlisten s2\n    bind :2\n    stats enable\n{STATS_BACKEND}"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("t.cfg:6: only one stats section is supported: 's1'")),
+        "{errs:?}"
+    );
+    let errs = errors(&format!("{STATS_BACKEND}    stats enable\n"));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("t.cfg:6: 'stats' in a backend is not supported")),
+        "{errs:?}"
+    );
+}
