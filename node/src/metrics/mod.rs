@@ -77,6 +77,31 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Relaxed)).sum()
     }
 
+    /// The `q`-quantile (0..=1) in milliseconds, interpolated linearly
+    /// within its bucket as Prometheus's `histogram_quantile` does; `None`
+    /// without samples. Past the last finite bound it is that bound.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let (cum, _) = self.read();
+        let n = cum[cum.len() - 1];
+        if n == 0 {
+            return None;
+        }
+        // The rank of the sample sought; at least a fraction of one so
+        // that q = 0 lands in the first non-empty bucket.
+        let rank = (q.clamp(0.0, 1.0) * n as f64).max(f64::MIN_POSITIVE);
+        let i = cum.iter().position(|&c| c as f64 >= rank)?;
+        let Some(&upper) = BUCKETS_MS.get(i) else {
+            return Some(BUCKETS_MS[BUCKETS_MS.len() - 1] as f64);
+        };
+        let (lower, below) = match i {
+            0 => (0, 0),
+            _ => (BUCKETS_MS[i - 1], cum[i - 1]),
+        };
+        let inside = (cum[i] - below) as f64;
+        let frac = (rank - below as f64) / inside;
+        Some(lower as f64 + (upper - lower) as f64 * frac)
+    }
+
     /// Mean in milliseconds (HAProxy's `qtime`/`ctime`/`rtime`/`ttime`
     /// are averages), 0 without samples.
     pub fn mean_ms(&self) -> u64 {
@@ -296,6 +321,25 @@ mod tests {
         assert_eq!(cum[BUCKETS_MS.len()], 4, "+Inf");
         assert!((sum - 400.0028).abs() < 1e-9, "{sum}");
         assert_eq!(h.count(), 4);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile_ms(0.5), None);
+        // Ten samples in (100, 250] ms: the median is halfway through.
+        for _ in 0..10 {
+            h.observe(Duration::from_millis(200));
+        }
+        assert_eq!(h.quantile_ms(0.5), Some(175.0));
+        assert_eq!(h.quantile_ms(1.0), Some(250.0));
+        assert_eq!(h.quantile_ms(0.0), Some(100.0));
+        // Ten more past the last bound: the top quantiles stop there.
+        for _ in 0..10 {
+            h.observe(Duration::from_secs(1000));
+        }
+        assert_eq!(h.quantile_ms(0.99), Some(300_000.0));
+        assert_eq!(h.quantile_ms(0.25), Some(175.0));
     }
 
     #[test]
