@@ -274,7 +274,7 @@ async fn serve(
             .map_err(|e| format!("cannot bind stats listener {addr}: {e}"))?;
         let local = sock.local_addr().map_err(|e| e.to_string())?;
         out.push(format!(
-            "stats listening on http://{local} (/healthz, /stats.json)"
+            "stats listening on http://{local} (/stats, /stats.json, /metrics, /healthz)"
         ));
         tokio::spawn(stats::run(sock, shared.clone()));
     }

@@ -1,70 +1,219 @@
 //! The stats listener: its own address, apart from client traffic.
 //!
-//! For now it answers `/healthz` (liveness) and `/stats.json`: every
-//! frontend's connection counts (open, accepted, denied by `tcp-request
-//! connection reject`), every server's admin state, weights, request counts and health — status
-//! (`UP`, `DOWN`, and HAProxy's `UP 2/3` / `DOWN 1/2` while changing),
-//! check status (`L4OK`, `L7STS`, …), last check code and duration,
-//! seconds since the last change, failure counters, 429 cooldown left and
-//! the backup flag; and `/metrics`, the traffic counters in Prometheus's
-//! format (`prometheus.rs`).
+//! - `/healthz`: liveness, always open (probes carry no credentials).
+//! - `/stats`: the stats page (`page.rs`, `page.html`), HAProxy-style
+//!   tables of frontends, backends and servers, refreshed live, with admin
+//!   controls; also at the configured `stats uri`.
+//! - `/stats.json`: the document the page polls (`json.rs`).
+//! - `/metrics`: the traffic counters in Prometheus's format
+//!   (`prometheus.rs`).
+//! - `GET /stats/whoami`: checks a login (the page's login form).
+//! - `POST /stats/admin`: ready / drain / maint / weight on servers
+//!   (`admin.rs`).
+//!
+//! Reads are open, or need a configured user when `read_auth` says so
+//! (`auth.rs`); admin actions always need one.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering::Relaxed;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+mod admin;
+mod auth;
+mod json;
+mod page;
 mod prometheus;
 
 use crate::gateway::Shared;
 use crate::http::body::RespBody;
 use crate::http::error::error_response;
 
+/// How long a client has to send a request head or an admin body: the
+/// listener is for operators and scrapers, none of which is slow.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+    // Uptime counts from here.
+    let _ = *json::STARTED;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(answer(&shared, &req)) }
+                async move { Ok::<_, Infallible>(answer(&shared, peer, req).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT);
+            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
-fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<RespBody> {
+/// Is this one of the page's paths: `/stats`, or the configured `stats
+/// uri`, which HAProxy matches as a prefix of the path and query?
+fn is_page(req: &Request<Incoming>, uri: Option<&str>) -> bool {
+    let path = req.uri().path();
+    if path == "/stats" || path == "/stats/" {
+        return true;
+    }
+    let Some(u) = uri else { return false };
+    let pq = req.uri().path_and_query().map_or(path, |p| p.as_str());
+    pq.starts_with(u)
+}
+
+async fn answer(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
+    // The access rules of the configuration being served: a reload that
+    // changes users applies to the next request.
+    let access = shared.current.load().config.global.stats_access.clone();
+    let path = req.uri().path();
+    if path == "/stats/admin" {
+        return admin_request(shared, &access, peer, req).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return error_response(
+        let mut r = error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "Use GET.",
+            "Use GET (POST only on /stats/admin).",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    if path == "/healthz" {
+        return text("ok\n", "text/plain");
+    }
+    let known = matches!(path, "/stats.json" | "/metrics" | "/stats/whoami");
+    if !known && !is_page(&req, access.uri.as_deref()) {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Try /stats, /stats.json, /metrics or /healthz.",
         );
     }
-    match req.uri().path() {
-        "/healthz" => text("ok\n", "text/plain"),
-        "/stats.json" => text(stats_json(shared), "application/json"),
+    if path == "/stats/whoami" {
+        return whoami(&access, req.headers());
+    }
+    if let Err(r) = auth::read(&access, req.headers()) {
+        return *r;
+    }
+    let mut r = match path {
+        "/stats.json" => text(json::document(shared).to_string(), "application/json"),
         "/metrics" => text(
             prometheus::render(shared),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
-        _ => error_response(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "Try /healthz, /metrics or /stats.json.",
-        ),
+        _ => page::render(&json::document(shared)),
+    };
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `GET /stats/whoami`: 200 with the user's name when the credentials are
+/// a configured user's, else 401 (403 when there are no users at all).
+fn whoami(access: &crate::config::StatsAccess, headers: &http::HeaderMap) -> Response<RespBody> {
+    if access.users.is_empty() {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "no_users",
+            "No stats user is configured: there is nothing to log in to.",
+        );
     }
+    match auth::caller(access, headers) {
+        auth::Caller::User(u) => {
+            let body = serde_json::json!({ "user": u, "admin": access.admin });
+            let mut r = text(body.to_string(), "application/json");
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        auth::Caller::Anonymous => auth::challenge(
+            access,
+            headers,
+            "Send a user name and password (basic auth).",
+        ),
+        auth::Caller::Refused => auth::challenge(access, headers, "Wrong user name or password."),
+    }
+}
+
+/// `POST /stats/admin`: method, admin enabled, same origin, user, JSON
+/// body — in that order, so nothing is read or parsed for a caller who
+/// may not act, and nothing says which backends exist before a login.
+async fn admin_request(
+    shared: &Arc<Shared>,
+    access: &crate::config::StatsAccess,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
+    if req.method() != Method::POST {
+        let mut r = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Admin actions are POSTed as JSON.",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    if let Some(r) = admin::cross_site(req.headers()) {
+        tracing::warn!(%peer, "stats page: admin action from another site refused");
+        return r;
+    }
+    let user = match auth::admin(access, req.headers()) {
+        Ok(u) => u,
+        Err(r) => {
+            if r.status() == StatusCode::UNAUTHORIZED
+                && req.headers().contains_key(header::AUTHORIZATION)
+            {
+                // The peer only: what was typed may be a password.
+                tracing::warn!(%peer, "stats page: admin action with wrong credentials refused");
+            }
+            return *r;
+        }
+    };
+    if !admin::is_json(req.headers()) {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the action as JSON (Content-Type: application/json).",
+        );
+    }
+    let body = Limited::new(req.into_body(), admin::MAX_BODY);
+    let body = match tokio::time::timeout(REQUEST_TIMEOUT, body.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "The action is larger than any action needs to be.",
+            )
+        }
+        _ => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "The body did not arrive.",
+            )
+        }
+    };
+    admin::apply(shared, &user, &body)
 }
 
 fn text(body: impl Into<bytes::Bytes>, ctype: &'static str) -> Response<RespBody> {
@@ -72,120 +221,4 @@ fn text(body: impl Into<bytes::Bytes>, ctype: &'static str) -> Response<RespBody
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     r
-}
-
-fn stats_json(shared: &Shared) -> String {
-    let snap = shared.current.load();
-    let backends: Vec<_> = snap
-        .config
-        .backends
-        .iter()
-        .zip(&snap.backends)
-        .map(|(b, rt)| {
-            let servers: Vec<_> = (0..b.servers.len())
-                .map(|i| {
-                    let s = rt.balancer.server(i);
-                    let h = s.health_view();
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
-                    serde_json::json!({
-                        "name": s.name,
-                        "status": if h.up { "UP" } else { "DOWN" },
-                        "status_detail": h.status,
-                        "admin": s.admin().as_str(),
-                        "weight": s.weight(),
-                        "effective_weight": h.effective_weight,
-                        "backup": h.backup,
-                        "active": s.active(),
-                        "total": s.total(),
-                        "checked": h.checked,
-                        "check_status": h.check_status,
-                        "check_code": h.last_code,
-                        "check_duration_ms": h.check_duration.as_secs_f64() * 1000.0,
-                        "last_change_s": now.saturating_sub(h.last_change_unix_ms) / 1000,
-                        "consecutive_failures": h.consecutive_failures,
-                        "checks_passed": h.checks_passed,
-                        "checks_failed": h.checks_failed,
-                        "down_transitions": h.down_transitions,
-                        "consecutive_errors": h.consecutive_errors,
-                        "cooldown_ms": h.cooldown_remaining.as_millis() as u64,
-                        "retries": s.retries(),
-                        "redispatches": s.redispatches(),
-                        "truncated": s.truncated(),
-                    })
-                })
-                .collect();
-            let sum = |f: fn(&crate::runtime::ServerState) -> u64| -> u64 {
-                rt.balancer.servers().iter().map(|s| f(s)).sum()
-            };
-            serde_json::json!({
-                "name": b.name,
-                "balance": format!("{:?}", b.balance),
-                "retries": sum(crate::runtime::ServerState::retries),
-                "redispatches": sum(crate::runtime::ServerState::redispatches),
-                "truncated": sum(crate::runtime::ServerState::truncated),
-                "fallback": {
-                    "handed_on": rt.fallbacks.handed_on.load(Relaxed),
-                    "taken_over": rt.fallbacks.taken_over.load(Relaxed),
-                },
-                "queue": {
-                    "current": rt.queue.current.load(Relaxed),
-                    "max": rt.queue.max.load(Relaxed),
-                    "total": rt.queue.total.load(Relaxed),
-                    "timeouts": rt.queue.timeouts.load(Relaxed),
-                    "full": rt.queue.full.load(Relaxed),
-                    "wait_ms_total": rt.queue.wait_us.load(Relaxed) / 1000,
-                    "limit": rt.queue_limit,
-                    "timeout_ms": rt.queue_timeout.as_millis() as u64,
-                },
-                "servers": servers,
-            })
-        })
-        .collect();
-    // Stick tables: their shape and how full they are (entries themselves
-    // are for the runtime API's `show table`).
-    let tables: Vec<_> = snap
-        .config
-        .stick_tables
-        .iter()
-        .zip(&snap.tables)
-        .map(|(def, t)| {
-            serde_json::json!({
-                "name": def.name,
-                "type": def.key_type,
-                "size": def.size,
-                "expire_ms": def.expire.map(|d| d.as_millis() as u64),
-                "store": def.store,
-                "used": t.len(),
-            })
-        })
-        .collect();
-    // Frontends: connections open, accepted and denied at accept time by
-    // `tcp-request connection reject` (HAProxy's scur, stot and dcon).
-    let frontends: Vec<_> = snap
-        .config
-        .frontends
-        .iter()
-        .map(|f| {
-            let c = shared.runtime.metrics.frontend(&f.name);
-            serde_json::json!({
-                "name": f.name,
-                "mode": f.mode.as_str(),
-                "conn_cur": c.cur.load(Relaxed),
-                "conn_max": c.max.load(Relaxed),
-                "conn_tot": c.total.load(Relaxed),
-                "denied_conn": c.denied_conn.load(Relaxed),
-                "requests": c.requests.load(Relaxed),
-                "denied_req": c.denied.load(Relaxed),
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "frontends": frontends,
-        "backends": backends,
-        "tables": tables,
-    })
-    .to_string()
 }
