@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace after installing what the tests need:
 # Debian packages (python3-venv, curl, haproxy, slowhttptest, prometheus for
-# promtool), and the official OpenAI and Anthropic Python SDKs plus the h2
-# package (the HTTP/2 attacker of tests/python/h2_attack.py) in a virtualenv
-# under target/. Safe to run again; it
-# only installs what is missing. Extra arguments go to `cargo test`.
+# promtool, chromium and Node.js for the stats page's browser test), the
+# official OpenAI and Anthropic Python SDKs plus the h2 package (the HTTP/2
+# attacker of tests/python/h2_attack.py) in a virtualenv under target/, and
+# playwright-core (no browser download: it drives Debian's chromium) in
+# tests/browser/node_modules. Safe to run again; it only installs what is
+# missing. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,12 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # The slow-client tests (tests/e2e/slowloris.rs) run slowhttptest.
 command -v slowhttptest >/dev/null 2>&1 || missing+=(slowhttptest)
+# The stats page test (tests/e2e/stats_page.rs) drives a real browser.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+# Debian's npm conflicts with a Node.js that bundles its own (NodeSource's):
+# asked for only when there is none.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}"
     $sudo apt-get update -qq
@@ -34,6 +42,14 @@ if ! "$venv/bin/python" -c "import openai, anthropic, h2" >/dev/null 2>&1; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check openai anthropic h2
 fi
 export LLMGW_TEST_PYTHON="$PWD/$venv/bin/python"
+
+# playwright-core for tests/browser/stats_page.mjs, as the lockfile pins it;
+# reinstalled only when the lockfile changed since the last `npm ci`.
+browser=tests/browser
+if ! cmp -s "$browser/package-lock.json" "$browser/node_modules/.llmgw-lock" 2>/dev/null; then
+    echo "tests/run.sh: npm ci in $browser"
+    (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.llmgw-lock)
+fi
 
 # The end-to-end tests start the real binary; build it first.
 cargo build --workspace --bins

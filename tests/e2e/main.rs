@@ -20,6 +20,7 @@ mod routing;
 mod sdk;
 mod slowloris;
 mod smuggling;
+mod stats_page;
 mod stick;
 mod streaming;
 mod tcp;
