@@ -9,7 +9,10 @@
 //! the seed configuration's two known faults) into warnings. Directives
 //! whose behaviour arrives with later issues (health checks and retries: 5,
 //! stick tables: 6, the runtime socket: 7) are accepted, carried in the
-//! model, and noted in a warning.
+//! model, and noted in a warning. A `listen`/`frontend` section with
+//! `stats` keywords (or `http-request use-service prometheus-exporter`)
+//! is the stats listener (`Global::stats`, `Global::stats_access`), not a
+//! frontend: HAProxy's usual spelling of a stats page on its own address.
 
 pub mod cond;
 pub mod lexer;
