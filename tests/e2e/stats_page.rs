@@ -82,6 +82,37 @@ fn browser_tools() -> (PathBuf, PathBuf, PathBuf) {
     (node, dir, chromium)
 }
 
+/// Runs `tests/browser/stats_page.mjs` in `mode` against the stats
+/// listener; its output (one timed JSON line per step) when it passes.
+async fn browser(stats: SocketAddr, mode: &str) -> String {
+    let (node, dir, chromium) = browser_tools();
+    let started = Instant::now();
+    let mut cmd = tokio::process::Command::new(&node);
+    cmd.arg("stats_page.mjs")
+        .args(["--url", &format!("http://{stats}"), "--mode", mode])
+        .args(["--user", USER, "--password", PASSWORD])
+        .args(["--backend", "b", "--server", "s2", "--other", "s1"])
+        .env("LLMGW_CHROMIUM", &chromium)
+        .current_dir(&dir)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the browser script did not finish within 120 s")
+        .expect("cannot run node");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser script ({mode}) failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprintln!(
+        "browser script ({mode}): {:.1} s\n{stdout}",
+        started.elapsed().as_secs_f64()
+    );
+    stdout
+}
+
 async fn admin(c: &Client, stats: SocketAddr, headers: &[(&str, &str)], body: &str) -> Resp {
     c.send(
         Method::POST,
@@ -122,7 +153,8 @@ async fn server_json(c: &Client, stats: SocketAddr, name: &str) -> serde_json::V
 
 #[tokio::test]
 async fn a_server_drained_from_the_page_gets_no_more_traffic() {
-    let (node, dir, chromium) = browser_tools();
+    // Before anything starts: a missing tool fails the test at once.
+    browser_tools();
     let (m1, m2) = (Mock::start("s1", &[]), Mock::start("s2", &[]));
     // Reads open, so the page loads without a login; actions need one.
     let stats = format!(
@@ -153,30 +185,7 @@ async fn a_server_drained_from_the_page_gets_no_more_traffic() {
     assert_eq!(server_json(&c, stats, "s2").await["admin"], "ready");
 
     // The browser: snapshot, live page, refused action, login, drain.
-    let started = Instant::now();
-    let mut cmd = tokio::process::Command::new(&node);
-    cmd.arg("stats_page.mjs")
-        .args(["--url", &format!("http://{stats}")])
-        .args(["--user", USER, "--password", PASSWORD])
-        .args(["--backend", "b", "--server", "s2", "--other", "s1"])
-        .env("LLMGW_CHROMIUM", &chromium)
-        .current_dir(&dir)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("the browser script did not finish within 120 s")
-        .expect("cannot run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "browser script failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    eprintln!(
-        "browser script: {:.1} s\n{stdout}",
-        started.elapsed().as_secs_f64()
-    );
+    let stdout = browser(stats, "form").await;
     assert!(stdout.contains(r#""step":"drained""#), "{stdout}");
 
     let s2 = server_json(&c, stats, "s2").await;
@@ -212,6 +221,20 @@ async fn a_server_drained_from_the_page_gets_no_more_traffic() {
         c.post_json(&gw.url("/v1/chat/completions"), CHAT).await;
     }
     assert!(mock_chats(&c, m2.addr).await > before2);
+}
+
+#[tokio::test]
+async fn the_browsers_own_login_works_when_reads_need_one() {
+    browser_tools();
+    let (m1, m2) = (Mock::start("s1", &[]), Mock::start("s2", &[]));
+    let stats = format!(r#"{{ address = "127.0.0.1:0", auth = ["{USER}:{PASSWORD}"] }}"#);
+    let mut gw = Gateway::start(&config(&stats, m1.addr, m2.addr), 1);
+    let stats = gw.proc.wait_addr("stats listening on");
+    let c = Client::http1();
+    settled(&c, stats).await;
+    let stdout = browser(stats, "dialog").await;
+    assert!(stdout.contains(r#""step":"maint and ready""#), "{stdout}");
+    assert_eq!(server_json_auth(&c, stats, "s2").await["state"], "UP");
 }
 
 #[tokio::test]
