@@ -203,6 +203,23 @@ async fn a_server_drained_from_the_page_gets_no_more_traffic() {
     }
     assert_eq!(mock_chats(&c, m2.addr).await - before2, 0);
     assert_eq!(mock_chats(&c, m1.addr).await - before1, 20);
+    // A server's sessions are its requests, on the page and in /metrics.
+    let s1 = server_json(&c, stats, "s1").await;
+    assert!(
+        s1["traffic"]["sessions"]["total"].as_u64().unwrap() >= 20,
+        "{s1}"
+    );
+    assert!(
+        s1["traffic"]["sessions"]["max"].as_u64().unwrap() >= 1,
+        "{s1}"
+    );
+    let metrics = c.get(&format!("http://{stats}/metrics")).await.text();
+    let total = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"llmgw_server_sessions_total{proxy="b",server="s1"} "#))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no server sessions_total in\n{metrics}"));
+    assert!(total >= 20, "{total}");
 
     // `ready` from the admin endpoint brings it back.
     let auth = [

@@ -202,11 +202,14 @@ impl ServerState {
 
     /// Marks one request as started on this server; the guard ends it.
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
+        let now = u64::from(self.active.fetch_add(1, Ordering::Relaxed)) + 1;
         self.total.fetch_add(1, Ordering::Relaxed);
-        // A server's session is one request on it (HAProxy's HTTP mode):
-        // its current/max/total for the stats page and /metrics.
-        self.stats.open();
+        // The most requests at once (HAProxy's `smax`; `active` and `total`
+        // are its `scur` and `stot`). A plain load first: a new maximum is
+        // rare, and the hot path pays no extra atomic write for it.
+        if now > self.stats.max.load(Ordering::Relaxed) {
+            self.stats.max.fetch_max(now, Ordering::Relaxed);
+        }
         ActiveGuard(self.clone())
     }
 }
@@ -227,7 +230,6 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::SeqCst);
-        self.0.stats.close();
         // A slot is free: the first waiter in the backend's queue tries.
         if self.0.queue.current.load(Ordering::SeqCst) > 0 {
             self.0.queue.notify.notify_one();
@@ -450,11 +452,9 @@ mod tests {
         let g = s.begin();
         assert_eq!(s.active(), 1);
         assert!(!s.has_slot());
-        assert_eq!(s.stats.cur.load(Ordering::Relaxed), 1);
         drop(g);
         assert_eq!(s.active(), 0);
         assert_eq!(s.total(), 1);
-        assert_eq!(s.stats.cur.load(Ordering::Relaxed), 0);
         assert_eq!(s.stats.max.load(Ordering::Relaxed), 1);
     }
 }

@@ -71,6 +71,14 @@ fn traffic(p: &ProxyStats) -> Value {
     })
 }
 
+/// A server's traffic: its sessions (requests) are its live counters.
+fn server_traffic(s: &ServerState) -> Value {
+    let mut t = traffic(&s.stats);
+    t["sessions"]["cur"] = s.active().into();
+    t["sessions"]["total"] = s.total().into();
+    t
+}
+
 fn model(name: &str, m: &LlmStats) -> Value {
     json!({
         "name": name,
@@ -147,7 +155,7 @@ fn server(s: &ServerState, now_ms: u64) -> Value {
         "retries": s.retries(),
         "redispatches": s.redispatches(),
         "truncated": s.truncated(),
-        "traffic": traffic(&s.stats),
+        "traffic": server_traffic(s),
     })
 }
 

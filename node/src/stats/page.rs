@@ -223,12 +223,12 @@ pub fn snapshot(doc: &Value) -> String {
                 ("Bytes", 2),
                 ("Errors", 2),
                 ("Warnings", 2),
-                ("Time to first token", 2),
+                ("Time", 3),
                 ("Server", 8),
             ],
             &[
                 "Name", "Cur", "Max", "Cur", "Max", "Cur", "Max", "Limit", "Total", "2xx", "4xx",
-                "5xx", "In", "Out", "Conn", "Resp", "Retr", "Redis", "Mean", "p50", "Status",
+                "5xx", "In", "Out", "Conn", "Resp", "Retr", "Redis", "Tr", "TTFT", "p50", "Status",
                 "LastChk", "Wght", "Act", "Bck", "Chk", "Dwn", "Lastchg",
             ],
         ));
@@ -278,8 +278,9 @@ pub fn snapshot(doc: &Value) -> String {
                 n(&t["resp_errors"]),
                 n(&v["retries"]),
                 n(&v["redispatches"]),
-                mean(&t["times_ms"]["ttft"]),
-                ms(&t["times_ms"]["ttft"]["p50"]),
+                mean(&t["times_ms"]["response"]),
+                "-".into(),
+                "-".into(),
                 v["state"].as_str().unwrap_or_default().into(),
                 chk,
                 wght,
@@ -295,7 +296,7 @@ pub fn snapshot(doc: &Value) -> String {
                 class,
                 sname,
                 &cells,
-                Some(19),
+                Some(20),
             ));
         }
         o.push_str("</tbody><tfoot>");
@@ -318,6 +319,7 @@ pub fn snapshot(doc: &Value) -> String {
             n(&t["resp_errors"]),
             n(&b["retries"]),
             n(&b["redispatches"]),
+            mean(&t["times_ms"]["response"]),
             mean(&t["times_ms"]["ttft"]),
             ms(&t["times_ms"]["ttft"]["p50"]),
             b["status"].as_str().unwrap_or_default().into(),
@@ -335,7 +337,7 @@ pub fn snapshot(doc: &Value) -> String {
             class,
             "Backend",
             &cells,
-            Some(19),
+            Some(20),
         ));
         o.push_str("</tfoot></table></div>");
 

@@ -90,8 +90,14 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
 type Counter = (&'static str, &'static str, fn(&ProxyStats) -> u64);
 /// A histogram of a row: name suffix, help, reader.
 type Hist = (&'static str, &'static str, fn(&ProxyStats) -> &Histogram);
-/// A frontend, backend or server row: its labels and counters.
-type Row<'a> = (Vec<(&'a str, &'a str)>, &'a ProxyStats);
+/// A frontend, backend or server row: its labels and counters, and for a
+/// server its live state, which counts its current and total sessions
+/// (requests) itself.
+type Row<'a> = (
+    Vec<(&'a str, &'a str)>,
+    &'a ProxyStats,
+    Option<&'a crate::runtime::ServerState>,
+);
 
 /// What a frontend, backend or server row carries, by HAProxy's exporter
 /// names; `side` is `frontend`, `backend` or `server`.
@@ -188,14 +194,14 @@ pub fn render(shared: &Shared) -> String {
         .frontends
         .iter()
         .zip(&snap.frontend_stats)
-        .map(|(fe, s)| (vec![("proxy", &*fe.name)], &**s))
+        .map(|(fe, s)| (vec![("proxy", &*fe.name)], &**s, None))
         .collect();
     let backends: Vec<Row> = snap
         .config
         .backends
         .iter()
         .zip(&snap.backends)
-        .map(|(b, rt)| (vec![("proxy", b.name.as_str())], &rt.stats.proxy))
+        .map(|(b, rt)| (vec![("proxy", b.name.as_str())], &rt.stats.proxy, None))
         .collect();
     let servers: Vec<Row> = snap
         .config
@@ -207,6 +213,7 @@ pub fn render(shared: &Shared) -> String {
                 (
                     vec![("proxy", b.name.as_str()), ("server", s.name.as_str())],
                     &s.stats,
+                    Some(&**s),
                 )
             })
         })
@@ -220,12 +227,13 @@ pub fn render(shared: &Shared) -> String {
     for (side, rows) in sides {
         let name = format!("llmgw_{side}_current_sessions");
         f.head(&name, "gauge", "Current sessions.");
-        for (l, p) in rows.iter() {
-            f.sample(&name, l, p.cur.load(Relaxed));
+        for (l, p, srv) in rows.iter() {
+            let cur = srv.map_or_else(|| p.cur.load(Relaxed), |s| u64::from(s.active()));
+            f.sample(&name, l, cur);
         }
         let name = format!("llmgw_{side}_max_sessions");
         f.head(&name, "gauge", "Most sessions at once since start.");
-        for (l, p) in rows.iter() {
+        for (l, p, _) in rows.iter() {
             f.sample(&name, l, p.max.load(Relaxed));
         }
         for (suffix, help, get) in PROXY_COUNTERS {
@@ -242,13 +250,17 @@ pub fn render(shared: &Shared) -> String {
             }
             let name = format!("llmgw_{side}_{suffix}");
             f.head(&name, "counter", help);
-            for (l, p) in rows.iter() {
-                f.sample(&name, l, get(p));
+            for (l, p, srv) in rows.iter() {
+                let v = match srv {
+                    Some(s) if suffix == "sessions_total" => s.total(),
+                    _ => get(p),
+                };
+                f.sample(&name, l, v);
             }
         }
         let name = format!("llmgw_{side}_http_responses_total");
         f.head(&name, "counter", "HTTP responses by status class.");
-        for (l, p) in rows.iter() {
+        for (l, p, _) in rows.iter() {
             for (i, class) in STATUS_CLASSES.iter().enumerate() {
                 let mut l = l.clone();
                 l.push(("code", class));
@@ -268,7 +280,7 @@ pub fn render(shared: &Shared) -> String {
             }
             let name = format!("llmgw_{side}_{suffix}");
             f.head(&name, "histogram", help);
-            for (l, p) in rows.iter() {
+            for (l, p, _) in rows.iter() {
                 f.histogram(&name, l, get(p));
             }
         }
