@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use crate::gateway::Shared;
 use crate::http::body::RespBody;
 use crate::http::error::error_response;
-use crate::runtime::{AdminState, Command, CommandError};
+use crate::runtime::{AdminState, Command};
 
 /// Request bodies larger than this are refused (413).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -148,10 +148,9 @@ pub fn apply(shared: &Arc<Shared>, user: &str, body: &[u8]) -> Response<RespBody
             },
         };
         if let Err(e) = shared.runtime.apply(&cmd) {
-            // A reload removed it between the check and now.
-            return match e {
-                CommandError::NoSuchServer(_) => not_found(&e.to_string()),
-            };
+            // A reload removed it between the check and now: whatever the
+            // error names (server or backend) is not there.
+            return not_found(&e.to_string());
         }
         // Who did what, for the audit trail (never the credentials).
         tracing::info!(
