@@ -17,6 +17,7 @@ pub mod listen;
 pub mod llm;
 pub mod metrics;
 pub mod mock;
+pub mod reload;
 pub mod route;
 pub mod runtime;
 pub mod stats;
