@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use llmgw::{config, gateway, listen, mock, reload, stats};
+use llmgw::{admin, config, gateway, listen, mock, reload, stats};
 use tokio::sync::Semaphore;
 
 #[derive(Parser)]
@@ -218,8 +218,14 @@ async fn serve(
     } else {
         None
     };
+    let started = std::time::Instant::now();
     let global_slots = Arc::new(Semaphore::new(maxconn as usize));
     let stats_addr = cfg.global.stats;
+    let stats_socket = cfg.global.stats_socket.clone();
+    let nbthread = match cfg.global.nbthread {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let frontends = cfg.frontends.clone();
     let shared = gateway::Shared::new(cfg, mock)?;
     shared.start_checks();
@@ -262,6 +268,32 @@ async fn serve(
             "stats listening on http://{local} (/healthz, /stats.json)"
         ));
         tokio::spawn(stats::run(sock, shared.clone()));
+    }
+    let reloader = Arc::new(reloader);
+    if let Some(sock) = stats_socket {
+        let listener = admin::bind(&sock)?;
+        let mode = sock.mode.map_or("umask".to_owned(), |m| format!("{m:o}"));
+        out.push(format!(
+            "runtime API on unix socket {} (mode {mode}, level {})",
+            sock.path.display(),
+            sock.level.as_str()
+        ));
+        let ctx = Arc::new(admin::Context {
+            shared: shared.clone(),
+            reloader: reloader.clone(),
+            process: admin::Process {
+                started,
+                started_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                maxconn,
+                nbthread,
+                listeners: frontends.iter().map(|f| f.binds.len()).sum::<usize>()
+                    + usize::from(stats_addr.is_some())
+                    + 1,
+            },
+        });
+        tokio::spawn(admin::run(listener, ctx, sock));
     }
     {
         use std::io::Write;

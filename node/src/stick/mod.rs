@@ -194,6 +194,11 @@ impl Table {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Most entries kept.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     pub fn columns(&self) -> &[Column] {
         &self.columns
     }
