@@ -7,7 +7,8 @@
 //! check status (`L4OK`, `L7STS`, …), last check code and duration,
 //! seconds since the last change, failure counters, 429 cooldown left and
 //! the backup flag; and `/metrics`, the traffic counters in Prometheus's
-//! format (`prometheus.rs`).
+//! format (`prometheus.rs`). The runtime API has its own unix socket
+//! (`crate::admin`).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
