@@ -66,6 +66,22 @@
 //!   L7OK/L7STS. Filters `<iid|proxy> <type> <sid>` (all three, or none)
 //!   and `up`/`no-maint` (which add `(running/total)` to a backend's
 //!   status), `No such proxy.`.
+//!   After the same requests through both, every value llmgw fills
+//!   equals HAProxy's (timings aside): that is the e2e test.
+//! - `show stat` fields filled: FRONTEND `scur smax slim stot dreq ereq
+//!   dcon req_tot hrsp_* conn_tot status pid iid sid type mode`; servers
+//!   `qcur scur slim stot econ eresp wretr wredis status weight act bck
+//!   chkfail chkdown lastchg qlimit throttle lbtot check_* hrsp_* req_tot
+//!   qtime ctime rtime ttime addr mode uweight`; BACKEND `qcur qmax scur
+//!   smax stot dreq econ eresp wretr wredis status weight act bck lbtot
+//!   hrsp_* req_tot qtime ctime rtime ttime mode algo uweight` (the
+//!   timings are averages since start; HAProxy's cover the last 1024
+//!   requests). Empty because llmgw does not count them: `bin`/`bout`
+//!   (it counts body bytes, HAProxy every byte), per-second rates,
+//!   maxima of timings, per-server `qmax`/`smax`, `downtime`, backend
+//!   `chkdown`/`lastchg`/`slim`, aborts, `lastsess`, the check's detail
+//!   text, agent, compression, cache, connection reuse and idle-pool
+//!   figures, and the SSL/HTTP/2/HTTP/1 module counters.
 //! - `show servers state [B]`: version line `1`, HAProxy's header, its
 //!   numbers for op state, admin flags, check status/result/state;
 //!   `Can't find backend.`.

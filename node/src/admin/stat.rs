@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::config::stick::{Column, Data};
 use crate::config::{AccessLevel, Backend, Balance, Frontend, ServerAddr};
 use crate::gateway::{BackendRt, Snapshot};
+use crate::metrics::ProxyStats;
 use crate::runtime::{AdminState, HealthView, ServerState};
 use crate::stick::{Key, Table};
 
@@ -112,17 +113,17 @@ pub(crate) struct Proxy<'a> {
     /// the ids HAProxy gives it.
     pub iid: u32,
     pub name: &'a str,
-    pub frontend: Option<&'a Frontend>,
+    pub frontend: Option<(&'a Frontend, &'a ProxyStats)>,
     pub backend: Option<(&'a Backend, &'a BackendRt)>,
 }
 
 pub(crate) fn proxies(snap: &Snapshot) -> Vec<Proxy<'_>> {
     let mut out: Vec<Proxy<'_>> = Vec::new();
-    for f in &snap.config.frontends {
+    for (f, st) in snap.config.frontends.iter().zip(&snap.frontend_stats) {
         out.push(Proxy {
             iid: 0,
             name: &f.name,
-            frontend: Some(f),
+            frontend: Some((f, st)),
             backend: None,
         });
     }
@@ -235,8 +236,8 @@ pub fn show_stat(ctx: &Context, args: &[String]) -> String {
     let now_ms = unix_now_ms();
     let mut out = stat_header();
     for p in all.iter().filter(|p| iid == -1 || iid == i64::from(p.iid)) {
-        if let (Some(fe), true) = (p.frontend, wanted(1)) {
-            frontend_row(ctx, p, fe).csv(&mut out);
+        if let (Some((fe, st)), true) = (p.frontend, wanted(1)) {
+            frontend_row(ctx, p, fe, st).csv(&mut out);
         }
         let Some((b, rt)) = p.backend else { continue };
         if wanted(4) {
@@ -260,10 +261,74 @@ pub fn show_stat(ctx: &Context, args: &[String]) -> String {
     out
 }
 
-fn frontend_row(ctx: &Context, p: &Proxy<'_>, fe: &Frontend) -> Row {
+/// Which kind of `show stat` row.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Frontend,
+    Backend,
+    Server,
+}
+
+/// What the traffic counters (`crate::metrics`) give a row, with
+/// HAProxy's meaning. `bin`/`bout` stay empty: HAProxy counts every byte,
+/// headers included, where llmgw counts body bytes only.
+fn traffic(r: &mut Row, st: &ProxyStats, http: bool, side: Side) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let frontend = side == Side::Frontend;
+    if frontend {
+        r.set("dreq", st.denied.load(Relaxed));
+        r.set("ereq", st.req_errors.load(Relaxed));
+        r.set("dcon", st.denied_conn.load(Relaxed));
+    } else {
+        // Servers have no denials of their own in HAProxy's rows.
+        if side == Side::Backend {
+            r.set("dreq", st.denied.load(Relaxed));
+        }
+        r.set("econ", st.conn_errors.load(Relaxed));
+        r.set("eresp", st.resp_errors.load(Relaxed));
+        // Averages in ms (HAProxy's are over the last 1024 requests,
+        // these over every request since start).
+        r.set("qtime", st.queue_time.mean_ms());
+        r.set("ctime", st.connect_time.mean_ms());
+        r.set("rtime", st.response_time.mean_ms());
+        r.set("ttime", st.total_time.mean_ms());
+    }
+    if http || frontend {
+        r.set("req_tot", st.requests.load(Relaxed));
+    }
+    if http {
+        for (i, f) in [
+            "hrsp_1xx",
+            "hrsp_2xx",
+            "hrsp_3xx",
+            "hrsp_4xx",
+            "hrsp_5xx",
+            "hrsp_other",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            r.set(f, st.responses(i));
+        }
+    }
+}
+
+fn frontend_row(ctx: &Context, p: &Proxy<'_>, fe: &Frontend, st: &ProxyStats) -> Row {
+    use std::sync::atomic::Ordering::Relaxed;
     let mut r = Row::new();
     r.set("pxname", p.name);
     r.set("svname", "FRONTEND");
+    // A frontend's sessions are its connections.
+    r.set("scur", st.cur.load(Relaxed));
+    r.set("smax", st.max.load(Relaxed));
+    r.set("stot", st.total.load(Relaxed));
+    r.set("conn_tot", st.total.load(Relaxed));
+    traffic(
+        &mut r,
+        st,
+        fe.mode == crate::config::Mode::Http,
+        Side::Frontend,
+    );
     // Connections beyond the frontend's own limit wait for the process's.
     r.set(
         "slim",
@@ -352,6 +417,12 @@ fn server_row(
     }
     r.set("mode", b.mode.as_str());
     r.set("uweight", s.weight());
+    traffic(
+        &mut r,
+        &s.stats,
+        b.mode == crate::config::Mode::Http,
+        Side::Server,
+    );
     r
 }
 
@@ -397,10 +468,12 @@ fn backend_row(p: &Proxy<'_>, b: &Backend, rt: &BackendRt, counts: bool) -> Row 
     r.set("svname", "BACKEND");
     r.set("qcur", rt.queue.current.load(Relaxed));
     r.set("qmax", rt.queue.max.load(Relaxed));
-    r.set(
-        "scur",
-        servers.iter().map(|s| u64::from(s.active())).sum::<u64>(),
-    );
+    // A backend's sessions are the requests it was given (queued ones
+    // included, as HAProxy counts them).
+    let st = &rt.stats.proxy;
+    r.set("scur", st.cur.load(Relaxed));
+    r.set("smax", st.max.load(Relaxed));
+    r.set("stot", st.total.load(Relaxed));
     r.set("wretr", servers.iter().map(|s| s.retries()).sum::<u64>());
     r.set(
         "wredis",
@@ -432,6 +505,12 @@ fn backend_row(p: &Proxy<'_>, b: &Backend, rt: &BackendRt, counts: bool) -> Row 
     r.set("mode", b.mode.as_str());
     r.set("algo", algo(&b.balance));
     r.set("uweight", uweight);
+    traffic(
+        &mut r,
+        st,
+        b.mode == crate::config::Mode::Http,
+        Side::Backend,
+    );
     r
 }
 
@@ -474,6 +553,15 @@ pub fn show_info(ctx: &Context, args: &[String]) -> String {
     }
     line("Maxconn", &p.maxconn);
     line("Hard_maxconn", &p.maxconn);
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let snap = ctx.shared.current.load();
+        let sum =
+            |f: fn(&ProxyStats) -> u64| -> u64 { snap.frontend_stats.iter().map(|s| f(s)).sum() };
+        line("CurrConns", &sum(|s| s.cur.load(Relaxed)));
+        line("CumConns", &sum(|s| s.total.load(Relaxed)));
+        line("CumReq", &sum(|s| s.requests.load(Relaxed)));
+    }
     if let Some(h) = hostname() {
         line("node", &h);
     }

@@ -142,8 +142,27 @@ async fn show_stat_rows_in_haproxy_order_and_meaning() {
         ),
         ("50", "OPEN", "2", "0", "0", "http", "1")
     );
-    // Nothing made up: counters llmgw does not keep are empty.
-    assert_eq!(fe["stot"], "");
+    // Traffic counters from `crate::metrics`; nothing made up: what llmgw
+    // does not count (rates, all-bytes totals) is empty.
+    for (f, v) in [
+        ("stot", "0"),
+        ("req_tot", "0"),
+        ("hrsp_2xx", "0"),
+        ("dcon", "0"),
+    ] {
+        assert_eq!(fe[f], v, "frontend {f}");
+    }
+    for f in [
+        "bin",
+        "bout",
+        "rate",
+        "rate_max",
+        "cookie",
+        "ssl_sess",
+        "h1_bytes_in",
+    ] {
+        assert_eq!(fe[f], "", "frontend {f}");
+    }
     assert_eq!(fe["-"], "-");
 
     let r = stat_row(&out, "b", "s1");
@@ -204,7 +223,10 @@ async fn show_stat_rows_in_haproxy_order_and_meaning() {
         ("bck", "1"),
         ("qcur", "0"),
         ("qmax", "0"),
-        ("scur", "1"),
+        // Sessions of a backend are requests given to it (none went
+        // through a frontend here); the server's own count is its own.
+        ("scur", "0"),
+        ("stot", "0"),
         ("lbtot", "1"),
         ("wretr", "1"),
         ("type", "1"),
