@@ -1302,7 +1302,13 @@ impl Cx<'_> {
         match HeaderValue::from_str(s) {
             Ok(v) => Some(v),
             Err(_) => {
-                self.err(line, format!("invalid header value '{s}'"));
+                // Not quoted: header values are where credentials are
+                // written, and this message reaches logs and the runtime
+                // API's `reload` answer.
+                self.err(
+                    line,
+                    "invalid header value: it holds bytes a header cannot carry (not shown: it may be a secret)",
+                );
                 None
             }
         }
