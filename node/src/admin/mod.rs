@@ -72,13 +72,14 @@
 //!   dcon req_tot hrsp_* conn_tot status pid iid sid type mode`; servers
 //!   `qcur scur slim stot econ eresp wretr wredis status weight act bck
 //!   chkfail chkdown lastchg qlimit throttle lbtot check_* hrsp_* req_tot
-//!   qtime ctime rtime ttime addr mode uweight`; BACKEND `qcur qmax scur
+//!   ctime rtime ttime addr mode uweight`; BACKEND `qcur qmax scur
 //!   smax stot dreq econ eresp wretr wredis status weight act bck lbtot
 //!   hrsp_* req_tot qtime ctime rtime ttime mode algo uweight` (the
 //!   timings are averages since start; HAProxy's cover the last 1024
 //!   requests). Empty because llmgw does not count them: `bin`/`bout`
 //!   (it counts body bytes, HAProxy every byte), per-second rates,
-//!   maxima of timings, per-server `qmax`/`smax`, `downtime`, backend
+//!   maxima of timings, per-server `qmax`/`smax`/`qtime` (requests wait
+//!   in the backend's queue), `downtime`, backend
 //!   `chkdown`/`lastchg`/`slim`, aborts, `lastsess`, the check's detail
 //!   text, agent, compression, cache, connection reuse and idle-pool
 //!   figures, and the SSL/HTTP/2/HTTP/1 module counters.

@@ -287,8 +287,11 @@ fn traffic(r: &mut Row, st: &ProxyStats, http: bool, side: Side) {
         r.set("econ", st.conn_errors.load(Relaxed));
         r.set("eresp", st.resp_errors.load(Relaxed));
         // Averages in ms (HAProxy's are over the last 1024 requests,
-        // these over every request since start).
-        r.set("qtime", st.queue_time.mean_ms());
+        // these over every request since start). A server has no queue
+        // of its own: requests wait in the backend's.
+        if side == Side::Backend {
+            r.set("qtime", st.queue_time.mean_ms());
+        }
         r.set("ctime", st.connect_time.mean_ms());
         r.set("rtime", st.response_time.mean_ms());
         r.set("ttime", st.total_time.mean_ms());
