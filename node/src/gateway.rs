@@ -175,7 +175,14 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
         let mut servers = Vec::with_capacity(b.servers.len());
         let mut upstreams = Vec::with_capacity(b.servers.len());
         for s in &b.servers {
-            let state = runtime.server(&b.name, &s.name, s.weight, s.maxconn);
+            // A `disabled` server starts in maintenance; one that exists
+            // keeps its runtime state (`enable server` may have run).
+            let admin = if s.opts.disabled {
+                crate::runtime::AdminState::Maint
+            } else {
+                crate::runtime::AdminState::Ready
+            };
+            let state = runtime.server_in(&b.name, &s.name, s.weight, s.maxconn, admin);
             upstreams
                 .push(Upstream::new(b, s, mock).map_err(|e| format!("backend '{}': {e}", b.name))?);
             let check = health::plan(b, s, state.clone(), mock)
@@ -197,6 +204,7 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
                 .sum::<Option<u32>>();
             for ((state, _), s) in servers.iter().zip(&b.servers) {
                 state.configure(&health::conf(b, s));
+                state.set_initial_weight(s.weight);
             }
             BackendRt {
                 balancer: Balancer::new(&b.balance, b.hash_type, servers)

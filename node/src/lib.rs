@@ -7,6 +7,7 @@
 //! outlives reloads; `health` measures servers (active checks) and helps
 //! the request path report what it saw (passive observation).
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod gateway;
@@ -17,6 +18,7 @@ pub mod listen;
 pub mod llm;
 pub mod metrics;
 pub mod mock;
+pub mod reload;
 pub mod route;
 pub mod runtime;
 pub mod stats;

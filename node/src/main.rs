@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use llmgw::{config, gateway, listen, mock, stats};
+use llmgw::{admin, config, gateway, listen, mock, reload, stats};
 use tokio::sync::Semaphore;
 
 #[derive(Parser)]
@@ -163,28 +163,13 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !args.bind.is_empty() {
-        match cfg.frontends.first_mut() {
-            Some(fe) => {
-                let template = fe.binds.first().cloned();
-                fe.binds = args
-                    .bind
-                    .iter()
-                    .map(|&addr| config::Bind {
-                        addr,
-                        tls: template.as_ref().and_then(|t| t.tls.clone()),
-                        accept_proxy: template.as_ref().is_some_and(|t| t.accept_proxy),
-                    })
-                    .collect();
-            }
-            None => {
-                eprintln!("--bind: the configuration has no frontend");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    if let Some(s) = args.stats {
-        cfg.global.stats = Some(s);
+    let overrides = reload::Overrides {
+        bind: args.bind.clone(),
+        stats: args.stats,
+    };
+    if let Err(e) = overrides.apply(&mut cfg) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
     }
     let maxconn = listen::fit_maxconn(cfg.global.maxconn);
 
@@ -208,7 +193,8 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(cfg, maxconn, args.config, embedded, args.lenient)) {
+    let reloader = reload::Reloader::new(args.config, args.lenient, overrides);
+    match rt.block_on(serve(cfg, maxconn, reloader, embedded)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("llmgw: {e}");
@@ -220,9 +206,8 @@ fn run(args: RunArgs) -> ExitCode {
 async fn serve(
     cfg: config::Config,
     maxconn: u32,
-    path: Option<PathBuf>,
+    reloader: reload::Reloader,
     embedded: bool,
-    lenient: bool,
 ) -> Result<(), String> {
     let mock = if cfg.uses_builtin_mock() {
         Some(
@@ -233,8 +218,14 @@ async fn serve(
     } else {
         None
     };
+    let started = std::time::Instant::now();
     let global_slots = Arc::new(Semaphore::new(maxconn as usize));
     let stats_addr = cfg.global.stats;
+    let stats_socket = cfg.global.stats_socket.clone();
+    let nbthread = match cfg.global.nbthread {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let frontends = cfg.frontends.clone();
     let shared = gateway::Shared::new(cfg, mock)?;
     shared.start_checks();
@@ -278,6 +269,32 @@ async fn serve(
         ));
         tokio::spawn(stats::run(sock, shared.clone()));
     }
+    let reloader = Arc::new(reloader);
+    if let Some(sock) = stats_socket {
+        let listener = admin::bind(&sock)?;
+        let mode = sock.mode.map_or("umask".to_owned(), |m| format!("{m:o}"));
+        out.push(format!(
+            "runtime API on unix socket {} (mode {mode}, level {})",
+            sock.path.display(),
+            sock.level.as_str()
+        ));
+        let ctx = Arc::new(admin::Context {
+            shared: shared.clone(),
+            reloader: reloader.clone(),
+            process: admin::Process {
+                started,
+                started_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                maxconn,
+                nbthread,
+                listeners: frontends.iter().map(|f| f.binds.len()).sum::<usize>()
+                    + usize::from(stats_addr.is_some())
+                    + 1,
+            },
+        });
+        tokio::spawn(admin::run(listener, ctx, sock));
+    }
     {
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
@@ -296,13 +313,14 @@ async fn serve(
         let _ = stdout.flush();
     }
 
-    wait_for_signals(&shared, path.as_deref(), lenient).await;
+    wait_for_signals(&shared, &reloader).await;
     Ok(())
 }
 
 /// SIGINT/SIGTERM stop the process; SIGHUP reloads the configuration file
-/// (validated first; a bad one is refused and the running one stays).
-async fn wait_for_signals(shared: &gateway::Shared, path: Option<&std::path::Path>, lenient: bool) {
+/// (validated first; a bad one is refused and the running one stays — see
+/// `llmgw::reload`, which the runtime API's `reload` shares).
+async fn wait_for_signals(shared: &gateway::Shared, reloader: &reload::Reloader) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -317,26 +335,8 @@ async fn wait_for_signals(shared: &gateway::Shared, path: Option<&std::path::Pat
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => {
-                let Some(path) = path else {
-                    tracing::warn!("SIGHUP: serving the embedded default, nothing to reload");
-                    continue;
-                };
-                match config::load_with(path, lenient).map(|(c, _)| c) {
-                    Err(diags) => tracing::error!("reload refused, the running configuration stays:\n{diags}"),
-                    Ok(new) => {
-                        let old = shared.current.load();
-                        let same_binds = old.config.frontends.iter().map(|f| (&f.name, f.mode, f.binds.iter().map(|b| b.addr).collect::<Vec<_>>())).eq(
-                            new.frontends.iter().map(|f| (&f.name, f.mode, f.binds.iter().map(|b| b.addr).collect::<Vec<_>>())));
-                        drop(old);
-                        if !same_binds {
-                            tracing::warn!("reload: listener changes (binds, mode) need a restart for now; routes, backends and servers are reloaded");
-                        }
-                        match shared.swap(new) {
-                            Ok(()) => tracing::info!("configuration reloaded"),
-                            Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
-                        }
-                    }
-                }
+                // The outcome is logged by the reloader.
+                let _ = reloader.reload(shared);
             }
         }
     }

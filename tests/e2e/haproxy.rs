@@ -101,10 +101,14 @@ fn seed(mocks: &[&Mock], cert: &Cert, fixed: bool) -> String {
     let bundle = std::fs::read_to_string(&cert.cert_path).expect("cert")
         + &std::fs::read_to_string(&cert.key_path).expect("key");
     std::fs::write(&pem, bundle).expect("write pem");
+    // The runtime API socket goes next to the certificate, not to
+    // /var/run.
+    let sock = cert.cert_path.with_file_name("haproxy.sock");
     text.replace(
         "bind *:443",
         &format!("bind *:443 ssl crt {} alpn h2,http/1.1", pem.display()),
     )
+    .replace("/var/run/haproxy.sock", &sock.to_string_lossy())
     .replace("10.0.1.10:8080", &mocks[0].addr.to_string())
     .replace("10.0.1.11:8080", &mocks[1].addr.to_string())
     .replace("10.0.1.12:8080", &mocks[2].addr.to_string())

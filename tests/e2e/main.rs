@@ -17,6 +17,7 @@ mod metrics;
 mod retry;
 mod rewriting;
 mod routing;
+mod runtime_api;
 mod sdk;
 mod slowloris;
 mod smuggling;

@@ -1143,3 +1143,101 @@ async fn raw_upstream_conn(mut s: tokio::net::TcpStream, idx: usize, st: Arc<Raw
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The runtime API: HAProxy's text protocol over a unix socket, spoken the
+// way `socat - UNIX-CONNECT:PATH` does, without needing socat.
+// ---------------------------------------------------------------------------
+
+/// How long a runtime API exchange may take before the test fails as hung.
+const RUNTIME_API_LIMIT: Duration = Duration::from_secs(10);
+
+/// One-shot: connects, sends `line` and its line feed, and returns every
+/// byte the server sends until it closes (as `echo LINE | socat …`).
+pub async fn runtime_api(path: &Path, line: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(path)
+        .await
+        .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    s.write_all(format!("{line}\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(RUNTIME_API_LIMIT, s.read_to_end(&mut out))
+        .await
+        .unwrap_or_else(|_| panic!("{line:?}: no close within {RUNTIME_API_LIMIT:?}"))
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An interactive (`prompt`) runtime API session.
+pub struct RuntimeApi {
+    stream: tokio::net::UnixStream,
+    buf: Vec<u8>,
+}
+
+impl RuntimeApi {
+    /// Connects and enters prompt mode; returns the session and the
+    /// server's first bytes (HAProxy answers `prompt` with `"\n> "`).
+    pub async fn prompt(path: &Path) -> (RuntimeApi, String) {
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        let mut s = RuntimeApi {
+            stream,
+            buf: Vec::new(),
+        };
+        let first = s.send("prompt").await;
+        (s, first)
+    }
+
+    /// Sends one line and returns the raw answer, up to and including the
+    /// prompt that follows it (`> `).
+    pub async fn send(&mut self, line: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write");
+        let mut chunk = [0u8; 16 * 1024];
+        while !self.buf.ends_with(b"> ") {
+            let n = tokio::time::timeout(RUNTIME_API_LIMIT, self.stream.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{line:?}: no prompt within {RUNTIME_API_LIMIT:?}; have {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    )
+                })
+                .expect("read");
+            assert!(
+                n > 0,
+                "{line:?}: closed; have {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned()
+    }
+
+    /// Sends `line` and returns what arrives until the server closes.
+    pub async fn send_until_closed(mut self, line: &str) -> String {
+        use tokio::io::AsyncWriteExt;
+        self.stream
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write");
+        self.wait_closed().await
+    }
+
+    /// Sends nothing; returns what arrives until the server closes.
+    pub async fn wait_closed(mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut out = std::mem::take(&mut self.buf);
+        tokio::time::timeout(RUNTIME_API_LIMIT, self.stream.read_to_end(&mut out))
+            .await
+            .unwrap_or_else(|_| panic!("no close within {RUNTIME_API_LIMIT:?}"))
+            .expect("read");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}

@@ -10,8 +10,7 @@
 //! backend's `[backend.check]` (always with its `type`, since the native
 //! default for a mode http backend is `GET /v1/models` where HAProxy's is a
 //! TCP connect) and the servers' check fields. Settings without behaviour
-//! yet (retries, queues, stick tables, the stats socket) are listed in a
-//! comment at the top instead.
+//! yet are listed in a comment at the top instead.
 
 use std::path::Path;
 use std::time::Duration;
@@ -180,10 +179,19 @@ pub fn convert(c: &Config, text: &str) -> String {
         g.insert("stats".into(), stats_value(addr, &c.global.stats_access));
     }
     if let Some(s) = &c.global.stats_socket {
-        notes.push(format!(
-            "stats socket {} (runtime API: issue 7)",
-            s.display()
-        ));
+        let mut st = Table::new();
+        st.insert(
+            "path".into(),
+            Value::String(s.path.to_string_lossy().into_owned()),
+        );
+        if let Some(m) = s.mode {
+            st.insert("mode".into(), Value::String(format!("{m:o}")));
+        }
+        st.insert("level".into(), Value::String(s.level.as_str().into()));
+        if s.timeout != DEFAULT_STATS_TIMEOUT {
+            st.insert("timeout".into(), dur(s.timeout));
+        }
+        g.insert("stats_socket".into(), Value::Table(st));
     }
     root.insert("global".into(), Value::Table(g));
 
@@ -406,7 +414,7 @@ pub fn convert(c: &Config, text: &str) -> String {
                     st.insert("maxqueue".into(), Value::Integer(i64::from(q)));
                 }
                 if s.opts.disabled {
-                    notes.push(format!("server {}/{}: disabled (weight 0)", b.name, s.name));
+                    st.insert("disabled".into(), Value::Boolean(true));
                 }
                 Value::Table(st)
             })

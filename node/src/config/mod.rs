@@ -62,4 +62,28 @@ mod tests {
         assert!(c.uses_builtin_mock());
         assert_eq!(c.frontends[0].binds[0].addr.to_string(), "127.0.0.1:8080");
     }
+
+    /// `stats socket` and `disabled` survive `llmgw convert`.
+    #[test]
+    fn convert_keeps_the_stats_socket_and_disabled_servers() {
+        let cfg =
+            "global\n    stats socket /run/x.sock mode 640 level admin\n    stats timeout 30s\n\
+                   frontend f\n    bind 127.0.0.1:1\n    default_backend b\n\
+                   backend b\n    server a 127.0.0.1:2 weight 3 disabled\n";
+        let loaded = super::haproxy::load_str(
+            "t.cfg",
+            cfg,
+            std::path::Path::new("."),
+            super::haproxy::Options::default(),
+        )
+        .unwrap();
+        let toml = super::convert::convert(&loaded.config, cfg);
+        let back = super::native::load_str("t.toml", &toml, std::path::Path::new(".")).unwrap();
+        assert_eq!(
+            back.global.stats_socket, loaded.config.global.stats_socket,
+            "{toml}"
+        );
+        let s = &back.backends[0].servers[0];
+        assert_eq!((s.weight, s.opts.disabled), (3, true), "{toml}");
+    }
 }

@@ -75,8 +75,8 @@ pub struct Global {
     pub stats: Option<SocketAddr>,
     /// Who may read the stats listener and act on its admin endpoint.
     pub stats_access: StatsAccess,
-    /// HAProxy's `stats socket PATH`: the runtime API arrives with issue 7.
-    pub stats_socket: Option<PathBuf>,
+    /// The runtime API socket (HAProxy's `stats socket`).
+    pub stats_socket: Option<StatsSocket>,
     /// HAProxy's `tune.bufsize`, carried for the buffer work to come.
     pub tune_bufsize: Option<usize>,
     /// HAProxy's `tune.ssl.cachesize`, applied to every TLS bind.
@@ -129,6 +129,37 @@ impl Default for StatsAccess {
     }
 }
 
+/// The runtime API's unix socket: HAProxy's `stats socket PATH [mode
+/// OCTAL] [level user|operator|admin]` with `stats timeout`, or native
+/// `stats_socket = { path, mode, level, timeout }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsSocket {
+    pub path: PathBuf,
+    /// Permission bits given to the socket file; `None` leaves what the
+    /// process umask makes (as HAProxy does without `mode`).
+    pub mode: Option<u32>,
+    /// What sessions on this socket may do; HAProxy's default is
+    /// `operator`.
+    pub level: AccessLevel,
+    /// A session waiting this long for its next command line is closed
+    /// (HAProxy's `stats timeout`, 10 s by default).
+    pub timeout: Duration,
+}
+
+/// HAProxy's default `stats timeout`.
+pub const DEFAULT_STATS_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl StatsSocket {
+    pub fn new(path: PathBuf) -> StatsSocket {
+        StatsSocket {
+            path,
+            mode: None,
+            level: AccessLevel::Operator,
+            timeout: DEFAULT_STATS_TIMEOUT,
+        }
+    }
+}
+
 /// A stats user (`user:password`). The password never appears in `Debug`
 /// output, logs or errors.
 #[derive(Clone, PartialEq, Eq)]
@@ -156,6 +187,35 @@ impl StatsUser {
                 password: p.to_owned(),
             }),
             _ => Err("stats auth needs 'user:password' (both non-empty)".to_owned()),
+        }
+    }
+}
+
+/// A runtime API session's privilege (HAProxy's `level`): `user` reads
+/// non-sensitive state, `operator` also reads table contents and clears
+/// tables, `admin` may change servers and reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AccessLevel {
+    User,
+    Operator,
+    Admin,
+}
+
+impl AccessLevel {
+    pub fn parse(s: &str) -> Option<AccessLevel> {
+        Some(match s {
+            "user" => AccessLevel::User,
+            "operator" => AccessLevel::Operator,
+            "admin" => AccessLevel::Admin,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLevel::User => "user",
+            AccessLevel::Operator => "operator",
+            AccessLevel::Admin => "admin",
         }
     }
 }

@@ -107,6 +107,8 @@ struct RawGlobal {
     /// `{ address, auth, read_auth, admin, realm, refresh, uri }`; none by
     /// default.
     stats: Option<Spanned<RawStatsValue>>,
+    /// The runtime API socket: a path, or `{ path, mode, level, timeout }`.
+    stats_socket: Option<Spanned<RawStatsSocket>>,
 }
 
 /// The default stats listener address (HAProxy's usual `:8404`, on
@@ -168,6 +170,30 @@ struct RawStats {
     refresh: Option<Spanned<DurationValue>>,
     /// Another path serving the page (HAProxy's `stats uri`).
     uri: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "stats_socket: a path, or { path = \"…\", mode = \"600\", level = \"admin\", timeout = \"10s\" }"
+)]
+enum RawStatsSocket {
+    Path(PathBuf),
+    Full(RawStatsSocketFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatsSocketFull {
+    path: PathBuf,
+    /// Octal permission bits as a string (`"600"`): a TOML integer would
+    /// be read as decimal.
+    mode: Option<String>,
+    /// `user`, `operator` (the default, as in HAProxy) or `admin`.
+    level: Option<String>,
+    /// Idle session timeout (HAProxy's `stats timeout`), 10 s by default.
+    /// (Not `Spanned`: an untagged enum cannot carry spans.)
+    timeout: Option<DurationValue>,
 }
 
 #[derive(Deserialize)]
@@ -492,6 +518,10 @@ struct RawServer {
     error_limit: Option<Spanned<u32>>,
     on_error: Option<Spanned<String>>,
     cooldown_429: Option<Spanned<DurationValue>>,
+    /// Starts in maintenance (HAProxy's `disabled`): `enable server` on
+    /// the runtime API brings it in.
+    #[serde(default)]
+    disabled: bool,
 }
 
 #[derive(Deserialize)]
@@ -578,13 +608,60 @@ impl Compiler<'_> {
         }
     }
 
+    fn stats_socket(&mut self, raw: Spanned<RawStatsSocket>) -> Option<StatsSocket> {
+        let span = raw.span();
+        let full = match raw.into_inner() {
+            RawStatsSocket::Path(path) => RawStatsSocketFull {
+                path,
+                mode: None,
+                level: None,
+                timeout: None,
+            },
+            RawStatsSocket::Full(f) => f,
+        };
+        if full.path.as_os_str().is_empty() {
+            self.err(span, "stats_socket needs a path");
+            return None;
+        }
+        let mut sock = StatsSocket::new(self.path(&full.path));
+        if let Some(m) = &full.mode {
+            match u32::from_str_radix(m, 8) {
+                Ok(m) if m <= 0o7777 => sock.mode = Some(m),
+                _ => self.err(
+                    span.clone(),
+                    format!("stats_socket mode must be octal permission bits as a string (e.g. \"600\"), not '{m}'"),
+                ),
+            }
+        }
+        if let Some(l) = &full.level {
+            match AccessLevel::parse(l) {
+                Some(level) => sock.level = level,
+                None => self.err(
+                    span.clone(),
+                    "stats_socket level must be user, operator or admin",
+                ),
+            }
+        }
+        let timeout = match &full.timeout {
+            None => Ok(sock.timeout),
+            Some(DurationValue::Millis(ms)) => Ok(Duration::from_millis(*ms)),
+            Some(DurationValue::Text(t)) => parse_duration(t),
+        };
+        match timeout {
+            Ok(d) if !d.is_zero() => sock.timeout = d,
+            Ok(_) => self.err(span, "stats_socket timeout must be above 0"),
+            Err(e) => self.err(span, format!("stats_socket timeout: {e}")),
+        }
+        Some(sock)
+    }
+
     fn compile(&mut self, raw: RawConfig) -> Config {
         let mut global = Global {
             maxconn: raw.global.maxconn.as_ref().map(|m| *m.get_ref()),
             nbthread: raw.global.nbthread.unwrap_or(0),
             stats: None,
             stats_access: StatsAccess::default(),
-            stats_socket: None,
+            stats_socket: raw.global.stats_socket.and_then(|s| self.stats_socket(s)),
             tune_bufsize: None,
             ssl_cachesize: None,
             default_max_tokens: None,
@@ -1842,7 +1919,7 @@ impl Compiler<'_> {
             error_limit: count(self, &s.error_limit, "error_limit"),
             on_error,
             cooldown_429: s.cooldown_429.as_ref().and_then(|d| self.duration(d)),
-            disabled: false,
+            disabled: s.disabled,
         };
         Some(Server {
             name: s.name.into_inner(),
@@ -2052,6 +2129,54 @@ address = "127.0.0.1:9000"
         assert_eq!(c.global.maxconn, None);
         assert_eq!(c.frontends[0].body_limit, DEFAULT_BODY_LIMIT);
         assert!(!c.frontends[0].needs_model());
+    }
+
+    #[test]
+    fn stats_socket_short_and_long_forms() {
+        let c = load(&format!(
+            "[global]\nstats_socket = \"/run/llmgw.sock\"\n{MIN}"
+        ))
+        .unwrap();
+        let s = c.global.stats_socket.unwrap();
+        assert_eq!(s, StatsSocket::new("/run/llmgw.sock".into()));
+        assert_eq!(s.level, AccessLevel::Operator);
+        let c = load(&format!(
+            "[global]\nstats_socket = {{ path = \"rt.sock\", mode = \"660\", level = \"admin\", timeout = \"1m\" }}\n{MIN}"
+        ))
+        .unwrap();
+        let s = c.global.stats_socket.unwrap();
+        assert_eq!(s.path, Path::new("./rt.sock"));
+        let e = errors(&format!(
+            "[global]\nstats_socket = {{ path = \"x\", mode = 600 }}\n{MIN}"
+        ));
+        assert!(
+            e[0].starts_with("test.toml:2: stats_socket: a path, or {"),
+            "{e:?}"
+        );
+        assert_eq!(
+            (s.mode, s.level, s.timeout),
+            (Some(0o660), AccessLevel::Admin, Duration::from_secs(60))
+        );
+        assert_eq!(
+            errors(&format!(
+                "[global]\nstats_socket = {{ path = \"x\", mode = \"9\", level = \"root\" }}\n{MIN}"
+            )),
+            vec![
+                "test.toml:2: stats_socket mode must be octal permission bits as a string (e.g. \"600\"), not '9'",
+                "test.toml:2: stats_socket level must be user, operator or admin",
+            ]
+        );
+    }
+
+    #[test]
+    fn disabled_server_keeps_its_weight() {
+        let c = load(&MIN.replace(
+            "address = \"127.0.0.1:9000\"",
+            "address = \"127.0.0.1:9000\"\nweight = 4\ndisabled = true",
+        ))
+        .unwrap();
+        let s = &c.backends[0].servers[0];
+        assert_eq!((s.weight, s.opts.disabled), (4, true));
     }
 
     #[test]

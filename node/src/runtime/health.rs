@@ -370,6 +370,13 @@ pub struct HealthView {
     pub cooldown_remaining: Duration,
     /// Weight the balancer uses now (runtime weight, ramped by slowstart).
     pub effective_weight: u32,
+    /// The fall/rise counter (HAProxy's `check_health`, 0 to
+    /// `rise + fall - 1`) and its bounds.
+    pub health: u32,
+    pub rise: u32,
+    pub fall: u32,
+    /// A slowstart ramp is in progress (HAProxy's "starting" state).
+    pub ramping: bool,
 }
 
 impl ServerState {
@@ -682,6 +689,10 @@ impl ServerState {
             consecutive_errors: h.consecutive_errors.load(Ordering::Relaxed),
             cooldown_remaining: self.cooldown_remaining(),
             effective_weight: self.effective_weight(),
+            health,
+            rise,
+            fall,
+            ramping: h.ramp_start.load(Ordering::Relaxed) != 0,
         }
     }
 }

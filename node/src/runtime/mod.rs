@@ -58,6 +58,9 @@ pub struct ServerState {
     /// Effective weight, 0..=256. Starts at the configured weight and is
     /// changed at runtime (`set server b/s weight`). 0 drains.
     weight: AtomicU32,
+    /// The configured weight of the current snapshot (HAProxy's
+    /// `iweight`): what `set server b/s weight N%` is relative to.
+    initial_weight: AtomicU32,
     /// Requests currently being served by this server.
     active: AtomicU32,
     /// Requests waiting for a slot on this server. Queueing is per backend
@@ -101,6 +104,7 @@ impl ServerState {
             name: name.to_owned(),
             admin: AtomicU8::new(AdminState::Ready as u8),
             weight: AtomicU32::new(weight.min(256)),
+            initial_weight: AtomicU32::new(weight.min(256)),
             active: AtomicU32::new(0),
             queued: AtomicU32::new(0),
             maxconn: AtomicU32::new(maxconn),
@@ -128,6 +132,16 @@ impl ServerState {
 
     pub fn set_weight(&self, w: u32) {
         self.weight.store(w.min(256), Ordering::Relaxed);
+    }
+
+    pub fn initial_weight(&self) -> u32 {
+        self.initial_weight.load(Ordering::Relaxed)
+    }
+
+    /// Records the weight the configuration gives (at every snapshot
+    /// build); the runtime weight is left as it is.
+    pub fn set_initial_weight(&self, w: u32) {
+        self.initial_weight.store(w.min(256), Ordering::Relaxed);
     }
 
     pub fn maxconn(&self) -> u32 {
@@ -266,37 +280,64 @@ pub struct FallbackCounters {
     pub taken_over: AtomicU64,
 }
 
-/// A change to runtime state. The runtime API (issue 7) and the cluster
-/// (issue 8) produce these; applying one is the only way state changes.
+/// A change to runtime state. The runtime API (`crate::admin`) and the
+/// cluster (issue 8) produce these; applying one is the only way state
+/// changes. A command names what it changes and carries the operator's
+/// intent (a weight in percent, a table key as text), so that every node
+/// applying it reaches the same state from its own configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
+    /// `set server b/s state ready|drain|maint`; `disable server b/s` is
+    /// `maint`.
     SetServerState {
         backend: String,
         server: String,
         state: AdminState,
     },
+    /// `enable server b/s`: leaves maintenance (a draining server keeps
+    /// draining, as HAProxy's clears only its maintenance flag).
+    EnableServer { backend: String, server: String },
+    /// `set server b/s weight N`.
     SetServerWeight {
         backend: String,
         server: String,
         weight: u32,
+    },
+    /// `set server b/s weight N%`: relative to the configured weight,
+    /// capped at 256 (HAProxy's arithmetic: `iweight * min(N, 25600) / 100`).
+    SetServerWeightPercent {
+        backend: String,
+        server: String,
+        percent: u32,
     },
     SetServerMaxconn {
         backend: String,
         server: String,
         maxconn: u32,
     },
+    /// `clear table T [key K]`: one entry, the key written as the table's
+    /// type reads it (an address, a number, text, hex for `binary`), or
+    /// every entry.
+    ClearTable { table: String, key: Option<String> },
 }
 
 /// Error applying a [`Command`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum CommandError {
     NoSuchServer(String),
+    NoSuchBackend(String),
+    NoSuchTable(String),
+    /// The key cannot be a key of the table's type.
+    InvalidKey(String),
 }
 
 impl std::fmt::Display for CommandError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CommandError::NoSuchServer(s) => write!(f, "no such server '{s}'"),
+            CommandError::NoSuchBackend(b) => write!(f, "no such backend '{b}'"),
+            CommandError::NoSuchTable(t) => write!(f, "no such table '{t}'"),
+            CommandError::InvalidKey(k) => write!(f, "invalid key '{k}'"),
         }
     }
 }
@@ -326,13 +367,27 @@ impl Runtime {
         weight: u32,
         maxconn: u32,
     ) -> Arc<ServerState> {
+        self.server_in(backend, server, weight, maxconn, AdminState::Ready)
+    }
+
+    /// As [`Runtime::server`], a server created now starting in `admin`
+    /// (HAProxy's `disabled` servers start in maintenance); one that exists
+    /// keeps its state.
+    pub fn server_in(
+        &self,
+        backend: &str,
+        server: &str,
+        weight: u32,
+        maxconn: u32,
+        admin: AdminState,
+    ) -> Arc<ServerState> {
         let queue = self.queue(backend);
         let mut map = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((backend.to_owned(), server.to_owned()))
             .or_insert_with(|| {
-                Arc::new(ServerState::in_queue(
-                    backend, server, weight, maxconn, queue,
-                ))
+                let s = ServerState::in_queue(backend, server, weight, maxconn, queue);
+                s.set_admin(admin);
+                Arc::new(s)
             })
             .clone()
     }
@@ -374,9 +429,14 @@ impl Runtime {
 
     fn find(&self, backend: &str, server: &str) -> Result<Arc<ServerState>, CommandError> {
         let map = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&(backend.to_owned(), server.to_owned()))
-            .cloned()
-            .ok_or_else(|| CommandError::NoSuchServer(format!("{backend}/{server}")))
+        if let Some(s) = map.get(&(backend.to_owned(), server.to_owned())) {
+            return Ok(s.clone());
+        }
+        Err(if map.keys().any(|(b, _)| b == backend) {
+            CommandError::NoSuchServer(format!("{backend}/{server}"))
+        } else {
+            CommandError::NoSuchBackend(backend.to_owned())
+        })
     }
 
     pub fn apply(&self, cmd: &Command) -> Result<(), CommandError> {
@@ -386,16 +446,48 @@ impl Runtime {
                 server,
                 state,
             } => self.find(backend, server)?.set_admin(*state),
+            Command::EnableServer { backend, server } => {
+                let s = self.find(backend, server)?;
+                if s.admin() == AdminState::Maint {
+                    s.set_admin(AdminState::Ready);
+                }
+            }
             Command::SetServerWeight {
                 backend,
                 server,
                 weight,
             } => self.find(backend, server)?.set_weight(*weight),
+            Command::SetServerWeightPercent {
+                backend,
+                server,
+                percent,
+            } => {
+                let s = self.find(backend, server)?;
+                let w = u64::from(s.initial_weight()) * u64::from((*percent).min(25_600)) / 100;
+                s.set_weight(w.min(256) as u32);
+            }
             Command::SetServerMaxconn {
                 backend,
                 server,
                 maxconn,
             } => self.find(backend, server)?.set_maxconn(*maxconn),
+            Command::ClearTable { table, key } => {
+                let t = {
+                    let map = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+                    map.get(table)
+                        .map(|(_, t)| t.clone())
+                        .ok_or_else(|| CommandError::NoSuchTable(table.clone()))?
+                };
+                match key {
+                    None => t.clear(None),
+                    Some(k) => {
+                        let k = t
+                            .parse_key(k)
+                            .ok_or_else(|| CommandError::InvalidKey(k.clone()))?;
+                        t.clear(Some(&k));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -425,6 +517,7 @@ mod tests {
     #[test]
     fn unknown_server_is_an_error() {
         let rt = Runtime::default();
+        rt.server("x", "z", 1, 0);
         let err = rt
             .apply(&Command::SetServerState {
                 backend: "x".into(),
@@ -433,6 +526,105 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(err.to_string(), "no such server 'x/y'");
+    }
+
+    #[test]
+    fn unknown_backend_is_told_apart() {
+        let rt = Runtime::default();
+        rt.server("be", "s1", 1, 0);
+        let cmd = |b: &str| Command::SetServerMaxconn {
+            backend: b.into(),
+            server: "nope".into(),
+            maxconn: 1,
+        };
+        assert_eq!(
+            rt.apply(&cmd("be")),
+            Err(CommandError::NoSuchServer("be/nope".into()))
+        );
+        assert_eq!(
+            rt.apply(&cmd("x")),
+            Err(CommandError::NoSuchBackend("x".into()))
+        );
+    }
+
+    #[test]
+    fn weight_in_percent_is_relative_to_the_configured_weight() {
+        let rt = Runtime::default();
+        let s = rt.server("be", "s", 10, 0);
+        let pct = |percent| Command::SetServerWeightPercent {
+            backend: "be".into(),
+            server: "s".into(),
+            percent,
+        };
+        rt.apply(&pct(50)).unwrap();
+        assert_eq!(s.weight(), 5);
+        // Relative to the configured weight, not the current one.
+        rt.apply(&pct(50)).unwrap();
+        assert_eq!(s.weight(), 5);
+        rt.apply(&pct(300)).unwrap();
+        assert_eq!(s.weight(), 30);
+        rt.apply(&pct(u32::MAX)).unwrap();
+        assert_eq!(s.weight(), 256);
+        // A reload changing the configured weight moves what % refers to.
+        s.set_initial_weight(4);
+        rt.apply(&pct(100)).unwrap();
+        assert_eq!(s.weight(), 4);
+    }
+
+    #[test]
+    fn enable_leaves_maintenance_only() {
+        let rt = Runtime::default();
+        let s = rt.server_in("be", "s", 1, 0, AdminState::Maint);
+        let enable = Command::EnableServer {
+            backend: "be".into(),
+            server: "s".into(),
+        };
+        rt.apply(&enable).unwrap();
+        assert_eq!(s.admin(), AdminState::Ready);
+        s.set_admin(AdminState::Drain);
+        rt.apply(&enable).unwrap();
+        assert_eq!(s.admin(), AdminState::Drain);
+        // An existing server keeps its state when asked for again.
+        let again = rt.server_in("be", "s", 1, 0, AdminState::Maint);
+        assert_eq!(again.admin(), AdminState::Drain);
+    }
+
+    #[test]
+    fn clear_table_by_key_or_whole() {
+        let rt = Runtime::default();
+        let def = crate::config::StickTable {
+            name: "t".into(),
+            key_type: "integer".into(),
+            size: 10,
+            expire: None,
+            store: vec!["http_req_cnt".into()],
+        };
+        let t = rt.table(&def).unwrap();
+        for k in [1, 2, 3] {
+            t.add(
+                &crate::stick::Key::Int(k),
+                &[(crate::stick::Data::HttpReqCnt, 1)],
+            );
+        }
+        let clear = |key: Option<&str>| Command::ClearTable {
+            table: "t".into(),
+            key: key.map(str::to_owned),
+        };
+        rt.apply(&clear(Some("2"))).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            rt.apply(&clear(Some("abc"))),
+            Err(CommandError::InvalidKey("abc".into()))
+        );
+        rt.apply(&clear(None)).unwrap();
+        assert!(t.is_empty());
+        assert_eq!(
+            rt.apply(&Command::ClearTable {
+                table: "nope".into(),
+                key: None
+            }),
+            Err(CommandError::NoSuchTable("nope".into()))
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!
 //! Reads are open, or need a configured user when `read_auth` says so
 //! (`auth.rs`); admin actions always need one.
+//!
+//! The runtime API has its own unix socket (`crate::admin`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -110,6 +110,26 @@ struct Entry {
     /// Last update, unix ms (expiry).
     touched_ms: u64,
     values: Box<[Value]>,
+    /// Requests on this node tracking the entry now (HAProxy's `use` in
+    /// `show table`), stored or not as `conn_cur`; never merged from other
+    /// nodes.
+    refs: i32,
+}
+
+/// One entry as `show table` prints it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dumped {
+    /// Where the entry lives in memory: HAProxy prints its entries'
+    /// addresses, which identify an entry while it lives.
+    pub addr: usize,
+    pub key: Key,
+    /// Requests tracking it now.
+    pub refs: u32,
+    /// Milliseconds until it expires; `None` when the table has no
+    /// `expire`.
+    pub expires_in_ms: Option<u64>,
+    /// Every stored column and its value as of now, in `store` order.
+    pub values: Vec<(Column, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -174,6 +194,11 @@ impl Table {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Most entries kept.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     pub fn columns(&self) -> &[Column] {
         &self.columns
     }
@@ -215,6 +240,9 @@ impl Table {
         let entry = self.entry(map, key, now);
         let recording = self.recording.load(std::sync::atomic::Ordering::Relaxed);
         for &(data, amount) in changes {
+            if data == Data::ConnCur {
+                entry.refs = entry.refs.saturating_add(amount as i32);
+            }
             for (col, value) in self.columns.iter().zip(entry.values.iter_mut()) {
                 if col.data != data {
                     continue;
@@ -299,6 +327,7 @@ impl Table {
                 Entry {
                     touched_ms: now,
                     values,
+                    refs: 0,
                 },
             );
         }
@@ -390,6 +419,71 @@ impl Table {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Every entry as `show table` prints it, keys in order.
+    pub fn dump(&self) -> Vec<Dumped> {
+        let now = (self.clock)();
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+            self.expire(&mut s.map, now);
+            for (k, e) in s.map.iter() {
+                let values = self
+                    .columns
+                    .iter()
+                    .zip(e.values.iter())
+                    .map(|(c, v)| {
+                        let n = match v {
+                            Value::Count(n) => *n,
+                            Value::Rate(r) => r.read(now, c.period_ms) as i64,
+                        };
+                        (*c, n)
+                    })
+                    .collect();
+                out.push(Dumped {
+                    addr: e as *const Entry as usize,
+                    key: k.clone(),
+                    refs: u32::try_from(e.refs).unwrap_or(0),
+                    expires_in_ms: self
+                        .expire_ms
+                        .map(|x| (e.touched_ms + x).saturating_sub(now)),
+                    values,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// A key of this table's type written as text, as `clear table T key
+    /// K` gives it: an IPv4 address (or IPv6, which `ip` tables hold for
+    /// IPv6 clients) for `ip`, an IPv6 address for `ipv6` (an IPv4 client
+    /// is `::ffff:a.b.c.d` there, as `show table` prints it), a number
+    /// for `integer`, the text itself for `string`, hex digits for
+    /// `binary`. `None` when it cannot be one.
+    pub fn parse_key(&self, text: &str) -> Option<Key> {
+        match self.key_type.as_str() {
+            "ip" => text.parse::<IpAddr>().ok().map(Key::ip),
+            "ipv6" => text
+                .parse::<std::net::Ipv6Addr>()
+                .ok()
+                .map(|a| Key::Ip(a.octets())),
+            "integer" => text.parse::<i64>().ok().map(Key::Int),
+            "binary" => {
+                let b = text.as_bytes();
+                if b.len() % 2 != 0 {
+                    return None;
+                }
+                let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+                let bytes: Option<Vec<u8>> = b
+                    .chunks(2)
+                    .map(|p| Some(hex(p[0])? << 4 | hex(p[1])?))
+                    .collect();
+                bytes.map(|v| Key::bytes(&v))
+            }
+            _ => Some(Key::bytes(text.as_bytes())),
+        }
     }
 
     /// Removes one key, or every key (`clear table`).

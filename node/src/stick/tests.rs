@@ -413,3 +413,69 @@ fn token_settlements_merge_like_any_delta() {
     assert_eq!(merged(backward), Some(70));
     assert_eq!(merged(negative_first), Some(70));
 }
+
+#[test]
+fn dump_shows_use_expiry_and_values_in_store_order() {
+    let t = Arc::new(table(10, Some(30_000), &["http_req_rate(10s)", "conn_cur"]));
+    let mut a = Tracked::default();
+    a.track(0, &t, ip(1));
+    let mut b = Tracked::default();
+    b.track(0, &t, ip(1));
+    advance(1000);
+    let d = t.dump();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].key, ip(1));
+    // Two requests track the entry now; it was updated 1 s ago.
+    assert_eq!((d[0].refs, d[0].expires_in_ms), (2, Some(29_000)));
+    let vals: Vec<(Data, i64)> = d[0].values.iter().map(|(c, v)| (c.data, *v)).collect();
+    assert_eq!(vals, [(Data::HttpReqRate, 2), (Data::ConnCur, 2)]);
+    assert_ne!(d[0].addr, 0);
+    drop(a);
+    drop(b);
+    assert_eq!(t.dump()[0].refs, 0);
+    // No `expire`: no expiry to show; tracking without conn_cur still counts use.
+    let t = Arc::new(table(10, None, &["http_req_cnt"]));
+    let mut c = Tracked::default();
+    c.track(0, &t, ip(2));
+    assert_eq!((t.dump()[0].refs, t.dump()[0].expires_in_ms), (1, None));
+}
+
+#[test]
+fn keys_parse_by_table_type() {
+    let typed = |key_type: &str| {
+        Table::with_clock(
+            &StickTable {
+                name: "t".into(),
+                key_type: key_type.into(),
+                size: 10,
+                expire: None,
+                store: vec![],
+            },
+            now,
+        )
+        .expect("table")
+    };
+    let ip_t = typed("ip");
+    assert_eq!(ip_t.parse_key("10.0.0.1"), Some(ip(1)));
+    assert_eq!(
+        ip_t.parse_key("::1"),
+        Some(Key::ip("::1".parse().expect("v6")))
+    );
+    assert_eq!(ip_t.parse_key("abc"), None);
+    let v6 = typed("ipv6");
+    // As HAProxy: an IPv4 literal is not an ipv6 key; its mapped form is.
+    assert_eq!(v6.parse_key("10.0.0.1"), None);
+    assert_eq!(v6.parse_key("::ffff:10.0.0.1"), Some(ip(1)));
+    assert_eq!(typed("integer").parse_key("-42"), Some(Key::Int(-42)));
+    assert_eq!(typed("integer").parse_key("4x"), None);
+    assert_eq!(
+        typed("string").parse_key("bob smith"),
+        Some(Key::bytes(b"bob smith"))
+    );
+    assert_eq!(
+        typed("binary").parse_key("00fF"),
+        Some(Key::bytes(&[0, 255]))
+    );
+    assert_eq!(typed("binary").parse_key("0"), None);
+    assert_eq!(typed("binary").parse_key("zz"), None);
+}

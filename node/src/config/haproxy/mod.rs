@@ -7,8 +7,7 @@
 //! fix where it is obvious); anything outside the subset is an error rather
 //! than silently ignored, and `--lenient` turns the tuning-only ones (and
 //! the seed configuration's two known faults) into warnings. Directives
-//! whose behaviour arrives with later issues (health checks and retries: 5,
-//! stick tables: 6, the runtime socket: 7) are accepted, carried in the
+//! whose behaviour arrives with later issues are accepted, carried in the
 //! model, and noted in a warning. A `listen`/`frontend` section with
 //! `stats` keywords (or `http-request use-service prometheus-exporter`)
 //! is the stats listener (`Global::stats`, `Global::stats_access`), not a
@@ -70,6 +69,7 @@ pub fn load_str(file: &str, text: &str, base: &Path, opts: Options) -> Result<Lo
         opts,
         errors: Vec::new(),
         warnings: Vec::new(),
+        stats_timeout: None,
     };
     let (lines, lex_errors) = lex(text);
     for (line, m) in lex_errors {
@@ -352,6 +352,7 @@ pub fn embedded_rules(
         opts: Options::default(),
         errors: Vec::new(),
         warnings: Vec::new(),
+        stats_timeout: None,
     };
     let mut p = Proxy::new(Kind::Listen, name, 0, Draft::default());
     let mut errors = Vec::new();
@@ -474,6 +475,8 @@ struct Cx<'a> {
     opts: Options,
     errors: Vec<Diag>,
     warnings: Vec<Diag>,
+    /// `stats timeout`, for a `stats socket` declared after it.
+    stats_timeout: Option<Duration>,
 }
 
 fn texts(w: &[Word]) -> Vec<&str> {
@@ -646,48 +649,81 @@ impl Cx<'_> {
                     );
                 }
             }
-            "stats" if a.first().is_some_and(|w| w.text == "socket") => {
-                let Some(path) = a.get(1) else {
-                    self.err(l.line, "'stats socket' needs a path");
-                    return;
-                };
-                let mut i = 2;
-                while i < a.len() {
-                    match a[i].text.as_str() {
-                        "mode" | "level" | "user" | "group" | "uid" | "gid" | "expose-fd" => {
-                            if a.get(i + 1).is_none() {
-                                self.err(l.line, format!("'{}' needs a value", a[i].text));
-                            }
-                            if a[i].text == "level"
-                                && !matches!(
-                                    a.get(i + 1).map(|w| w.text.as_str()),
-                                    Some("user" | "operator" | "admin") | None
-                                )
-                            {
-                                self.err(
-                                    l.line,
-                                    "stats socket 'level' must be user, operator or admin",
-                                );
-                            }
-                            i += 2;
-                        }
-                        other => {
-                            self.err(
-                                l.line,
-                                format!("stats socket option '{other}' is not supported"),
-                            );
-                            i += 1;
-                        }
+            "stats" if a.first().is_some_and(|w| w.text == "socket") => self.stats_socket(l, g),
+            "stats" if a.first().is_some_and(|w| w.text == "timeout") => {
+                let t = match a.get(1).map(|w| parse_duration(&w.text)) {
+                    Some(Ok(t)) if a.len() == 2 && !t.is_zero() => t,
+                    Some(Err(e)) => return self.err(l.line, e),
+                    _ => {
+                        return self.err(
+                            l.line,
+                            "'stats timeout' needs a duration above 0 (e.g. 'stats timeout 10s')",
+                        )
                     }
+                };
+                // It may come before or after the socket it applies to.
+                self.stats_timeout = Some(t);
+                if let Some(s) = &mut g.stats_socket {
+                    s.timeout = t;
                 }
-                g.stats_socket = Some(self.path(&path.text));
-                self.warn(
-                    l.line,
-                    "'stats socket' is accepted; the runtime API on it arrives with issue 7",
-                );
             }
             _ => self.unsupported(l),
         }
+    }
+
+    /// `stats socket PATH [mode OCTAL] [level user|operator|admin]`: the
+    /// runtime API. Ownership options (`user`, `group`, `uid`, `gid`) and
+    /// `expose-fd` are accepted and not applied, with a warning.
+    fn stats_socket(&mut self, l: &Line, g: &mut Global) {
+        let a = &l.words[1..];
+        let Some(path) = a.get(1) else {
+            return self.err(l.line, "'stats socket' needs a path");
+        };
+        if g.stats_socket.is_some() {
+            return self.err(
+                l.line,
+                "only one 'stats socket' is supported (the runtime API listens on one path)",
+            );
+        }
+        let mut sock = StatsSocket::new(self.path(&path.text));
+        if let Some(t) = self.stats_timeout {
+            sock.timeout = t;
+        }
+        let mut i = 2;
+        while i < a.len() {
+            let opt = a[i].text.as_str();
+            let value = a.get(i + 1).map(|w| w.text.as_str());
+            match (opt, value) {
+                ("mode" | "level" | "user" | "group" | "uid" | "gid" | "expose-fd", None) => {
+                    self.err(l.line, format!("'{opt}' needs a value"));
+                }
+                ("mode", Some(v)) => match u32::from_str_radix(v, 8) {
+                    Ok(m) if m <= 0o7777 => sock.mode = Some(m),
+                    _ => self.err(
+                        l.line,
+                        format!("stats socket 'mode' must be octal permission bits (e.g. 600), not '{v}'"),
+                    ),
+                },
+                ("level", Some(v)) => match AccessLevel::parse(v) {
+                    Some(level) => sock.level = level,
+                    None => self.err(l.line, "stats socket 'level' must be user, operator or admin"),
+                },
+                ("user" | "group" | "uid" | "gid" | "expose-fd", Some(_)) => self.warn(
+                    l.line,
+                    format!("stats socket option '{opt}' is accepted and not applied (the socket keeps the process's owner; use 'mode' for access)"),
+                ),
+                (other, _) => {
+                    self.err(
+                        l.line,
+                        format!("stats socket option '{other}' is not supported"),
+                    );
+                    i += 1;
+                    continue;
+                }
+            }
+            i += 2;
+        }
+        g.stats_socket = Some(sock);
     }
 
     /// Directives valid in `defaults` (and also in proxies).
@@ -1426,7 +1462,13 @@ impl Cx<'_> {
         match HeaderValue::from_str(s) {
             Ok(v) => Some(v),
             Err(_) => {
-                self.err(line, format!("invalid header value '{s}'"));
+                // Not quoted: header values are where credentials are
+                // written, and this message reaches logs and the runtime
+                // API's `reload` answer.
+                self.err(
+                    line,
+                    "invalid header value: it holds bytes a header cannot carry (not shown: it may be a secret)",
+                );
                 None
             }
         }
@@ -2010,9 +2052,6 @@ impl Cx<'_> {
                         self.warn(p.line, format!("server '{}/{}': 'observe', 'error-limit' and 'on-error' need 'check' and have no effect without it", p.name, s.name));
                     }
                 }
-                if p.servers.iter().any(|s| s.opts.disabled) {
-                    self.warn(p.line, format!("backend '{}': disabled servers take no traffic (weight 0) until the runtime API of issue 7 can enable them", p.name));
-                }
                 let mut balance = p.d.balance.clone().unwrap_or(Balance::RoundRobin);
                 if mode == Mode::Tcp {
                     if matches!(balance, Balance::Uri | Balance::Hdr(_)) {
@@ -2023,18 +2062,9 @@ impl Cx<'_> {
                         self.err(p.line, format!("backend '{}': 'ssl' on servers of a mode tcp backend is not supported (TLS passes through unchanged; drop 'ssl')", p.name));
                     }
                 }
-                let servers: Vec<Server> = p
-                    .servers
-                    .iter()
-                    .cloned()
-                    .map(|mut s| {
-                        // HAProxy starts a disabled server in maintenance.
-                        if s.opts.disabled {
-                            s.weight = 0;
-                        }
-                        s
-                    })
-                    .collect();
+                // A `disabled` server starts in maintenance (the runtime
+                // state does that); `enable server` brings it in.
+                let servers: Vec<Server> = p.servers.clone();
                 if p.kind == Kind::Backend
                     && p.req_rules
                         .iter()

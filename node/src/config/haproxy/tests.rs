@@ -84,13 +84,58 @@ fn seed_lenient_repairs_with_warnings() {
         "t.cfg:25: warning: 'observe' is a server option",
         "t.cfg:26: warning: 'error-limit' is a server option",
         "t.cfg:27: warning: 'on-error' is a server option",
-        "t.cfg:3: warning: 'stats socket' is accepted; the runtime API on it arrives with issue 7",
     ] {
         assert!(w.iter().any(|x| x.starts_with(needle)), "{needle}\n{w:#?}");
     }
     assert!(
-        !w.iter().any(|x| x.contains("issue 6")),
-        "stick tables are in force: {w:#?}"
+        !w.iter()
+            .any(|x| x.contains("issue 6") || x.contains("issue 7")),
+        "stick tables and the runtime API are in force: {w:#?}"
+    );
+    let sock = c.global.stats_socket.as_ref().expect("stats socket");
+    assert_eq!(sock.path, Path::new("/var/run/haproxy.sock"));
+    assert_eq!(sock.mode, Some(0o600));
+    // HAProxy's default level.
+    assert_eq!(sock.level, AccessLevel::Operator);
+}
+
+#[test]
+fn stats_socket_options() {
+    let base =
+        "frontend f\n    bind :1\n    default_backend b\nbackend b\n    server a 127.0.0.1:1\n";
+    let l = load(
+        &format!(
+            "global\n    stats timeout 1m\n    stats socket rt.sock mode 660 level admin\n{base}"
+        ),
+        false,
+    )
+    .unwrap();
+    let s = l.config.global.stats_socket.unwrap();
+    // Relative to the configuration's directory.
+    assert_eq!(s.path, Path::new("./rt.sock"));
+    assert_eq!(
+        (s.mode, s.level, s.timeout),
+        (Some(0o660), AccessLevel::Admin, Duration::from_secs(60))
+    );
+    // `stats timeout` after the socket applies too; no `mode`: the umask's.
+    let l = load(
+        &format!("global\n    stats socket /x.sock user haproxy\n    stats timeout 2s\n{base}"),
+        false,
+    )
+    .unwrap();
+    let s = l.config.global.stats_socket.unwrap();
+    assert_eq!((s.mode, s.timeout), (None, Duration::from_secs(2)));
+    assert!(l.warnings.iter().any(|w| w
+        .to_string()
+        .contains("option 'user' is accepted and not applied")));
+    assert_eq!(
+        errors(&format!("global\n    stats socket /x.sock mode 999 level root\n    stats socket /y.sock\n    stats timeout 0\n{base}")),
+        vec![
+            "t.cfg:2: stats socket 'mode' must be octal permission bits (e.g. 600), not '999'",
+            "t.cfg:2: stats socket 'level' must be user, operator or admin",
+            "t.cfg:3: only one 'stats socket' is supported (the runtime API listens on one path)",
+            "t.cfg:4: 'stats timeout' needs a duration above 0 (e.g. 'stats timeout 10s')",
+        ]
     );
 }
 
@@ -240,8 +285,9 @@ fn disabled_server_takes_no_traffic_and_deferred_settings_warn() {
         false,
     )
     .unwrap();
+    // The weight stays: `disabled` starts the server in maintenance.
     let s = &l.config.backends[0].servers;
-    assert_eq!((s[0].weight, s[0].opts.disabled), (0, true));
+    assert_eq!((s[0].weight, s[0].opts.disabled), (5, true));
     let w: Vec<String> = l.warnings.iter().map(|d| d.to_string()).collect();
     assert!(!w.iter().any(|x| x.contains("issue 5")), "{w:#?}");
 }

@@ -1,0 +1,198 @@
+//! Reloading the configuration file: `SIGHUP` and the runtime API's
+//! `reload` command take this one path, so they validate, swap and refuse
+//! alike.
+//!
+//! A reload reads the file again (the reader chosen by its extension, as at
+//! start), applies the command line's overrides (`--bind`, `--stats`) so a
+//! reload does not undo them, and hands the result to
+//! [`Shared::swap`](crate::gateway::Shared::swap): the new snapshot is
+//! built whole and swapped in atomically, runtime state carries over by
+//! name. A configuration with any error is refused and the running one
+//! stays. Listeners (binds, modes), the stats listener and the runtime API
+//! socket are opened once at start: a reload that changes them is applied
+//! to everything else and says that those changes need a restart.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::config::{self, Bind, Config};
+use crate::gateway::Shared;
+
+/// What the command line changes in every configuration served.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--bind`: replaces the first frontend's addresses (TLS and PROXY
+    /// settings are taken from its first bind).
+    pub bind: Vec<SocketAddr>,
+    /// `--stats`: the stats listener's address.
+    pub stats: Option<SocketAddr>,
+}
+
+impl Overrides {
+    pub fn apply(&self, cfg: &mut Config) -> Result<(), String> {
+        if !self.bind.is_empty() {
+            let Some(fe) = cfg.frontends.first_mut() else {
+                return Err("--bind: the configuration has no frontend".into());
+            };
+            let template = fe.binds.first().cloned();
+            fe.binds = self
+                .bind
+                .iter()
+                .map(|&addr| Bind {
+                    addr,
+                    tls: template.as_ref().and_then(|t| t.tls.clone()),
+                    accept_proxy: template.as_ref().is_some_and(|t| t.accept_proxy),
+                })
+                .collect();
+        }
+        if let Some(s) = self.stats {
+            cfg.global.stats = Some(s);
+        }
+        Ok(())
+    }
+}
+
+/// Reloads the file a gateway was started with.
+#[derive(Debug)]
+pub struct Reloader {
+    /// `None`: serving the embedded default, nothing to reload.
+    path: Option<PathBuf>,
+    lenient: bool,
+    overrides: Overrides,
+    /// One reload at a time: a signal and a socket command arriving
+    /// together would otherwise race to store their snapshots. Held only
+    /// while reading and swapping, never across an `.await`.
+    busy: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(path: Option<PathBuf>, lenient: bool, overrides: Overrides) -> Reloader {
+        Reloader {
+            path,
+            lenient,
+            overrides,
+            busy: Mutex::new(()),
+        }
+    }
+
+    /// Reads, validates and swaps in the configuration file. `Ok` carries
+    /// the warnings (the reader's, and changes that need a restart);
+    /// `Err` every reason the file was refused — the running configuration
+    /// then stays. Both are logged here, so every caller logs alike.
+    pub fn reload(&self, shared: &Shared) -> Result<Vec<String>, String> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.load_and_swap(shared);
+        match &result {
+            Ok(warnings) => {
+                for w in warnings {
+                    tracing::warn!("reload: {w}");
+                }
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => tracing::error!("reload refused, the running configuration stays:\n{e}"),
+        }
+        result
+    }
+
+    fn load_and_swap(&self, shared: &Shared) -> Result<Vec<String>, String> {
+        let Some(path) = &self.path else {
+            return Err("serving the embedded default configuration: there is no file to reload (start with `llmgw run -c FILE`)".into());
+        };
+        let (mut new, diags) =
+            config::load_with(path, self.lenient).map_err(|diags| diags.to_string())?;
+        self.overrides.apply(&mut new)?;
+        let mut warnings: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        warnings.extend(restart_only_changes(&shared.current.load().config, &new));
+        shared.swap(new)?;
+        Ok(warnings)
+    }
+}
+
+/// What a reload cannot change in a running process.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let listeners = |c: &Config| {
+        c.frontends
+            .iter()
+            .map(|f| {
+                (
+                    f.name.clone(),
+                    f.mode,
+                    f.binds.iter().map(|b| b.addr).collect::<Vec<_>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = Vec::new();
+    if listeners(old) != listeners(new) {
+        out.push("listener changes (binds, mode) need a restart for now; routes, backends and servers are reloaded".to_owned());
+    }
+    if old.global.stats != new.global.stats {
+        out.push("a new stats listener address needs a restart".to_owned());
+    }
+    if old.global.stats_socket != new.global.stats_socket {
+        out.push("stats socket changes need a restart".to_owned());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &std::path::Path, text: &str) -> PathBuf {
+        let p = dir.join("llmgw.toml");
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+
+    const CFG: &str = "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n\
+                       [[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"127.0.0.1:9\"\n";
+
+    #[test]
+    fn good_then_bad_then_none() {
+        let dir = std::env::temp_dir().join(format!("llmgw-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = write(&dir, CFG);
+        let cfg = config::load(&path).expect("valid");
+        let shared = Shared::new(cfg, None).expect("shared");
+        let r = Reloader::new(Some(path.clone()), false, Overrides::default());
+
+        // The same file again: nothing needs a restart.
+        assert_eq!(r.reload(&shared), Ok(vec![]));
+
+        // A new server is picked up.
+        write(
+            &dir,
+            &format!("{CFG}[[backend.server]]\nname = \"t\"\naddress = \"127.0.0.1:10\"\n"),
+        );
+        assert_eq!(r.reload(&shared), Ok(vec![]));
+        assert_eq!(shared.current.load().config.backends[0].servers.len(), 2);
+
+        // A broken file is refused with its diagnostics; the running one stays.
+        write(&dir, "[[backend]]\nname = \"b\"\nbalance = \"nope\"\n");
+        let e = r.reload(&shared).unwrap_err();
+        assert!(e.contains("llmgw.toml:"), "{e}");
+        assert_eq!(shared.current.load().config.backends[0].servers.len(), 2);
+
+        // A moved bind is applied elsewhere, and said to need a restart.
+        write(&dir, &CFG.replace("127.0.0.1:0", "127.0.0.1:1"));
+        let w = r.reload(&shared).expect("reloaded");
+        assert!(w[0].starts_with("listener changes"), "{w:?}");
+
+        // `--bind` is kept across reloads: no listener change then.
+        let o = Overrides {
+            bind: vec!["127.0.0.1:1".parse().expect("addr")],
+            stats: None,
+        };
+        let r = Reloader::new(Some(path), false, o);
+        assert_eq!(r.reload(&shared), Ok(vec![]));
+
+        let none = Reloader::new(None, false, Overrides::default());
+        assert!(none
+            .reload(&shared)
+            .unwrap_err()
+            .contains("embedded default"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
