@@ -394,31 +394,17 @@ impl Table {
         self.len() == 0
     }
 
-    /// Every entry with its data as of now, keys in order (`show table`).
+    /// Every entry with its data as of now, keys in order.
     pub fn snapshot(&self) -> Vec<(Key, Vec<(Data, i64)>)> {
-        let now = (self.clock)();
-        let mut out = Vec::new();
-        for s in self.shards.iter() {
-            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
-            self.expire(&mut s.map, now);
-            for (k, e) in s.map.iter() {
-                let vals = self
-                    .columns
-                    .iter()
-                    .zip(e.values.iter())
-                    .map(|(c, v)| {
-                        let n = match v {
-                            Value::Count(n) => *n,
-                            Value::Rate(r) => r.read(now, c.period_ms) as i64,
-                        };
-                        (c.data, n)
-                    })
-                    .collect();
-                out.push((k.clone(), vals));
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        self.dump()
+            .into_iter()
+            .map(|d| {
+                (
+                    d.key,
+                    d.values.into_iter().map(|(c, n)| (c.data, n)).collect(),
+                )
+            })
+            .collect()
     }
 
     /// Every entry as `show table` prints it, keys in order.
