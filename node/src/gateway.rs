@@ -46,6 +46,9 @@ pub struct Snapshot {
     /// `track-sc` key from a body field): the general path reads it whole
     /// first, and the HTTP/1 engine hands such requests over.
     pub reads_body: bool,
+    /// The access-log writer, when some frontend logs; each snapshot opens
+    /// its own (a reload reopens a log file: see `crate::logs`).
+    pub logger: Option<Arc<crate::logs::Logger>>,
 }
 
 /// What the tracked tables count of a request's cost.
@@ -274,11 +277,24 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
         || config.backends.iter().any(|b| body_keyed(&b.http_request));
     let tracking_needs_general_path = tracking
         && (accounting.any() || reads_body || backends.iter().any(|b: &BackendRt| !b.h1_only));
-    let frontend_stats = config
+    let frontend_stats: Vec<_> = config
         .frontends
         .iter()
         .map(|f| runtime.metrics.frontend(&f.name))
         .collect();
+    // Started last: nothing after it can fail, so a refused configuration
+    // leaves no writer thread behind.
+    let logger = match &config.global.log {
+        Some(t) if config.frontends.iter().any(|f| f.log.is_some()) => Some(
+            crate::logs::Logger::start(
+                t,
+                runtime.metrics.logs_dropped.clone(),
+                frontend_stats.clone(),
+            )
+            .map_err(|e| format!("access log {}: {e}", t.sink.to_target()))?,
+        ),
+        _ => None,
+    };
     Ok(Snapshot {
         config,
         backends,
@@ -289,5 +305,6 @@ fn build(config: Config, runtime: &Runtime, mock: Option<SocketAddr>) -> Result<
         tracking_needs_general_path,
         accounting,
         reads_body,
+        logger,
     })
 }

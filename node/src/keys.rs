@@ -53,6 +53,8 @@ pub struct KeyRing {
     pub table: Arc<Table>,
     /// Per-key traffic counters (same order as `keys`).
     stats: Vec<Arc<crate::metrics::LlmStats>>,
+    /// The keys' names, shared into access-log lines without a copy.
+    names: Vec<Arc<str>>,
 }
 
 impl KeyRing {
@@ -78,6 +80,11 @@ impl KeyRing {
                 .keys
                 .iter()
                 .map(|k| runtime.metrics.key(&k.name))
+                .collect(),
+            names: list
+                .keys
+                .iter()
+                .map(|k| Arc::from(k.name.as_str()))
                 .collect(),
         })
     }
@@ -140,6 +147,11 @@ impl KeyRing {
 
     pub fn name(&self, i: usize) -> &str {
         &self.keys[i].name
+    }
+
+    /// Key `i`'s name, for access logs.
+    pub fn log_name(&self, i: usize) -> &Arc<str> {
+        &self.names[i]
     }
 
     /// Key `i`'s traffic counters.

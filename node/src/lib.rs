@@ -16,6 +16,7 @@ pub mod http;
 pub mod keys;
 pub mod listen;
 pub mod llm;
+pub mod logs;
 pub mod metrics;
 pub mod mock;
 pub mod reload;

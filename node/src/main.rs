@@ -133,9 +133,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Internal logs (`tracing`, on stderr): the level comes from `RUST_LOG`,
+/// else the configuration's `log_level`, else `info`.
+fn init_tracing(configured: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::try_new(configured.unwrap_or("info"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -144,20 +148,22 @@ fn init_tracing() {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    init_tracing();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let embedded = args.config.is_none();
     let loaded = match &args.config {
-        Some(path) => config::load_with(path, args.lenient).map(|(c, warnings)| {
+        Some(path) => config::load_with(path, args.lenient),
+        None => config::load_embedded_default().map(|c| (c, Vec::new())),
+    };
+    let mut cfg = match loaded {
+        Ok((c, warnings)) => {
+            // The configuration may set the level: tracing starts once it
+            // is read, and its warnings follow.
+            init_tracing(c.global.log_level.as_deref());
             for w in warnings {
                 tracing::warn!("{w}");
             }
             c
-        }),
-        None => config::load_embedded_default(),
-    };
-    let mut cfg = match loaded {
-        Ok(c) => c,
+        }
         Err(diags) => {
             eprintln!("{diags}");
             return ExitCode::FAILURE;

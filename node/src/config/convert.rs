@@ -193,6 +193,33 @@ pub fn convert(c: &Config, text: &str) -> String {
         }
         g.insert("stats_socket".into(), Value::Table(st));
     }
+    if let Some(t) = &c.global.log {
+        let mut lt = Table::new();
+        lt.insert("target".into(), Value::String(t.sink.to_target()));
+        lt.insert("format".into(), Value::String(t.format.name().into()));
+        // Written out whatever the default: HAProxy frames stdout too.
+        lt.insert(
+            "syslog_format".into(),
+            Value::String(t.framing.name().into()),
+        );
+        lt.insert(
+            "facility".into(),
+            Value::String(super::log::FACILITIES[t.facility as usize].into()),
+        );
+        if t.level != 7 {
+            lt.insert(
+                "level".into(),
+                Value::String(super::log::LEVELS[t.level as usize].into()),
+            );
+        }
+        if let Some(n) = t.max_len {
+            lt.insert("len".into(), Value::Integer(n as i64));
+        }
+        g.insert("log".into(), Value::Table(lt));
+    }
+    if let Some(l) = &c.global.log_level {
+        g.insert("log_level".into(), Value::String(l.clone()));
+    }
     root.insert("global".into(), Value::Table(g));
 
     let mut fes = Vec::new();
@@ -274,6 +301,18 @@ pub fn convert(c: &Config, text: &str) -> String {
             );
         }
         t.insert("timeout".into(), timeouts(&f.timeouts));
+        match (f.log, &c.global.log) {
+            (None, Some(_)) => {
+                t.insert("log".into(), Value::Boolean(false));
+            }
+            (Some(fmt), Some(g)) if fmt != g.format => {
+                t.insert("log_format".into(), Value::String(fmt.name().into()));
+            }
+            _ => {}
+        }
+        if f.dontlognull {
+            t.insert("dontlognull".into(), Value::Boolean(true));
+        }
         if !acl.is_empty() {
             t.insert("acl".into(), strings(acl));
         }

@@ -4,6 +4,7 @@ pub mod check;
 pub mod convert;
 pub mod diag;
 pub mod haproxy;
+pub mod log;
 pub mod model;
 pub mod native;
 pub mod stick;

@@ -84,6 +84,11 @@ pub struct Global {
     /// `tune.llm.default-max-tokens` (llmgw's): every frontend's
     /// [`Frontend::default_max_tokens`].
     pub default_max_tokens: Option<u64>,
+    /// Where access logs go; `None`: no frontend logs.
+    pub log: Option<super::log::LogTarget>,
+    /// The internal (`tracing`) log level when `RUST_LOG` is not set, as
+    /// an `EnvFilter` directive (`info`, `debug`, `llmgw=debug,hyper=warn`).
+    pub log_level: Option<String>,
 }
 
 /// Access to the stats listener (`/stats`, `/stats.json`, `/metrics` and
@@ -370,6 +375,11 @@ pub struct Frontend {
     pub http_request: Vec<HttpReqRule>,
     /// `http-response` rules, in order.
     pub http_response: Vec<HttpRespRule>,
+    /// This frontend's access-log format; `None`: it logs nothing.
+    pub log: Option<super::log::LogFormat>,
+    /// HAProxy's `option dontlognull`: a connection that sent no byte at
+    /// all (closed, or timed out) leaves no line.
+    pub dontlognull: bool,
 }
 
 impl Frontend {

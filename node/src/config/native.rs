@@ -16,6 +16,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::diag::{Diag, Diags, Lines};
+use super::log::{self, Framing, LogFormat, LogTarget};
 use super::model::*;
 use super::units::{parse_duration, parse_size};
 
@@ -109,6 +110,30 @@ struct RawGlobal {
     stats: Option<Spanned<RawStatsValue>>,
     /// The runtime API socket: a path, or `{ path, mode, level, timeout }`.
     stats_socket: Option<Spanned<RawStatsSocket>>,
+    /// Where access logs go: `{ target = "stdout", format = "httplog" }`.
+    log: Option<Spanned<RawLog>>,
+    /// The internal log level when `RUST_LOG` is not set.
+    log_level: Option<Spanned<String>>,
+}
+
+/// `[global] log = { … }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    /// `stdout`, `stderr`, `udp://HOST:PORT`, `unix:///dev/log` or a file.
+    target: String,
+    /// `httplog` (default) or `json`: the format of frontends that do not
+    /// choose one.
+    format: Option<String>,
+    /// `raw`, `short`, `rfc3164` or `rfc5424`; default `raw` for stdout,
+    /// stderr and files, `rfc3164` for syslog sockets.
+    syslog_format: Option<String>,
+    /// Syslog facility (default `local0`).
+    facility: Option<String>,
+    /// Syslog level filter (default `debug`: everything); traffic is `info`.
+    level: Option<String>,
+    /// Longest line (HAProxy's `len`); longer httplog lines are cut.
+    len: Option<usize>,
 }
 
 /// The default stats listener address (HAProxy's usual `:8404`, on
@@ -291,6 +316,14 @@ struct RawFrontend {
     /// HAProxy-syntax `tcp-request` lines without the keyword:
     /// `inspect-delay 5s`, `content reject if { … }`.
     tcp_request_rules: Option<Spanned<Vec<String>>>,
+    /// Access logs for this frontend (default: on when `[global] log` is set).
+    log: Option<bool>,
+    /// This frontend's format, in place of the global one.
+    log_format: Option<Spanned<String>>,
+    /// No line for a connection that sent nothing (HAProxy's `option
+    /// dontlognull`).
+    #[serde(default)]
+    dontlognull: bool,
 }
 
 #[derive(Deserialize)]
@@ -665,6 +698,16 @@ impl Compiler<'_> {
             tune_bufsize: None,
             ssl_cachesize: None,
             default_max_tokens: None,
+            log: raw.global.log.as_ref().and_then(|l| self.log_target(l)),
+            log_level: raw.global.log_level.as_ref().and_then(|l| {
+                match tracing_subscriber::EnvFilter::try_new(l.get_ref()) {
+                    Ok(_) => Some(l.get_ref().clone()),
+                    Err(e) => {
+                        self.err(l.span(), format!("log_level '{}': {e}", l.get_ref()));
+                        None
+                    }
+                }
+            }),
         };
         if let Some(m) = raw.global.maxconn.as_ref().filter(|m| *m.get_ref() == 0) {
             self.err(m.span(), "global maxconn must be at least 1");
@@ -727,6 +770,7 @@ impl Compiler<'_> {
             }
             let modes: Vec<Mode> = backends.iter().map(|b: &Backend| b.mode).collect();
             let keys = rf.client_keys.clone();
+            let log = self.frontend_log(&rf, global.log.as_ref());
             let mut f = self.frontend(
                 rf,
                 &default_timeouts,
@@ -770,6 +814,7 @@ impl Compiler<'_> {
                     );
                 }
             }
+            f.log = log.filter(|_| f.mode == Mode::Http);
             frontends.push(f);
         }
         if frontends.is_empty() {
@@ -1221,7 +1266,113 @@ impl Compiler<'_> {
             request_id_header,
             http_request: embedded.req,
             http_response: embedded.resp,
+            log: None,
+            dontlognull: rf.dontlognull,
         }
+    }
+
+    /// `[global] log = { … }`.
+    fn log_target(&mut self, raw: &Spanned<RawLog>) -> Option<LogTarget> {
+        let span = raw.span();
+        let r = raw.get_ref();
+        let sink = match log::native_sink(&r.target, self.base) {
+            Ok(s) => s,
+            Err(e) => {
+                self.err(span, e);
+                return None;
+            }
+        };
+        let framing = match r.syslog_format.as_deref() {
+            None if sink.is_stream() => Framing::Raw,
+            None => Framing::Rfc3164,
+            Some(f) => match Framing::parse(f) {
+                Some(f) => f,
+                None => {
+                    self.err(
+                        span,
+                        format!("log syslog_format '{f}' must be raw, short, rfc3164 or rfc5424"),
+                    );
+                    return None;
+                }
+            },
+        };
+        let mut t = LogTarget::new(sink, framing);
+        if let Some(f) = &r.format {
+            match LogFormat::parse(f) {
+                Some(f) => t.format = f,
+                None => {
+                    self.err(span, format!("log format '{f}' must be httplog or json"));
+                    return None;
+                }
+            }
+        }
+        if let Some(f) = &r.facility {
+            match log::facility(f) {
+                Some(f) => t.facility = f,
+                None => {
+                    self.err(
+                        span,
+                        format!(
+                            "log facility '{f}' is not one of {}",
+                            log::FACILITIES.join(", ")
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        if let Some(l) = &r.level {
+            match log::level(l) {
+                Some(l) => t.level = l,
+                None => {
+                    self.err(
+                        span,
+                        format!("log level '{l}' is not one of {}", log::LEVELS.join(", ")),
+                    );
+                    return None;
+                }
+            }
+        }
+        if let Some(n) = r.len {
+            if n < 80 {
+                self.err(span, format!("log len {n} is too short (at least 80)"));
+                return None;
+            }
+            t.max_len = Some(n);
+        }
+        Some(t)
+    }
+
+    /// A frontend's access-log format: on by default when the process has
+    /// a target, off with `log = false`.
+    fn frontend_log(&mut self, rf: &RawFrontend, target: Option<&LogTarget>) -> Option<LogFormat> {
+        let own = rf
+            .log_format
+            .as_ref()
+            .and_then(|f| match LogFormat::parse(f.get_ref()) {
+                Some(f) => Some(f),
+                None => {
+                    self.err(
+                        f.span(),
+                        format!("log_format '{}' must be httplog or json", f.get_ref()),
+                    );
+                    None
+                }
+            });
+        if rf.log == Some(true) && target.is_none() {
+            self.err(
+                rf.name.span(),
+                format!(
+                    "frontend '{}' has log = true but [global] sets no log target",
+                    rf.name.get_ref()
+                ),
+            );
+        }
+        let target = target.filter(|t| t.sends_traffic())?;
+        if rf.log == Some(false) {
+            return None;
+        }
+        Some(own.unwrap_or(target.format))
     }
 
     /// HAProxy-syntax ACLs and rules embedded in a section.

@@ -37,6 +37,7 @@ use super::h1::framing::Refusal;
 use super::h1::guard::{Guard, Verdicts};
 use crate::config::Timeouts;
 use crate::gateway::Shared;
+use crate::logs::BadRequest;
 
 /// Facts about the client connection a request arrived on.
 #[derive(Debug)]
@@ -255,8 +256,10 @@ enum Prelude {
     /// Not HTTP (400), a bare LF (400), no end of headers within the size
     /// limit (414 or 431): answered, then closed.
     Refused(Refusal),
-    TimedOut,
-    Closed,
+    /// `timeout http-request` passed; `empty`: not a byte came.
+    TimedOut { empty: bool },
+    /// The client closed first; `empty`: not a byte came.
+    Closed { empty: bool },
 }
 
 const PRELUDE_MAX: usize = 64 * 1024;
@@ -299,8 +302,12 @@ async fn read_prelude<IO: AsyncRead + Unpin>(io: &mut IO, limit: Duration) -> Pr
             }
         }
         Ok(Err(r)) => Prelude::Refused(r),
-        Ok(Ok(false)) => Prelude::Closed,
-        Err(_) => Prelude::TimedOut,
+        Ok(Ok(false)) => Prelude::Closed {
+            empty: buf.is_empty(),
+        },
+        Err(_) => Prelude::TimedOut {
+            empty: buf.is_empty(),
+        },
     }
 }
 
@@ -315,15 +322,30 @@ pub async fn serve<IO>(
 ) where
     IO: super::h1::ClientIo + 'static,
 {
+    let accepted = std::time::Instant::now();
     let mut prefix = if h2 {
         BytesMut::new()
     } else {
-        match read_prelude(&mut io, timeouts.http_request).await {
+        let prelude = read_prelude(&mut io, timeouts.http_request).await;
+        // A connection whose first request never became one is logged
+        // as HAProxy logs it (`<BADREQ>`; see `option dontlognull`).
+        let bad = match &prelude {
+            Prelude::Ready(_) => None,
+            Prelude::Closed { empty: true } => Some(BadRequest::ClosedEmpty),
+            Prelude::Closed { empty: false } => Some(BadRequest::ClosedPartial),
+            Prelude::TimedOut { empty: true } => Some(BadRequest::TimedOutEmpty),
+            Prelude::TimedOut { empty: false } => Some(BadRequest::TimedOutPartial),
+            Prelude::Refused(r) => Some(BadRequest::Invalid(r.status.as_u16())),
+        };
+        if let Some(how) = bad {
+            crate::logs::bad_request(&shared.current.load(), &info, accepted, how);
+        }
+        match prelude {
             Prelude::Ready(b) => b,
-            Prelude::Closed => return,
+            Prelude::Closed { .. } => return,
             // Answered with the engine's own writer, so the answer is the
             // same as for any later request; then closed.
-            Prelude::TimedOut => {
+            Prelude::TimedOut { .. } => {
                 let resp = super::error::error_response(
                     StatusCode::REQUEST_TIMEOUT,
                     "request_timeout",

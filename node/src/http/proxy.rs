@@ -69,6 +69,16 @@ pub async fn handle(
         Some(s) => Box::new(Txn::new(s)),
         None => return error::bad_gateway("This listener is closing."),
     };
+    // hyper has the head before this runs: the head's own time is unknown.
+    crate::logs::begin(
+        &mut txn,
+        &snap,
+        fe.log,
+        conn,
+        (&req).into(),
+        std::time::Instant::now(),
+    );
+    txn.log_request_id(request_id.as_ref());
     let mut resp = match h2_malformed(&mut req) {
         Some(why) => error::bad_request(&format!("The request is malformed: {why}.")),
         None => {
@@ -91,6 +101,12 @@ pub async fn handle(
     finish_response(fe, resp.headers_mut(), request_id);
     tracked.answered(resp.status().as_u16());
     txn.head(resp.status().as_u16());
+    if txn.logging() {
+        txn.log_head_out(crate::logs::response_head_len(
+            resp.status(),
+            resp.headers(),
+        ));
+    }
     resp.map(|b| {
         b.with_inflight(inflight)
             .with_tracked(tracked)
@@ -270,7 +286,10 @@ async fn proxy(
                     Some(next) if takes(next, status, &body) => {
                         (status, Response::new(RespBody::empty()))
                     }
-                    _ => break (resp, guard, first),
+                    _ => {
+                        txn.server_head(resp.status().as_u16());
+                        break (resp, guard, first);
+                    }
                 }
             }
             Forwarded::Failed(f, answer) => (f, answer),
@@ -726,6 +745,7 @@ pub(super) fn choose_backend(
             let k = ring.admit(&mut parts.headers, model_name, tracked)?;
             if let Some(txn) = txn {
                 txn.client_key(ring.stats(k).clone());
+                txn.log_client_key(ring.log_name(k));
             }
             Some((ring, k))
         }

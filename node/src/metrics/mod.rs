@@ -224,11 +224,15 @@ pub struct Registry {
     frontends: Mutex<HashMap<String, Arc<ProxyStats>>>,
     backends: Mutex<HashMap<String, Arc<BackendStats>>>,
     keys: Mutex<HashMap<String, Arc<LlmStats>>>,
+    /// Access-log lines dropped because the writer was behind.
+    pub logs_dropped: Arc<AtomicU64>,
 }
 
 /// A backend's counters, and its per-model LLM counters.
 #[derive(Debug, Default)]
 pub struct BackendStats {
+    /// The backend's name (access logs name it).
+    pub name: String,
     pub proxy: ProxyStats,
     models: Mutex<Vec<(Arc<str>, Arc<LlmStats>)>>,
     /// Requests whose model is not known (no rule read it) or past the
@@ -237,6 +241,13 @@ pub struct BackendStats {
 }
 
 impl BackendStats {
+    pub fn named(name: &str) -> BackendStats {
+        BackendStats {
+            name: name.to_owned(),
+            ..BackendStats::default()
+        }
+    }
+
     /// The counters of `model` on this backend (`other` when unknown or
     /// past the cap). A short linear scan under a lock taken once per
     /// request end, for requests whose model is known.
@@ -276,7 +287,13 @@ impl Registry {
     }
 
     pub fn backend(&self, name: &str) -> Arc<BackendStats> {
-        entry(&self.backends, name)
+        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(name) {
+            return s.clone();
+        }
+        let s = Arc::new(BackendStats::named(name));
+        map.insert(name.to_owned(), s.clone());
+        s
     }
 
     /// A client key's counters, by the key's configured name (never the

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{status_class, BackendStats, LlmStats, ProxyStats, Sample};
 use crate::llm::usage::{Tokens, UsageScanner};
+use crate::logs::{self, Logger, Record};
 use crate::runtime::ServerState;
 
 /// How a request ended, in HAProxy's two-letter termination state terms
@@ -72,6 +73,12 @@ pub struct Txn {
     termination: Termination,
     usage: Option<UsageScanner>,
     discarded: bool,
+    /// The response head came from the server (not the gateway).
+    server_answered: bool,
+    /// The access-log line being filled, when the frontend logs: `None`
+    /// costs nothing (no allocation, nothing sent) on a frontend without
+    /// logs.
+    log: Option<(Arc<Logger>, Box<Record>)>,
 }
 
 impl Txn {
@@ -95,6 +102,49 @@ impl Txn {
             termination: Termination::Normal,
             usage: None,
             discarded: false,
+            server_answered: false,
+            log: None,
+        }
+    }
+
+    /// Logs this request when it ends, in `record` (begun by
+    /// [`crate::logs::begin`]).
+    pub fn log(&mut self, logger: Arc<Logger>, record: Box<Record>) {
+        self.log = Some((logger, record));
+    }
+
+    /// Whether this request will be logged.
+    pub fn logging(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// The request id, for the log line.
+    pub fn log_request_id(&mut self, id: Option<&http::HeaderValue>) {
+        if let (Some((_, r)), Some(id)) = (&mut self.log, id) {
+            r.request_id = Some(id.clone());
+        }
+    }
+
+    /// The client key's configured name, for the log line.
+    pub fn log_client_key(&mut self, name: &Arc<str>) {
+        if let Some((_, r)) = &mut self.log {
+            r.client_key = Some(name.clone());
+        }
+    }
+
+    /// Bytes of the response head sent to the client (the log's `%B`
+    /// counts them with the body).
+    pub fn log_head_out(&mut self, n: u64) {
+        if let Some((_, r)) = &mut self.log {
+            r.bytes_read += n;
+        }
+    }
+
+    /// Bytes of the request head, when known exactly (the HTTP/1 engine);
+    /// replaces the estimate [`crate::logs::begin`] made.
+    pub fn log_head_in(&mut self, n: u64) {
+        if let Some((_, r)) = &mut self.log {
+            r.bytes_uploaded = n;
         }
     }
 
@@ -147,6 +197,12 @@ impl Txn {
             self.first_byte_at = self.head_at;
         }
         self.body(data);
+    }
+
+    /// The server's response head came (the one the client gets).
+    pub fn server_head(&mut self, status: u16) {
+        self.server_answered = true;
+        self.head(status);
     }
 
     pub fn model(&mut self, model: Option<&str>) {
@@ -208,6 +264,60 @@ impl Txn {
     }
 }
 
+impl Txn {
+    /// Finishes the log line and hands it to the writer; after the counters
+    /// (the connection counts it shows exclude this request, as HAProxy's).
+    fn send_log(&mut self, total: Duration, tokens: Option<Tokens>) {
+        let Some((logger, mut r)) = self.log.take() else {
+            return;
+        };
+        let ms = |d: Option<Duration>| d.map_or(-1, logs::ms);
+        let since = |from: Option<Duration>, to: Option<Duration>| to?.checked_sub(from?);
+        let reached_server = self.server.is_some()
+            && !matches!(
+                self.termination,
+                Termination::ConnectFailed | Termination::Queue
+            );
+        // The general path learns of the connection only with the answer:
+        // a connection it reused or made is then counted as instant.
+        let connected = match self.connected_at {
+            Some(c) => Some(c),
+            None if self.server_answered => self.dequeued_at,
+            None => None,
+        };
+        r.timers.queue = ms((self.backend.is_some() && self.server.is_some()).then_some(self.queued));
+        r.timers.connect = match (reached_server, connected) {
+            (true, c) => ms(since(self.dequeued_at, c)),
+            (false, _) => -1,
+        };
+        r.timers.response = match self.server_answered {
+            true => ms(since(connected, self.head_at)),
+            false => -1,
+        };
+        r.timers.active = r.timers.request.max(0) + logs::ms(total);
+        r.ttft_ms = self.first_byte_at.map(|d| d.as_millis() as u64);
+        r.status = (self.status != 0).then_some(self.status);
+        r.bytes_read += self.bytes_out;
+        r.bytes_uploaded += self.bytes_in;
+        r.termination = self.termination.code();
+        r.retries = self.retries;
+        r.conns = logs::Conns {
+            process: logger.active_connections(),
+            frontend: self.frontend.cur.load(Relaxed),
+            backend: self
+                .backend
+                .as_ref()
+                .map_or(0, |b| b.proxy.cur.load(Relaxed)),
+            server: self.server.as_ref().map_or(0, |s| s.active() as u64),
+        };
+        r.backend = self.backend.clone();
+        r.server = self.server.clone();
+        r.model = self.model.take();
+        r.tokens = tokens;
+        logger.send(r);
+    }
+}
+
 impl Drop for Txn {
     fn drop(&mut self) {
         if self.discarded {
@@ -216,7 +326,8 @@ impl Drop for Txn {
             }
             return;
         }
-        let total = Sample::of(self.now());
+        let elapsed = self.now();
+        let total = Sample::of(elapsed);
         let class = status_class(self.status);
         let denied = self.termination == Termination::Denied;
         let fe = &self.frontend;
@@ -297,6 +408,7 @@ impl Drop for Txn {
                 k.tokens_out.fetch_add(t.output, Relaxed);
             }
         }
+        self.send_log(elapsed, tokens);
     }
 }
 

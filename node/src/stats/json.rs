@@ -282,6 +282,10 @@ pub fn document(shared: &Shared) -> Value {
         "frontends": frontends,
         "backends": backends,
         "tables": tables,
+        "logs": {
+            "enabled": snap.logger.is_some(),
+            "dropped": shared.runtime.metrics.logs_dropped.load(Relaxed),
+        },
     })
 }
 

@@ -187,6 +187,16 @@ pub fn render(shared: &Shared) -> String {
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
+    f.head(
+        "llmgw_logs_dropped_total",
+        "counter",
+        "Access-log lines dropped because the log writer was behind.",
+    );
+    f.sample(
+        "llmgw_logs_dropped_total",
+        &[],
+        shared.runtime.metrics.logs_dropped.load(Relaxed),
+    );
 
     // Rows: (side, labels, counters) for every frontend, backend, server.
     let frontends: Vec<Row> = snap

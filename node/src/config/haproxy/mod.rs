@@ -26,6 +26,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use self::cond::{parse_test, split_cond, Acls};
 use self::lexer::{lex, Line, Word};
 use super::diag::{Diag, Diags};
+use super::log::{haproxy_log_line, LogFormat, LogTarget};
 use super::model::*;
 use super::native::{
     check_stats_uri, parse_balance, parse_listen_addr, parse_server_addr, DEFAULT_BODY_LIMIT,
@@ -242,6 +243,27 @@ struct Draft {
     /// `fallback BACKEND [model NAME] [on KEYWORD…]` lines, resolved once
     /// every backend is known.
     fallback: Vec<FallbackLine>,
+    /// `log global`, `log TARGET …` or `no log`.
+    log: LogDecl,
+    /// `option httplog` / `option jsonlog`.
+    log_format: Option<LogFormat>,
+    /// `option dontlognull`.
+    dontlognull: bool,
+}
+
+/// What a section says about logging.
+#[derive(Clone, Default)]
+enum LogDecl {
+    /// Nothing: no access log (as in HAProxy, a proxy logs only with a
+    /// `log` line of its own or inherited from `defaults`).
+    #[default]
+    Unset,
+    /// `log global`: the global section's target.
+    Global,
+    /// `log TARGET …` in the section, with its line.
+    Own(Box<LogTarget>, usize),
+    /// `no log`.
+    Off,
 }
 
 /// A `fallback` line as written (llmgw's own directive).
@@ -545,6 +567,8 @@ impl Cx<'_> {
             tune_bufsize: None,
             ssl_cachesize: None,
             default_max_tokens: None,
+            log: None,
+            log_level: None,
         };
         let mut template = Draft::default();
         let mut proxies: Vec<Proxy> = Vec::new();
@@ -640,15 +664,14 @@ impl Cx<'_> {
                 Some(Ok(n)) if a.len() == 1 && n >= 1024 => g.tune_bufsize = Some(n as usize),
                 _ => self.err(l.line, "'tune.bufsize' needs a size of at least 1024"),
             },
-            // Logs go to stderr; the syslog targets are accepted as written.
-            "log" => {
-                if a.is_empty() {
-                    self.err(
-                        l.line,
-                        "'log' needs a target (e.g. 'log stdout format raw local0')",
-                    );
-                }
-            }
+            "log" => match haproxy_log_line(&texts(a), self.base) {
+                Ok(_) if g.log.is_some() => self.err(
+                    l.line,
+                    "a second global 'log' target: llmgw sends access logs to one target",
+                ),
+                Ok(t) => g.log = Some(t),
+                Err(e) => self.err(l.line, e),
+            },
             "stats" if a.first().is_some_and(|w| w.text == "socket") => self.stats_socket(l, g),
             "stats" if a.first().is_some_and(|w| w.text == "timeout") => {
                 let t = match a.get(1).map(|w| parse_duration(&w.text)) {
@@ -736,7 +759,20 @@ impl Cx<'_> {
                 ["tcp"] => d.mode = Some(Mode::Tcp),
                 _ => self.err(l.line, "'mode' must be 'http' or 'tcp'"),
             },
-            "log" => {}
+            "log" => match texts(a).as_slice() {
+                ["global"] => d.log = LogDecl::Global,
+                words => match haproxy_log_line(words, self.base) {
+                    Ok(t) => d.log = LogDecl::Own(Box::new(t), l.line),
+                    Err(e) => self.err(l.line, e),
+                },
+            },
+            "no" => match texts(a).as_slice() {
+                ["log"] => d.log = LogDecl::Off,
+                ["option", "httplog" | "jsonlog"] => d.log_format = None,
+                ["option", "dontlognull"] => d.dontlognull = false,
+                ["option", "tcplog" | "http-keep-alive" | "http-buffer-request"] => {}
+                _ => self.unsupported(l),
+            },
             "timeout" => self.timeout(l, d),
             "option" => self.option(l, d, kind),
             "maxconn" => {
@@ -931,8 +967,16 @@ impl Cx<'_> {
             }
         };
         match o.text.as_str() {
-            // Logging and keep-alive are how llmgw behaves anyway.
-            "httplog" | "tcplog" | "dontlognull" | "http-keep-alive" | "http-buffer-request" => {}
+            "httplog" if a.len() > 1 => {
+                self.err(l.line, format!("'option httplog {}' is not supported (only plain 'option httplog', or llmgw's 'option jsonlog')", a[1].text));
+            }
+            "httplog" => d.log_format = Some(LogFormat::Httplog),
+            // llmgw's own: one JSON object per line, with the LLM fields.
+            "jsonlog" => d.log_format = Some(LogFormat::Json),
+            "dontlognull" => d.dontlognull = true,
+            // Keep-alive is how llmgw behaves anyway; mode tcp frontends
+            // write no access log yet.
+            "tcplog" | "http-keep-alive" | "http-buffer-request" => {}
             "forwardfor" => {
                 if a.len() > 1 {
                     self.err(l.line, format!("'option forwardfor {}' is not supported (only plain 'option forwardfor')", a[1].text));
@@ -1979,7 +2023,40 @@ impl Cx<'_> {
     }
 
     /// Resolves names across sections and builds the model.
-    fn finish(&mut self, global: Global, mut proxies: Vec<Proxy>) -> Config {
+    /// The process's one access-log target: the global section's, else a
+    /// frontend's own `log TARGET` line; a frontend whose own target
+    /// differs is an error (llmgw writes one stream of access logs).
+    fn log_target(&mut self, global: &mut Global, proxies: &[Proxy]) {
+        for p in proxies.iter().filter(|p| p.kind.is_fe()) {
+            let LogDecl::Own(t, line) = &p.d.log else {
+                continue;
+            };
+            match &global.log {
+                None => global.log = Some((**t).clone()),
+                Some(g) if g == &**t => {}
+                Some(_) => self.err(*line, format!("{} '{}': its log target differs from the process's (the global one, or another proxy's): llmgw sends every access log to one target; use 'log global'", p.kind.name(), p.name)),
+            }
+        }
+    }
+
+    /// A frontend's access-log format, `None` when it logs nothing.
+    fn frontend_log(&mut self, p: &Proxy, global: &Global, mode: Mode) -> Option<LogFormat> {
+        let target = match &p.d.log {
+            LogDecl::Unset | LogDecl::Off => return None,
+            LogDecl::Global | LogDecl::Own(..) => global.log.as_ref()?,
+        };
+        if mode == Mode::Tcp {
+            self.warn(p.line, format!("{} '{}': access logs of mode tcp proxies are not written yet (only HTTP requests are logged)", p.kind.name(), p.name));
+            return None;
+        }
+        if !target.sends_traffic() {
+            return None;
+        }
+        Some(p.d.log_format.unwrap_or(target.format))
+    }
+
+    fn finish(&mut self, mut global: Global, mut proxies: Vec<Proxy>) -> Config {
+        self.log_target(&mut global, &proxies);
         // Backends (and listens) by name, in order.
         let mut backend_index: HashMap<String, usize> = HashMap::new();
         // Each backend's mode and the line that declares it.
@@ -2178,6 +2255,7 @@ impl Cx<'_> {
                     }
                 }
                 let http = mode == Mode::Http;
+                let log = self.frontend_log(&p, &global, mode);
                 frontends.push(Frontend {
                     name: p.name,
                     mode,
@@ -2203,6 +2281,8 @@ impl Cx<'_> {
                     response_headers: HeaderRules::default(),
                     http_request: if http { p.req_rules } else { Vec::new() },
                     http_response: if http { p.resp_rules } else { Vec::new() },
+                    log,
+                    dontlognull: p.d.dontlognull,
                 });
                 if let Some(fe) = frontends.last() {
                     if fe.mode == Mode::Tcp

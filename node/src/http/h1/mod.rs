@@ -43,6 +43,7 @@ use crate::config::{Backend, Frontend, Timeouts};
 use crate::gateway::{Shared, Snapshot};
 use crate::health::outcome_of;
 use crate::llm::model::{ModelScanner, Scan};
+use crate::logs::{self, BadRequest};
 use crate::metrics::{Denied, Termination, Txn};
 use crate::runtime::{ActiveGuard, Outcome};
 use crate::stick::Tracked;
@@ -129,14 +130,31 @@ pub async fn serve<IO: ClientIo>(
     timeouts: &Timeouts,
 ) -> Served {
     loop {
-        let head_len = match read_head(io, buf, timeouts).await {
+        let mut started = None;
+        let head_len = match read_head(io, buf, timeouts, &mut started).await {
             Ok(Some(n)) => n,
-            Ok(None) => return Served::Closed,
+            Ok(None) => {
+                // A request begun and abandoned is logged; an idle
+                // keep-alive connection closing is not (as in HAProxy).
+                if !buf.is_empty() {
+                    let since = started.unwrap_or_else(Instant::now).into_std();
+                    let snap = shared.current.load();
+                    logs::bad_request(&snap, conn, since, BadRequest::ClosedPartial);
+                }
+                return Served::Closed;
+            }
             Err(resp) => {
+                let how = match resp.status() {
+                    StatusCode::REQUEST_TIMEOUT => BadRequest::TimedOutPartial,
+                    s => BadRequest::Invalid(s.as_u16()),
+                };
+                let since = started.unwrap_or_else(Instant::now).into_std();
+                logs::bad_request(&shared.current.load(), conn, since, how);
                 let _ = write_local(io, resp, true, timeouts.client).await;
                 return Served::Closed;
             }
         };
+        let started = started.unwrap_or_else(Instant::now).into_std();
         let snap = shared.current.load_full();
         let Some(fe) = snap.frontend(&conn.frontend) else {
             // The listener outlived its frontend; the general path answers.
@@ -145,7 +163,7 @@ pub async fn serve<IO: ClientIo>(
         // The exchange's state up to the response head is large and short-
         // lived, so it is boxed; only the small body relay below stays in the
         // connection's task for as long as a stream lasts.
-        let next = match Box::pin(exchange(io, buf, head_len, &snap, fe, conn)).await {
+        let next = match Box::pin(exchange(io, buf, head_len, started, &snap, fe, conn)).await {
             Step::Done(next) => next,
             Step::Stream(body) => body.run(io).await,
         };
@@ -164,11 +182,14 @@ pub async fn serve<IO: ClientIo>(
 
 /// Reads until `buf` holds a complete request head and returns its length.
 /// `Ok(None)`: the client closed, or kept the connection idle past
-/// `timeout http-keep-alive`, between requests.
+/// `timeout http-keep-alive`, between requests (or, with bytes left in
+/// `buf`, mid-head). `started` is set when the request's first byte is
+/// there.
 async fn read_head<IO: ClientIo>(
     io: &mut IO,
     buf: &mut BytesMut,
     t: &Timeouts,
+    started: &mut Option<Instant>,
 ) -> Result<Option<usize>, Response<RespBody>> {
     let mut searched = 0;
     // `timeout http-request` runs from the request's first byte. Bytes
@@ -176,6 +197,9 @@ async fn read_head<IO: ClientIo>(
     // request has started: it gets `http-request` (then a 408), not the
     // keep-alive timeout, which only covers waiting for a first byte.
     let mut deadline = (!buf.is_empty()).then(|| Instant::now() + t.http_request);
+    if deadline.is_some() {
+        *started = Some(Instant::now());
+    }
     loop {
         match scan_head(buf, searched) {
             Ok(Some(end)) => return Ok(Some(end)),
@@ -209,7 +233,10 @@ async fn read_head<IO: ClientIo>(
             }
             Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
             Ok(Ok(_)) => {
-                deadline.get_or_insert_with(|| Instant::now() + t.http_request);
+                deadline.get_or_insert_with(|| {
+                    *started = Some(Instant::now());
+                    Instant::now() + t.http_request
+                });
             }
         }
     }
@@ -290,6 +317,7 @@ async fn exchange<'a, IO: ClientIo>(
     io: &mut IO,
     buf: &mut BytesMut,
     head_len: usize,
+    started: std::time::Instant,
     snap: &'a Snapshot,
     fe: &'a Frontend,
     conn: &ConnInfo,
@@ -301,6 +329,7 @@ async fn exchange<'a, IO: ClientIo>(
         Parsed::Request(r) if r.handoff => return handoff(buf, &head, &Bytes::new()).into(),
         Parsed::Request(r) => r,
         Parsed::Refused(r) => {
+            logs::bad_request(snap, conn, started, BadRequest::Invalid(r.status.as_u16()));
             let _ = write_local(io, refusal_response(r), true, client_to).await;
             return Next::Close.into();
         }
@@ -322,6 +351,9 @@ async fn exchange<'a, IO: ClientIo>(
     if let Framing::Length(n) = framing {
         txn.bytes_in(n);
     }
+    logs::begin(&mut txn, snap, fe.log, conn, (&parts).into(), started);
+    txn.log_head_in(head.len() as u64);
+    txn.log_request_id(request_id.as_ref());
 
     // The body read so far to find the model (kept as received, for a
     // handoff) and what goes upstream in its place (an alias rewritten).
@@ -666,7 +698,7 @@ async fn exchange<'a, IO: ClientIo>(
     }
     tracked.answered(resp.status.as_u16());
     let tracked = (!tracked.is_empty()).then(|| Box::new(tracked));
-    txn.head(resp.status.as_u16());
+    txn.server_head(resp.status.as_u16());
     txn.expect_usage();
     relay_response(
         io, up, pool, active, &mut rbuf, rhead, resp, rframing, be, fe, request_id, close, tracked,
@@ -1265,6 +1297,7 @@ async fn relay_response<'a, IO: ClientIo>(
     put_status_line(&mut out, status);
     put_headers(&mut out, &headers);
     drop(headers);
+    txn.log_head_out(out.len() as u64);
 
     let mut relay = Relay::new(framing);
     let Ok(n) = relay.take(rbuf) else {
@@ -1576,22 +1609,31 @@ async fn answer<IO: ClientIo>(
     txn.head(resp.status().as_u16());
     proxy::hold_tarpitted(&mut resp).await;
     proxy::finish_response(fe, resp.headers_mut(), request_id);
-    if let Some(b) = http_body::Body::size_hint(resp.body()).exact() {
+    let body = http_body::Body::size_hint(resp.body()).exact();
+    if let Some(b) = body {
         txn.bytes_out(b);
     }
     match write_local(io, resp, close, fe.timeouts.client).await {
-        Ok(()) if !close => Next::KeepAlive,
-        _ => Next::Close,
+        Ok(n) => {
+            txn.log_head_out(n.saturating_sub(body.unwrap_or(0)));
+            if close {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            }
+        }
+        Err(_) => Next::Close,
     }
 }
 
-/// Writes a response the gateway made itself (a full body or none).
+/// Writes a response the gateway made itself (a full body or none);
+/// returns how many bytes it took.
 pub(super) async fn write_local<IO: ClientIo>(
     io: &mut IO,
     resp: Response<RespBody>,
     close: bool,
     limit: Duration,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let (mut parts, body) = resp.into_parts();
     let body = body.into_full().unwrap_or_default();
     parts
@@ -1610,7 +1652,7 @@ pub(super) async fn write_local<IO: ClientIo>(
     if close {
         let _ = io.shutdown().await;
     }
-    Ok(())
+    Ok(out.len() as u64)
 }
 
 #[cfg(test)]
