@@ -365,3 +365,209 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod dialect_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{convert, haproxy, native};
+
+    const CFG: &str = "global
+    log 127.0.0.1:5514 len 2048 format rfc5424 local3
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend plain
+    bind 127.0.0.1:0
+    option dontlognull
+    default_backend b
+frontend js
+    bind 127.0.0.1:0
+    option jsonlog
+    default_backend b
+frontend quiet
+    bind 127.0.0.1:0
+    no log
+    default_backend b
+backend b
+    server s 127.0.0.1:9
+";
+
+    fn load_cfg(text: &str) -> Result<crate::config::Config, Vec<String>> {
+        haproxy::load_str(
+            "t.cfg",
+            text,
+            Path::new("/etc"),
+            haproxy::Options::default(),
+        )
+        .map(|l| l.config)
+        .map_err(|d| d.0.iter().map(|d| d.to_string()).collect())
+    }
+
+    #[test]
+    fn haproxy_dialect_logs_per_frontend() {
+        let c = load_cfg(CFG).unwrap();
+        let t = c.global.log.as_ref().unwrap();
+        assert_eq!(t.sink, LogSink::Udp("127.0.0.1:5514".parse().unwrap()));
+        assert_eq!(
+            (t.framing, t.facility, t.max_len),
+            (Framing::Rfc5424, 19, Some(2048))
+        );
+        let fe: Vec<_> = c.frontends.iter().map(|f| (f.log, f.dontlognull)).collect();
+        assert_eq!(
+            fe,
+            [
+                (Some(LogFormat::Httplog), true),
+                (Some(LogFormat::Json), false),
+                (None, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn converted_toml_logs_the_same() {
+        let c = load_cfg(CFG).unwrap();
+        let toml = convert::convert(&c, CFG);
+        let n = native::load_str("t.toml", &toml, Path::new("/etc"))
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        assert_eq!(n.global.log, c.global.log, "{toml}");
+        let logs = |c: &crate::config::Config| -> Vec<_> {
+            c.frontends.iter().map(|f| (f.log, f.dontlognull)).collect()
+        };
+        assert_eq!(logs(&n), logs(&c), "{toml}");
+    }
+
+    #[test]
+    fn a_proxy_log_target_becomes_the_process_one() {
+        let cfg = "defaults
+    mode http
+    log stdout format raw local0
+    option httplog
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend f
+    bind 127.0.0.1:0
+    default_backend b
+backend b
+    server s 127.0.0.1:9
+";
+        let c = load_cfg(cfg).unwrap();
+        assert_eq!(
+            c.global.log.as_ref().map(|t| &t.sink),
+            Some(&LogSink::Stdout)
+        );
+        assert_eq!(c.frontends[0].log, Some(LogFormat::Httplog));
+        // Without a global target, `log global` logs nothing (as HAProxy).
+        let c = load_cfg(&cfg.replace("log stdout format raw local0", "log global")).unwrap();
+        assert!(c.global.log.is_none() && c.frontends[0].log.is_none());
+    }
+
+    #[test]
+    fn bad_log_lines_name_their_line() {
+        let bad = [
+            (
+                CFG.replace("local3", "local9"),
+                "t.cfg:2: unknown log facility 'local9'",
+            ),
+            (
+                CFG.replace("format rfc5424", "format json"),
+                "t.cfg:2: log format 'json'",
+            ),
+            (
+                CFG.replace(
+                    "log 127.0.0.1:5514",
+                    "log 127.0.0.1:5514 local0\n    log stdout",
+                ),
+                "t.cfg:3: a second global 'log' target",
+            ),
+            (
+                CFG.replace("    no log\n", "    log stderr local0\n"),
+                "t.cfg:20: frontend 'quiet': its log target differs",
+            ),
+            (
+                CFG.replace("option jsonlog", "option httplog clf"),
+                "t.cfg:16: 'option httplog clf'",
+            ),
+        ];
+        for (text, want) in bad {
+            let errs = load_cfg(&text).unwrap_err();
+            assert!(errs.iter().any(|e| e.starts_with(want)), "{want}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn native_log_settings() {
+        let base =
+            "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n";
+        let tail = "[[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"127.0.0.1:9\"\n";
+        let load = |global: &str, fe: &str| {
+            native::load_str(
+                "t.toml",
+                &format!("{global}\n{base}{fe}\n{tail}"),
+                Path::new("/srv"),
+            )
+        };
+        let c = load(
+            "[global]\nlog = { target = \"access.log\", format = \"json\" }\nlog_level = \"debug\"",
+            "dontlognull = true",
+        )
+        .unwrap();
+        let t = c.global.log.as_ref().unwrap();
+        assert_eq!(t.sink, LogSink::File("/srv/access.log".into()));
+        assert_eq!((t.framing, t.format), (Framing::Raw, LogFormat::Json));
+        assert_eq!(c.global.log_level.as_deref(), Some("debug"));
+        assert_eq!(
+            (c.frontends[0].log, c.frontends[0].dontlognull),
+            (Some(LogFormat::Json), true)
+        );
+        let c = load(
+            "[global]\nlog = { target = \"udp://127.0.0.1:514\" }",
+            "log = false",
+        )
+        .unwrap();
+        assert_eq!(
+            c.global.log.as_ref().map(|t| t.framing),
+            Some(Framing::Rfc3164)
+        );
+        assert_eq!(c.frontends[0].log, None);
+        let c = load(
+            "[global]\nlog = { target = \"stdout\" }",
+            "log_format = \"json\"",
+        )
+        .unwrap();
+        assert_eq!(c.frontends[0].log, Some(LogFormat::Json));
+        for (global, fe, want) in [
+            (
+                "[global]\nlog = { target = \"stdout\", format = \"clf\" }",
+                "",
+                "t.toml:2: log format 'clf'",
+            ),
+            (
+                "[global]\nlog = { target = \"tcp://1.2.3.4:5\" }",
+                "",
+                "t.toml:2: log target",
+            ),
+            (
+                "[global]\nlog = { target = \"stdout\", facility = \"x\" }",
+                "",
+                "t.toml:2: log facility 'x'",
+            ),
+            ("[global]\nlog_level = \"=\"", "", "t.toml:2: log_level"),
+            ("", "log = true", "t.toml:"),
+            (
+                "[global]\nlog = { target = \"stdout\" }",
+                "log_format = \"xml\"",
+                "t.toml:",
+            ),
+        ] {
+            let e = load(global, fe).unwrap_err().to_string();
+            assert!(e.contains(want) && !e.is_empty(), "{want}: {e}");
+        }
+    }
+}

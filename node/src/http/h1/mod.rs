@@ -566,10 +566,11 @@ async fn exchange<'a, IO: ClientIo>(
         txn.server(active.server());
         let deadline = Instant::now() + head_to;
         let mut rbuf = BytesMut::new();
-        let failed = match send_request(pool, be, &out, replayable, head_to, &mut rbuf).await {
+        let failed = match send_request(pool, be, &out, replayable, head_to, &mut rbuf, &mut txn)
+            .await
+        {
             Err(e) => e,
             Ok(mut up) => {
-                txn.connected();
                 if !body.done() {
                     let received = (send.len() + from_buf) as u64;
                     if let Err(fail) =
@@ -663,6 +664,9 @@ async fn exchange<'a, IO: ClientIo>(
         if !((retryable || (untouched && policy.enabled()))
             && policy.allows(failed.failure(), attempt))
         {
+            // The server no longer counts this request (`%sc` in its log
+            // line, as in HAProxy).
+            drop(active);
             txn.end(failed.failure().termination());
             return answer_tracked(
                 io,
@@ -1094,6 +1098,7 @@ async fn send_request(
     replayable: bool,
     head_to: Duration,
     rbuf: &mut BytesMut,
+    txn: &mut Txn,
 ) -> Result<TcpStream, UpstreamError> {
     let mut pooled = pool.checkout();
     loop {
@@ -1111,6 +1116,8 @@ async fn send_request(
                 }
             },
         };
+        // Connected (`Tc` ends): what follows is the server's time.
+        txn.connected();
         let sent = timeout(be.timeouts.server, up.write_all(out)).await;
         let ok = match sent {
             Err(_) => return Err(UpstreamError::Timeout),
