@@ -48,7 +48,7 @@ fn haproxy() -> std::path::PathBuf {
 
 /// HAProxy serving `cfg` (checked with `haproxy -c` first); stops on drop.
 pub(crate) struct Haproxy {
-    _proc: Proc,
+    pub(crate) proc: Proc,
     _dir: TempDir,
 }
 
@@ -68,10 +68,7 @@ pub(crate) fn start_haproxy(cfg: &str) -> Haproxy {
         String::from_utf8_lossy(&check.stderr)
     );
     let proc = Proc::spawn_program(&haproxy, &["-db", "-f", &path.to_string_lossy()], &[]);
-    Haproxy {
-        _proc: proc,
-        _dir: dir,
-    }
+    Haproxy { proc, _dir: dir }
 }
 
 pub fn config(port: u16, m: &[Mock]) -> String {

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `llmgw` binary as gateway and as mock
 //! provider, on ephemeral loopback ports.
 
+mod access_log;
 mod balancing;
 mod client_keys;
 mod config_errors;

@@ -295,7 +295,11 @@ impl Txn {
             false => -1,
         };
         r.timers.active = r.timers.request.max(0) + logs::ms(total);
-        r.ttft_ms = self.first_byte_at.map(|d| d.as_millis() as u64);
+        // A gateway-made answer's body is no token.
+        r.ttft_ms = self
+            .first_byte_at
+            .filter(|_| self.server_answered)
+            .map(|d| d.as_millis() as u64);
         r.status = (self.status != 0).then_some(self.status);
         r.bytes_read += self.bytes_out;
         r.bytes_uploaded += self.bytes_in;
