@@ -424,3 +424,109 @@ fn the_writer_thread_writes_lines_to_a_file() {
     assert_eq!(v["server"], "s1");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Counts the allocations the current thread makes (tests run on many
+/// threads at once: a global count would see the others').
+struct Counting;
+
+thread_local! {
+    static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: every call goes to the system allocator unchanged; the counter
+// is a const-initialised thread-local (it never allocates itself).
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        std::alloc::System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        std::alloc::System.realloc(ptr, layout, new)
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+fn allocations(f: impl FnOnce()) -> u64 {
+    let before = ALLOCS.with(|c| c.get());
+    f();
+    ALLOCS.with(|c| c.get()) - before
+}
+
+/// One request's record, start to end, as both paths drive it.
+fn lifecycle(t: &mut Txn, be: &Arc<BackendStats>, srv: &Arc<ServerState>, key: &Arc<str>) {
+    t.log_request_id(Some(&http::HeaderValue::from_static("id")));
+    t.log_client_key(key);
+    t.log_head_in(100);
+    t.bytes_in(100);
+    t.backend(be);
+    t.server(srv);
+    t.connected();
+    t.server_head(200);
+    t.log_head_out(50);
+    t.body(b"data: {}\n\n");
+}
+
+#[test]
+fn a_txn_without_logs_allocates_nothing_for_them() {
+    let fe = Arc::new(ProxyStats::default());
+    let be = Arc::new(BackendStats::named("b"));
+    let srv = Arc::new(ServerState::new("b", "s", 1, 0));
+    let key: Arc<str> = Arc::from("k");
+    // The backend's per-model counters exist after a first request.
+    drop(Txn::new(&fe));
+    let mut first = Txn::new(&fe);
+    lifecycle(&mut first, &be, &srv, &key);
+    drop(first);
+    let n = allocations(|| {
+        let mut t = Txn::new(&fe);
+        lifecycle(&mut t, &be, &srv, &key);
+        drop(t);
+    });
+    assert_eq!(n, 0, "a request on a frontend without logs allocated");
+}
+
+#[test]
+fn a_logged_request_costs_its_record_and_target() {
+    let (logger, mut rx) = Logger::detached(CHANNEL, Arc::new(AtomicU64::new(0)));
+    let fe = Arc::new(ProxyStats::default());
+    let be = Arc::new(BackendStats::named("b"));
+    let srv = Arc::new(ServerState::new("b", "s", 1, 0));
+    let key: Arc<str> = Arc::from("k");
+    let uri: http::Uri = "/v1/chat/completions".parse().unwrap();
+    // The channel allocates its slots in blocks: warm it.
+    let mut warm = logged_txn(&fe, &logger);
+    lifecycle(&mut warm, &be, &srv, &key);
+    drop(warm);
+    let conn = ConnInfo {
+        frontend: Arc::from("f"),
+        client: "127.0.0.1:1234".parse().unwrap(),
+        local: "127.0.0.1:80".parse().unwrap(),
+        tls: false,
+        tracked: None,
+    };
+    let n = allocations(|| {
+        let mut t = Txn::new(&fe);
+        // What `logs::begin` does: the record and the target.
+        let mut r = Box::new(Record::new(LogFormat::Httplog, &conn, SystemTime::now()));
+        r.request = Some(RequestLine {
+            method: Method::POST,
+            target: target(&uri),
+            version: Version::HTTP_11,
+        });
+        t.log(logger.clone(), r);
+        lifecycle(&mut t, &be, &srv, &key);
+        drop(t);
+    });
+    // The record box and the target string; the request id header value
+    // is shared, the names are reference-counted.
+    assert_eq!(n, 2, "allocations for a logged request");
+    while rx.try_recv().is_ok() {}
+}
