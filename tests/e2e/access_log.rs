@@ -487,3 +487,39 @@ async fn dontlognull_skips_connections_that_sent_nothing() {
     assert_eq!(got, want, "{lines:?}");
     assert!(lines[0]["method"].is_null(), "a <BADREQ> has no request");
 }
+
+#[tokio::test]
+async fn a_reload_reopens_the_log_file() {
+    let mock = Mock::start("openai", &[]);
+    let dir = TempDir::new("access");
+    let log = dir.path().join("access.log");
+    let gw = Gateway::start(&config(&log, mock.addr), 1);
+    let c = Client::http1();
+    assert_eq!(
+        c.post_json(&gw.url("/v1/chat/completions"), CHAT)
+            .await
+            .status,
+        200
+    );
+    json_lines(&log, 1).await;
+    // logrotate's default: rename, then SIGHUP.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    gw.proc.signal("HUP");
+    eventually(Duration::from_secs(10), || async {
+        gw.proc
+            .stderr()
+            .contains("configuration reloaded")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        c.post_json(&gw.url("/v1/chat/completions"), CHAT)
+            .await
+            .status,
+        200
+    );
+    let fresh = json_lines(&log, 1).await;
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(json_lines(&rotated, 1).await.len(), 1);
+}
