@@ -243,7 +243,7 @@ sha256 = "{h}"
     assert_eq!(keyed.len(), 2, "{lines:?}");
     for l in keyed {
         assert_eq!(l["client_key"], "team-a", "{l}");
-        assert_eq!(l["tokens_in"].is_u64(), true, "{l}");
+        assert!(l["tokens_in"].is_u64(), "{l}");
     }
     for l in lines.iter().filter(|l| l["status"] == 401) {
         assert!(l["client_key"].is_null(), "{l}");

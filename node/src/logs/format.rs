@@ -157,7 +157,7 @@ pub fn httplog(r: &Record, date: &Tm, out: &mut String) {
 /// bytes from 127 up, `"` and `#` become `#XX`.
 fn encode_into(s: &str, out: &mut String) {
     for b in s.bytes() {
-        if b < 32 || b >= 127 || b == b'"' || b == b'#' {
+        if !(32..127).contains(&b) || b == b'"' || b == b'#' {
             let _ = write!(out, "#{b:02X}");
         } else {
             out.push(b as char);
