@@ -137,20 +137,15 @@ pub async fn serve<IO: ClientIo>(
                 // A request begun and abandoned is logged; an idle
                 // keep-alive connection closing is not (as in HAProxy).
                 if !buf.is_empty() {
-                    let since = started.unwrap_or_else(Instant::now).into_std();
-                    let snap = shared.current.load();
-                    logs::bad_request(&snap, conn, since, BadRequest::ClosedPartial);
+                    log_unread(shared, conn, started, None);
                 }
                 return Served::Closed;
             }
-            Err(resp) => {
-                let how = match resp.status() {
-                    StatusCode::REQUEST_TIMEOUT => BadRequest::TimedOutPartial,
-                    s => BadRequest::Invalid(s.as_u16()),
-                };
-                let since = started.unwrap_or_else(Instant::now).into_std();
-                logs::bad_request(&shared.current.load(), conn, since, how);
-                let _ = write_local(io, resp, true, timeouts.client).await;
+            Err(r) => {
+                // The answer is made in the call: kept only inside the
+                // write's future, not beside it in the connection's.
+                log_unread(shared, conn, started, Some(r.status));
+                let _ = write_local(io, refusal_response(r), true, timeouts.client).await;
                 return Served::Closed;
             }
         };
@@ -180,6 +175,24 @@ pub async fn serve<IO: ClientIo>(
     }
 }
 
+/// Logs a request head that never came whole: abandoned (`answer` none)
+/// or answered with an error. Not async, so that what it needs is not kept
+/// in the connection's future (whose size every open connection pays).
+fn log_unread(
+    shared: &Shared,
+    conn: &ConnInfo,
+    started: Option<Instant>,
+    answer: Option<StatusCode>,
+) {
+    let how = match answer {
+        None => BadRequest::ClosedPartial,
+        Some(StatusCode::REQUEST_TIMEOUT) => BadRequest::TimedOutPartial,
+        Some(s) => BadRequest::Invalid(s.as_u16()),
+    };
+    let since = started.unwrap_or_else(Instant::now).into_std();
+    logs::bad_request(&shared.current.load(), conn, since, how);
+}
+
 /// Reads until `buf` holds a complete request head and returns its length.
 /// `Ok(None)`: the client closed, or kept the connection idle past
 /// `timeout http-keep-alive`, between requests (or, with bytes left in
@@ -190,7 +203,7 @@ async fn read_head<IO: ClientIo>(
     buf: &mut BytesMut,
     t: &Timeouts,
     started: &mut Option<Instant>,
-) -> Result<Option<usize>, Response<RespBody>> {
+) -> Result<Option<usize>, Refusal> {
     let mut searched = 0;
     // `timeout http-request` runs from the request's first byte. Bytes
     // already buffered (pipelined behind the previous request) mean this
@@ -204,10 +217,10 @@ async fn read_head<IO: ClientIo>(
         match scan_head(buf, searched) {
             Ok(Some(end)) => return Ok(Some(end)),
             Ok(None) => {}
-            Err(r) => return Err(refusal_response(r)),
+            Err(r) => return Err(r),
         }
         if buf.len() >= HEAD_MAX {
-            return Err(refusal_response(oversized_head(buf)));
+            return Err(oversized_head(buf));
         }
         searched = buf.len().saturating_sub(3);
         let read = async {
@@ -225,11 +238,10 @@ async fn read_head<IO: ClientIo>(
         match r {
             Err(_) if deadline.is_none() => return Ok(None),
             Err(_) => {
-                return Err(error::error_response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    "The request was not received in time.",
-                ))
+                return Err(Refusal {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    why: "the request was not received in time",
+                })
             }
             Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
             Ok(Ok(_)) => {
@@ -298,6 +310,11 @@ pub(crate) fn refusal_response(r: Refusal) -> Response<RespBody> {
             r.status,
             "headers_too_large",
             "The request headers are too large.",
+        ),
+        StatusCode::REQUEST_TIMEOUT => error::error_response(
+            r.status,
+            "request_timeout",
+            "The request was not received in time.",
         ),
         StatusCode::URI_TOO_LONG => {
             error::error_response(r.status, "uri_too_long", "The request target is too long.")
