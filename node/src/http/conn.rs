@@ -322,10 +322,11 @@ pub async fn serve<IO>(
 ) where
     IO: super::h1::ClientIo + 'static,
 {
-    let accepted = std::time::Instant::now();
     let mut prefix = if h2 {
         BytesMut::new()
     } else {
+        // Scoped here: not kept in the connection's future past the prelude.
+        let accepted = std::time::Instant::now();
         let prelude = read_prelude(&mut io, timeouts.http_request).await;
         // A connection whose first request never became one is logged
         // as HAProxy logs it (`<BADREQ>`; see `option dontlognull`).
