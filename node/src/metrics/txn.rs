@@ -285,7 +285,8 @@ impl Txn {
             None if self.server_answered => self.dequeued_at,
             None => None,
         };
-        r.timers.queue = ms((self.backend.is_some() && self.server.is_some()).then_some(self.queued));
+        r.timers.queue =
+            ms((self.backend.is_some() && self.server.is_some()).then_some(self.queued));
         r.timers.connect = match (reached_server, connected) {
             (true, c) => ms(since(self.dequeued_at, c)),
             (false, _) => -1,

@@ -209,10 +209,12 @@ async fn read_head<IO: ClientIo>(
     // already buffered (pipelined behind the previous request) mean this
     // request has started: it gets `http-request` (then a 408), not the
     // keep-alive timeout, which only covers waiting for a first byte.
-    let mut deadline = (!buf.is_empty()).then(|| Instant::now() + t.http_request);
-    if deadline.is_some() {
-        *started = Some(Instant::now());
-    }
+    // One clock read for both: when the request began, and its deadline.
+    let mut deadline = (!buf.is_empty()).then(|| {
+        let now = Instant::now();
+        *started = Some(now);
+        now + t.http_request
+    });
     loop {
         match scan_head(buf, searched) {
             Ok(Some(end)) => return Ok(Some(end)),
@@ -246,8 +248,9 @@ async fn read_head<IO: ClientIo>(
             Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
             Ok(Ok(_)) => {
                 deadline.get_or_insert_with(|| {
-                    *started = Some(Instant::now());
-                    Instant::now() + t.http_request
+                    let now = Instant::now();
+                    *started = Some(now);
+                    now + t.http_request
                 });
             }
         }
