@@ -98,21 +98,27 @@ pub fn line(r: &Record, out: &mut String) {
 /// (`- -`) or headers (`%hr %hs` and their spaces vanish), and no queue
 /// positions (`0/0`). `date` is `r.date` broken down.
 pub fn httplog(r: &Record, date: &Tm, out: &mut String) {
-    let _ = write!(
-        out,
-        "{}:{} [{:02}/{}/{:04}:{:02}:{:02}:{:02}.{:03}] {}{} ",
-        r.client.ip(),
-        r.client.port(),
-        date.day,
-        date.month_name(),
-        date.year,
-        date.hour,
-        date.min,
-        date.sec,
-        date.micros / 1000,
-        r.frontend,
-        if r.tls { "~" } else { "" },
-    );
+    // Written piece by piece rather than through `write!`: the formatting
+    // machinery cost more than the rest of the line (callgrind).
+    ip(out, r.client.ip());
+    out.push(':');
+    num(out, r.client.port());
+    out.push_str(" [");
+    pad(out, date.day, 2);
+    out.push('/');
+    out.push_str(date.month_name());
+    out.push('/');
+    pad(out, date.year.max(0) as u64, 4);
+    out.push(':');
+    clock(out, date);
+    out.push('.');
+    pad(out, date.micros / 1000, 3);
+    out.push_str("] ");
+    out.push_str(&r.frontend);
+    if r.tls {
+        out.push('~');
+    }
+    out.push(' ');
     match &r.backend {
         Some(b) => out.push_str(&b.name),
         None => out.push_str(&r.frontend),
@@ -123,23 +129,34 @@ pub fn httplog(r: &Record, date: &Tm, out: &mut String) {
         None => out.push_str("<NOSRV>"),
     }
     let t = &r.timers;
-    let _ = write!(
-        out,
-        " {}/{}/{}/{}/{} {} {} - - {}-- {}/{}/{}/{}/{} 0/0 \"",
-        t.request,
-        t.queue,
-        t.connect,
-        t.response,
-        t.active,
-        r.status.map_or(-1, i32::from),
-        r.bytes_read,
-        r.termination,
-        r.conns.process,
-        r.conns.frontend,
-        r.conns.backend,
-        r.conns.server,
-        r.retries,
-    );
+    for (sep, v) in [
+        (' ', t.request),
+        ('/', t.queue),
+        ('/', t.connect),
+        ('/', t.response),
+        ('/', t.active),
+        (' ', r.status.map_or(-1, i64::from)),
+    ] {
+        out.push(sep);
+        int(out, v);
+    }
+    out.push(' ');
+    num(out, r.bytes_read);
+    out.push_str(" - - ");
+    out.push_str(r.termination);
+    out.push_str("-- ");
+    let c = &r.conns;
+    for (sep, v) in [
+        ("", c.process),
+        ("/", c.frontend),
+        ("/", c.backend),
+        ("/", c.server),
+        ("/", u64::from(r.retries)),
+    ] {
+        out.push_str(sep);
+        num(out, v);
+    }
+    out.push_str(" 0/0 \"");
     match &r.request {
         Some(req) => {
             encode_into(req.method.as_str(), out);
@@ -151,6 +168,115 @@ pub fn httplog(r: &Record, date: &Tm, out: &mut String) {
         None => out.push_str("<BADREQ>"),
     }
     out.push('"');
+}
+
+/// `n` in decimal.
+fn num(out: &mut String, n: impl Into<u64>) {
+    let mut n: u64 = n.into();
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reserve(buf.len() - i);
+    for &d in &buf[i..] {
+        out.push(char::from(d));
+    }
+}
+
+/// A signed `n` (timers use -1).
+fn int(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    num(out, n.unsigned_abs());
+}
+
+/// `n` zero-padded to `width` digits.
+fn pad(out: &mut String, n: impl Into<u64>, width: usize) {
+    let n: u64 = n.into();
+    let mut digits = 1;
+    let mut m = n / 10;
+    while m > 0 {
+        digits += 1;
+        m /= 10;
+    }
+    for _ in digits..width {
+        out.push('0');
+    }
+    num(out, n);
+}
+
+/// `hh:mm:ss`.
+fn clock(out: &mut String, t: &Tm) {
+    pad(out, t.hour, 2);
+    out.push(':');
+    pad(out, t.min, 2);
+    out.push(':');
+    pad(out, t.sec, 2);
+}
+
+/// An address as HAProxy logs it: IPv6 without brackets.
+fn ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                num(out, o);
+            }
+        }
+        // Rare enough for the general formatter.
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `s` as a JSON string, quotes included.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(esc);
+        }
+        from = i + 1;
+    }
+    out.push_str(&s[from..]);
+    out.push('"');
+}
+
+fn json_opt_str(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+fn json_opt_num(out: &mut String, n: Option<u64>) {
+    match n {
+        Some(n) => num(out, n),
+        None => out.push_str("null"),
+    }
 }
 
 /// HAProxy's `url_encode_map` for logged request lines: control bytes,
@@ -179,52 +305,74 @@ fn version(v: Version) -> &'static str {
 /// HAProxy's -1 for a phase never reached; absent facts are `null`.
 pub fn json(r: &Record, out: &mut String) {
     let d = Tm::at(r.date, 0);
-    let str_or_null = |v: Option<&str>| match v {
-        Some(s) => serde_json::to_string(s).unwrap_or_else(|_| "null".into()),
-        None => "null".into(),
-    };
-    let num_or_null = |v: Option<u64>| v.map_or_else(|| "null".into(), |n| n.to_string());
     let req = r.request.as_ref();
     let t = &r.timers;
-    let _ = write!(
-        out,
-        "{{\"client\":\"{}\",\"accept_date\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z\",\
-         \"frontend\":{},\"backend\":{},\"server\":{},\
-         \"TR\":{},\"Tw\":{},\"Tc\":{},\"Tr\":{},\"Ta\":{},\"ttft_ms\":{},\
-         \"status\":{},\"bytes_read\":{},\"bytes_uploaded\":{},\"termination_state\":\"{}--\",\
-         \"retries\":{},\"method\":{},\"path\":{},\"http_version\":{},\
-         \"model\":{},\"tokens_in\":{},\"tokens_out\":{},\"client_key\":{},\"request_id\":{}}}",
-        r.client,
-        d.year,
-        d.month,
-        d.day,
-        d.hour,
-        d.min,
-        d.sec,
-        d.micros / 1000,
-        str_or_null(Some(&r.frontend)),
-        str_or_null(r.backend.as_ref().map(|b| b.name.as_str())),
-        str_or_null(r.server.as_ref().map(|s| s.name.as_str())),
-        t.request,
-        t.queue,
-        t.connect,
-        t.response,
-        t.active,
-        num_or_null(r.ttft_ms),
-        r.status.map_or(-1, i32::from),
-        r.bytes_read,
-        r.bytes_uploaded,
-        r.termination,
-        r.retries,
-        str_or_null(req.map(|q| q.method.as_str())),
-        str_or_null(req.map(|q| q.path())),
-        str_or_null(req.map(|q| version(q.version))),
-        str_or_null(r.model.as_deref()),
-        num_or_null(r.tokens.map(|t| t.input)),
-        num_or_null(r.tokens.map(|t| t.output)),
-        str_or_null(r.client_key.as_deref()),
-        str_or_null(r.request_id.as_ref().and_then(|v| v.to_str().ok())),
-    );
+    out.push_str("{\"client\":\"");
+    // A socket address's own form: IPv6 in brackets (`[::1]:80`).
+    if r.client.is_ipv6() {
+        out.push('[');
+        ip(out, r.client.ip());
+        out.push(']');
+    } else {
+        ip(out, r.client.ip());
+    }
+    out.push(':');
+    num(out, r.client.port());
+    out.push_str("\",\"accept_date\":\"");
+    pad(out, d.year.max(0) as u64, 4);
+    out.push('-');
+    pad(out, d.month, 2);
+    out.push('-');
+    pad(out, d.day, 2);
+    out.push('T');
+    clock(out, &d);
+    out.push('.');
+    pad(out, d.micros / 1000, 3);
+    out.push_str("Z\",\"frontend\":");
+    json_str(out, &r.frontend);
+    out.push_str(",\"backend\":");
+    json_opt_str(out, r.backend.as_ref().map(|b| b.name.as_str()));
+    out.push_str(",\"server\":");
+    json_opt_str(out, r.server.as_ref().map(|s| s.name.as_str()));
+    for (name, v) in [
+        (",\"TR\":", t.request),
+        (",\"Tw\":", t.queue),
+        (",\"Tc\":", t.connect),
+        (",\"Tr\":", t.response),
+        (",\"Ta\":", t.active),
+    ] {
+        out.push_str(name);
+        int(out, v);
+    }
+    out.push_str(",\"ttft_ms\":");
+    json_opt_num(out, r.ttft_ms);
+    out.push_str(",\"status\":");
+    int(out, r.status.map_or(-1, i64::from));
+    out.push_str(",\"bytes_read\":");
+    num(out, r.bytes_read);
+    out.push_str(",\"bytes_uploaded\":");
+    num(out, r.bytes_uploaded);
+    out.push_str(",\"termination_state\":\"");
+    out.push_str(r.termination);
+    out.push_str("--\",\"retries\":");
+    num(out, r.retries);
+    out.push_str(",\"method\":");
+    json_opt_str(out, req.map(|q| q.method.as_str()));
+    out.push_str(",\"path\":");
+    json_opt_str(out, req.map(|q| q.path()));
+    out.push_str(",\"http_version\":");
+    json_opt_str(out, req.map(|q| version(q.version)));
+    out.push_str(",\"model\":");
+    json_opt_str(out, r.model.as_deref());
+    out.push_str(",\"tokens_in\":");
+    json_opt_num(out, r.tokens.map(|t| t.input));
+    out.push_str(",\"tokens_out\":");
+    json_opt_num(out, r.tokens.map(|t| t.output));
+    out.push_str(",\"client_key\":");
+    json_opt_str(out, r.client_key.as_deref());
+    out.push_str(",\"request_id\":");
+    json_opt_str(out, r.request_id.as_ref().and_then(|v| v.to_str().ok()));
+    out.push('}');
 }
 
 /// The syslog header for a line sent at `now` (empty for `raw`), as

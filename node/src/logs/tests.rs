@@ -530,3 +530,22 @@ fn a_logged_request_costs_its_record_and_target() {
     assert_eq!(n, 2, "allocations for a logged request");
     while rx.try_recv().is_ok() {}
 }
+
+#[test]
+fn numbers_dates_and_json_strings_are_written_by_hand_correctly() {
+    let mut r = record(LogFormat::Json);
+    r.client = "[2001:db8::1]:443".parse().unwrap();
+    r.timers.active = 1_234_567;
+    r.bytes_read = u64::MAX;
+    r.model = Some("tab\there \u{1} \\ \u{e9}".into());
+    r.date = UNIX_EPOCH + Duration::from_millis(5);
+    let v = json(&r);
+    assert_eq!(v["client"], "[2001:db8::1]:443");
+    assert_eq!(v["Ta"], 1_234_567);
+    assert_eq!(v["bytes_read"], u64::MAX);
+    assert_eq!(v["model"], "tab\there \u{1} \\ \u{e9}");
+    assert_eq!(v["accept_date"], "1970-01-01T00:00:00.005Z");
+    r.format = LogFormat::Httplog;
+    let line = httplog(&r);
+    assert!(line.starts_with("2001:db8::1:443 [01/Jan/1970:00:00:00.005] fe be/s1 0/0/1/3005/1234567 200 18446744073709551615 "), "{line}");
+}
