@@ -177,11 +177,6 @@ async fn json_lines_for_both_request_paths() {
     assert!(m.contains("\nllmgw_logs_dropped_total 0\n"), "{m}");
 }
 
-fn hash(key: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test]
 async fn a_client_key_is_logged_by_name_never_itself() {
     const PROVIDER_SECRET: &str = "sk-provider-secret-7777";
@@ -214,7 +209,7 @@ sha256 = "{h}"
 "#,
         log = log.display(),
         o = o.addr,
-        h = hash("sk-team-a-secret"),
+        h = llmgw_e2e::sha256_hex("sk-team-a-secret"),
     );
     let gw = Gateway::start_env(&cfg, 1, &[("TEST_OPENAI_KEY", PROVIDER_SECRET)]);
     let url = gw.url("/v1/chat/completions");
@@ -254,7 +249,7 @@ sha256 = "{h}"
         "sk-team-a-secret",
         "sk-unknown-secret",
         PROVIDER_SECRET,
-        &hash("sk-team-a-secret"),
+        &llmgw_e2e::sha256_hex("sk-team-a-secret"),
         "secret-prompt-text",
     ] {
         assert!(!text.contains(secret), "{secret} was logged: {text}");

@@ -7,12 +7,6 @@ use http_body_util::BodyExt;
 
 use llmgw_e2e::{clients, Client, Gateway, Mock};
 
-/// The SHA-256 the configuration holds for `key`, in hex.
-fn hash(key: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 const PROVIDER_SECRET: &str = "sk-provider-secret-0001";
 
 /// Three backends: `gpt-*` to openai (which sends the provider's key),
@@ -83,10 +77,10 @@ tokens_per_minute = 200
         o = openai.addr,
         a = anthropic.addr,
         s = slow.addr,
-        a_hash = hash("sk-team-a"),
-        b_hash = hash("sk-team-b"),
-        c_hash = hash("sk-team-c"),
-        d_hash = hash("sk-team-d").to_uppercase(),
+        a_hash = llmgw_e2e::sha256_hex("sk-team-a"),
+        b_hash = llmgw_e2e::sha256_hex("sk-team-b"),
+        c_hash = llmgw_e2e::sha256_hex("sk-team-c"),
+        d_hash = llmgw_e2e::sha256_hex("sk-team-d").to_uppercase(),
     )
 }
 

@@ -318,6 +318,13 @@ pub fn one_backend(frontend: &str, backend: &str, server: impl std::fmt::Display
     )
 }
 
+/// The SHA-256 a `[[client_keys.key]]` holds for `key`, in hex (what
+/// `printf %s "$KEY" | sha256sum` prints).
+pub fn sha256_hex(key: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A directory removed on drop.
 pub struct TempDir(PathBuf);
 

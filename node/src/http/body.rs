@@ -213,15 +213,7 @@ impl Body for ReqBody {
             ReqBody::Prefixed { head, rest } => {
                 let h = head.as_ref().map_or(0, |h| h.len() as u64);
                 match rest {
-                    Some(r) => {
-                        let r = r.size_hint();
-                        let mut s = SizeHint::new();
-                        s.set_lower(r.lower() + h);
-                        if let Some(u) = r.upper() {
-                            s.set_upper(u + h);
-                        }
-                        s
-                    }
+                    Some(r) => prefixed(h, r.size_hint()),
                     None => SizeHint::with_exact(h),
                 }
             }
@@ -473,14 +465,19 @@ impl Body for RespBody {
                     .as_ref()
                     .and_then(Frame::data_ref)
                     .map_or(0, |d| d.len() as u64);
-                let rest = u.body.size_hint();
-                let mut h = SizeHint::new();
-                h.set_lower(rest.lower() + first);
-                if let Some(up) = rest.upper() {
-                    h.set_upper(up + first);
-                }
-                h
+                prefixed(first, u.body.size_hint())
             }
         }
     }
+}
+
+/// The size of a body made of `prefix` bytes already at hand and the rest
+/// of a stream of size `rest`.
+fn prefixed(prefix: u64, rest: SizeHint) -> SizeHint {
+    let mut s = SizeHint::new();
+    s.set_lower(rest.lower() + prefix);
+    if let Some(u) = rest.upper() {
+        s.set_upper(u + prefix);
+    }
+    s
 }
