@@ -12,7 +12,8 @@
 //! `SIGTERM` and `SIGINT` stop at once. A binary upgrade is HAProxy's
 //! too: `llmgw run -c FILE -x SOCKET -sf PID` takes the listening sockets
 //! of the running process over its runtime API socket, then asks it to
-//! stop softly.
+//! stop softly; `SIGUSR2` makes a running process start that successor
+//! itself (from the binary now at its path), for service managers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -258,12 +259,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let upgrade = Upgrade {
-        takeover: args.takeover,
-        soft_stop: args.soft_stop,
-        hard_stop: args.hard_stop,
-        pidfile: args.pidfile,
-    };
+    let upgrade = Upgrade::new(&args);
     let reloader = reload::Reloader::new(args.config, args.lenient, overrides);
     match rt.block_on(serve(cfg, maxconn, reloader, embedded, upgrade)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -275,15 +271,47 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 /// What a binary upgrade asks of `llmgw run` (HAProxy's `-x`, `-sf`,
-/// `-st`), and its pidfile.
+/// `-st`), its pidfile, and how to start a successor (`SIGUSR2`).
 struct Upgrade {
     takeover: Option<PathBuf>,
     soft_stop: Vec<i32>,
     hard_stop: Vec<i32>,
     pidfile: Option<PathBuf>,
+    /// The binary's path as started: after a package upgrade it holds the
+    /// new version, which is the point.
+    exe: Option<PathBuf>,
+    /// `run`'s arguments a successor is started with (then `-x`, `-sf`).
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Upgrade {
+    fn new(args: &RunArgs) -> Upgrade {
+        let mut again: Vec<std::ffi::OsString> = vec!["run".into()];
+        if let Some(c) = &args.config {
+            again.extend(["-c".into(), c.into()]);
+        }
+        for b in &args.bind {
+            again.extend(["--bind".into(), b.to_string().into()]);
+        }
+        if let Some(s) = args.stats {
+            again.extend(["--stats".into(), s.to_string().into()]);
+        }
+        if args.lenient {
+            again.push("--lenient".into());
+        }
+        if let Some(p) = &args.pidfile {
+            again.extend(["-p".into(), p.into()]);
+        }
+        Upgrade {
+            takeover: args.takeover.clone(),
+            soft_stop: args.soft_stop.clone(),
+            hard_stop: args.hard_stop.clone(),
+            pidfile: args.pidfile.clone(),
+            exe: std::env::current_exe().ok(),
+            args: again,
+        }
+    }
+
     /// The listening sockets of the running process, when taking over.
     fn inherit(&self) -> Result<Vec<listen::handover::Handed>, String> {
         match &self.takeover {
@@ -292,12 +320,20 @@ impl Upgrade {
         }
     }
 
-    /// Once listening: the pidfile, then the previous processes told to go.
-    fn listening(&self) -> Result<(), String> {
-        if let Some(p) = &self.pidfile {
-            std::fs::write(p, format!("{}\n", std::process::id()))
-                .map_err(|e| format!("pidfile {}: {e}", p.display()))?;
+    /// Once listening, before saying so: the pidfile.
+    fn write_pidfile(&self) -> Result<(), String> {
+        match &self.pidfile {
+            Some(p) => std::fs::write(p, format!("{}\n", std::process::id()))
+                .map_err(|e| format!("pidfile {}: {e}", p.display())),
+            None => Ok(()),
         }
+    }
+
+    /// Once listening: systemd told (this is now the main process), and
+    /// only then the previous processes told to go — so that systemd never
+    /// sees the service without a main process.
+    fn listening(&self) {
+        systemd::ready();
         for (pids, sig, how) in [
             (&self.soft_stop, libc::SIGUSR1, "soft stop"),
             (&self.hard_stop, libc::SIGTERM, "stop"),
@@ -311,7 +347,35 @@ impl Upgrade {
                 }
             }
         }
-        Ok(())
+    }
+
+    /// `SIGUSR2`: starts the binary at this process's path with the same
+    /// arguments plus `-x SOCKET -sf PID`. The successor takes the
+    /// listening sockets over and, once it listens, stops this process
+    /// softly; if it fails, this process simply goes on serving.
+    fn start_successor(&self, socket: Option<&config::StatsSocket>) {
+        let Some(exe) = &self.exe else {
+            return tracing::error!("binary upgrade: the path of this binary is unknown");
+        };
+        let Some(sock) = socket.filter(|s| s.expose_fd) else {
+            return tracing::error!("binary upgrade needs a runtime API socket with 'expose-fd listeners' (stats_socket = {{ …, expose_fd_listeners = true }})");
+        };
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(&self.args)
+            .arg("-x")
+            .arg(&sock.path)
+            .arg("--sf")
+            .arg(std::process::id().to_string());
+        match cmd.spawn() {
+            Ok(child) => tracing::info!(
+                pid = child.id(),
+                exe = %exe.display(),
+                "binary upgrade: successor started; it takes the listening sockets over, then stops this process softly"
+            ),
+            Err(e) => {
+                tracing::error!(exe = %exe.display(), error = %e, "binary upgrade: cannot start the successor")
+            }
+        }
     }
 }
 
@@ -352,6 +416,9 @@ async fn serve(
     let first = listeners.prepare(&shared.current.load().config)?;
     let mut out = listeners.commit(first);
     let reloader = Arc::new(reloader);
+    // The socket bound now is the one a successor takes the listeners from
+    // (a reload does not move it).
+    let admin_socket = stats_socket.clone();
     if let Some(sock) = stats_socket {
         let listener = admin::bind(&sock)?;
         let mode = sock.mode.map_or("umask".to_owned(), |m| format!("{m:o}"));
@@ -380,6 +447,7 @@ async fn serve(
         });
         tokio::spawn(admin::run(listener, ctx, sock));
     }
+    upgrade.write_pidfile()?;
     {
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
@@ -397,10 +465,10 @@ async fn serve(
         }
         let _ = stdout.flush();
     }
-    upgrade.listening()?;
-    systemd::ready();
+    upgrade.listening();
 
-    if wait_for_signals(&shared, &reloader, &listeners).await == Stop::Soft {
+    let successor = || upgrade.start_successor(admin_socket.as_ref());
+    if wait_for_signals(&shared, &reloader, &listeners, &successor).await == Stop::Soft {
         soft_stop(&listeners, hard_stop_after).await;
     }
     Ok(())
@@ -503,20 +571,23 @@ fn ask_reload(socket: Option<PathBuf>, config: Option<PathBuf>, lenient: bool) -
 }
 
 /// Serves signals until one stops the process: SIGINT/SIGTERM (at once)
-/// or SIGUSR1 (softly). SIGHUP reloads the configuration file (validated
+/// or SIGUSR1 (softly). SIGUSR2 starts a successor (binary upgrade, see
+/// [`Upgrade::start_successor`]). SIGHUP reloads the configuration file (validated
 /// first; a bad one is refused and the running one stays — see
 /// `llmgw::reload`, which the runtime API's `reload` shares).
 async fn wait_for_signals(
     shared: &Arc<gateway::Shared>,
     reloader: &Arc<reload::Reloader>,
     listeners: &Arc<listen::Listeners>,
+    start_successor: &dyn Fn(),
 ) -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
         signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
     ) else {
         let _ = tokio::signal::ctrl_c().await;
         return Stop::Hard;
@@ -526,6 +597,7 @@ async fn wait_for_signals(
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = usr1.recv() => return Stop::Soft,
+            _ = usr2.recv() => start_successor(),
             _ = hup.recv() => {
                 systemd::reloading();
                 // Reading and compiling the file is blocking work: off the

@@ -327,3 +327,93 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> String {
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+#[tokio::test]
+async fn systemd_hears_ready_reloading_and_stopping() {
+    let mock = Mock::start("m", &[]);
+    let dir = TempDir::new("sdnotify");
+    let sock = dir.path().join("rt.sock");
+    let path = dir.path().join("llmgw.toml");
+    std::fs::write(&path, config(&sock, &mock, &[], 1)).expect("write");
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut gw = Proc::spawn(
+        &["run", "-c", &path.to_string_lossy()],
+        &[("NOTIFY_SOCKET", &notify_path.to_string_lossy())],
+    );
+    gw.wait_line("frontend 'f' listening on");
+    assert_eq!(next(), format!("READY=1\nMAINPID={}", gw.pid()));
+
+    gw.signal("HUP");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(next().starts_with("READY=1"));
+
+    gw.signal("USR1");
+    assert_eq!(next(), "STOPPING=1");
+    assert!(next().starts_with("STATUS=soft stop"));
+    assert!(gw.wait_exit().success());
+}
+
+/// Kills a process this test did not spawn (a successor) when dropped.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-9", &self.0]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_makes_the_process_start_its_successor() {
+    let mock = Mock::start("m", &[]);
+    let dir = TempDir::new("usr2");
+    let sock = dir.path().join("rt.sock");
+    let path = dir.path().join("llmgw.toml");
+    let pidfile = dir.path().join("llmgw.pid");
+    std::fs::write(&path, config(&sock, &mock, &[], 1)).expect("write");
+    let mut old = Proc::spawn(
+        &[
+            "run",
+            "-c",
+            &path.to_string_lossy(),
+            "-p",
+            &pidfile.to_string_lossy(),
+        ],
+        &[],
+    );
+    let addr = addr_of(&old.wait_line("frontend 'f' listening on"));
+    old.wait_line("runtime API");
+    let first = std::fs::read_to_string(&pidfile).expect("pidfile");
+    assert_eq!(first.trim(), old.pid().to_string());
+
+    let load = Load::start(addr, "/v1/chat/completions", CHAT, 16, 400);
+    load.wait_answered(100).await;
+    old.signal("USR2");
+    // The successor inherited the old process's stdout.
+    assert_eq!(
+        addr_of(&old.wait_line_next("frontend 'f' listening on")),
+        addr
+    );
+    assert!(old.wait_exit().success(), "{}", old.stderr());
+    let successor = std::fs::read_to_string(&pidfile).expect("pidfile");
+    let successor = successor.trim().to_owned();
+    assert_ne!(successor, old.pid().to_string());
+    let _kill = KillOnDrop(successor.clone());
+    load.wait_answered(100).await;
+    let t = load.stop().await;
+    assert_eq!(t.failed, 0, "requests lost across the upgrade: {t:?}");
+    let info = cli(&sock, "show info").await;
+    assert!(info.contains(&format!("\nPid: {successor}\n")), "{info}");
+}
