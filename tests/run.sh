@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace after installing what the tests need:
-# Debian packages (python3-venv, curl, haproxy, slowhttptest, prometheus for
+# Debian packages (python3-venv, curl, haproxy, slowhttptest, systemd for
+# `systemd-analyze verify` of the unit in deploy/, prometheus for
 # promtool, chromium and Node.js for the stats page's browser test), the
 # official OpenAI and Anthropic Python SDKs plus the h2 package (the HTTP/2
 # attacker of tests/python/h2_attack.py) in a virtualenv under target/, and
@@ -23,6 +24,8 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # The slow-client tests (tests/e2e/slowloris.rs) run slowhttptest.
 command -v slowhttptest >/dev/null 2>&1 || missing+=(slowhttptest)
+# The systemd unit in deploy/ is checked by `systemd-analyze verify`.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # The stats page test (tests/e2e/stats_page.rs) drives a real browser.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)

@@ -417,3 +417,34 @@ async fn sigusr2_makes_the_process_start_its_successor() {
     let info = cli(&sock, "show info").await;
     assert!(info.contains(&format!("\nPid: {successor}\n")), "{info}");
 }
+
+#[test]
+fn the_systemd_unit_verifies() {
+    // The unit as shipped, pointing at the binary under test.
+    let unit = std::fs::read_to_string(llmgw_e2e::root().join("deploy/systemd/llmgw.service"))
+        .expect("unit file");
+    let dir = TempDir::new("unit");
+    let path = dir.path().join("llmgw.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/llmgw", &llmgw_bin().to_string_lossy()),
+    )
+    .expect("write");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian package systemd; tests/run.sh installs it)");
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("llmgw.service"), "{said}");
+    for needed in [
+        "Type=notify",
+        "ExecReload=",
+        "-HUP $MAINPID",
+        "NotifyAccess=all",
+    ] {
+        assert!(unit.contains(needed), "{needed} missing from the unit");
+    }
+}
