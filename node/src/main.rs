@@ -386,6 +386,7 @@ async fn serve(
     embedded: bool,
     upgrade: Upgrade,
 ) -> Result<(), String> {
+    let mut signals = Signals::install()?;
     // First, while the previous process is sure to be there.
     let inherited = upgrade.inherit()?;
     let mock = if cfg.uses_builtin_mock() {
@@ -468,8 +469,9 @@ async fn serve(
     upgrade.listening();
 
     let successor = || upgrade.start_successor(admin_socket.as_ref());
-    if wait_for_signals(&shared, &reloader, &listeners, &successor).await == Stop::Soft {
-        soft_stop(&listeners, hard_stop_after).await;
+    let stop = wait_for_signals(&mut signals, &shared, &reloader, &listeners, &successor).await;
+    if stop == Stop::Soft {
+        soft_stop(&mut signals, &listeners, hard_stop_after).await;
     }
     Ok(())
 }
@@ -484,8 +486,11 @@ enum Stop {
 
 /// Stops accepting and waits for every connection to finish, at most
 /// `hard-stop-after`; a SIGTERM or SIGINT meanwhile ends the wait.
-async fn soft_stop(listeners: &listen::Listeners, hard_stop_after: Option<std::time::Duration>) {
-    use tokio::signal::unix::{signal, SignalKind};
+async fn soft_stop(
+    signals: &mut Signals,
+    listeners: &listen::Listeners,
+    hard_stop_after: Option<std::time::Duration>,
+) {
     systemd::stopping();
     let open = listeners.open_connections();
     tracing::info!(
@@ -501,17 +506,9 @@ async fn soft_stop(listeners: &listen::Listeners, hard_stop_after: Option<std::t
         }
     };
     let term = async {
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut t), Ok(mut i)) => {
-                tokio::select! {
-                    _ = t.recv() => {}
-                    _ = i.recv() => {}
-                }
-            }
-            _ => std::future::pending().await,
+        tokio::select! {
+            _ = signals.term.recv() => {}
+            _ = signals.int.recv() => {}
         }
     };
     tokio::select! {
@@ -570,28 +567,50 @@ fn ask_reload(socket: Option<PathBuf>, config: Option<PathBuf>, lenient: bool) -
     }
 }
 
+/// The signals the process answers, caught from the start: a signal
+/// arriving before the process is ready must not take its default action
+/// (for SIGHUP and SIGUSR1/2, ending the process).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let catch = |k: SignalKind| signal(k).map_err(|e| format!("cannot catch signals: {e}"));
+        Ok(Signals {
+            term: catch(SignalKind::terminate())?,
+            int: catch(SignalKind::interrupt())?,
+            hup: catch(SignalKind::hangup())?,
+            usr1: catch(SignalKind::user_defined1())?,
+            usr2: catch(SignalKind::user_defined2())?,
+        })
+    }
+}
+
 /// Serves signals until one stops the process: SIGINT/SIGTERM (at once)
 /// or SIGUSR1 (softly). SIGUSR2 starts a successor (binary upgrade, see
 /// [`Upgrade::start_successor`]). SIGHUP reloads the configuration file (validated
 /// first; a bad one is refused and the running one stays — see
 /// `llmgw::reload`, which the runtime API's `reload` shares).
 async fn wait_for_signals(
+    signals: &mut Signals,
     shared: &Arc<gateway::Shared>,
     reloader: &Arc<reload::Reloader>,
     listeners: &Arc<listen::Listeners>,
     start_successor: &dyn Fn(),
 ) -> Stop {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined1()),
-        signal(SignalKind::user_defined2()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return Stop::Hard;
-    };
+    let Signals {
+        term,
+        int,
+        hup,
+        usr1,
+        usr2,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => break,
