@@ -67,7 +67,9 @@ impl ConnInfo {
     /// arriving while it drains are not refused.
     pub fn snapshot(&self, shared: &Shared) -> Arc<crate::gateway::Snapshot> {
         let snap = shared.current.load_full();
-        if snap.frontend(&self.frontend).is_none() {
+        // Only a draining listener can have lost its frontend: one relaxed
+        // load on every other request.
+        if self.drain.is_draining() && snap.frontend(&self.frontend).is_none() {
             if let Some(last) = self.drain.retired() {
                 return last;
             }
