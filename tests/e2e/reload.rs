@@ -448,3 +448,41 @@ fn the_systemd_unit_verifies() {
         assert!(unit.contains(needed), "{needed} missing from the unit");
     }
 }
+
+#[tokio::test]
+async fn a_removed_frontend_still_serves_its_open_connections_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = Mock::start("m", &[]);
+    let dir = TempDir::new("retired");
+    let sock = dir.path().join("rt.sock");
+    let path = dir.path().join("llmgw.toml");
+    let with_g = format!(
+        "{}[[frontend]]\nname = \"g\"\nbind = [\"127.0.0.2:0\"]\ndefault_backend = \"b\"\n",
+        config(&sock, &mock, &[], 1)
+    );
+    std::fs::write(&path, &with_g).expect("write");
+    let mut gw = Proc::spawn(&["run", "-c", &path.to_string_lossy()], &[]);
+    let g = addr_of(&gw.wait_line("frontend 'g' listening on"));
+    gw.wait_line("runtime API");
+
+    let mut c = tokio::net::TcpStream::connect(g).await.expect("connect");
+    let get = b"GET /v1/models HTTP/1.1\r\nhost: gw.test\r\n\r\n";
+    c.write_all(get).await.expect("write");
+    assert!(read_response(&mut c).await.starts_with("HTTP/1.1 200"));
+
+    // Frontend g goes, with its listener.
+    std::fs::write(&path, config(&sock, &mock, &[], 1)).expect("write");
+    let (ok, out) = llmgw_reload(&sock);
+    assert!(ok, "{out}");
+    gw.wait_line_next("removed: no longer accepting");
+    assert!(std::net::TcpStream::connect(g).is_err());
+
+    // The connection open on it is served once more, by the configuration
+    // that had g, and closed by that response.
+    c.write_all(get).await.expect("write");
+    let r = read_response(&mut c).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+    let mut rest = Vec::new();
+    assert_eq!(c.read_to_end(&mut rest).await.expect("read"), 0);
+}
