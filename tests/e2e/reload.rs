@@ -36,6 +36,50 @@ fn config(sock: &Path, mock: &Mock, extra: &[&str], weight: u32) -> String {
     )
 }
 
+/// A mock provider and a gateway configuration (written by [`Site::new`]
+/// with [`config`]`(…, &[], 1)`) in a directory of their own.
+struct Site {
+    mock: Mock,
+    dir: TempDir,
+    /// The runtime API socket.
+    sock: std::path::PathBuf,
+    /// The configuration file.
+    path: std::path::PathBuf,
+}
+
+impl Site {
+    fn new(name: &str) -> Site {
+        let mock = Mock::start("m", &[]);
+        let dir = TempDir::new(name);
+        let sock = dir.path().join("rt.sock");
+        let path = dir.path().join("llmgw.toml");
+        let site = Site {
+            mock,
+            dir,
+            sock,
+            path,
+        };
+        site.write(&site.config(&[], 1));
+        site
+    }
+
+    fn config(&self, extra: &[&str], weight: u32) -> String {
+        config(&self.sock, &self.mock, extra, weight)
+    }
+
+    fn write(&self, text: &str) {
+        std::fs::write(&self.path, text).expect("write config");
+    }
+
+    /// `llmgw run -c FILE ARGS…`.
+    fn spawn(&self, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let path = self.path.to_string_lossy();
+        let mut all = vec!["run", "-c", &path];
+        all.extend_from_slice(args);
+        Proc::spawn(&all, envs)
+    }
+}
+
 /// The address in a line like `frontend 'f' listening on http://ADDR`.
 fn addr_of(line: &str) -> std::net::SocketAddr {
     line.rsplit("://")
@@ -78,12 +122,8 @@ fn reloads_logged(p: &Proc) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_reloads_under_load_lose_nothing() {
-    let mock = Mock::start("m", &[]);
-    let dir = TempDir::new("reload");
-    let sock = dir.path().join("rt.sock");
-    let path = dir.path().join("llmgw.toml");
-    std::fs::write(&path, config(&sock, &mock, &[], 1)).expect("write");
-    let mut gw = Proc::spawn(&["run", "-c", &path.to_string_lossy()], &[]);
+    let site = Site::new("reload");
+    let mut gw = site.spawn(&[], &[]);
     let addr = addr_of(&gw.wait_line("frontend 'f' listening on"));
     gw.wait_line("runtime API");
 
@@ -95,18 +135,16 @@ async fn twenty_reloads_under_load_lose_nothing() {
         match i {
             // A bad file: refused with FILE:LINE, the running one stays.
             5 => {
-                std::fs::write(&path, "[[backend]]\nname = \"b\"\nbalance = \"nope\"\n")
-                    .expect("write");
-                let (ok, out) = llmgw_reload(&sock);
+                site.write("[[backend]]\nname = \"b\"\nbalance = \"nope\"\n");
+                let (ok, out) = llmgw_reload(&site.sock);
                 assert!(!ok, "a bad file was accepted: {out}");
                 assert!(out.contains("Success=0"), "{out}");
                 assert!(out.contains("llmgw.toml:"), "{out}");
             }
             // A second listener: opened by the reload, and served at once.
             8 => {
-                std::fs::write(&path, config(&sock, &mock, &["127.0.0.2:0"], weight))
-                    .expect("write");
-                let (ok, out) = llmgw_reload(&sock);
+                site.write(&site.config(&["127.0.0.2:0"], weight));
+                let (ok, out) = llmgw_reload(&site.sock);
                 assert!(ok, "{out}");
                 let a = addr_of(&gw.wait_line_next("listening on http://127.0.0.2:"));
                 let l = Load::start(a, "/v1/chat/completions", CHAT, 4, 100);
@@ -116,8 +154,8 @@ async fn twenty_reloads_under_load_lose_nothing() {
             // ... and removed again: its connections are told to close,
             // the address refuses new ones.
             14 => {
-                std::fs::write(&path, config(&sock, &mock, &[], weight)).expect("write");
-                let (ok, out) = llmgw_reload(&sock);
+                site.write(&site.config(&[], weight));
+                let (ok, out) = llmgw_reload(&site.sock);
                 assert!(ok, "{out}");
                 gw.wait_line_next("removed: no longer accepting");
                 let (a, l) = extra.take().expect("the extra listener");
@@ -138,16 +176,8 @@ async fn twenty_reloads_under_load_lose_nothing() {
             }
             // Plain reloads, three ways.
             _ => {
-                std::fs::write(
-                    &path,
-                    config(
-                        &sock,
-                        &mock,
-                        extra.as_ref().map_or(&[][..], |_| &["127.0.0.2:0"][..]),
-                        weight,
-                    ),
-                )
-                .expect("write");
+                let binds = extra.as_ref().map_or(&[][..], |_| &["127.0.0.2:0"][..]);
+                site.write(&site.config(binds, weight));
                 match i % 3 {
                     0 => {
                         let before = reloads_logged(&gw);
@@ -158,15 +188,15 @@ async fn twenty_reloads_under_load_lose_nothing() {
                         .await;
                     }
                     1 => {
-                        let (ok, out) = llmgw_reload(&sock);
+                        let (ok, out) = llmgw_reload(&site.sock);
                         assert!(ok, "{out}");
                     }
                     _ => {
-                        let out = cli(&sock, "reload").await;
+                        let out = cli(&site.sock, "reload").await;
                         assert!(out.starts_with("Success=1"), "{out}");
                     }
                 }
-                let state = cli(&sock, "show servers state b").await;
+                let state = cli(&site.sock, "show servers state b").await;
                 assert!(
                     state
                         .lines()
@@ -186,13 +216,8 @@ async fn twenty_reloads_under_load_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_binary_upgrades_under_load_lose_nothing() {
-    let mock = Mock::start("m", &[]);
-    let dir = TempDir::new("upgrade");
-    let sock = dir.path().join("rt.sock");
-    let path = dir.path().join("llmgw.toml");
-    std::fs::write(&path, config(&sock, &mock, &[], 1)).expect("write");
-    let cfg = path.to_string_lossy().into_owned();
-    let mut old = Proc::spawn(&["run", "-c", &cfg], &[]);
+    let site = Site::new("upgrade");
+    let mut old = site.spawn(&[], &[]);
     let addr = addr_of(&old.wait_line("frontend 'f' listening on"));
     let stats = addr_of(&old.wait_line("stats listening on"));
     old.wait_line("runtime API");
@@ -200,9 +225,9 @@ async fn five_binary_upgrades_under_load_lose_nothing() {
     let load = Load::start(addr, "/v1/chat/completions", CHAT, 16, 400);
     load.wait_answered(100).await;
     for _ in 0..5 {
-        let sock_arg = sock.to_string_lossy().into_owned();
+        let sock = site.sock.to_string_lossy().into_owned();
         let pid = old.pid().to_string();
-        let mut new = Proc::spawn(&["run", "-c", &cfg, "-x", &sock_arg, "-sf", &pid], &[]);
+        let mut new = site.spawn(&["-x", &sock, "-sf", &pid], &[]);
         // The new process listens on the very sockets of the old one.
         assert_eq!(addr_of(&new.wait_line("frontend 'f' listening on")), addr);
         assert_eq!(addr_of(&new.wait_line("stats listening on")), stats);
@@ -229,12 +254,8 @@ async fn five_binary_upgrades_under_load_lose_nothing() {
 #[tokio::test]
 async fn a_soft_stop_lets_streams_finish_and_closes_idle_connections_without_a_race() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mock = Mock::start("m", &[]);
-    let dir = TempDir::new("softstop");
-    let sock = dir.path().join("rt.sock");
-    let path = dir.path().join("llmgw.toml");
-    std::fs::write(&path, config(&sock, &mock, &[], 1)).expect("write");
-    let mut gw = Proc::spawn(&["run", "-c", &path.to_string_lossy()], &[]);
+    let site = Site::new("softstop");
+    let mut gw = site.spawn(&[], &[]);
     let addr = addr_of(&gw.wait_line("frontend 'f' listening on"));
 
     // HTTP/2: a stream in flight (10 tokens, 100 ms apart).
@@ -330,12 +351,8 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> String {
 
 #[tokio::test]
 async fn systemd_hears_ready_reloading_and_stopping() {
-    let mock = Mock::start("m", &[]);
-    let dir = TempDir::new("sdnotify");
-    let sock = dir.path().join("rt.sock");
-    let path = dir.path().join("llmgw.toml");
-    std::fs::write(&path, config(&sock, &mock, &[], 1)).expect("write");
-    let notify_path = dir.path().join("notify");
+    let site = Site::new("sdnotify");
+    let notify_path = site.dir.path().join("notify");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind");
     notify
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -345,10 +362,7 @@ async fn systemd_hears_ready_reloading_and_stopping() {
         let n = notify.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    let mut gw = Proc::spawn(
-        &["run", "-c", &path.to_string_lossy()],
-        &[("NOTIFY_SOCKET", &notify_path.to_string_lossy())],
-    );
+    let mut gw = site.spawn(&[], &[("NOTIFY_SOCKET", &notify_path.to_string_lossy())]);
     gw.wait_line("frontend 'f' listening on");
     assert_eq!(next(), format!("READY=1\nMAINPID={}", gw.pid()));
 
@@ -377,22 +391,9 @@ impl Drop for KillOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr2_makes_the_process_start_its_successor() {
-    let mock = Mock::start("m", &[]);
-    let dir = TempDir::new("usr2");
-    let sock = dir.path().join("rt.sock");
-    let path = dir.path().join("llmgw.toml");
-    let pidfile = dir.path().join("llmgw.pid");
-    std::fs::write(&path, config(&sock, &mock, &[], 1)).expect("write");
-    let mut old = Proc::spawn(
-        &[
-            "run",
-            "-c",
-            &path.to_string_lossy(),
-            "-p",
-            &pidfile.to_string_lossy(),
-        ],
-        &[],
-    );
+    let site = Site::new("usr2");
+    let pidfile = site.dir.path().join("llmgw.pid");
+    let mut old = site.spawn(&["-p", &pidfile.to_string_lossy()], &[]);
     let addr = addr_of(&old.wait_line("frontend 'f' listening on"));
     old.wait_line("runtime API");
     let first = std::fs::read_to_string(&pidfile).expect("pidfile");
@@ -414,7 +415,7 @@ async fn sigusr2_makes_the_process_start_its_successor() {
     load.wait_answered(100).await;
     let t = load.stop().await;
     assert_eq!(t.failed, 0, "requests lost across the upgrade: {t:?}");
-    let info = cli(&sock, "show info").await;
+    let info = cli(&site.sock, "show info").await;
     assert!(info.contains(&format!("\nPid: {successor}\n")), "{info}");
 }
 
@@ -452,16 +453,12 @@ fn the_systemd_unit_verifies() {
 #[tokio::test]
 async fn a_removed_frontend_still_serves_its_open_connections_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mock = Mock::start("m", &[]);
-    let dir = TempDir::new("retired");
-    let sock = dir.path().join("rt.sock");
-    let path = dir.path().join("llmgw.toml");
-    let with_g = format!(
+    let site = Site::new("retired");
+    site.write(&format!(
         "{}[[frontend]]\nname = \"g\"\nbind = [\"127.0.0.2:0\"]\ndefault_backend = \"b\"\n",
-        config(&sock, &mock, &[], 1)
-    );
-    std::fs::write(&path, &with_g).expect("write");
-    let mut gw = Proc::spawn(&["run", "-c", &path.to_string_lossy()], &[]);
+        site.config(&[], 1)
+    ));
+    let mut gw = site.spawn(&[], &[]);
     let g = addr_of(&gw.wait_line("frontend 'g' listening on"));
     gw.wait_line("runtime API");
 
@@ -471,8 +468,8 @@ async fn a_removed_frontend_still_serves_its_open_connections_once() {
     assert!(read_response(&mut c).await.starts_with("HTTP/1.1 200"));
 
     // Frontend g goes, with its listener.
-    std::fs::write(&path, config(&sock, &mock, &[], 1)).expect("write");
-    let (ok, out) = llmgw_reload(&sock);
+    site.write(&site.config(&[], 1));
+    let (ok, out) = llmgw_reload(&site.sock);
     assert!(ok, "{out}");
     gw.wait_line_next("removed: no longer accepting");
     assert!(std::net::TcpStream::connect(g).is_err());
