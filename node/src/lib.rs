@@ -24,5 +24,6 @@ pub mod route;
 pub mod runtime;
 pub mod stats;
 pub mod stick;
+pub mod systemd;
 pub mod tcp;
 pub mod upstream;

@@ -3,7 +3,17 @@
 //! `llmgw` with no arguments serves the embedded default configuration (a
 //! gateway on 127.0.0.1:8080 in front of the built-in mock provider);
 //! `llmgw run -c FILE` serves a configuration file, `llmgw check -c FILE`
-//! validates one, and `llmgw mock-upstream` runs the mock provider alone.
+//! validates one, `llmgw reload` asks a running gateway to reload its
+//! file, and `llmgw mock-upstream` runs the mock provider alone.
+//!
+//! Signals, as HAProxy's: `SIGHUP` reloads the configuration file,
+//! `SIGUSR1` stops softly (stop accepting, let every connection finish —
+//! see `llmgw::listen::drain` — then exit, or at `hard-stop-after`),
+//! `SIGTERM` and `SIGINT` stop at once. A binary upgrade is HAProxy's
+//! too: `llmgw run -c FILE -x SOCKET -sf PID` takes the listening sockets
+//! of the running process over its runtime API socket, then asks it to
+//! stop softly; `SIGUSR2` makes a running process start that successor
+//! itself (from the binary now at its path), for service managers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use llmgw::{admin, config, gateway, listen, mock, reload, stats};
+use llmgw::{admin, config, gateway, listen, mock, reload, systemd};
 use tokio::sync::Semaphore;
 
 #[derive(Parser)]
@@ -49,6 +59,24 @@ enum Command {
         #[arg(long)]
         lenient: bool,
     },
+    /// Ask a running gateway to reload its configuration file, over its
+    /// runtime API socket (which must allow `level admin`), and print the
+    /// outcome: the running configuration stays if the file is refused.
+    Reload {
+        /// The runtime API socket; by default the `stats socket` of the
+        /// configuration given with `-c`.
+        #[arg(
+            short = 'S',
+            long = "socket",
+            value_name = "PATH",
+            required_unless_present = "config"
+        )]
+        socket: Option<PathBuf>,
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        lenient: bool,
+    },
     /// Run the mock LLM provider (OpenAI and Anthropic APIs) on its own.
     MockUpstream(mock::MockArgs),
 }
@@ -69,6 +97,33 @@ struct RunArgs {
     /// faults of HAProxy configurations) become warnings.
     #[arg(long)]
     lenient: bool,
+    /// Binary upgrade (HAProxy's `-x`): take over the listening sockets of
+    /// the process whose runtime API listens on SOCKET (configured with
+    /// `expose-fd listeners`) instead of binding them anew.
+    #[arg(short = 'x', value_name = "SOCKET")]
+    takeover: Option<PathBuf>,
+    /// Once listening, ask these processes to stop softly (SIGUSR1: finish
+    /// what they serve, then exit), as HAProxy's `-sf`.
+    #[arg(long = "sf", value_name = "PID", num_args = 1..)]
+    soft_stop: Vec<i32>,
+    /// Once listening, stop these processes at once (SIGTERM), as
+    /// HAProxy's `-st`.
+    #[arg(long = "st", value_name = "PID", num_args = 1..)]
+    hard_stop: Vec<i32>,
+    /// Write the process id to this file once listening.
+    #[arg(short = 'p', long = "pidfile", value_name = "FILE")]
+    pidfile: Option<PathBuf>,
+}
+
+/// HAProxy spells its soft- and hard-stop options `-sf` and `-st`; they are
+/// read as `--sf` and `--st` here so that its command lines work unchanged.
+fn haproxy_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.map(|a| match a.to_str() {
+        Some("-sf") => "--sf".into(),
+        Some("-st") => "--st".into(),
+        _ => a,
+    })
+    .collect()
 }
 
 /// glibc hands memory back to the kernel as soon as 128 KiB lie free at the
@@ -89,9 +144,14 @@ fn tune_malloc() {
 
 fn main() -> ExitCode {
     tune_malloc();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(haproxy_spellings(std::env::args_os()));
     match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run(args),
+        Command::Reload {
+            socket,
+            config,
+            lenient,
+        } => ask_reload(socket, config, lenient),
         Command::Convert { file, lenient } => match config::convert::convert_file(&file, lenient) {
             Ok((toml, warnings)) => {
                 for w in &warnings {
@@ -199,12 +259,122 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let upgrade = Upgrade::new(&args);
     let reloader = reload::Reloader::new(args.config, args.lenient, overrides);
-    match rt.block_on(serve(cfg, maxconn, reloader, embedded)) {
+    match rt.block_on(serve(cfg, maxconn, reloader, embedded, upgrade)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("llmgw: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a binary upgrade asks of `llmgw run` (HAProxy's `-x`, `-sf`,
+/// `-st`), its pidfile, and how to start a successor (`SIGUSR2`).
+struct Upgrade {
+    takeover: Option<PathBuf>,
+    soft_stop: Vec<i32>,
+    hard_stop: Vec<i32>,
+    pidfile: Option<PathBuf>,
+    /// The binary's path as started: after a package upgrade it holds the
+    /// new version, which is the point.
+    exe: Option<PathBuf>,
+    /// `run`'s arguments a successor is started with (then `-x`, `-sf`).
+    args: Vec<std::ffi::OsString>,
+}
+
+impl Upgrade {
+    fn new(args: &RunArgs) -> Upgrade {
+        let mut again: Vec<std::ffi::OsString> = vec!["run".into()];
+        if let Some(c) = &args.config {
+            again.extend(["-c".into(), c.into()]);
+        }
+        for b in &args.bind {
+            again.extend(["--bind".into(), b.to_string().into()]);
+        }
+        if let Some(s) = args.stats {
+            again.extend(["--stats".into(), s.to_string().into()]);
+        }
+        if args.lenient {
+            again.push("--lenient".into());
+        }
+        if let Some(p) = &args.pidfile {
+            again.extend(["-p".into(), p.into()]);
+        }
+        Upgrade {
+            takeover: args.takeover.clone(),
+            soft_stop: args.soft_stop.clone(),
+            hard_stop: args.hard_stop.clone(),
+            pidfile: args.pidfile.clone(),
+            exe: std::env::current_exe().ok(),
+            args: again,
+        }
+    }
+
+    /// The listening sockets of the running process, when taking over.
+    fn inherit(&self) -> Result<Vec<listen::handover::Handed>, String> {
+        match &self.takeover {
+            Some(path) => listen::handover::fetch(path, std::time::Duration::from_secs(10)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Once listening, before saying so: the pidfile.
+    fn write_pidfile(&self) -> Result<(), String> {
+        match &self.pidfile {
+            Some(p) => std::fs::write(p, format!("{}\n", std::process::id()))
+                .map_err(|e| format!("pidfile {}: {e}", p.display())),
+            None => Ok(()),
+        }
+    }
+
+    /// Once listening: systemd told (this is now the main process), and
+    /// only then the previous processes told to go — so that systemd never
+    /// sees the service without a main process.
+    fn listening(&self) {
+        systemd::ready();
+        for (pids, sig, how) in [
+            (&self.soft_stop, libc::SIGUSR1, "soft stop"),
+            (&self.hard_stop, libc::SIGTERM, "stop"),
+        ] {
+            for &pid in pids {
+                // SAFETY: kill(2) with a pid the operator named.
+                if unsafe { libc::kill(pid, sig) } != 0 {
+                    tracing::warn!(pid, error = %std::io::Error::last_os_error(), "cannot ask the previous process to {how}");
+                } else {
+                    tracing::info!(pid, "asked the previous process to {how}");
+                }
+            }
+        }
+    }
+
+    /// `SIGUSR2`: starts the binary at this process's path with the same
+    /// arguments plus `-x SOCKET -sf PID`. The successor takes the
+    /// listening sockets over and, once it listens, stops this process
+    /// softly; if it fails, this process simply goes on serving.
+    fn start_successor(&self, socket: Option<&config::StatsSocket>) {
+        let Some(exe) = &self.exe else {
+            return tracing::error!("binary upgrade: the path of this binary is unknown");
+        };
+        let Some(sock) = socket.filter(|s| s.expose_fd) else {
+            return tracing::error!("binary upgrade needs a runtime API socket with 'expose-fd listeners' (stats_socket = {{ …, expose_fd_listeners = true }})");
+        };
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(&self.args)
+            .arg("-x")
+            .arg(&sock.path)
+            .arg("--sf")
+            .arg(std::process::id().to_string());
+        match cmd.spawn() {
+            Ok(child) => tracing::info!(
+                pid = child.id(),
+                exe = %exe.display(),
+                "binary upgrade: successor started; it takes the listening sockets over, then stops this process softly"
+            ),
+            Err(e) => {
+                tracing::error!(exe = %exe.display(), error = %e, "binary upgrade: cannot start the successor")
+            }
         }
     }
 }
@@ -214,7 +384,10 @@ async fn serve(
     maxconn: u32,
     reloader: reload::Reloader,
     embedded: bool,
+    upgrade: Upgrade,
 ) -> Result<(), String> {
+    // First, while the previous process is sure to be there.
+    let inherited = upgrade.inherit()?;
     let mock = if cfg.uses_builtin_mock() {
         Some(
             mock::spawn_builtin()
@@ -226,67 +399,43 @@ async fn serve(
     };
     let started = std::time::Instant::now();
     let global_slots = Arc::new(Semaphore::new(maxconn as usize));
-    let stats_addr = cfg.global.stats;
     let stats_socket = cfg.global.stats_socket.clone();
+    let hard_stop_after = cfg.global.hard_stop_after;
     let nbthread = match cfg.global.nbthread {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let frontends = cfg.frontends.clone();
     let shared = gateway::Shared::new(cfg, mock)?;
     shared.start_checks();
 
-    let mut out = Vec::new();
-    for fe in &frontends {
-        let fe_slots = (fe.maxconn > 0).then(|| Arc::new(Semaphore::new(fe.maxconn as usize)));
-        for bind in &fe.binds {
-            let l = listen::Listener::new(
-                &fe.name,
-                fe.mode,
-                bind,
-                fe.timeouts.clone(),
-                fe_slots.clone(),
-                global_slots.clone(),
-                shared.clone(),
-            )
-            .map_err(|e| format!("frontend '{}': {e}", fe.name))?;
-            let sock = listen::bind_tcp(bind.addr)
-                .map_err(|e| format!("cannot bind {}: {e}", bind.addr))?;
-            let local = sock.local_addr().map_err(|e| e.to_string())?;
-            let scheme = match (fe.mode, bind.tls.is_some()) {
-                (config::Mode::Tcp, false) => "tcp",
-                (config::Mode::Tcp, true) => "tcp+tls",
-                (config::Mode::Http, true) => "https",
-                (config::Mode::Http, false) => "http",
-            };
-            out.push(format!(
-                "frontend '{}' listening on {scheme}://{local}",
-                fe.name
-            ));
-            tokio::spawn(Arc::new(l).run(sock));
-        }
-    }
-    if let Some(addr) = stats_addr {
-        let sock = listen::bind_tcp(addr)
-            .map_err(|e| format!("cannot bind stats listener {addr}: {e}"))?;
-        let local = sock.local_addr().map_err(|e| e.to_string())?;
-        out.push(format!(
-            "stats listening on http://{local} (/stats, /stats.json, /metrics, /healthz)"
-        ));
-        tokio::spawn(stats::run(sock, shared.clone()));
-    }
+    let listeners = Arc::new(listen::Listeners::new(
+        shared.clone(),
+        global_slots,
+        inherited,
+    ));
+    let first = listeners.prepare(&shared.current.load().config)?;
+    let mut out = listeners.commit(first);
     let reloader = Arc::new(reloader);
+    // The socket bound now is the one a successor takes the listeners from
+    // (a reload does not move it).
+    let admin_socket = stats_socket.clone();
     if let Some(sock) = stats_socket {
         let listener = admin::bind(&sock)?;
         let mode = sock.mode.map_or("umask".to_owned(), |m| format!("{m:o}"));
         out.push(format!(
-            "runtime API on unix socket {} (mode {mode}, level {})",
+            "runtime API on unix socket {} (mode {mode}, level {}{})",
             sock.path.display(),
-            sock.level.as_str()
+            sock.level.as_str(),
+            if sock.expose_fd {
+                ", expose-fd listeners"
+            } else {
+                ""
+            }
         ));
         let ctx = Arc::new(admin::Context {
             shared: shared.clone(),
             reloader: reloader.clone(),
+            listeners: listeners.clone(),
             process: admin::Process {
                 started,
                 started_unix: std::time::SystemTime::now()
@@ -294,13 +443,11 @@ async fn serve(
                     .map_or(0, |d| d.as_secs()),
                 maxconn,
                 nbthread,
-                listeners: frontends.iter().map(|f| f.binds.len()).sum::<usize>()
-                    + usize::from(stats_addr.is_some())
-                    + 1,
             },
         });
         tokio::spawn(admin::run(listener, ctx, sock));
     }
+    upgrade.write_pidfile()?;
     {
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
@@ -318,32 +465,150 @@ async fn serve(
         }
         let _ = stdout.flush();
     }
+    upgrade.listening();
 
-    wait_for_signals(&shared, &reloader).await;
+    let successor = || upgrade.start_successor(admin_socket.as_ref());
+    if wait_for_signals(&shared, &reloader, &listeners, &successor).await == Stop::Soft {
+        soft_stop(&listeners, hard_stop_after).await;
+    }
     Ok(())
 }
 
-/// SIGINT/SIGTERM stop the process; SIGHUP reloads the configuration file
-/// (validated first; a bad one is refused and the running one stays — see
-/// `llmgw::reload`, which the runtime API's `reload` shares).
-async fn wait_for_signals(shared: &gateway::Shared, reloader: &reload::Reloader) {
+#[derive(PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM, SIGINT: now.
+    Hard,
+    /// SIGUSR1: after the connections finish.
+    Soft,
+}
+
+/// Stops accepting and waits for every connection to finish, at most
+/// `hard-stop-after`; a SIGTERM or SIGINT meanwhile ends the wait.
+async fn soft_stop(listeners: &listen::Listeners, hard_stop_after: Option<std::time::Duration>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    systemd::stopping();
+    let open = listeners.open_connections();
+    tracing::info!(
+        connections = open,
+        "soft stop: no longer accepting; waiting for the connections to finish"
+    );
+    systemd::status(&format!("soft stop: {open} connection(s) finishing"));
+    let drained = listeners.stop_and_drain();
+    let deadline = async {
+        match hard_stop_after {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let term = async {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = drained => tracing::info!("soft stop: every connection finished"),
+        _ = deadline => tracing::warn!(
+            connections = listeners.open_connections(),
+            "soft stop: hard-stop-after reached, closing the connections left"
+        ),
+        _ = term => tracing::info!("stopping now"),
+    }
+}
+
+/// Asks the gateway behind a runtime API socket to reload (`llmgw reload`).
+fn ask_reload(socket: Option<PathBuf>, config: Option<PathBuf>, lenient: bool) -> ExitCode {
+    use std::io::{Read, Write};
+    let path = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => match config::load_with(&c, lenient) {
+            Ok((cfg, _)) => match cfg.global.stats_socket {
+                Some(s) => s.path,
+                None => {
+                    eprintln!("{}: no 'stats socket' configured: the running gateway cannot be reached (send it SIGHUP instead)", c.display());
+                    return ExitCode::FAILURE;
+                }
+            },
+            Err(diags) => {
+                eprintln!("{diags}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => {
+            eprintln!("llmgw reload: give the runtime API socket (-S PATH) or the configuration (-c FILE)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = (|| {
+        let mut s = std::os::unix::net::UnixStream::connect(&path)?;
+        s.write_all(b"reload\n")?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok::<_, std::io::Error>(answer)
+    })();
+    match answer {
+        Ok(a) => {
+            print!("{a}");
+            if a.starts_with("Success=1") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("llmgw reload: {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves signals until one stops the process: SIGINT/SIGTERM (at once)
+/// or SIGUSR1 (softly). SIGUSR2 starts a successor (binary upgrade, see
+/// [`Upgrade::start_successor`]). SIGHUP reloads the configuration file (validated
+/// first; a bad one is refused and the running one stays — see
+/// `llmgw::reload`, which the runtime API's `reload` shares).
+async fn wait_for_signals(
+    shared: &Arc<gateway::Shared>,
+    reloader: &Arc<reload::Reloader>,
+    listeners: &Arc<listen::Listeners>,
+    start_successor: &dyn Fn(),
+) -> Stop {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
     ) else {
         let _ = tokio::signal::ctrl_c().await;
-        return;
+        return Stop::Hard;
     };
     loop {
         tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = usr1.recv() => return Stop::Soft,
+            _ = usr2.recv() => start_successor(),
             _ = hup.recv() => {
-                // The outcome is logged by the reloader.
-                let _ = reloader.reload(shared);
+                systemd::reloading();
+                // Reading and compiling the file is blocking work: off the
+                // runtime's thread, so that traffic is not held up. The
+                // outcome is logged by the reloader.
+                let (s, r, l) = (shared.clone(), reloader.clone(), listeners.clone());
+                let _ = tokio::task::spawn_blocking(move || r.reload(&s, &l)).await;
+                systemd::ready();
             }
         }
     }
+    systemd::stopping();
+    Stop::Hard
 }

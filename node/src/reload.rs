@@ -8,9 +8,11 @@
 //! [`Shared::swap`](crate::gateway::Shared::swap): the new snapshot is
 //! built whole and swapped in atomically, runtime state carries over by
 //! name. A configuration with any error is refused and the running one
-//! stays. Listeners (binds, modes), the stats listener and the runtime API
-//! socket are opened once at start: a reload that changes them is applied
-//! to everything else and says that those changes need a restart.
+//! stays. Listeners follow the configuration ([`crate::listen::set`]):
+//! kept addresses keep accepting, new ones are bound *before* the swap (an
+//! address that cannot be bound refuses the reload), removed ones drain.
+//! Only the runtime API socket itself is opened once, at start: a reload
+//! that moves it says that this needs a restart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +20,7 @@ use std::sync::Mutex;
 
 use crate::config::{self, Bind, Config};
 use crate::gateway::Shared;
+use crate::listen::Listeners;
 
 /// What the command line changes in every configuration served.
 #[derive(Debug, Clone, Default)]
@@ -80,9 +83,9 @@ impl Reloader {
     /// the warnings (the reader's, and changes that need a restart);
     /// `Err` every reason the file was refused — the running configuration
     /// then stays. Both are logged here, so every caller logs alike.
-    pub fn reload(&self, shared: &Shared) -> Result<Vec<String>, String> {
+    pub fn reload(&self, shared: &Shared, listeners: &Listeners) -> Result<Vec<String>, String> {
         let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        let result = self.load_and_swap(shared);
+        let result = self.load_and_swap(shared, listeners);
         match &result {
             Ok(warnings) => {
                 for w in warnings {
@@ -95,7 +98,7 @@ impl Reloader {
         result
     }
 
-    fn load_and_swap(&self, shared: &Shared) -> Result<Vec<String>, String> {
+    fn load_and_swap(&self, shared: &Shared, listeners: &Listeners) -> Result<Vec<String>, String> {
         let Some(path) = &self.path else {
             return Err("serving the embedded default configuration: there is no file to reload (start with `llmgw run -c FILE`)".into());
         };
@@ -104,34 +107,32 @@ impl Reloader {
         self.overrides.apply(&mut new)?;
         let mut warnings: Vec<String> = diags.iter().map(ToString::to_string).collect();
         warnings.extend(restart_only_changes(&shared.current.load().config, &new));
+        // New addresses are bound first: one that cannot be refuses the
+        // reload before anything changed.
+        let prepared = listeners.prepare(&new)?;
         shared.swap(new)?;
+        let changes = listeners.commit(prepared);
+        if !changes.is_empty() {
+            // As at start: on stdout, where the listening lines are.
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            for c in &changes {
+                tracing::info!("reload: {c}");
+                let _ = writeln!(out, "{c}");
+            }
+            let _ = out.flush();
+        }
         Ok(warnings)
     }
 }
 
 /// What a reload cannot change in a running process.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    let listeners = |c: &Config| {
-        c.frontends
-            .iter()
-            .map(|f| {
-                (
-                    f.name.clone(),
-                    f.mode,
-                    f.binds.iter().map(|b| b.addr).collect::<Vec<_>>(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
     let mut out = Vec::new();
-    if listeners(old) != listeners(new) {
-        out.push("listener changes (binds, mode) need a restart for now; routes, backends and servers are reloaded".to_owned());
-    }
-    if old.global.stats != new.global.stats {
-        out.push("a new stats listener address needs a restart".to_owned());
-    }
     if old.global.stats_socket != new.global.stats_socket {
-        out.push("stats socket changes need a restart".to_owned());
+        out.push(
+            "stats socket changes need a restart (or a binary upgrade: llmgw run -x)".to_owned(),
+        );
     }
     out
 }
@@ -139,6 +140,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn write(dir: &std::path::Path, text: &str) -> PathBuf {
         let p = dir.join("llmgw.toml");
@@ -149,48 +151,71 @@ mod tests {
     const CFG: &str = "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n\
                        [[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"127.0.0.1:9\"\n";
 
-    #[test]
-    fn good_then_bad_then_none() {
+    #[tokio::test]
+    async fn good_then_bad_then_none() {
         let dir = std::env::temp_dir().join(format!("llmgw-reload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let path = write(&dir, CFG);
         let cfg = config::load(&path).expect("valid");
         let shared = Shared::new(cfg, None).expect("shared");
+        let slots = Arc::new(tokio::sync::Semaphore::new(100));
+        let listeners = Listeners::new(shared.clone(), slots, Vec::new());
+        let first = listeners
+            .prepare(&shared.current.load().config)
+            .expect("bind");
+        assert_eq!(listeners.commit(first).len(), 1);
         let r = Reloader::new(Some(path.clone()), false, Overrides::default());
 
-        // The same file again: nothing needs a restart.
-        assert_eq!(r.reload(&shared), Ok(vec![]));
+        // The same file again: nothing needs a restart, nothing rebinds.
+        assert_eq!(r.reload(&shared, &listeners), Ok(vec![]));
+        assert_eq!(listeners.count(), 1);
 
         // A new server is picked up.
         write(
             &dir,
             &format!("{CFG}[[backend.server]]\nname = \"t\"\naddress = \"127.0.0.1:10\"\n"),
         );
-        assert_eq!(r.reload(&shared), Ok(vec![]));
+        assert_eq!(r.reload(&shared, &listeners), Ok(vec![]));
         assert_eq!(shared.current.load().config.backends[0].servers.len(), 2);
 
         // A broken file is refused with its diagnostics; the running one stays.
         write(&dir, "[[backend]]\nname = \"b\"\nbalance = \"nope\"\n");
-        let e = r.reload(&shared).unwrap_err();
+        let e = r.reload(&shared, &listeners).unwrap_err();
         assert!(e.contains("llmgw.toml:"), "{e}");
         assert_eq!(shared.current.load().config.backends[0].servers.len(), 2);
 
-        // A moved bind is applied elsewhere, and said to need a restart.
-        write(&dir, &CFG.replace("127.0.0.1:0", "127.0.0.1:1"));
-        let w = r.reload(&shared).expect("reloaded");
-        assert!(w[0].starts_with("listener changes"), "{w:?}");
+        // A second bind is opened, then closed again.
+        let two = CFG.replace("\"127.0.0.1:0\"]", "\"127.0.0.1:0\", \"127.0.0.2:0\"]");
+        write(&dir, &two);
+        assert_eq!(r.reload(&shared, &listeners), Ok(vec![]));
+        assert_eq!(listeners.count(), 2);
+        write(&dir, CFG);
+        assert_eq!(r.reload(&shared, &listeners), Ok(vec![]));
+        assert_eq!(listeners.count(), 1);
+
+        // An address that cannot be bound refuses the whole reload.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let moved = format!("{CFG}[[backend.server]]\nname = \"t\"\naddress = \"127.0.0.1:10\"\n")
+            .replace("127.0.0.1:0", &addr.to_string());
+        write(&dir, &moved);
+        let e = r.reload(&shared, &listeners).unwrap_err();
+        assert!(e.contains(&format!("cannot bind {addr}")), "{e}");
+        assert_eq!(shared.current.load().config.backends[0].servers.len(), 1);
+        assert_eq!(listeners.count(), 1);
 
         // `--bind` is kept across reloads: no listener change then.
         let o = Overrides {
-            bind: vec!["127.0.0.1:1".parse().expect("addr")],
+            bind: vec!["127.0.0.1:0".parse().expect("addr")],
             stats: None,
         };
         let r = Reloader::new(Some(path), false, o);
-        assert_eq!(r.reload(&shared), Ok(vec![]));
+        assert_eq!(r.reload(&shared, &listeners), Ok(vec![]));
+        assert_eq!(listeners.count(), 1);
 
         let none = Reloader::new(None, false, Overrides::default());
         assert!(none
-            .reload(&shared)
+            .reload(&shared, &listeners)
             .unwrap_err()
             .contains("embedded default"));
         let _ = std::fs::remove_dir_all(&dir);

@@ -15,6 +15,7 @@ mod haproxy;
 mod health;
 mod listeners;
 mod metrics;
+mod reload;
 mod retry;
 mod rewriting;
 mod routing;

@@ -1248,3 +1248,199 @@ impl RuntimeApi {
         String::from_utf8_lossy(&out).into_owned()
     }
 }
+
+/// What a [`Load`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    /// Requests answered 200 with a complete body.
+    pub ok: u64,
+    /// Requests not answered, or answered with anything but 200: a
+    /// refused or reset connection, a response cut short, an error status.
+    pub failed: u64,
+    /// The first failures, described.
+    pub errors: Vec<String>,
+    /// Responses that closed their connection (`Connection: close`).
+    pub closed_by_server: u64,
+}
+
+impl Tally {
+    fn fail(&mut self, why: String) {
+        self.failed += 1;
+        if self.errors.len() < 20 {
+            self.errors.push(why);
+        }
+    }
+
+    fn add(&mut self, o: Tally) {
+        self.ok += o.ok;
+        self.failed += o.failed;
+        self.closed_by_server += o.closed_by_server;
+        for e in o.errors {
+            if self.errors.len() < 20 {
+                self.errors.push(e);
+            }
+        }
+    }
+}
+
+/// An HTTP/1.1 load at a fixed rate over keep-alive connections, as a
+/// client like `oha -q RATE` makes it: each of `conns` connections sends
+/// a request every `conns / rate` seconds, reusing its connection until
+/// the server closes it (`Connection: close`, or a close between
+/// requests: either is seen before the next request is written, so a
+/// graceful close never costs a request), then connecting again. A
+/// request written on a connection the server closed at the same moment
+/// is a failure, as it is for any client: that race is what a zero-drop
+/// reload must not have.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Tally>>,
+}
+
+impl Load {
+    /// Starts the load: POST `path` with `body` (JSON) to `addr`.
+    pub fn start(addr: SocketAddr, path: &str, body: &str, conns: usize, rate: u32) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let every = Duration::from_secs_f64(conns as f64 / f64::from(rate.max(1)));
+        let request = Bytes::from(format!(
+            "POST {path} HTTP/1.1\r\nhost: load.test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let tasks = (0..conns)
+            .map(|i| {
+                let (stop, request, answered) = (stop.clone(), request.clone(), answered.clone());
+                tokio::spawn(async move {
+                    // Spread the connections' ticks over the period.
+                    tokio::time::sleep(every.mul_f64(i as f64 / conns as f64)).await;
+                    load_one(addr, request, every, stop, answered).await
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            answered,
+            tasks,
+        }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests have been answered (the load is
+    /// flowing), failing the test after 20 s.
+    pub async fn wait_answered(&self, n: u64) {
+        let target = self.answered() + n;
+        eventually(Duration::from_secs(20), || async {
+            (self.answered() >= target).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops sending and returns what was seen.
+    pub async fn stop(self) -> Tally {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Tally::default();
+        for t in self.tasks {
+            all.add(t.await.expect("load task"));
+        }
+        all
+    }
+}
+
+async fn load_one(
+    addr: SocketAddr,
+    request: Bytes,
+    every: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicU64>,
+) -> Tally {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut t = Tally::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn: Option<tokio::net::TcpStream> = None;
+    let mut buf = Vec::with_capacity(8192);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tick.tick().await;
+        // A connection the server closed while idle is seen closed here,
+        // before a request is written on it.
+        if let Some(c) = &conn {
+            let mut probe = [0u8; 1];
+            match c.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => conn = None,
+            }
+        }
+        let c = match &mut conn {
+            Some(c) => c,
+            None => match tokio::net::TcpStream::connect(addr).await {
+                Ok(c) => {
+                    let _ = c.set_nodelay(true);
+                    conn.insert(c)
+                }
+                Err(e) => {
+                    t.fail(format!("connect: {e}"));
+                    continue;
+                }
+            },
+        };
+        buf.clear();
+        let answer = async {
+            c.write_all(&request)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            loop {
+                if let Some(h) = head_len(&buf) {
+                    let (start, headers) = parse_head(&buf[..h]);
+                    let body = &buf[h..];
+                    let done = if is_chunked(&headers) {
+                        chunked_len(body)?.is_some()
+                    } else {
+                        let n: usize = header_of(&headers, "content-length")
+                            .and_then(|v| v.parse().ok())
+                            .ok_or_else(|| format!("no length: {start}"))?;
+                        body.len() >= n
+                    };
+                    if done {
+                        let close = header_of(&headers, "connection")
+                            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                        return Ok((start, close));
+                    }
+                }
+                let mut chunk = [0u8; 8192];
+                match c.read(&mut chunk).await {
+                    Ok(0) => return Err(format!("closed after {} bytes", buf.len())),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(e) => return Err(format!("read after {} bytes: {e}", buf.len())),
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), answer).await {
+            Ok(Ok((start, close))) => {
+                if start.starts_with("HTTP/1.1 200") {
+                    t.ok += 1;
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    t.fail(start);
+                }
+                if close {
+                    t.closed_by_server += 1;
+                    conn = None;
+                }
+            }
+            Ok(Err(e)) => {
+                t.fail(e);
+                conn = None;
+            }
+            Err(_) => {
+                t.fail("no answer within 10 s".into());
+                conn = None;
+            }
+        }
+    }
+    t
+}

@@ -24,6 +24,9 @@ use super::{stat, Process};
 pub struct Context {
     pub shared: Arc<Shared>,
     pub reloader: Arc<Reloader>,
+    /// The listening sockets: reloads change them, `_getsocks` hands
+    /// them over, `show info` counts them.
+    pub listeners: Arc<crate::listen::Listeners>,
     pub process: Process,
 }
 
@@ -549,10 +552,14 @@ fn clear_table(ctx: &Context, rest: &[String]) -> String {
 /// HAProxy's master CLI `reload` (2.7 on): `Success=1|0`, a `--` line,
 /// then the messages.
 async fn reload(ctx: &Context) -> String {
-    let (shared, reloader) = (ctx.shared.clone(), ctx.reloader.clone());
+    let (shared, reloader, listeners) = (
+        ctx.shared.clone(),
+        ctx.reloader.clone(),
+        ctx.listeners.clone(),
+    );
     // Reading and compiling the file is blocking work: off the runtime's
     // workers, so that traffic on them is not held up.
-    let result = tokio::task::spawn_blocking(move || reloader.reload(&shared))
+    let result = tokio::task::spawn_blocking(move || reloader.reload(&shared, &listeners))
         .await
         .unwrap_or_else(|e| Err(format!("the reload failed: {e}")));
     let mut out = String::new();

@@ -149,8 +149,6 @@ pub struct Process {
     /// The process-wide connection limit in force.
     pub maxconn: u32,
     pub nbthread: usize,
-    /// Listening sockets: frontend binds, the stats listener, this socket.
-    pub listeners: usize,
 }
 
 /// Binds the runtime API socket: under a temporary name next to `path`,
@@ -206,12 +204,63 @@ pub async fn run(listener: UnixListener, ctx: Arc<Context>, sock: StatsSocket) {
             }
         };
         let ctx = ctx.clone();
-        let (level, timeout) = (sock.level, sock.timeout);
+        let (level, timeout, expose_fd) = (sock.level, sock.timeout, sock.expose_fd);
         tokio::spawn(async move {
-            session(&ctx, stream, level, timeout).await;
+            session(&ctx, stream, level, timeout, expose_fd).await;
             drop(permit);
         });
     }
+}
+
+/// HAProxy's (hidden) command by which a new process takes over the
+/// listening sockets (`llmgw run -x`): see [`crate::listen::handover`].
+const GETSOCKS: &str = "_getsocks";
+
+/// Answers `_getsocks`: the listening sockets themselves, on a socket
+/// configured with `expose-fd listeners`; `Permission denied` (HAProxy's
+/// answer) on any other. `false` when the session should end.
+async fn getsocks(ctx: &Context, wr: &tokio::net::unix::OwnedWriteHalf, expose_fd: bool) -> bool {
+    use crate::listen::handover;
+    use std::os::fd::AsRawFd;
+    let (text, fds) = if expose_fd {
+        match ctx.listeners.handover() {
+            Ok(list) => {
+                let (described, fds): (Vec<_>, Vec<_>) = list.into_iter().unzip();
+                (handover::describe(&described), fds)
+            }
+            Err(e) => (format!("cannot hand the sockets over: {e}\n"), Vec::new()),
+        }
+    } else {
+        ("Permission denied\n".to_owned(), Vec::new())
+    };
+    let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let stream: &UnixStream = wr.as_ref();
+    let mut sent = 0;
+    // The descriptors go with the first bytes; the rest of the text (if
+    // the kernel took only part) follows plain.
+    while sent < text.len() {
+        if stream.writable().await.is_err() {
+            return false;
+        }
+        let attach = if sent == 0 { &raw[..] } else { &[] };
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            handover::send_with_fds(stream.as_raw_fd(), &text.as_bytes()[sent..], attach)
+        }) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "runtime API: _getsocks failed");
+                return false;
+            }
+        }
+    }
+    if expose_fd && !fds.is_empty() {
+        tracing::info!(
+            sockets = fds.len(),
+            "runtime API: listening sockets handed over (_getsocks)"
+        );
+    }
+    true
 }
 
 /// The next complete line in `buf` (its line feed and a `\r` before it
@@ -234,7 +283,13 @@ fn next_line(buf: &mut Vec<u8>) -> Result<Option<String>, ()> {
 }
 
 /// One client connection; see `LIFECYCLE.md`.
-async fn session(ctx: &Context, stream: UnixStream, level: AccessLevel, timeout: Duration) {
+async fn session(
+    ctx: &Context,
+    stream: UnixStream,
+    level: AccessLevel,
+    timeout: Duration,
+    expose_fd: bool,
+) {
     let (mut rd, mut wr) = stream.into_split();
     let mut sess = Session {
         level,
@@ -251,6 +306,13 @@ async fn session(ctx: &Context, stream: UnixStream, level: AccessLevel, timeout:
                 // Too long: closed unanswered, as HAProxy does.
                 Err(()) => return,
             };
+            if line == GETSOCKS {
+                answered = true;
+                if !getsocks(ctx, &wr, expose_fd).await {
+                    return;
+                }
+                continue;
+            }
             let out = run_line(ctx, &mut sess, &line).await;
             answered = true;
             if !out.output.is_empty() {

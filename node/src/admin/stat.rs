@@ -569,7 +569,8 @@ pub fn show_info(ctx: &Context, args: &[String]) -> String {
         line("node", &h);
     }
     line("Stopping", &0);
-    line("Listeners", &p.listeners);
+    // Frontend binds, the stats listener and this socket.
+    line("Listeners", &(ctx.listeners.count() + 1));
     line("Build info", &env!("CARGO_PKG_VERSION"));
     line("Start_time_sec", &p.started_unix);
     out

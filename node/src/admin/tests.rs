@@ -32,15 +32,20 @@ fn ctx_with(cfg: &str, level: AccessLevel) -> (Context, Session) {
         .expect("valid config")
         .config;
     let shared = Shared::new(config, None).expect("shared");
+    let listeners = Arc::new(crate::listen::Listeners::new(
+        shared.clone(),
+        Arc::new(tokio::sync::Semaphore::new(1)),
+        Vec::new(),
+    ));
     let ctx = Context {
         shared,
         reloader: Arc::new(Reloader::new(None, false, Overrides::default())),
+        listeners,
         process: Process {
             started: Instant::now(),
             started_unix: 1_700_000_000,
             maxconn: 1000,
             nbthread: 2,
-            listeners: 2,
         },
     };
     let sess = Session {
@@ -583,7 +588,7 @@ async fn servers_state_backend_and_info() {
         "\nUptime: 0d 0h00m00s\n",
         "\nUptime_sec: 0\n",
         "\nMaxconn: 1000\n",
-        "\nListeners: 2\n",
+        "\nListeners: 1\n",
         "\nStart_time_sec: 1700000000\n",
     ] {
         assert!(info.contains(needle), "{needle:?} in {info}");

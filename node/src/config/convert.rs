@@ -191,7 +191,13 @@ pub fn convert(c: &Config, text: &str) -> String {
         if s.timeout != DEFAULT_STATS_TIMEOUT {
             st.insert("timeout".into(), dur(s.timeout));
         }
+        if s.expose_fd {
+            st.insert("expose_fd_listeners".into(), Value::Boolean(true));
+        }
         g.insert("stats_socket".into(), Value::Table(st));
+    }
+    if let Some(d) = c.global.hard_stop_after {
+        g.insert("hard_stop_after".into(), dur(d));
     }
     if let Some(t) = &c.global.log {
         let mut lt = Table::new();

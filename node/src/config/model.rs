@@ -89,6 +89,10 @@ pub struct Global {
     /// The internal (`tracing`) log level when `RUST_LOG` is not set, as
     /// an `EnvFilter` directive (`info`, `debug`, `llmgw=debug,hyper=warn`).
     pub log_level: Option<String>,
+    /// HAProxy's `hard-stop-after`: how long a soft stop (`SIGUSR1`, a
+    /// binary upgrade) waits for connections to finish before closing the
+    /// rest; `None` waits for as long as they last (HAProxy's default).
+    pub hard_stop_after: Option<Duration>,
 }
 
 /// Access to the stats listener (`/stats`, `/stats.json`, `/metrics` and
@@ -149,6 +153,9 @@ pub struct StatsSocket {
     /// A session waiting this long for its next command line is closed
     /// (HAProxy's `stats timeout`, 10 s by default).
     pub timeout: Duration,
+    /// `expose-fd listeners`: the socket answers `_getsocks` with the
+    /// listening sockets, for a new process to take over (`llmgw run -x`).
+    pub expose_fd: bool,
 }
 
 /// HAProxy's default `stats timeout`.
@@ -161,6 +168,7 @@ impl StatsSocket {
             mode: None,
             level: AccessLevel::Operator,
             timeout: DEFAULT_STATS_TIMEOUT,
+            expose_fd: false,
         }
     }
 }

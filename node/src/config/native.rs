@@ -114,6 +114,8 @@ struct RawGlobal {
     log: Option<Spanned<RawLog>>,
     /// The internal log level when `RUST_LOG` is not set.
     log_level: Option<Spanned<String>>,
+    /// HAProxy's `hard-stop-after`: the longest a soft stop waits.
+    hard_stop_after: Option<Spanned<DurationValue>>,
 }
 
 /// `[global] log = { … }`.
@@ -200,7 +202,7 @@ struct RawStats {
 #[derive(Deserialize)]
 #[serde(
     untagged,
-    expecting = "stats_socket: a path, or { path = \"…\", mode = \"600\", level = \"admin\", timeout = \"10s\" }"
+    expecting = "stats_socket: a path, or { path = \"…\", mode = \"600\", level = \"admin\", timeout = \"10s\", expose_fd_listeners = true }"
 )]
 enum RawStatsSocket {
     Path(PathBuf),
@@ -219,6 +221,9 @@ struct RawStatsSocketFull {
     /// Idle session timeout (HAProxy's `stats timeout`), 10 s by default.
     /// (Not `Spanned`: an untagged enum cannot carry spans.)
     timeout: Option<DurationValue>,
+    /// HAProxy's `expose-fd listeners`: a new process may take over the
+    /// listening sockets through this socket (`llmgw run -x PATH`).
+    expose_fd_listeners: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -649,6 +654,7 @@ impl Compiler<'_> {
                 mode: None,
                 level: None,
                 timeout: None,
+                expose_fd_listeners: None,
             },
             RawStatsSocket::Full(f) => f,
         };
@@ -675,6 +681,7 @@ impl Compiler<'_> {
                 ),
             }
         }
+        sock.expose_fd = full.expose_fd_listeners.unwrap_or(false);
         let timeout = match &full.timeout {
             None => Ok(sock.timeout),
             Some(DurationValue::Millis(ms)) => Ok(Duration::from_millis(*ms)),
@@ -708,6 +715,11 @@ impl Compiler<'_> {
                     }
                 }
             }),
+            hard_stop_after: raw
+                .global
+                .hard_stop_after
+                .as_ref()
+                .and_then(|d| self.duration(d)),
         };
         if let Some(m) = raw.global.maxconn.as_ref().filter(|m| *m.get_ref() == 0) {
             self.err(m.span(), "global maxconn must be at least 1");

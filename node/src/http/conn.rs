@@ -50,6 +50,30 @@ pub struct ConnInfo {
     /// The entries the connection tracks (`tcp-request connection
     /// track-scN`), shared by its requests; `None` when it tracks none.
     pub tracked: Option<Arc<crate::stick::Tracked>>,
+    /// The listener's drain: once it starts, the connection closes at its
+    /// next safe moment (see [`crate::listen::drain`]).
+    pub drain: Arc<crate::listen::drain::Drain>,
+}
+
+impl ConnInfo {
+    /// Should the response being made close the connection after it?
+    pub fn closing(&self) -> bool {
+        self.drain.is_draining()
+    }
+
+    /// The configuration a request on this connection is served by: the
+    /// current one, or — on a listener whose frontend a reload removed —
+    /// the last one that had the frontend, so that the requests still
+    /// arriving while it drains are not refused.
+    pub fn snapshot(&self, shared: &Shared) -> Arc<crate::gateway::Snapshot> {
+        let snap = shared.current.load_full();
+        if snap.frontend(&self.frontend).is_none() {
+            if let Some(last) = self.drain.retired() {
+                return last;
+            }
+        }
+        snap
+    }
 }
 
 /// Activity shared between the connection's IO and its watchdog.
@@ -392,6 +416,7 @@ async fn serve_hyper<IO>(
 {
     let activity = Arc::new(Activity::new());
     let info_client = info.client;
+    let drain = info.drain.clone();
     let info = Arc::new(info);
     // HTTP/1: the engine's framing rules stand in front of hyper's parser
     // (h1/guard.rs); they speak through these.
@@ -421,7 +446,13 @@ async fn serve_hyper<IO>(
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     return Ok::<_, Infallible>(resp);
                 }
-                let resp = super::proxy::handle(&shared, &info, req, guard).await;
+                let mut resp = super::proxy::handle(&shared, &info, req, guard).await;
+                // HTTP/1 on a draining listener: this response closes it
+                // (hyper honours the header). HTTP/2 gets GOAWAY instead.
+                if !h2 && info.closing() {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 if let Some((v, method)) = tunnel {
                     v.decided(Verdicts::switches(&method, resp.status()));
                 }
@@ -441,7 +472,7 @@ async fn serve_hyper<IO>(
             &activity,
             timeouts,
             info_client,
-            true,
+            Some(&drain),
         )
         .await;
     } else {
@@ -459,7 +490,7 @@ async fn serve_hyper<IO>(
             &activity,
             timeouts,
             info_client,
-            false,
+            None,
         )
         .await;
     }
@@ -706,7 +737,7 @@ async fn watch<F, E>(
     activity: &Activity,
     timeouts: &Timeouts,
     client_addr: SocketAddr,
-    h2: bool,
+    h2_drain: Option<&crate::listen::drain::Drain>,
 ) where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -717,8 +748,22 @@ async fn watch<F, E>(
     // When the graceful close started: an h2 client must still acknowledge
     // it (GOAWAY, then a PING) before hyper lets the connection go.
     let mut closing: Option<Instant> = None;
+    let h2 = h2_drain.is_some();
+    let draining = async {
+        match h2_drain {
+            Some(d) => d.started().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(draining);
     loop {
         tokio::select! {
+            // HTTP/2 on a draining listener: GOAWAY now; streams in flight
+            // finish. (HTTP/1 closes with its next response: see `serve_hyper`.)
+            _ = &mut draining, if closing.is_none() => {
+                graceful_shutdown(conn.as_mut());
+                closing = Some(Instant::now());
+            }
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "client connection ended with an error");

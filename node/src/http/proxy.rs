@@ -54,7 +54,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
     inflight: InflightGuard,
 ) -> Response<RespBody> {
-    let snap = shared.current.load_full();
+    let snap = conn.snapshot(shared);
     let Some(fe) = snap.frontend(&conn.frontend) else {
         // The listener outlived its frontend across a reload; it is draining.
         return error::error_response(

@@ -14,8 +14,13 @@
 //! layer-4 proxy ([`crate::tcp`]); both see the entries the connection
 //! tracks.
 
+pub mod drain;
+pub mod handover;
 pub mod proxy_protocol;
+pub mod set;
 pub mod tls;
+
+pub use set::Listeners;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +33,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use arc_swap::ArcSwap;
+
+use self::drain::Drain;
 use crate::config::{Bind, ConnAction, Mode, Timeouts};
 use crate::gateway::Shared;
 use crate::http::conn::{serve, ConnInfo};
@@ -103,21 +111,28 @@ impl Listener {
         })
     }
 
-    /// Accepts connections forever.
-    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts connections on `socket` until aborted (a reload removing
+    /// the address, a soft stop); each connection gets the settings in
+    /// force when it was accepted, and holds on `drain` for its life.
+    pub async fn run(
+        settings: Arc<ArcSwap<Listener>>,
+        socket: Arc<TcpListener>,
+        drain: Arc<Drain>,
+    ) {
         loop {
+            let this = settings.load_full();
             // Slots first: over the limit, connections wait in the backlog.
-            let fe_permit = match &self.frontend_slots {
+            let fe_permit = match &this.frontend_slots {
                 Some(s) => match s.clone().acquire_owned().await {
                     Ok(p) => Some(p),
                     Err(_) => return,
                 },
                 None => None,
             };
-            let Ok(global_permit) = self.global_slots.clone().acquire_owned().await else {
+            let Ok(global_permit) = this.global_slots.clone().acquire_owned().await else {
                 return;
             };
-            let (stream, peer) = match listener.accept().await {
+            let (stream, peer) = match socket.accept().await {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -126,11 +141,12 @@ impl Listener {
                     continue;
                 }
             };
-            let this = self.clone();
             // Rejected connections count too (HAProxy's `stot`).
-            let session = SessionGuard::open(&self.stats);
+            let session = SessionGuard::open(&this.stats);
+            let held = drain.hold();
             tokio::spawn(async move {
-                this.connection(stream, peer).await;
+                this.connection(stream, peer, held.drain_arc()).await;
+                drop(held);
                 drop(session);
                 drop(fe_permit);
                 drop(global_permit);
@@ -180,7 +196,12 @@ impl Listener {
         Verdict::Accept((!tracked.is_empty()).then(|| Arc::new(tracked)))
     }
 
-    async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+    async fn connection(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        drain: Arc<Drain>,
+    ) {
         let tracked = match self.connection_rules(peer.ip()) {
             Verdict::Accept(t) => t,
             Verdict::Reject => {
@@ -216,6 +237,7 @@ impl Listener {
             local,
             tls,
             tracked: tracked.clone(),
+            drain: drain.clone(),
         };
         // Only the plain HTTP branch runs inline: every other one is boxed so
         // that its (much larger) state is not part of every connection's

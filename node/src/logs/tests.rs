@@ -511,6 +511,7 @@ fn a_logged_request_costs_its_record_and_target() {
         local: "127.0.0.1:80".parse().unwrap(),
         tls: false,
         tracked: None,
+        drain: crate::listen::drain::Drain::new(),
     };
     let n = allocations(|| {
         let mut t = Txn::new(&fe);

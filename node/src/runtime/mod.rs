@@ -139,9 +139,16 @@ impl ServerState {
     }
 
     /// Records the weight the configuration gives (at every snapshot
-    /// build); the runtime weight is left as it is.
+    /// build). A weight set at runtime survives a reload that leaves the
+    /// configured weight as it was; a reload that changes it means the
+    /// operator changed their mind, so the new configured weight is in
+    /// force (as HAProxy does when a server-state file's `srv_iweight`
+    /// no longer matches the configuration).
     pub fn set_initial_weight(&self, w: u32) {
-        self.initial_weight.store(w.min(256), Ordering::Relaxed);
+        let w = w.min(256);
+        if self.initial_weight.swap(w, Ordering::Relaxed) != w {
+            self.weight.store(w, Ordering::Relaxed);
+        }
     }
 
     pub fn maxconn(&self) -> u32 {
@@ -565,10 +572,15 @@ mod tests {
         assert_eq!(s.weight(), 30);
         rt.apply(&pct(u32::MAX)).unwrap();
         assert_eq!(s.weight(), 256);
-        // A reload changing the configured weight moves what % refers to.
+        // A reload changing the configured weight moves what % refers to,
+        // and puts the new weight in force.
         s.set_initial_weight(4);
-        rt.apply(&pct(100)).unwrap();
         assert_eq!(s.weight(), 4);
+        rt.apply(&pct(50)).unwrap();
+        assert_eq!(s.weight(), 2);
+        // A reload leaving it as it was keeps the runtime weight.
+        s.set_initial_weight(4);
+        assert_eq!(s.weight(), 2);
     }
 
     #[test]

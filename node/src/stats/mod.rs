@@ -42,7 +42,7 @@ use crate::http::error::error_response;
 /// listener is for operators and scrapers, none of which is slow.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn run(listener: Arc<TcpListener>, shared: Arc<Shared>) {
     // Uptime counts from here.
     let _ = *json::STARTED;
     loop {

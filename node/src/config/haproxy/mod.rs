@@ -152,7 +152,6 @@ fn tuning_only(dir: &str, args: &[Word]) -> bool {
                 | "spread-checks"
                 | "maxsslconn"
                 | "cpu-map"
-                | "hard-stop-after"
                 | "nbproc"
                 | "log-send-hostname"
                 | "log-tag"
@@ -569,6 +568,7 @@ impl Cx<'_> {
             default_max_tokens: None,
             log: None,
             log_level: None,
+            hard_stop_after: None,
         };
         let mut template = Draft::default();
         let mut proxies: Vec<Proxy> = Vec::new();
@@ -642,6 +642,11 @@ impl Cx<'_> {
                 Some(n) if n > 0 => g.maxconn = Some(n),
                 _ => self.err(l.line, "'maxconn' needs a positive number"),
             },
+            "hard-stop-after" => match a.first().map(|w| parse_duration(&w.text)) {
+                Some(Ok(d)) if a.len() == 1 => g.hard_stop_after = Some(d),
+                Some(Err(e)) => self.err(l.line, format!("'hard-stop-after': {e}")),
+                _ => self.err(l.line, "'hard-stop-after' needs one time (e.g. 30s)"),
+            },
             "nbthread" => match one_num::<usize>(a) {
                 Some(n) if n > 0 => g.nbthread = n,
                 _ => self.err(l.line, "'nbthread' needs a positive number"),
@@ -694,9 +699,9 @@ impl Cx<'_> {
         }
     }
 
-    /// `stats socket PATH [mode OCTAL] [level user|operator|admin]`: the
-    /// runtime API. Ownership options (`user`, `group`, `uid`, `gid`) and
-    /// `expose-fd` are accepted and not applied, with a warning.
+    /// `stats socket PATH [mode OCTAL] [level user|operator|admin]
+    /// [expose-fd listeners]`: the runtime API. Ownership options (`user`,
+    /// `group`, `uid`, `gid`) are accepted and not applied, with a warning.
     fn stats_socket(&mut self, l: &Line, g: &mut Global) {
         let a = &l.words[1..];
         let Some(path) = a.get(1) else {
@@ -731,7 +736,12 @@ impl Cx<'_> {
                     Some(level) => sock.level = level,
                     None => self.err(l.line, "stats socket 'level' must be user, operator or admin"),
                 },
-                ("user" | "group" | "uid" | "gid" | "expose-fd", Some(_)) => self.warn(
+                ("expose-fd", Some("listeners")) => sock.expose_fd = true,
+                ("expose-fd", Some(v)) => self.err(
+                    l.line,
+                    format!("stats socket 'expose-fd' takes 'listeners', not '{v}'"),
+                ),
+                ("user" | "group" | "uid" | "gid", Some(_)) => self.warn(
                     l.line,
                     format!("stats socket option '{opt}' is accepted and not applied (the socket keeps the process's owner; use 'mode' for access)"),
                 ),

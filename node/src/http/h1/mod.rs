@@ -150,7 +150,7 @@ pub async fn serve<IO: ClientIo>(
             }
         };
         let started = started.unwrap_or_else(Instant::now).into_std();
-        let snap = shared.current.load_full();
+        let snap = conn.snapshot(shared);
         let Some(fe) = snap.frontend(&conn.frontend) else {
             // The listener outlived its frontend; the general path answers.
             return Served::Handoff;
@@ -360,6 +360,9 @@ async fn exchange<'a, IO: ClientIo>(
         close,
         ..
     } = req;
+    // A draining listener closes the connection after this response:
+    // the client knows, and sends its next request elsewhere.
+    let close = close || conn.closing();
     let request_id = proxy::request_id(fe, &parts.headers);
     let needs_model = fe.needs_model();
     let Some(stats) = snap.frontend_stats(&conn.frontend) else {
@@ -1913,6 +1916,7 @@ mod tests {
             local: addr,
             tls: false,
             tracked: None,
+            drain: crate::listen::drain::Drain::new(),
         };
         let timeouts = Timeouts::default();
         let mut buf = BytesMut::new();
