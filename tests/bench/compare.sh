@@ -836,7 +836,10 @@ reload_step() {
             { log "haproxy did not start:"; tail -5 "$work/reload-haproxy.out" >&2; return 1; }
         new=$(cat "$work/reload.pid"); pids+=("$new") ;;
     llmgw)
-        taskset -c "$CORE_PROXY" "$BIN" run -c "$f" "${args[@]}" >"$work/reload-llmgw.$i.out" 2>&1 &
+        # emptied here, not by the background job's redirection: a previous
+        # run's lines must not pass for this process's
+        : > "$work/reload-llmgw.$i.out"
+        taskset -c "$CORE_PROXY" "$BIN" run -c "$f" "${args[@]}" >>"$work/reload-llmgw.$i.out" 2>&1 &
         new=$!; pids+=("$new")
         # ready once it says where it listens (the port itself is open all along)
         for ((k = 0; k < 200; k++)); do
