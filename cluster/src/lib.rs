@@ -11,7 +11,11 @@
 //! - [`log`]: the durable log (segments with per-record CRC, fsync before
 //!   acknowledging, torn tails cut on open), the vote and the purge point;
 //! - [`sm`]: the state machine store, its snapshots and their persistence;
-//! - [`fsutil`]: the file-system primitives those two share.
+//! - [`fsutil`]: the file-system primitives those two share;
+//! - [`transport`]: the Raft RPCs over gRPC (`llmgw-proto`), server and
+//!   client, one channel per peer;
+//! - [`node`]: a running member (storage, openraft, server) with bootstrap,
+//!   join, remove and propose.
 //!
 //! SWIM gossip (foca) for liveness and backend health, and counter
 //! aggregation for shared stick tables, arrive with later issues. The data
@@ -21,8 +25,10 @@
 pub mod command;
 pub mod fsutil;
 pub mod log;
+pub mod node;
 pub mod sm;
 pub mod state;
+pub mod transport;
 pub mod types;
 
 use std::io;
@@ -30,6 +36,7 @@ use std::path::Path;
 
 pub use command::{AdminState, Command, ConfigFormat, Refusal, Response};
 pub use log::{LogOptions, LogStore, Recovery};
+pub use node::{ClusterError, ClusterNode};
 pub use sm::StateMachineStore;
 pub use state::ClusterState;
 pub use types::{NodeId, NodeInfo, TypeConfig};

@@ -49,6 +49,8 @@ struct Shared {
     current: Mutex<Option<StoredSnapshot>>,
     /// Distinguishes snapshots built at the same log position.
     seq: AtomicU64,
+    /// Dropped with the last handle: wakes [`StateMachineStore::closed`].
+    closed: tokio::sync::watch::Sender<()>,
 }
 
 #[derive(Clone)]
@@ -86,6 +88,7 @@ impl StateMachineStore {
                 state: RwLock::new(state),
                 current: Mutex::new(current),
                 seq: AtomicU64::new(0),
+                closed: tokio::sync::watch::Sender::new(()),
             }),
         })
     }
@@ -100,6 +103,13 @@ impl StateMachineStore {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&guard)
+    }
+
+    /// Resolves once every handle on this store is dropped, releasing its
+    /// directory lock.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shared.closed.subscribe();
+        async move { while rx.changed().await.is_ok() {} }
     }
 
     /// The metadata of the latest snapshot, if any.

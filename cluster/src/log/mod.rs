@@ -112,6 +112,8 @@ struct Inner {
     index: BTreeMap<u64, Loc>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
+    /// Dropped with the last handle: wakes those waiting in [`LogStore::closed`].
+    closed: tokio::sync::watch::Sender<()>,
 }
 
 /// What [`LogStore::open`] found and repaired, for logs and tests.
@@ -142,6 +144,7 @@ impl LogStore {
             index: BTreeMap::new(),
             last_purged,
             vote,
+            closed: tokio::sync::watch::Sender::new(()),
         };
         let recovery = inner.load_segments()?;
         Ok((
@@ -150,6 +153,18 @@ impl LogStore {
             },
             recovery,
         ))
+    }
+
+    /// Resolves once every handle on this log (the store, its clones, the
+    /// readers openraft made) is dropped, and with them the directory lock:
+    /// a node restarted in the same process must wait for it.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let rx = lock(&self.inner).ok().map(|inner| inner.closed.subscribe());
+        async move {
+            if let Some(mut rx) = rx {
+                while rx.changed().await.is_ok() {}
+            }
+        }
     }
 
     /// The segment files currently on disk, oldest first.
