@@ -1,0 +1,305 @@
+//! Three (then four) in-process nodes talking Raft over the gRPC transport
+//! on loopback: election, replication of ApplyConfig, failover to a new
+//! leader, a late joiner caught up by a snapshot streamed in chunks, and a
+//! removed node's id refused when it tries to come back.
+//!
+//! Every wait is on openraft's metrics with a deadline, never a sleep; every
+//! port is chosen by the kernel.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use llmgw_cluster::command::{Command, ConfigFormat, Refusal};
+use llmgw_cluster::log::LogOptions;
+use llmgw_cluster::transport::TransportOptions;
+use llmgw_cluster::types::NodeId;
+use llmgw_cluster::{ClusterError, ClusterNode};
+use openraft::storage::RaftStateMachine;
+use openraft::{ServerState, SnapshotPolicy};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+const DEADLINE: Option<Duration> = Some(Duration::from_secs(20));
+/// Snapshot chunk size: small, so a snapshot takes several InstallSnapshot calls.
+const CHUNK: u64 = 64;
+
+fn config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "test".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        // Snapshots only when the test asks, in chunks small enough that a
+        // snapshot takes several InstallSnapshot calls.
+        snapshot_policy: SnapshotPolicy::Never,
+        snapshot_max_chunk_size: CHUNK,
+        max_in_snapshot_log_to_keep: 0,
+        ..Default::default()
+    }
+}
+
+async fn start(id: NodeId, dir: &TempDir) -> ClusterNode {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    ClusterNode::start(
+        id,
+        &dir.path().join(format!("n{id}")),
+        listener,
+        config(),
+        LogOptions::default(),
+        TransportOptions::default(),
+    )
+    .await
+    .expect("start node")
+}
+
+fn apply_config(text: &str) -> Command {
+    Command::ApplyConfig {
+        text: text.into(),
+        format: ConfigFormat::Toml,
+        expected_version: None,
+    }
+}
+
+/// Waits until `node` has applied the log up to `index`.
+async fn applied(node: &ClusterNode, index: u64) {
+    node.raft
+        .wait(DEADLINE)
+        .applied_index_at_least(Some(index), format!("n{} applies {index}", node.id))
+        .await
+        .expect("applied in time");
+}
+
+fn current_text(node: &ClusterNode) -> Option<String> {
+    node.sm.read(|s| s.current_config().map(|c| c.text.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_replicate_fail_over_and_never_reuse_an_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = start(1, &dir).await;
+    let n2 = start(2, &dir).await;
+    let n3 = start(3, &dir).await;
+
+    // Election: a cluster of one elects itself.
+    n1.bootstrap().await.unwrap();
+    n1.raft
+        .wait(DEADLINE)
+        .state(ServerState::Leader, "n1 leads its cluster of one")
+        .await
+        .unwrap();
+
+    // Membership: learner, caught up, promoted.
+    n1.join(2, &n2.addr.to_string(), false).await.unwrap();
+    n1.join(3, &n3.addr.to_string(), false).await.unwrap();
+    for node in [&n1, &n2, &n3] {
+        node.raft
+            .wait(DEADLINE)
+            .voter_ids([1, 2, 3], format!("n{} sees three voters", node.id))
+            .await
+            .unwrap();
+    }
+
+    // Replication of a configuration through the gRPC transport.
+    let (log_id, version) = n1.apply(apply_config("# v1\n")).await.unwrap();
+    assert_eq!(version, 1);
+    for node in [&n1, &n2, &n3] {
+        applied(node, log_id.index).await;
+        assert_eq!(current_text(node).as_deref(), Some("# v1\n"));
+    }
+
+    // A follower cannot propose, and says who leads.
+    match n2.apply(apply_config("# from a follower\n")).await {
+        Err(ClusterError::NotLeader {
+            leader: Some((1, info)),
+        }) => assert_eq!(info.addr, n1.addr.to_string()),
+        other => panic!("a follower accepted a write or hid the leader: {other:?}"),
+    }
+
+    // Failover: the leader stops; the other two elect one of themselves.
+    n1.shutdown().await.unwrap();
+    let metrics = n2
+        .raft
+        .wait(DEADLINE)
+        .metrics(
+            |m| matches!(m.current_leader, Some(2) | Some(3)),
+            "n2 or n3 is elected after n1 stops",
+        )
+        .await
+        .unwrap();
+    let (leader, follower) = match metrics.current_leader {
+        Some(2) => (&n2, &n3),
+        _ => (&n3, &n2),
+    };
+    leader
+        .raft
+        .wait(DEADLINE)
+        .state(ServerState::Leader, "the new leader knows it")
+        .await
+        .unwrap();
+    let (log_id, version) = leader.apply(apply_config("# v2\n")).await.unwrap();
+    assert_eq!(version, 2);
+    applied(follower, log_id.index).await;
+    assert_eq!(current_text(follower).as_deref(), Some("# v2\n"));
+
+    // n1 is removed for good; its id can never come back, even at the
+    // same address.
+    leader.remove(1).await.unwrap();
+    for node in [leader, follower] {
+        node.raft
+            .wait(DEADLINE)
+            .voter_ids([2, 3], format!("n{} sees n1 removed", node.id))
+            .await
+            .unwrap();
+    }
+    let retired_at = leader.sm.read(|s| s.nodes.retired.get(&1).copied());
+    assert!(retired_at.is_some(), "n1's id is retired");
+    let err = leader
+        .join(1, "127.0.0.1:1", false)
+        .await
+        .expect_err("a retired id was accepted");
+    assert!(
+        matches!(
+            err,
+            ClusterError::Refused(Refusal::NodeIdRetired { id: 1, .. })
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("node id 1 was removed"), "{err}");
+    // The refusal is the same on every node: it was decided by the log.
+    let members = leader.raft.metrics().borrow().membership_config.clone();
+    assert_eq!(
+        members.membership().voter_ids().collect::<BTreeSet<_>>(),
+        BTreeSet::from([2, 3])
+    );
+
+    // A late joiner whose entries were purged behind a snapshot gets the
+    // snapshot, streamed in 64-byte chunks over InstallSnapshot.
+    leader.raft.trigger().snapshot().await.unwrap();
+    let snapshot_at = leader
+        .raft
+        .wait(DEADLINE)
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= log_id.index),
+            "snapshot built",
+        )
+        .await
+        .unwrap()
+        .snapshot
+        .unwrap();
+    leader
+        .raft
+        .trigger()
+        .purge_log(snapshot_at.index)
+        .await
+        .unwrap();
+    leader
+        .raft
+        .wait(DEADLINE)
+        .purged(Some(snapshot_at), "leader purges behind its snapshot")
+        .await
+        .unwrap();
+    let snapshot_bytes = leader
+        .sm
+        .snapshot_meta()
+        .map(|m| m.last_log_id)
+        .expect("snapshot on disk");
+    assert_eq!(snapshot_bytes, Some(snapshot_at));
+
+    {
+        let mut sm = leader.sm.clone();
+        let snapshot = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert!(
+            snapshot.snapshot.get_ref().len() as u64 > 3 * CHUNK,
+            "the snapshot spans several chunks"
+        );
+    }
+
+    let n4 = start(4, &dir).await;
+    leader.join(4, &n4.addr.to_string(), false).await.unwrap();
+    n4.raft
+        .wait(DEADLINE)
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= snapshot_at.index),
+            "n4 installs the snapshot",
+        )
+        .await
+        .unwrap();
+    n4.raft
+        .wait(DEADLINE)
+        .voter_ids([2, 3, 4], "n4 is a voter")
+        .await
+        .unwrap();
+    assert_eq!(current_text(&n4).as_deref(), Some("# v2\n"));
+    assert!(
+        n4.sm.read(|s| s.nodes.retired.contains_key(&1)),
+        "the registry travels in the snapshot"
+    );
+
+    for node in [n2, n3, n4] {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_recovers_its_state_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = start(1, &dir).await;
+    n1.bootstrap().await.unwrap();
+    n1.raft
+        .wait(DEADLINE)
+        .state(ServerState::Leader, "n1 leads")
+        .await
+        .unwrap();
+    n1.apply(apply_config("# one\n")).await.unwrap();
+    n1.raft.trigger().snapshot().await.unwrap();
+    n1.raft
+        .wait(DEADLINE)
+        .metrics(|m| m.snapshot.is_some(), "snapshot built")
+        .await
+        .unwrap();
+    let (last, _) = n1.apply(apply_config("# two\n")).await.unwrap();
+    n1.shutdown().await.unwrap();
+
+    // What the disk holds: the snapshot has the first configuration, the
+    // log the second.
+    {
+        let sm = llmgw_cluster::StateMachineStore::open(dir.path().join("n1/raft/sm")).unwrap();
+        assert_eq!(
+            sm.read(|s| s.current_config().map(|c| c.text.clone()))
+                .as_deref(),
+            Some("# one\n"),
+            "from the snapshot"
+        );
+    }
+
+    // Same data directory, a new port: the snapshot is loaded and the entry
+    // after it re-applied from the log once the node leads again.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let n1 = ClusterNode::start(
+        1,
+        &dir.path().join("n1"),
+        listener,
+        config(),
+        LogOptions::default(),
+        TransportOptions::default(),
+    )
+    .await
+    .unwrap();
+    n1.raft
+        .wait(DEADLINE)
+        .state(ServerState::Leader, "n1 leads again")
+        .await
+        .unwrap();
+    applied(&n1, last.index).await;
+    assert_eq!(
+        current_text(&n1).as_deref(),
+        Some("# two\n"),
+        "from the log"
+    );
+    assert_eq!(n1.sm.read(|s| s.config_version), 2);
+    n1.shutdown().await.unwrap();
+}
