@@ -131,6 +131,7 @@ impl RaftService for RaftGrpc {
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let rpc: VoteRequest<NodeId> = decode("vote request", &request.get_ref().payload)?;
+        tracing::debug!(from = request.get_ref().from, vote = %rpc.vote, "Raft vote request");
         reply(self.raft.vote(rpc).await)
     }
 
@@ -140,6 +141,11 @@ impl RaftService for RaftGrpc {
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode("append-entries request", &request.get_ref().payload)?;
+        tracing::trace!(
+            from = request.get_ref().from,
+            entries = rpc.entries.len(),
+            "Raft append-entries"
+        );
         reply(self.raft.append_entries(rpc).await)
     }
 
@@ -148,6 +154,13 @@ impl RaftService for RaftGrpc {
         request: tonic::Request<SnapshotChunk>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let chunk = request.into_inner();
+        tracing::debug!(
+            from = chunk.from,
+            offset = chunk.offset,
+            bytes = chunk.data.len(),
+            done = chunk.done,
+            "Raft snapshot chunk"
+        );
         let rpc = InstallSnapshotRequest::<TypeConfig> {
             vote: decode("snapshot vote", &chunk.vote)?,
             meta: decode("snapshot meta", &chunk.meta)?,
