@@ -104,10 +104,12 @@ pub struct ClusterNode {
     pub addr: SocketAddr,
     pub raft: Raft,
     pub sm: StateMachineStore,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    server: std::sync::Mutex<Option<JoinHandle<Result<(), tonic::transport::Error>>>>,
     /// Resolves when the log and the state machine are closed.
-    storage_closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// (In a mutex only so that a node can be shared between threads: it
+    /// is taken once, by `shutdown`.)
+    storage_closed: std::sync::Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 /// How long [`ClusterNode::shutdown`] waits for openraft's tasks to let go
@@ -124,6 +126,30 @@ impl ClusterNode {
         config: openraft::Config,
         log_opts: LogOptions,
         transport_opts: TransportOptions,
+    ) -> io::Result<ClusterNode> {
+        let routes = tonic::service::Routes::default();
+        Self::start_with(
+            id,
+            data_dir,
+            listener,
+            config,
+            log_opts,
+            transport_opts,
+            routes,
+        )
+        .await
+    }
+
+    /// As [`Self::start`], the server also answering `extra` (the node's
+    /// admin API, on the same port as Raft).
+    pub async fn start_with(
+        id: NodeId,
+        data_dir: &Path,
+        listener: TcpListener,
+        config: openraft::Config,
+        log_opts: LogOptions,
+        transport_opts: TransportOptions,
+        extra: tonic::service::Routes,
     ) -> io::Result<ClusterNode> {
         let addr = listener.local_addr()?;
         let (log, sm, recovery) = crate::open_storage(data_dir, log_opts)?;
@@ -148,7 +174,7 @@ impl ClusterNode {
         let (stop, stopped) = oneshot::channel::<()>();
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tokio::spawn(transport::serve(raft.clone(), incoming, async {
+        let server = tokio::spawn(transport::serve(raft.clone(), extra, incoming, async {
             // Either an explicit stop or the node being dropped.
             let _ = stopped.await;
         }));
@@ -157,9 +183,9 @@ impl ClusterNode {
             addr,
             raft,
             sm,
-            stop: Some(stop),
-            server: Some(server),
-            storage_closed,
+            stop: std::sync::Mutex::new(Some(stop)),
+            server: std::sync::Mutex::new(Some(server)),
+            storage_closed: std::sync::Mutex::new(storage_closed),
         })
     }
 
@@ -245,7 +271,7 @@ impl ClusterNode {
     /// Stops the server and openraft, and returns once the storage is
     /// closed (its directory locks released), so the same data directory
     /// can be opened again at once.
-    pub async fn shutdown(mut self) -> Result<(), ClusterError> {
+    pub async fn shutdown(self) -> Result<(), ClusterError> {
         self.stop_server().await;
         self.raft
             .shutdown()
@@ -260,6 +286,9 @@ impl ClusterNode {
         } = self;
         // openraft's workers drop their handles as they wind down.
         drop((raft, sm));
+        let storage_closed = storage_closed
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
         tokio::time::timeout(CLOSE_TIMEOUT, storage_closed)
             .await
             .map_err(|_| {
@@ -269,17 +298,34 @@ impl ClusterNode {
             })
     }
 
-    async fn stop_server(&mut self) {
-        if let Some(stop) = self.stop.take() {
+    async fn stop_server(&self) {
+        let stop = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(stop) = stop {
             let _ = stop.send(());
         }
-        if let Some(server) = self.server.take() {
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(server) = server {
             match server.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(node = self.id, "Raft server stopped with: {e}"),
                 Err(e) => tracing::warn!(node = self.id, "Raft server task failed: {e}"),
             }
         }
+    }
+
+    /// Leaves the cluster's work to others while this process lives on (a
+    /// soft stop, ahead of a successor): stops the server (its port freed),
+    /// shuts openraft down, and lets go of the state machine's directory
+    /// lock, so that a successor can open the same data directory while
+    /// this process still drains its connections.
+    pub async fn stop(&self) -> Result<(), ClusterError> {
+        self.stop_server().await;
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        self.sm.release();
+        Ok(())
     }
 }
 

@@ -43,7 +43,8 @@ pub struct StateMachineStore {
 
 struct Shared {
     dir: PathBuf,
-    _lock: DirLock,
+    /// Held while the store may write; let go early by [`StateMachineStore::release`].
+    lock: std::sync::Mutex<Option<DirLock>>,
     state: RwLock<ClusterState>,
     /// The latest snapshot, as stored on disk.
     current: Mutex<Option<StoredSnapshot>>,
@@ -84,7 +85,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
                 dir,
-                _lock: lock,
+                lock: std::sync::Mutex::new(Some(lock)),
                 state: RwLock::new(state),
                 current: Mutex::new(current),
                 seq: AtomicU64::new(0),
@@ -110,6 +111,14 @@ impl StateMachineStore {
     pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.shared.closed.subscribe();
         async move { while rx.changed().await.is_ok() {} }
+    }
+
+    /// Lets go of the directory lock while handles remain, so that another
+    /// process (a binary upgrade's successor) can open the store. Only once
+    /// nothing writes any more: after the Raft node using it shut down.
+    pub fn release(&self) {
+        let mut lock = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+        lock.take();
     }
 
     /// The metadata of the latest snapshot, if any.

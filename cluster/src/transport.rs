@@ -78,6 +78,7 @@ pub fn raft_service(raft: Raft) -> RaftServer<RaftGrpc> {
 /// Serves the Raft service on `incoming` until `shutdown` resolves.
 pub async fn serve<I, IO, IE, F>(
     raft: Raft,
+    extra: tonic::service::Routes,
     incoming: I,
     shutdown: F,
 ) -> Result<(), tonic::transport::Error>
@@ -93,6 +94,7 @@ where
     F: std::future::Future<Output = ()>,
 {
     tonic::transport::Server::builder()
+        .add_routes(extra)
         .add_service(raft_service(raft))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

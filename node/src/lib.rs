@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod gateway;
 pub mod health;
 pub mod http;

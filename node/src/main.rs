@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use llmgw::{admin, config, gateway, listen, mock, reload, systemd};
+use llmgw::{admin, config, control, gateway, listen, mock, reload, systemd};
 use tokio::sync::Semaphore;
 
 #[derive(Parser)]
@@ -81,7 +81,7 @@ enum Command {
     MockUpstream(mock::MockArgs),
 }
 
-#[derive(clap::Args, Default)]
+#[derive(clap::Args)]
 struct RunArgs {
     /// Configuration file; without it, the embedded default is served.
     #[arg(short = 'c', long = "config")]
@@ -113,6 +113,30 @@ struct RunArgs {
     /// Write the process id to this file once listening.
     #[arg(short = 'p', long = "pidfile", value_name = "FILE")]
     pidfile: Option<PathBuf>,
+    /// Where the node keeps its Raft log, snapshots and id.
+    #[arg(
+        long = "data-dir",
+        value_name = "DIR",
+        env = "LLMGW_DATA_DIR",
+        default_value = "llmgw-data"
+    )]
+    data_dir: PathBuf,
+    /// This node's id in its cluster (a new data directory only; default 1).
+    #[arg(long = "node-id", value_name = "N", env = "LLMGW_NODE_ID")]
+    node_id: Option<u64>,
+    /// Where the node's gRPC server listens: Raft between nodes, and the
+    /// admin API `llmgw-ctl` speaks.
+    #[arg(
+        long = "cluster-addr",
+        value_name = "ADDR",
+        env = "LLMGW_CLUSTER_ADDR",
+        default_value = "127.0.0.1:7400"
+    )]
+    cluster_addr: SocketAddr,
+    /// Join the cluster this member (its cluster address) belongs to,
+    /// instead of starting a cluster of one (a new data directory only).
+    #[arg(long = "join", value_name = "ADDR")]
+    join: Option<String>,
 }
 
 /// HAProxy spells its soft- and hard-stop options `-sf` and `-st`; they are
@@ -197,7 +221,8 @@ fn main() -> ExitCode {
 /// else the configuration's `log_level`, else `info`.
 fn init_tracing(configured: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::try_new(configured.unwrap_or("info"))
+        // openraft narrates every start and election at info.
+        tracing_subscriber::EnvFilter::try_new(configured.unwrap_or("info,openraft=warn"))
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     });
     tracing_subscriber::fmt()
@@ -210,8 +235,31 @@ fn init_tracing(configured: Option<&str>) {
 fn run(args: RunArgs) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let embedded = args.config.is_none();
+    // The text itself is kept: it is what a new cluster starts with.
+    let first = match &args.config {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => (path.display().to_string(), text, config::is_haproxy(path)),
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => (
+            "<embedded default>".to_owned(),
+            config::EMBEDDED_DEFAULT.to_owned(),
+            false,
+        ),
+    };
     let loaded = match &args.config {
-        Some(path) => config::load_with(path, args.lenient),
+        Some(path) => config::load_text(
+            &first.0,
+            &first.1,
+            first.2,
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new(".")),
+            args.lenient,
+        ),
         None => config::load_embedded_default().map(|c| (c, Vec::new())),
     };
     let mut cfg = match loaded {
@@ -260,8 +308,22 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let upgrade = Upgrade::new(&args);
+    let cluster = control::ClusterOpts {
+        data_dir: args.data_dir.clone(),
+        node_id: args.node_id,
+        listen: args.cluster_addr,
+        join: args.join.clone(),
+        takeover: args.takeover.is_some(),
+    };
     let reloader = reload::Reloader::new(args.config, args.lenient, overrides);
-    match rt.block_on(serve(cfg, maxconn, reloader, embedded, upgrade)) {
+    match rt.block_on(serve(
+        cfg,
+        maxconn,
+        reloader,
+        embedded,
+        upgrade,
+        (cluster, first),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("llmgw: {e}");
@@ -302,6 +364,12 @@ impl Upgrade {
         if let Some(p) = &args.pidfile {
             again.extend(["-p".into(), p.into()]);
         }
+        again.extend([
+            "--data-dir".into(),
+            args.data_dir.clone().into(),
+            "--cluster-addr".into(),
+            args.cluster_addr.to_string().into(),
+        ]);
         Upgrade {
             takeover: args.takeover.clone(),
             soft_stop: args.soft_stop.clone(),
@@ -385,6 +453,7 @@ async fn serve(
     reloader: reload::Reloader,
     embedded: bool,
     upgrade: Upgrade,
+    (cluster, first): (control::ClusterOpts, (String, String, bool)),
 ) -> Result<(), String> {
     let mut signals = Signals::install()?;
     // First, while the previous process is sure to be there.
@@ -414,9 +483,35 @@ async fn serve(
         global_slots,
         inherited,
     ));
-    let first = listeners.prepare(&shared.current.load().config)?;
-    let mut out = listeners.commit(first);
+    let prepared = listeners.prepare(&shared.current.load().config)?;
+    let mut out = listeners.commit(prepared);
     let reloader = Arc::new(reloader);
+    // A successor takes the cluster's place once its predecessor let go
+    // of it, which it does when asked to stop.
+    if upgrade.takeover.is_some() {
+        upgrade.write_pidfile()?;
+        upgrade.listening();
+    }
+    // The cluster: a new one of one, one to join, or the one on disk —
+    // whose committed configuration then replaces the file's at once.
+    let member = control::Control::start(
+        &cluster,
+        shared.clone(),
+        reloader.clone(),
+        listeners.clone(),
+        first,
+    )
+    .await?;
+    if let Some(v) = member.current_config().map(|c| c.version) {
+        member.wait_applied(v).await?;
+    }
+    out.push(format!(
+        "cluster node {} on grpc://{} (data in {}, configuration version {})",
+        member.node.id,
+        member.node.addr,
+        cluster.data_dir.display(),
+        member.applied_version()
+    ));
     // The socket bound now is the one a successor takes the listeners from
     // (a reload does not move it).
     let admin_socket = stats_socket.clone();
@@ -448,7 +543,9 @@ async fn serve(
         });
         tokio::spawn(admin::run(listener, ctx, sock));
     }
-    upgrade.write_pidfile()?;
+    if upgrade.takeover.is_none() {
+        upgrade.write_pidfile()?;
+    }
     {
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
@@ -466,11 +563,15 @@ async fn serve(
         }
         let _ = stdout.flush();
     }
-    upgrade.listening();
+    if upgrade.takeover.is_none() {
+        upgrade.listening();
+    }
 
     let successor = || upgrade.start_successor(admin_socket.as_ref());
     let stop = wait_for_signals(&mut signals, &shared, &reloader, &listeners, &successor).await;
     if stop == Stop::Soft {
+        // The cluster first: a successor is waiting for its place.
+        member.stop().await;
         soft_stop(&mut signals, &listeners, hard_stop_after).await;
     }
     Ok(())

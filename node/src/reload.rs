@@ -16,7 +16,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::config::{self, Bind, Config};
 use crate::gateway::Shared;
@@ -57,16 +57,38 @@ impl Overrides {
 }
 
 /// Reloads the file a gateway was started with.
-#[derive(Debug)]
+/// Where a reload's configuration goes on a cluster member: to the
+/// cluster, which decides it and hands it back to every node (this one
+/// included) through [`Reloader::apply_committed`].
+pub trait ConfigProposer: Send + Sync {
+    /// Proposes a validated configuration text (`haproxy`: in the HAProxy
+    /// dialect) and returns once this node applied it: its version, or why
+    /// the cluster did not take it.
+    fn propose(&self, name: &str, text: String, haproxy: bool) -> Result<u64, String>;
+}
+
+/// Reloads the file a gateway was started with.
 pub struct Reloader {
     /// `None`: serving the embedded default, nothing to reload.
     path: Option<PathBuf>,
     lenient: bool,
     overrides: Overrides,
-    /// One reload at a time: a signal and a socket command arriving
-    /// together would otherwise race to store their snapshots. Held only
-    /// while reading and swapping, never across an `.await`.
-    busy: Mutex<()>,
+    /// Set once the node has joined its cluster: reloads then go through it.
+    cluster: std::sync::OnceLock<Arc<dyn ConfigProposer>>,
+    /// One swap at a time: a signal and a socket command arriving together
+    /// would otherwise race to store their snapshots. Held only while
+    /// building and swapping, never across an `.await` nor while a proposal
+    /// waits for the cluster (whose answer is itself a swap).
+    swapping: Mutex<()>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("path", &self.path)
+            .field("clustered", &self.cluster.get().is_some())
+            .finish()
+    }
 }
 
 impl Reloader {
@@ -75,23 +97,49 @@ impl Reloader {
             path,
             lenient,
             overrides,
-            busy: Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
+            swapping: Mutex::new(()),
         }
     }
 
-    /// Reads, validates and swaps in the configuration file. `Ok` carries
-    /// the warnings (the reader's, and changes that need a restart);
-    /// `Err` every reason the file was refused — the running configuration
-    /// then stays. Both are logged here, so every caller logs alike.
+    /// From now on, reloads are proposed to `cluster`.
+    pub fn join_cluster(&self, cluster: Arc<dyn ConfigProposer>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The file served, if any (the embedded default has none).
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
+    /// Where relative paths in a configuration text are taken from: the
+    /// file's directory, else the working directory.
+    fn base(&self) -> PathBuf {
+        self.path
+            .as_deref()
+            .and_then(|p| p.parent())
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), ToOwned::to_owned)
+    }
+
+    /// Reads and validates the configuration file, then puts it in force:
+    /// on a cluster member by proposing it to the cluster (every node then
+    /// applies it), else by swapping it in here. `Ok` carries the warnings
+    /// (the reader's, and changes that need a restart); `Err` every reason
+    /// the file was refused — the running configuration then stays. Both
+    /// are logged here, so every caller logs alike.
     pub fn reload(&self, shared: &Shared, listeners: &Listeners) -> Result<Vec<String>, String> {
-        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let result = self.load_and_swap(shared, listeners);
         match &result {
             Ok(warnings) => {
                 for w in warnings {
                     tracing::warn!("reload: {w}");
                 }
-                tracing::info!("configuration reloaded");
+                // On a cluster member the change is logged where every
+                // committed configuration is put in force.
+                if self.cluster.get().is_none() {
+                    tracing::info!("configuration reloaded");
+                }
             }
             Err(e) => tracing::error!("reload refused, the running configuration stays:\n{e}"),
         }
@@ -102,11 +150,48 @@ impl Reloader {
         let Some(path) = &self.path else {
             return Err("serving the embedded default configuration: there is no file to reload (start with `llmgw run -c FILE`)".into());
         };
-        let (mut new, diags) =
-            config::load_with(path, self.lenient).map_err(|diags| diags.to_string())?;
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+        let haproxy = config::is_haproxy(path);
+        let (mut new, diags) = config::load_text(&name, &text, haproxy, &self.base(), self.lenient)
+            .map_err(|diags| diags.to_string())?;
         self.overrides.apply(&mut new)?;
         let mut warnings: Vec<String> = diags.iter().map(ToString::to_string).collect();
         warnings.extend(restart_only_changes(&shared.current.load().config, &new));
+        match self.cluster.get() {
+            Some(cluster) => {
+                cluster.propose(&name, text, haproxy)?;
+            }
+            None => self.swap_in(new, shared, listeners)?,
+        }
+        Ok(warnings)
+    }
+
+    /// Puts in force a configuration the cluster committed (`name` is what
+    /// its diagnostics call it). A text this node cannot load — a
+    /// certificate file missing here, say — is refused here only, with its
+    /// reasons, and the running configuration stays.
+    pub fn apply_committed(
+        &self,
+        name: &str,
+        text: &str,
+        haproxy: bool,
+        shared: &Shared,
+        listeners: &Listeners,
+    ) -> Result<Vec<String>, String> {
+        let (mut new, diags) = config::load_text(name, text, haproxy, &self.base(), self.lenient)
+            .map_err(|diags| diags.to_string())?;
+        self.overrides.apply(&mut new)?;
+        let mut warnings: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        warnings.extend(restart_only_changes(&shared.current.load().config, &new));
+        self.swap_in(new, shared, listeners)?;
+        Ok(warnings)
+    }
+
+    /// Binds the new addresses, swaps the snapshot, then puts the
+    /// listeners in step (see [`crate::listen::set`]).
+    fn swap_in(&self, new: Config, shared: &Shared, listeners: &Listeners) -> Result<(), String> {
+        let _one = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
         // New addresses are bound first: one that cannot be refuses the
         // reload before anything changed.
         let prepared = listeners.prepare(&new)?;
@@ -122,7 +207,7 @@ impl Reloader {
             }
             let _ = out.flush();
         }
-        Ok(warnings)
+        Ok(())
     }
 }
 
@@ -140,7 +225,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn write(dir: &std::path::Path, text: &str) -> PathBuf {
         let p = dir.join("llmgw.toml");

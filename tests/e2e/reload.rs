@@ -71,12 +71,17 @@ impl Site {
         std::fs::write(&self.path, text).expect("write config");
     }
 
-    /// `llmgw run -c FILE ARGS…`.
+    /// `llmgw run -c FILE ARGS…`, its cluster data in the site's
+    /// directory (so that a successor takes over the same node).
     fn spawn(&self, args: &[&str], envs: &[(&str, &str)]) -> Proc {
         let path = self.path.to_string_lossy();
         let mut all = vec!["run", "-c", &path];
         all.extend_from_slice(args);
-        Proc::spawn(&all, envs)
+        let data = self.dir.path().join("data");
+        let data = data.to_string_lossy();
+        let mut envs = envs.to_vec();
+        envs.push(("LLMGW_DATA_DIR", &data));
+        Proc::spawn(&all, &envs)
     }
 }
 

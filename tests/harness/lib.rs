@@ -93,7 +93,11 @@ impl Proc {
         cmd.args(args)
             .stdout(Stdio::piped())
             .stderr(stderr)
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            // Every gateway is a cluster of one of its own unless told
+            // otherwise: its data beside its logs, its gRPC port free.
+            .env("LLMGW_DATA_DIR", logs.path().join("data"))
+            .env("LLMGW_CLUSTER_ADDR", "127.0.0.1:0");
         for (k, v) in envs {
             cmd.env(k, v);
         }

@@ -117,7 +117,7 @@
 //! `Success=0`, `--`, then the warnings or errors.
 
 mod commands;
-mod stat;
+pub(crate) mod stat;
 
 pub use commands::{run_line, split_commands, split_words, Context, LineOutcome, Session};
 pub use stat::{stat_header, STAT_FIELDS};

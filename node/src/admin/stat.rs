@@ -177,7 +177,7 @@ fn unix_now_ms() -> u64 {
 
 /// `status` as HAProxy words it: maintenance first, drain over UP, then
 /// the check state (`UP`, `UP 1/3`, `DOWN`, `DOWN 1/2`, `no check`).
-fn server_status(s: &ServerState, h: &HealthView) -> String {
+pub(crate) fn server_status(s: &ServerState, h: &HealthView) -> String {
     match s.admin() {
         AdminState::Maint => "MAINT".into(),
         AdminState::Drain if h.up => match h.status.strip_prefix("UP ") {
@@ -804,7 +804,7 @@ pub fn show_table(ctx: &Context, level: AccessLevel, args: &[String]) -> String 
 }
 
 /// `name` or `name(period_ms)`, as HAProxy prints stored data.
-fn data_name(c: &Column) -> String {
+pub(crate) fn data_name(c: &Column) -> String {
     if c.data.is_rate() {
         format!("{}({})", c.data.name(), c.period_ms)
     } else {

@@ -41,6 +41,25 @@ pub fn load_with(path: &Path, lenient: bool) -> Result<(Config, Vec<diag::Diag>)
     }
 }
 
+/// Loads a configuration from `text` (named `name` in diagnostics): the
+/// HAProxy dialect when `haproxy`, else native TOML. Relative paths in it
+/// are taken from `base`. What the cluster replicates is text; this is how
+/// every node reads it.
+pub fn load_text(
+    name: &str,
+    text: &str,
+    haproxy: bool,
+    base: &Path,
+    lenient: bool,
+) -> Result<(Config, Vec<diag::Diag>), Diags> {
+    if haproxy {
+        haproxy::load_str(name, text, base, haproxy::Options { lenient })
+            .map(|l| (l.config, l.warnings))
+    } else {
+        native::load_str(name, text, base).map(|c| (c, Vec::new()))
+    }
+}
+
 pub fn load_embedded_default() -> Result<Config, Diags> {
     native::load_str("<embedded default>", EMBEDDED_DEFAULT, Path::new("."))
 }

@@ -120,16 +120,16 @@ impl Listener {
         drain: Arc<Drain>,
     ) {
         loop {
-            let this = settings.load_full();
+            let slots = settings.load_full();
             // Slots first: over the limit, connections wait in the backlog.
-            let fe_permit = match &this.frontend_slots {
+            let fe_permit = match &slots.frontend_slots {
                 Some(s) => match s.clone().acquire_owned().await {
                     Ok(p) => Some(p),
                     Err(_) => return,
                 },
                 None => None,
             };
-            let Ok(global_permit) = this.global_slots.clone().acquire_owned().await else {
+            let Ok(global_permit) = slots.global_slots.clone().acquire_owned().await else {
                 return;
             };
             let (stream, peer) = match socket.accept().await {
@@ -141,6 +141,9 @@ impl Listener {
                     continue;
                 }
             };
+            // The settings in force now, not those of when the wait for
+            // this connection began: a reload may have come in between.
+            let this = settings.load_full();
             // Rejected connections count too (HAProxy's `stot`).
             let session = SessionGuard::open(&this.stats);
             let held = drain.hold();
