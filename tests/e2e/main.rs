@@ -4,6 +4,7 @@
 mod access_log;
 mod balancing;
 mod client_keys;
+mod cluster;
 mod config_errors;
 mod conn_limits;
 mod differential;

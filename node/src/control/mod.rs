@@ -326,7 +326,6 @@ impl Control {
             if started_with.as_deref() == Some(text.as_str()) {
                 tracing::info!(version, "configuration in force");
                 seen.config_version = version;
-                self.applied.send_replace(version);
                 return Box::pin(self.apply(
                     Wanted {
                         config: None,
@@ -372,7 +371,6 @@ impl Control {
             // Runtime state names servers of the new configuration.
             seen.servers.clear();
             drop(err);
-            self.applied.send_replace(version);
         }
         let rt = &self.shared.runtime;
         for (backend, server, want) in w.servers {
@@ -414,6 +412,11 @@ impl Control {
                 tracing::warn!("cluster: clear table {table}: {e}");
             }
             seen.clears.insert(table, index);
+        }
+        // Said once the configuration *and* the runtime state that goes
+        // with it are in force.
+        if *self.applied.borrow() != seen.config_version {
+            self.applied.send_replace(seen.config_version);
         }
     }
 

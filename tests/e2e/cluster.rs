@@ -1,0 +1,443 @@
+//! The cluster with real processes on loopback: nodes started with
+//! `llmgw run --join`, driven with `llmgw-ctl` through any node, killed
+//! with SIGKILL and restarted on their data directories.
+//!
+//! Which upstream a node's gateway uses tells which configuration it
+//! serves: each configuration here points the backend at one mock, and
+//! the mock names itself in `x-mock-server`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use llmgw_e2e::{eventually, Client, Mock, Proc, TempDir};
+
+/// The configuration every node serves, pointing at `mock`.
+fn config(mock: &Mock, weight: u32) -> String {
+    format!(
+        "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n\
+         [[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"{}\"\nweight = {weight}\n",
+        mock.addr
+    )
+}
+
+fn ctl_bin() -> PathBuf {
+    llmgw_e2e::llmgw_bin().with_file_name("llmgw-ctl")
+}
+
+/// `llmgw-ctl --node NODE ARGS…`: success, stdout + stderr.
+fn ctl(node: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = Command::new(ctl_bin())
+        .arg("--node")
+        .arg(node.to_string())
+        .args(args)
+        .output()
+        .expect("llmgw-ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn ctl_json(node: SocketAddr, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["-o", "json"];
+    all.extend_from_slice(args);
+    let (ok, out) = ctl(node, &all);
+    assert!(ok, "llmgw-ctl {args:?}: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// One node: its process, its gateway and cluster addresses.
+struct Node {
+    proc: Proc,
+    id: u64,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+struct Cluster {
+    dir: TempDir,
+    config: PathBuf,
+    nodes: Vec<Option<Node>>,
+}
+
+fn addr_after(line: &str, marker: &str) -> SocketAddr {
+    line.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address after {marker:?} in {line:?}"))
+}
+
+impl Cluster {
+    /// `n` nodes: n1 bootstraps, the others join it.
+    fn start(n: u64, first: &str) -> Cluster {
+        let dir = TempDir::new("cluster");
+        let config = dir.path().join("llmgw.toml");
+        std::fs::write(&config, first).expect("write");
+        let mut c = Cluster {
+            dir,
+            config,
+            nodes: Vec::new(),
+        };
+        for id in 1..=n {
+            let join = (id > 1).then(|| c.node(1).grpc);
+            let node = c.spawn(id, join, "127.0.0.1:0".parse().expect("addr"));
+            c.nodes.push(Some(node));
+        }
+        c
+    }
+
+    fn data(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("n{id}"))
+    }
+
+    fn spawn(&self, id: u64, join: Option<SocketAddr>, grpc: SocketAddr) -> Node {
+        let cfg = self.config.to_string_lossy().into_owned();
+        let data = self.data(id).to_string_lossy().into_owned();
+        let (id_s, grpc_s) = (id.to_string(), grpc.to_string());
+        let join_s = join.map(|j| j.to_string());
+        let mut args = vec![
+            "run",
+            "-c",
+            &cfg,
+            "--node-id",
+            &id_s,
+            "--data-dir",
+            &data,
+            "--cluster-addr",
+            &grpc_s,
+        ];
+        if let Some(j) = &join_s {
+            args.extend(["--join", j]);
+        }
+        let mut proc = Proc::spawn(&args, &[]);
+        let http = addr_after(&proc.wait_line("frontend 'f' listening on"), "http://");
+        let grpc = addr_after(&proc.wait_line("cluster node"), "grpc://");
+        Node {
+            proc,
+            id,
+            grpc,
+            http,
+        }
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        self.nodes[id as usize - 1].as_ref().expect("node running")
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().flatten()
+    }
+
+    /// SIGKILL, as a crash.
+    fn kill(&mut self, id: u64) -> SocketAddr {
+        let mut n = self.nodes[id as usize - 1].take().expect("running");
+        n.proc.signal("KILL");
+        n.proc.wait_exit();
+        n.grpc
+    }
+
+    /// Starts a killed node again on its data directory and address.
+    fn restart(&mut self, id: u64, grpc: SocketAddr) {
+        let n = self.spawn(id, None, grpc);
+        self.nodes[id as usize - 1] = Some(n);
+    }
+
+    fn leader(&self) -> u64 {
+        let any = self.live().next().expect("a live node");
+        ctl_json(any.grpc, &["cluster", "status"])["leader_id"]
+            .as_u64()
+            .expect("a leader")
+    }
+}
+
+/// The mock a gateway's request reached.
+async fn served_by(http: SocketAddr) -> Option<String> {
+    let r = Client::http1()
+        .post_json(
+            &format!("http://{http}/v1/chat/completions"),
+            r#"{"model":"gpt-4o","messages":[]}"#,
+        )
+        .await;
+    (r.status == 200).then(|| r.header("x-mock-server").unwrap_or_default().to_owned())
+}
+
+/// Waits until every live node's gateway proxies to `mock`; returns how long it took.
+async fn all_serve(c: &Cluster, mock: &str) -> Duration {
+    let t = Instant::now();
+    for n in c.live() {
+        eventually(Duration::from_secs(10), || async {
+            (served_by(n.http).await.as_deref() == Some(mock)).then_some(())
+        })
+        .await;
+    }
+    t.elapsed()
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_a_config_applied_through_a_follower_is_served_everywhere() {
+    let (m1, m2) = (Mock::start("m1", &[]), Mock::start("m2", &[]));
+    let c = Cluster::start(3, &config(&m1, 1));
+    all_serve(&c, "m1").await;
+    let members = ctl_json(c.node(2).grpc, &["cluster", "members"]);
+    assert_eq!(
+        members["members"].as_array().map(Vec::len),
+        Some(3),
+        "{members}"
+    );
+
+    // Applies alternate between the two mocks, each through a follower.
+    let leader = c.leader();
+    let follower = c.live().find(|n| n.id != leader).expect("a follower");
+    let next = c.dir.path().join("next.toml");
+    let mut took = Vec::new();
+    for i in 0..100u32 {
+        let (mock, name) = if i % 2 == 0 { (&m2, "m2") } else { (&m1, "m1") };
+        std::fs::write(&next, config(mock, 1)).expect("write");
+        let t = Instant::now();
+        let (ok, out) = ctl(follower.grpc, &["config", "apply", &next.to_string_lossy()]);
+        assert!(ok, "{out}");
+        all_serve(&c, name).await;
+        took.push(t.elapsed());
+    }
+    took.sort();
+    let (p50, p99) = (quantile(&took, 0.5), quantile(&took, 0.99));
+    println!("config propagation through a follower to 3 gateways serving it: p50 {p50:?}, p99 {p99:?} (100 applies)");
+    assert!(p99 < Duration::from_secs(1), "propagation p99 {p99:?}");
+
+    // Reads: linearizable by default, from any node.
+    let (ok, text) = ctl(c.node(3).grpc, &["config", "get"]);
+    assert!(ok && text.contains(&m1.addr.to_string()), "{text}");
+    let history = ctl_json(c.node(1).grpc, &["config", "history"]);
+    assert_eq!(history[0]["version"], 101, "{history}");
+
+    // A server's weight set through one node is in force on all of them.
+    let (ok, out) = ctl(c.node(3).grpc, &["server", "weight", "b/s", "7"]);
+    assert!(ok, "{out}");
+    for n in c.live() {
+        eventually(Duration::from_secs(5), || async {
+            let list = ctl_json(n.grpc, &["server", "list"]);
+            (list[0]["weight"] == 7).then_some(())
+        })
+        .await;
+    }
+
+    // Bad input gets a clear answer and changes nothing.
+    std::fs::write(&next, "[[backend]]\nname = \"b\"\nbalance = \"nope\"\n").expect("write");
+    let (ok, out) = ctl(follower.grpc, &["config", "apply", &next.to_string_lossy()]);
+    assert!(!ok);
+    assert!(out.contains("next.toml:"), "{out}");
+    let (ok, out) = ctl(follower.grpc, &["server", "drain", "b/nope"]);
+    assert!(!ok && out.contains("no server 'nope'"), "{out}");
+    let (ok, out) = ctl(
+        follower.grpc,
+        &[
+            "config",
+            "apply",
+            "--expect-version",
+            "3",
+            &c.config.to_string_lossy(),
+        ],
+    );
+    assert!(!ok && out.contains("expected version 3"), "{out}");
+    all_serve(&c, "m1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_a_new_one_is_elected_and_nothing_acknowledged_is_lost() {
+    let (m1, m2) = (Mock::start("m1", &[]), Mock::start("m2", &[]));
+    let mut c = Cluster::start(3, &config(&m1, 1));
+    all_serve(&c, "m1").await;
+    let next = c.dir.path().join("next.toml");
+    std::fs::write(&next, config(&m2, 1)).expect("write");
+    let (ok, out) = ctl(
+        c.node(1).grpc,
+        &["config", "apply", &next.to_string_lossy()],
+    );
+    assert!(ok, "{out}");
+
+    let old = c.leader();
+    let t = Instant::now();
+    let grpc = c.kill(old);
+    let new = eventually(Duration::from_secs(10), || async {
+        let any = c.live().next().expect("live");
+        let s = ctl_json(any.grpc, &["cluster", "status"]);
+        s["leader_id"].as_u64().filter(|&l| l != old)
+    })
+    .await;
+    println!("leader n{old} killed: n{new} leads after {:?}", t.elapsed());
+    // The acknowledged change is there, and the cluster takes new ones.
+    all_serve(&c, "m2").await;
+    std::fs::write(&next, config(&m1, 2)).expect("write");
+    let any = c.live().next().expect("live").grpc;
+    let (ok, out) = ctl(any, &["config", "apply", &next.to_string_lossy()]);
+    assert!(ok, "{out}");
+
+    // The killed node comes back on its data and catches up.
+    let t = Instant::now();
+    c.restart(old, grpc);
+    all_serve(&c, "m1").await;
+    eventually(Duration::from_secs(10), || async {
+        let s = ctl_json(c.node(old).grpc, &["cluster", "status"]);
+        (s["config_version"] == 3).then_some(())
+    })
+    .await;
+    println!("n{old} restarted: caught up in {:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_two_down_still_commit_three_down_refuse_clearly_and_keep_proxying() {
+    let (m1, m2) = (Mock::start("m1", &[]), Mock::start("m2", &[]));
+    let mut c = Cluster::start(5, &config(&m1, 1));
+    all_serve(&c, "m1").await;
+    let next = c.dir.path().join("next.toml");
+    let leader = c.leader();
+    let others: Vec<u64> = (1..=5).filter(|&i| i != leader).collect();
+
+    // Two followers down: a majority of three remains.
+    c.kill(others[0]);
+    c.kill(others[1]);
+    std::fs::write(&next, config(&m2, 1)).expect("write");
+    let (ok, out) = ctl(
+        c.node(leader).grpc,
+        &["config", "apply", &next.to_string_lossy()],
+    );
+    assert!(ok, "{out}");
+    all_serve(&c, "m2").await;
+
+    // A third down: no quorum, said clearly, naming who is missing.
+    c.kill(others[2]);
+    std::fs::write(&next, config(&m1, 1)).expect("write");
+    let (ok, out) = ctl(
+        c.node(leader).grpc,
+        &["config", "apply", &next.to_string_lossy()],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("no quorum"), "{out}");
+    for id in &others[..3] {
+        assert!(out.contains(&format!("n{id}")), "n{id} not named: {out}");
+    }
+    // Every live node keeps proxying with the last committed configuration.
+    for n in c.live() {
+        assert_eq!(served_by(n.http).await.as_deref(), Some("m2"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_recovers_its_configuration_and_runtime_state_from_disk() {
+    let (m1, m2) = (Mock::start("m1", &[]), Mock::start("m2", &[]));
+    let mut c = Cluster::start(1, &config(&m1, 1));
+    let next = c.dir.path().join("next.toml");
+    std::fs::write(&next, config(&m2, 1)).expect("write");
+    let (ok, out) = ctl(
+        c.node(1).grpc,
+        &["config", "apply", &next.to_string_lossy()],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = ctl(c.node(1).grpc, &["server", "drain", "b/s"]);
+    assert!(ok, "{out}");
+
+    let grpc = c.kill(1);
+    // The file still names m1; what the cluster committed wins.
+    c.restart(1, grpc);
+    let n = c.node(1);
+    let list = ctl_json(n.grpc, &["server", "list"]);
+    assert!(
+        list[0]["status"]
+            .as_str()
+            .is_some_and(|s| s.contains("DRAIN")),
+        "{list}"
+    );
+    let s = ctl_json(n.grpc, &["cluster", "status"]);
+    assert_eq!(s["config_version"], 2, "{s}");
+    // Draining: no new requests go to the server, so none is served.
+    let (ok, out) = ctl(n.grpc, &["server", "ready", "b/s"]);
+    assert!(ok, "{out}");
+    all_serve(&c, "m2").await;
+}
+
+#[tokio::test]
+async fn a_removed_node_id_is_never_reused() {
+    let m1 = Mock::start("m1", &[]);
+    let mut c = Cluster::start(3, &config(&m1, 1));
+    let leader = c.leader();
+    let gone = (1..=3).find(|&i| i != leader).expect("a follower");
+    c.kill(gone);
+    let (ok, out) = ctl(
+        c.node(leader).grpc,
+        &["cluster", "remove", &gone.to_string()],
+    );
+    assert!(ok, "{out}");
+    let members = ctl_json(c.node(leader).grpc, &["cluster", "members"]);
+    assert_eq!(
+        members["retired_ids"],
+        serde_json::json!([gone]),
+        "{members}"
+    );
+
+    // A new node under the old id, on a fresh data directory: refused.
+    let data = c.dir.path().join("again");
+    let cfg = c.config.to_string_lossy().into_owned();
+    let join = c.node(leader).grpc.to_string();
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            "-c",
+            &cfg,
+            "--node-id",
+            &gone.to_string(),
+            "--data-dir",
+            &data.to_string_lossy(),
+            "--cluster-addr",
+            "127.0.0.1:0",
+            "--join",
+            &join,
+        ],
+        &[],
+    );
+    assert!(!p.wait_exit().success());
+    assert!(p.stderr().contains("can never be reused"), "{}", p.stderr());
+}
+
+#[tokio::test]
+async fn a_torn_log_tail_is_cut_and_the_node_recovers() {
+    let (m1, m2) = (Mock::start("m1", &[]), Mock::start("m2", &[]));
+    let mut c = Cluster::start(1, &config(&m1, 1));
+    let next = c.dir.path().join("next.toml");
+    std::fs::write(&next, config(&m2, 1)).expect("write");
+    let (ok, out) = ctl(
+        c.node(1).grpc,
+        &["config", "apply", &next.to_string_lossy()],
+    );
+    assert!(ok, "{out}");
+    let grpc = c.kill(1);
+    // Half a record at the end of the newest segment: a write the crash cut.
+    let seg = newest_segment(&c.data(1).join("raft/log"));
+    let mut bytes = std::fs::read(&seg).expect("segment");
+    bytes.extend_from_slice(&bytes[..40].to_vec());
+    std::fs::write(&seg, &bytes).expect("tear");
+    c.restart(1, grpc);
+    assert!(
+        c.node(1).proc.stderr().contains("torn"),
+        "{}",
+        c.node(1).proc.stderr()
+    );
+    all_serve(&c, "m2").await;
+}
+
+fn newest_segment(dir: &Path) -> PathBuf {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("log dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg" || x == "log"))
+        .collect();
+    segs.sort();
+    segs.pop()
+        .unwrap_or_else(|| panic!("no segment in {}", dir.display()))
+}
