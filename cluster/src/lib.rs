@@ -22,12 +22,14 @@
 //! plane in `node/` applies every change as a command, so this crate talks
 //! to it only through that command type.
 
+pub mod certs;
 pub mod command;
 pub mod fsutil;
 pub mod log;
 pub mod node;
 pub mod sm;
 pub mod state;
+pub mod tls;
 pub mod transport;
 pub mod types;
 
