@@ -12,6 +12,10 @@
 //!   acknowledging, torn tails cut on open), the vote and the purge point;
 //! - [`sm`]: the state machine store, its snapshots and their persistence;
 //! - [`fsutil`]: the file-system primitives those two share;
+//! - [`tls`]: mutual TLS for every connection (rustls configs, peer
+//!   identity from certificates, the accepting and connecting sockets);
+//! - [`certs`]: the cluster CA and the node and client certificates it
+//!   issues;
 //! - [`transport`]: the Raft RPCs over gRPC (`llmgw-proto`), server and
 //!   client, one channel per peer;
 //! - [`node`]: a running member (storage, openraft, server) with bootstrap,
@@ -36,11 +40,14 @@ pub mod types;
 use std::io;
 use std::path::Path;
 
+use openraft::SnapshotPolicy;
+
 pub use command::{AdminState, Command, ConfigFormat, Refusal, Response};
 pub use log::{LogOptions, LogStore, Recovery};
-pub use node::{ClusterError, ClusterNode};
+pub use node::{ClusterError, ClusterHandle, ClusterNode, NodeOptions};
 pub use sm::StateMachineStore;
 pub use state::ClusterState;
+pub use tls::{CertFiles, ClusterTls, PeerIdentity, PeerInfo, TlsMaterial};
 pub use types::{NodeId, NodeInfo, TypeConfig};
 
 /// Opens the Raft storage under a node's data directory: the log in
@@ -53,4 +60,52 @@ pub fn open_storage(
     let (log, recovery) = LogStore::open(raft.join("log"), opts)?;
     let sm = StateMachineStore::open(raft.join("sm"))?;
     Ok((log, sm, recovery))
+}
+
+/// openraft's settings for nodes on one LAN (round trips well under 10 ms):
+///
+/// - heartbeat every 100 ms, election after 300 to 600 ms of silence: a
+///   leader that dies is replaced within about a second, and a few lost
+///   heartbeats (three to six) never start an election;
+/// - a snapshot every 1000 entries (`LogsSinceLast(1000)`): entries are
+///   configurations and operator commands, so this bounds what a restart
+///   replays and what the log holds on disk (a thousand configurations at
+///   most) while snapshotting rarely; the 100 entries before a snapshot
+///   stay in the log, so a follower a little behind catches up from the log
+///   rather than by a snapshot transfer;
+/// - snapshots sent in 1 MiB chunks, each given 5 s: far under the gRPC
+///   message limit, and slow links still make progress;
+/// - at most 64 entries per append: an entry can be a whole configuration,
+///   so batches stay far under the message limit for configurations up to
+///   about a megabyte.
+///
+/// Nodes spread over regions need longer timeouts: see
+/// [`wan_raft_config`].
+pub fn default_raft_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "llmgw".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        install_snapshot_timeout: 5_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 100,
+        snapshot_max_chunk_size: 1 << 20,
+        max_payload_entries: 64,
+        ..Default::default()
+    }
+}
+
+/// [`default_raft_config`] for voters in different regions (round trips of
+/// 50 to 300 ms): heartbeat every 500 ms, election after 2 to 4 s. Failover
+/// takes a few seconds; a transcontinental round trip never looks like a
+/// dead leader.
+pub fn wan_raft_config() -> openraft::Config {
+    openraft::Config {
+        heartbeat_interval: 500,
+        election_timeout_min: 2_000,
+        election_timeout_max: 4_000,
+        install_snapshot_timeout: 20_000,
+        ..default_raft_config()
+    }
 }
