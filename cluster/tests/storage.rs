@@ -296,6 +296,48 @@ async fn the_vote_survives_a_reopen() {
 }
 
 #[tokio::test]
+async fn the_commit_point_survives_a_reopen_as_far_as_the_log_vouches_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let mut log = open(&log_dir(&tmp));
+        assert_eq!(log.read_committed().await.unwrap(), None);
+        log.blocking_append(entries(1, 1..=10)).await.unwrap();
+        log.save_committed(Some(log_id(1, 4))).await.unwrap();
+        log.save_committed(Some(log_id(1, 7))).await.unwrap();
+    }
+    let committed = log_dir(&tmp).join("committed.json");
+    {
+        let mut log = open(&log_dir(&tmp));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 7)));
+        // Purged behind a snapshot: the snapshot covers it.
+        log.purge(log_id(1, 8)).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 7)));
+    }
+
+    // Past the last entry (never written so, but a file is only a file):
+    // the last entry is what the log can vouch for.
+    fs::write(&committed, serde_json::to_vec(&log_id(1, 30)).unwrap()).unwrap();
+    let mut log = open(&log_dir(&tmp));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 10)));
+    drop(log);
+
+    // Another entry at its index: the files do not belong together.
+    fs::write(&committed, serde_json::to_vec(&log_id(5, 9)).unwrap()).unwrap();
+    let mut log = open(&log_dir(&tmp));
+    let err = log
+        .read_committed()
+        .await
+        .expect_err("a foreign commit point");
+    assert!(err.to_string().contains("the commit point is"), "{err}");
+    drop(log);
+
+    // Unreadable: a hint lost, as if never saved.
+    fs::write(&committed, b"{\"torn").unwrap();
+    let mut log = open(&log_dir(&tmp));
+    assert_eq!(log.read_committed().await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn a_second_store_on_the_same_directory_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let _log = open(&log_dir(&tmp));

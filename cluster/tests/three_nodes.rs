@@ -269,19 +269,64 @@ async fn a_restarted_node_recovers_its_state_from_disk() {
     }
 
     // Same data directory, a new port: the snapshot is loaded and the entry
-    // after it re-applied from the log once the node leads again.
+    // after it re-applied from the log up to the saved commit point, by the
+    // time start returns: no leader needed.
     let n1 = start(1, dir.path(), &pki).await;
+    assert_eq!(
+        current_text(&n1).as_deref(),
+        Some("# two\n"),
+        "from the log, at once"
+    );
+    assert_eq!(n1.sm.read(|s| s.config_version), 2);
+    applied(&n1, last.index).await;
     n1.raft
         .wait(DEADLINE)
         .state(ServerState::Leader, "n1 leads again")
         .await
         .unwrap();
-    applied(&n1, last.index).await;
-    assert_eq!(
-        current_text(&n1).as_deref(),
-        Some("# two\n"),
-        "from the log"
-    );
-    assert_eq!(n1.sm.read(|s| s.config_version), 2);
     n1.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restarted_without_a_quorum_applies_what_it_knew_committed() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = start(1, dir.path(), &pki).await;
+    let n2 = start(2, dir.path(), &pki).await;
+    let n3 = start(3, dir.path(), &pki).await;
+    n1.bootstrap().await.unwrap();
+    n1.raft
+        .wait(DEADLINE)
+        .state(ServerState::Leader, "n1 leads")
+        .await
+        .unwrap();
+    n1.join(2, &n2.addr.to_string(), false).await.unwrap();
+    n1.join(3, &n3.addr.to_string(), false).await.unwrap();
+    n1.apply(apply_config("# one\n")).await.unwrap();
+    n1.apply(Command::SetServerWeight {
+        backend: "chat".into(),
+        server: "a".into(),
+        weight: 7,
+    })
+    .await
+    .unwrap();
+    let (last, version) = n1.apply(apply_config("# two\n")).await.unwrap();
+    assert_eq!(version, 2);
+    applied(&n3, last.index).await;
+
+    // Everyone stops; n3 comes back alone. It cannot elect anyone, yet
+    // holds every entry it knew committed, applied from its own log.
+    for node in [n3, n1, n2] {
+        node.shutdown().await.unwrap();
+    }
+    let n3 = start(3, dir.path(), &pki).await;
+    assert_eq!(current_text(&n3).as_deref(), Some("# two\n"));
+    assert_eq!(n3.sm.read(|s| s.config_version), 2);
+    assert_eq!(
+        n3.sm.read(|s| s.server("chat", "a").and_then(|r| r.weight)),
+        Some(7)
+    );
+    applied(&n3, last.index).await;
+    assert_ne!(n3.raft.metrics().borrow().state, ServerState::Leader);
+    n3.shutdown().await.unwrap();
 }
