@@ -45,7 +45,7 @@ use openraft::SnapshotPolicy;
 pub use command::{AdminState, Command, ConfigFormat, Refusal, Response};
 pub use log::{LogOptions, LogStore, Recovery};
 pub use node::{ClusterError, ClusterHandle, ClusterNode, NodeOptions};
-pub use sm::StateMachineStore;
+pub use sm::{Applied, Changes, StateMachineStore};
 pub use state::ClusterState;
 pub use tls::{CertFiles, ClusterTls, PeerIdentity, PeerInfo, TlsMaterial};
 pub use types::{NodeId, NodeInfo, TypeConfig};

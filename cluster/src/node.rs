@@ -464,6 +464,14 @@ impl ClusterHandle {
         Ok(())
     }
 
+    /// Follows what this node applies (see
+    /// [`StateMachineStore::subscribe`]): the node reloads when
+    /// `config_version` changes and applies server states and weights when
+    /// they do ([`crate::Applied::changes_since`]).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<crate::Applied> {
+        self.sm.subscribe()
+    }
+
     /// Whether this node currently leads.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader

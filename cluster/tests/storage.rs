@@ -486,6 +486,107 @@ async fn snapshots_are_built_installed_elsewhere_and_restored_from_disk() {
 }
 
 #[tokio::test]
+async fn subscribers_see_each_applied_state_and_keep_the_one_they_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachineStore::open(dir.path()).unwrap();
+    let mut rx = sm.subscribe();
+    let start = rx.borrow_and_update().clone();
+    assert_eq!(
+        (start.last_applied, start.config_version),
+        (None, 0),
+        "a new store publishes its empty state"
+    );
+
+    sm.apply([
+        membership(1, &[1]),
+        command(
+            2,
+            Command::ApplyConfig {
+                text: "# v1\n".into(),
+                format: ConfigFormat::Toml,
+                expected_version: None,
+            },
+        ),
+    ])
+    .await
+    .unwrap();
+    assert!(rx.has_changed().unwrap(), "an applied batch is published");
+    let first = rx.borrow_and_update().clone();
+    assert_eq!(first.last_applied, Some(log_id(1, 2)));
+    assert_eq!(first.config_version, 1);
+    assert_eq!(
+        first.state.current_config().map(|c| &*c.text),
+        Some("# v1\n")
+    );
+    let changes = first.changes_since(&start);
+    assert!(
+        changes.config && changes.members && !changes.servers,
+        "{changes:?}"
+    );
+
+    sm.apply([
+        command(
+            3,
+            Command::SetServerWeight {
+                backend: "chat".into(),
+                server: "a".into(),
+                weight: 9,
+            },
+        ),
+        command(
+            4,
+            Command::ClearTable {
+                table: "per_key".into(),
+                key: None,
+            },
+        ),
+    ])
+    .await
+    .unwrap();
+    let second = rx.borrow_and_update().clone();
+    let changes = second.changes_since(&first);
+    assert_eq!(
+        changes,
+        llmgw_cluster::Changes {
+            config: false,
+            servers: true,
+            cleared_tables: vec!["per_key".into()],
+            members: false,
+        }
+    );
+    assert!(second.changes_since(&second).is_empty());
+    // What a subscriber holds is its own: later applies copy, not change it.
+    assert_eq!(first.state.server("chat", "a"), None);
+    assert_eq!(
+        second.state.server("chat", "a").and_then(|r| r.weight),
+        Some(9)
+    );
+    assert!(std::sync::Arc::ptr_eq(&second.state, &sm.state()));
+
+    // A snapshot installed is published as well.
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = StateMachineStore::open(other_dir.path()).unwrap();
+    let mut other_rx = other.subscribe();
+    other
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
+    let installed = other_rx.borrow_and_update().clone();
+    assert_eq!(installed.last_applied, Some(log_id(1, 4)));
+    assert_eq!(installed.state, second.state);
+
+    // The subscription does not keep the store open, and says when it closed.
+    drop(other);
+    assert!(other_rx.changed().await.is_err());
+}
+
+#[tokio::test]
 async fn a_damaged_snapshot_file_is_refused_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -69,13 +69,27 @@ async fn three_nodes_elect_replicate_fail_over_and_never_reuse_an_id() {
             .unwrap();
     }
 
-    // Replication of a configuration through the gRPC transport.
+    // Replication of a configuration through the gRPC transport; a
+    // follower's subscriber hears of it.
+    let mut follower_rx = n3.subscribe();
     let (log_id, version) = n1.apply(apply_config("# v1\n")).await.unwrap();
     assert_eq!(version, 1);
     for node in [&n1, &n2, &n3] {
         applied(node, log_id.index).await;
         assert_eq!(current_text(node).as_deref(), Some("# v1\n"));
     }
+    let seen = tokio::time::timeout(
+        DEADLINE.unwrap(),
+        follower_rx.wait_for(|a| a.config_version == 1),
+    )
+    .await
+    .expect("in time")
+    .expect("n3 still running")
+    .clone();
+    assert_eq!(
+        seen.state.current_config().map(|c| &*c.text),
+        Some("# v1\n")
+    );
 
     // A follower cannot propose, and says who leads.
     match n2.apply(apply_config("# from a follower\n")).await {
@@ -321,6 +335,9 @@ async fn a_follower_restarted_without_a_quorum_applies_what_it_knew_committed() 
     }
     let n3 = start(3, dir.path(), &pki).await;
     assert_eq!(current_text(&n3).as_deref(), Some("# two\n"));
+    let applied_now = n3.subscribe().borrow().clone();
+    assert_eq!(applied_now.config_version, 2);
+    assert!(applied_now.last_applied >= Some(last));
     assert_eq!(n3.sm.read(|s| s.config_version), 2);
     assert_eq!(
         n3.sm.read(|s| s.server("chat", "a").and_then(|r| r.weight)),
