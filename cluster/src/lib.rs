@@ -109,3 +109,28 @@ pub fn wan_raft_config() -> openraft::Config {
         ..default_raft_config()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_raft_settings_validate_and_keep_their_margins() {
+        for (name, config) in [("LAN", default_raft_config()), ("WAN", wan_raft_config())] {
+            let config = config.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Three heartbeats fit in the shortest election timeout: a lost
+            // heartbeat or two never starts an election.
+            assert!(
+                3 * config.heartbeat_interval <= config.election_timeout_min,
+                "{name}"
+            );
+            assert!(config.snapshot_max_chunk_size < transport::MAX_MESSAGE_BYTES as u64);
+            assert!(config.max_in_snapshot_log_to_keep < 1000, "{name}");
+            assert_eq!(
+                config.snapshot_policy,
+                SnapshotPolicy::LogsSinceLast(1000),
+                "{name}"
+            );
+        }
+    }
+}

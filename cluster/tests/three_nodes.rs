@@ -347,3 +347,59 @@ async fn a_follower_restarted_without_a_quorum_applies_what_it_knew_committed() 
     assert_ne!(n3.raft.metrics().borrow().state, ServerState::Leader);
     n3.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_follow_the_policy_and_keep_some_log_behind_them() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || {
+        let mut opts = common::options(1 << 20);
+        opts.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(10);
+        opts.raft.max_in_snapshot_log_to_keep = 3;
+        opts
+    };
+    let n1 = common::start_with(1, dir.path(), pki.node(1), opts()).await;
+    n1.bootstrap().await.unwrap();
+    n1.raft
+        .wait(DEADLINE)
+        .state(ServerState::Leader, "n1 leads")
+        .await
+        .unwrap();
+    let mut last = None;
+    for i in 1..=25 {
+        last = Some(
+            n1.apply(apply_config(&format!("# v{i}\n")))
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    let last = last.unwrap();
+    let metrics = n1
+        .raft
+        .wait(DEADLINE)
+        .metrics(
+            |m| {
+                m.snapshot.is_some_and(|s| s.index + 10 > last.index)
+                    && m.purged
+                        .zip(m.snapshot)
+                        .is_some_and(|(p, s)| p.index + 3 == s.index)
+            },
+            "a snapshot within 10 entries of the end, the log purged to 3 before it",
+        )
+        .await
+        .unwrap();
+    let snapshot = metrics.snapshot.unwrap();
+    assert_eq!(
+        n1.sm.snapshot_meta().and_then(|m| m.last_log_id),
+        Some(snapshot)
+    );
+    n1.shutdown().await.unwrap();
+
+    // The snapshot on disk and the log kept after it give back the last
+    // configuration at once.
+    let n1 = common::start_with(1, dir.path(), pki.node(1), opts()).await;
+    assert_eq!(n1.sm.read(|s| s.config_version), 25);
+    assert_eq!(current_text(&n1).as_deref(), Some("# v25\n"));
+    n1.shutdown().await.unwrap();
+}
