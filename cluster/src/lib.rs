@@ -21,6 +21,54 @@
 //! - [`node`]: a running member (storage, openraft, server) with bootstrap,
 //!   join, remove and propose.
 //!
+//! # How the node uses it
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use llmgw_cluster::tls::{CertFiles, ClusterTls, ExpectPeer, ChannelOptions};
+//! use llmgw_cluster::{certs, ClusterNode, NodeOptions};
+//!
+//! // Once, on the operator's machine (`llmgw-ctl cert init|node|client`).
+//! certs::init_ca("/etc/llmgw/ca")?;
+//! certs::issue_node("/etc/llmgw/ca", "/etc/llmgw/tls", 1, &["10.0.0.1", "gw1.example"])?;
+//! certs::issue_client("/etc/llmgw/ca", "/home/ops/.llmgw", "ops")?;
+//!
+//! // The node: mutual TLS from its files, the Admin service on the same
+//! // port (it calls `llmgw_cluster::tls::peer(&request)?` first).
+//! let tls = ClusterTls::load(&CertFiles::node("/etc/llmgw/tls"))?;
+//! let listener = tokio::net::TcpListener::bind("10.0.0.1:7000").await?;
+//! let node = ClusterNode::start_with_services(
+//!     1,
+//!     "/var/lib/llmgw".as_ref(),
+//!     listener,
+//!     tls,
+//!     NodeOptions::default(),
+//!     |cluster, routes| {
+//!         let _admin_handle = cluster.clone();
+//!         // routes.add_service(AdminServer::new(MyAdmin { cluster: _admin_handle, .. }));
+//!     },
+//! )
+//! .await?;
+//! // Already at the last committed state (no leader needed): serve it,
+//! // then follow what gets applied.
+//! let mut applied = node.subscribe();
+//! let mut seen = applied.borrow_and_update().clone();
+//! while applied.changed().await.is_ok() {
+//!     let now = applied.borrow_and_update().clone();
+//!     let changes = now.changes_since(&seen);
+//!     if changes.config { /* reload with now.state.current_config() */ }
+//!     if changes.servers { /* apply now.state.servers to the runtime */ }
+//!     seen = now;
+//! }
+//!
+//! // llmgw-ctl: a client certificate, any node.
+//! let ctl = ClusterTls::load(&CertFiles::client("/home/ops/.llmgw"))?;
+//! let channel = ctl.channel("10.0.0.1:7000", ExpectPeer::AnyNode, &ChannelOptions::default())?;
+//! # let _ = channel;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! SWIM gossip (foca) for liveness and backend health, and counter
 //! aggregation for shared stick tables, arrive with later issues. The data
 //! plane in `node/` applies every change as a command, so this crate talks

@@ -390,3 +390,37 @@ async fn only_certificates_from_the_cluster_ca_reach_the_admin_service() {
     );
     n1.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_node_refuses_to_start_with_another_nodes_certificate() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = ClusterNode::start(
+        5,
+        &data.path().join("n5"),
+        listener,
+        pki.node(4),
+        common::options(1 << 20),
+    )
+    .await
+    .err()
+    .expect("n5 started with n4's certificate");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(
+        err.to_string(),
+        "this node is n5 but its certificate is for node n4: issue it one for llmgw://node/5"
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = ClusterNode::start(
+        5,
+        &data.path().join("n5"),
+        listener,
+        pki.client("ops"),
+        common::options(1 << 20),
+    )
+    .await
+    .err()
+    .expect("a node started with a client certificate");
+    assert!(err.to_string().contains("client 'ops'"), "{err}");
+}
