@@ -23,14 +23,22 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// either the old or the new contents, never a mix: write a temporary file,
 /// sync it, rename it over the old one, sync the directory.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    replace(dir, name, bytes)?;
+    sync_dir(dir)
+}
+
+/// Like [`write_atomic`] without the directory sync: after a crash the
+/// file holds the old or the new contents, whole, but which one is not
+/// known. For hints whose loss is harmless (the commit point), at one
+/// fsync instead of two.
+pub fn replace(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        f.sync_data()?;
     }
-    fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
+    fs::rename(&tmp, dir.join(name))
 }
 
 /// Reads `dir/name`, `None` if it does not exist.

@@ -2,8 +2,12 @@
 //! and the operations the admin API will expose (bootstrap, join, remove,
 //! propose a command).
 //!
-//! Joining is three steps, each decided by the cluster: the id is
-//! registered through the log (so a retired id, or an id taken by another
+//! Every connection of its server, and every one it opens to a peer, is
+//! mutual TLS ([`crate::tls`]); the node's certificate must name its id.
+//!
+//! Joining starts with a probe of the new node (reachable, authenticated
+//! as the id it joins under), then three steps, each decided by the
+//! cluster: the id is registered through the log (so a retired id, or an id taken by another
 //! address, is refused identically on every node), the node is added as a
 //! learner and caught up, then promoted to voter. Removing takes it out of
 //! the membership; the state machine then retires its id for good.
@@ -13,6 +17,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,15 +25,18 @@ use std::time::Duration;
 
 use llmgw_proto::v1::{ErrorDetail, ErrorKind};
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::metrics::WaitError;
 use openraft::{ChangeMembers, ServerState};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::{Routes, RoutesBuilder};
 
 use crate::command::{Command, Refusal, Response};
 use crate::log::LogOptions;
 use crate::sm::StateMachineStore;
-use crate::transport::{self, Network, TransportOptions};
+use crate::tls::{ChannelOptions, ClusterTls, PeerIdentity};
+use crate::transport::{self, Network};
 use crate::types::{LogId, NodeId, NodeInfo, Raft};
 
 /// Why a cluster operation did not happen.
@@ -38,6 +46,15 @@ pub enum ClusterError {
     NotLeader { leader: Option<(NodeId, NodeInfo)> },
     /// The state machine refused the command.
     Refused(Refusal),
+    /// A node named in the call could not be reached, or did not
+    /// authenticate as the node it should be.
+    Unreachable {
+        id: NodeId,
+        addr: String,
+        reason: String,
+    },
+    /// Started and not finished in time; the message says what was left.
+    Timeout(String),
     /// Anything else openraft reported (a membership change in progress, a
     /// shutdown, a storage failure).
     Raft(String),
@@ -53,7 +70,11 @@ impl fmt::Display for ClusterError {
                 f.write_str("not the leader, and no leader is known (an election is under way or there is no quorum)")
             }
             ClusterError::Refused(refusal) => refusal.fmt(f),
-            ClusterError::Raft(msg) => f.write_str(msg),
+            ClusterError::Unreachable { id, addr, reason } => write!(
+                f,
+                "cannot reach n{id} at {addr} over mutual TLS: {reason} (is it running, with a certificate from this cluster's CA for llmgw://node/{id}?)"
+            ),
+            ClusterError::Timeout(msg) | ClusterError::Raft(msg) => f.write_str(msg),
         }
     }
 }
@@ -67,10 +88,15 @@ impl ClusterError {
             ClusterError::NotLeader { .. } => ErrorKind::NotLeader,
             ClusterError::Refused(Refusal::VersionConflict { .. }) => ErrorKind::VersionConflict,
             ClusterError::Refused(_) => ErrorKind::Refused,
+            ClusterError::Unreachable { .. } => ErrorKind::Unreachable,
+            ClusterError::Timeout(_) => ErrorKind::Timeout,
             ClusterError::Raft(_) => ErrorKind::Internal,
         };
         let mut detail = ErrorDetail::new(kind, self.to_string());
         match self {
+            ClusterError::Unreachable { id, .. } => {
+                detail.unreachable_nodes = vec![*id];
+            }
             ClusterError::NotLeader {
                 leader: Some((id, node)),
             } => {
@@ -97,19 +123,77 @@ impl From<RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>> for ClusterErro
     }
 }
 
-/// A running member.
-pub struct ClusterNode {
+/// How a member runs.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// openraft's timing and snapshot policy; [`crate::default_raft_config`]
+    /// unless a test needs otherwise.
+    pub raft: openraft::Config,
+    pub log: LogOptions,
+    /// Timeouts and keepalives of the channels to peers.
+    pub channel: ChannelOptions,
+    /// The address peers and clients reach this node at (`host:port`, the
+    /// host one its certificate names). `None`: the listener's own address,
+    /// right only when it is bound to a specific interface.
+    pub advertise: Option<String>,
+    /// How long [`ClusterHandle::join`] waits for the new node to answer
+    /// its probe.
+    pub probe_timeout: Duration,
+    /// How long [`ClusterHandle::join`] waits for the new node to catch up
+    /// before reporting it (it stays a learner).
+    pub join_timeout: Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            raft: crate::default_raft_config(),
+            log: LogOptions::default(),
+            channel: ChannelOptions::default(),
+            advertise: None,
+            probe_timeout: Duration::from_secs(5),
+            join_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the services of a member (the node's Admin service) act through:
+/// propose, join, remove, read the state. Cheap to clone.
+///
+/// A handle keeps the storage open: [`ClusterNode::shutdown`] waits (up to
+/// ten seconds) for every handle to be dropped. Services registered with
+/// [`ClusterNode::start_with_services`] are dropped with the server; a
+/// handle kept elsewhere must be dropped before shutting down.
+#[derive(Clone)]
+pub struct ClusterHandle {
     pub id: NodeId,
     /// Where its gRPC server listens.
     pub addr: SocketAddr,
     pub raft: Raft,
     pub sm: StateMachineStore,
-    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
-    server: std::sync::Mutex<Option<JoinHandle<Result<(), tonic::transport::Error>>>>,
+    advertise: String,
+    network: Network,
+    probe_timeout: Duration,
+    join_timeout: Duration,
+}
+
+/// A running member: its storage, openraft, and its gRPC server (the Raft
+/// service and whatever services the node adds), all over mutual TLS.
+/// Dereferences to its [`ClusterHandle`].
+pub struct ClusterNode {
+    handle: ClusterHandle,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     /// Resolves when the log and the state machine are closed.
-    /// (In a mutex only so that a node can be shared between threads: it
-    /// is taken once, by `shutdown`.)
-    storage_closed: std::sync::Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    storage_closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Deref for ClusterNode {
+    type Target = ClusterHandle;
+
+    fn deref(&self) -> &ClusterHandle {
+        &self.handle
+    }
 }
 
 /// How long [`ClusterNode::shutdown`] waits for openraft's tasks to let go
@@ -117,42 +201,45 @@ pub struct ClusterNode {
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ClusterNode {
-    /// Opens the storage under `data_dir`, starts openraft and serves the
-    /// Raft service on `listener`.
+    /// Opens the storage under `data_dir` (bringing the state machine up to
+    /// the last entry this node knew committed, before any leader is
+    /// heard), starts openraft, and serves the Raft service on `listener`
+    /// over mutual TLS with `tls`, whose certificate must be this node's.
     pub async fn start(
         id: NodeId,
         data_dir: &Path,
         listener: TcpListener,
-        config: openraft::Config,
-        log_opts: LogOptions,
-        transport_opts: TransportOptions,
+        tls: ClusterTls,
+        opts: NodeOptions,
     ) -> io::Result<ClusterNode> {
-        let routes = tonic::service::Routes::default();
-        Self::start_with(
-            id,
-            data_dir,
-            listener,
-            config,
-            log_opts,
-            transport_opts,
-            routes,
-        )
-        .await
+        Self::start_with_services(id, data_dir, listener, tls, opts, |_, _| {}).await
     }
 
-    /// As [`Self::start`], the server also answering `extra` (the node's
-    /// admin API, on the same port as Raft).
-    pub async fn start_with(
+    /// Like [`Self::start`], the same server also serving what `services`
+    /// adds (the Admin service), with a handle on this member. Every
+    /// service sees the caller's identity through [`crate::tls::peer`].
+    pub async fn start_with_services<F>(
         id: NodeId,
         data_dir: &Path,
         listener: TcpListener,
-        config: openraft::Config,
-        log_opts: LogOptions,
-        transport_opts: TransportOptions,
-        extra: tonic::service::Routes,
-    ) -> io::Result<ClusterNode> {
+        tls: ClusterTls,
+        opts: NodeOptions,
+        services: F,
+    ) -> io::Result<ClusterNode>
+    where
+        F: FnOnce(&ClusterHandle, &mut RoutesBuilder),
+    {
+        if tls.identity() != &PeerIdentity::Node(id) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "this node is n{id} but its certificate is for {}: issue it one for llmgw://node/{id}",
+                    tls.identity()
+                ),
+            ));
+        }
         let addr = listener.local_addr()?;
-        let (log, sm, recovery) = crate::open_storage(data_dir, log_opts)?;
+        let (log, sm, recovery) = crate::open_storage(data_dir, opts.log.clone())?;
         if recovery.torn_bytes_truncated > 0 {
             tracing::warn!(
                 node = id,
@@ -166,32 +253,110 @@ impl ClusterNode {
             log_closed.await;
             sm_closed.await;
         });
-        let config = Arc::new(config.validate().map_err(io::Error::other)?);
-        let network = Network::new(id, transport_opts);
-        let raft = Raft::new(id, config, network, log, sm.clone())
+        let config = Arc::new(opts.raft.clone().validate().map_err(io::Error::other)?);
+        let network = Network::new(id, tls.clone(), opts.channel.clone());
+        // Raft::new re-applies the log up to the saved commit point.
+        let raft = Raft::new(id, config, network.clone(), log, sm.clone())
             .await
             .map_err(io::Error::other)?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tokio::spawn(transport::serve(raft.clone(), extra, incoming, async {
-            // Either an explicit stop or the node being dropped.
-            let _ = stopped.await;
-        }));
-        Ok(ClusterNode {
+        let handle = ClusterHandle {
             id,
             addr,
-            raft,
-            sm,
-            stop: std::sync::Mutex::new(Some(stop)),
-            server: std::sync::Mutex::new(Some(server)),
-            storage_closed: std::sync::Mutex::new(storage_closed),
+            raft: raft.clone(),
+            sm: sm.clone(),
+            advertise: opts.advertise.clone().unwrap_or_else(|| addr.to_string()),
+            network,
+            probe_timeout: opts.probe_timeout,
+            join_timeout: opts.join_timeout,
+        };
+        let mut routes = Routes::builder();
+        routes.add_service(transport::raft_service(id, raft, sm));
+        services(&handle, &mut routes);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let incoming = tls.incoming(listener);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes.routes())
+                .serve_with_incoming_shutdown(incoming, async {
+                    // Either an explicit stop or the node being dropped.
+                    let _ = stopped.await;
+                }),
+        );
+        Ok(ClusterNode {
+            handle,
+            stop: Some(stop),
+            server: Some(server),
+            storage_closed,
         })
     }
 
+    /// A handle for the node's own use (its Admin service, its reaction to
+    /// applied changes); see [`ClusterHandle`] about shutting down.
+    pub fn handle(&self) -> ClusterHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the server and openraft, and returns once the storage is
+    /// closed (its directory locks released), so the same data directory
+    /// can be opened again at once.
+    pub async fn shutdown(mut self) -> Result<(), ClusterError> {
+        self.stop_server().await;
+        self.handle
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let ClusterNode {
+            handle,
+            storage_closed,
+            ..
+        } = self;
+        let id = handle.id;
+        // openraft's workers drop their handles as they wind down.
+        drop(handle);
+        tokio::time::timeout(CLOSE_TIMEOUT, storage_closed)
+            .await
+            .map_err(|_| {
+                ClusterError::Raft(format!(
+                    "n{id}: the storage was still in use {CLOSE_TIMEOUT:?} after shutdown (a ClusterHandle not dropped?)"
+                ))
+            })
+    }
+
+    /// Leaves the cluster's work to a successor while this process lives
+    /// on (a soft stop ahead of a binary upgrade): stops the server (its
+    /// port freed), shuts openraft down and lets go of the state machine's
+    /// directory lock, without waiting for the handles still held (the
+    /// draining data plane's) to be dropped.
+    pub async fn leave(mut self) -> Result<(), ClusterError> {
+        self.stop_server().await;
+        self.handle
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        self.handle.sm.release();
+        Ok(())
+    }
+
+    async fn stop_server(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(node = self.id, "cluster server stopped with: {e}"),
+                Err(e) => tracing::warn!(node = self.id, "cluster server task failed: {e}"),
+            }
+        }
+    }
+}
+
+impl ClusterHandle {
     /// This node's address as peers see it.
     pub fn info(&self) -> NodeInfo {
-        NodeInfo::new(self.addr.to_string())
+        NodeInfo::new(self.advertise.clone())
     }
 
     /// Makes this node a cluster of one, its first voter. Only ever on one
@@ -220,20 +385,71 @@ impl ClusterNode {
         }
     }
 
-    /// Adds node `id` at `addr`: registers the id, adds it as a learner,
-    /// waits for it to catch up, then (unless `learner_only`) promotes it.
+    /// Adds node `id` at `addr` (`host:port`). On the leader only.
+    ///
+    /// First the node is probed: it must answer over mutual TLS with a
+    /// certificate for `id` from this cluster's CA, and accept ours; if
+    /// not, nothing is recorded and the error says why. Then the id is
+    /// registered through the log, the node added as a learner and, once it
+    /// has caught up (within the join timeout), promoted to voter unless
+    /// `learner_only`. A join that timed out leaves a learner; joining it
+    /// again resumes.
     pub async fn join(
         &self,
         id: NodeId,
         addr: &str,
         learner_only: bool,
     ) -> Result<(), ClusterError> {
+        self.ensure_leader()?;
+        // A retired id, or one taken by another address, is refused for
+        // that reason whether or not anything answers there. The log
+        // decides again below; this only spares the probe.
+        self.sm
+            .read(|s| s.nodes.check(id, addr))
+            .map_err(ClusterError::Refused)?;
+        self.network
+            .probe(id, addr, self.probe_timeout)
+            .await
+            .map_err(|reason| ClusterError::Unreachable {
+                id,
+                addr: addr.to_string(),
+                reason,
+            })?;
         self.apply(Command::RegisterNode {
             id,
             addr: addr.to_string(),
         })
         .await?;
-        self.raft.add_learner(id, NodeInfo::new(addr), true).await?;
+        let added = self
+            .raft
+            .add_learner(id, NodeInfo::new(addr), false)
+            .await?;
+        let caught_up = self
+            .raft
+            .wait(Some(self.join_timeout))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id))
+                        .and_then(|matched| *matched)
+                        .is_some_and(|matched| matched.index >= added.log_id.index)
+                },
+                format!("n{id} catches up"),
+            )
+            .await;
+        match caught_up {
+            Ok(_) => {}
+            Err(WaitError::Timeout(..)) => {
+                return Err(ClusterError::Timeout(format!(
+                    "n{id} at {addr} was added as a learner but did not catch up within {:?}; it stays a learner and keeps receiving the log: join it again to promote it, or remove it",
+                    self.join_timeout
+                )))
+            }
+            Err(WaitError::ShuttingDown) => {
+                return Err(ClusterError::Raft("this node is shutting down".into()))
+            }
+        }
         if !learner_only {
             self.raft
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
@@ -243,7 +459,8 @@ impl ClusterNode {
     }
 
     /// Removes node `id` from the cluster, voter or learner. Its id is
-    /// retired for good once the change is applied.
+    /// retired for good once the change is applied: its certificate is
+    /// refused by every node from then on.
     pub async fn remove(&self, id: NodeId) -> Result<(), ClusterError> {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
@@ -263,69 +480,33 @@ impl ClusterNode {
         Ok(())
     }
 
+    /// Follows what this node applies (see
+    /// [`StateMachineStore::subscribe`]): the node reloads when
+    /// `config_version` changes and applies server states and weights when
+    /// they do ([`crate::Applied::changes_since`]).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<crate::Applied> {
+        self.sm.subscribe()
+    }
+
     /// Whether this node currently leads.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// Stops the server and openraft, and returns once the storage is
-    /// closed (its directory locks released), so the same data directory
-    /// can be opened again at once.
-    pub async fn shutdown(self) -> Result<(), ClusterError> {
-        self.stop_server().await;
-        self.raft
-            .shutdown()
-            .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let ClusterNode {
-            raft,
-            sm,
-            storage_closed,
-            id,
-            ..
-        } = self;
-        // openraft's workers drop their handles as they wind down.
-        drop((raft, sm));
-        let storage_closed = storage_closed
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner());
-        tokio::time::timeout(CLOSE_TIMEOUT, storage_closed)
-            .await
-            .map_err(|_| {
-                ClusterError::Raft(format!(
-                    "n{id}: the storage was still in use {CLOSE_TIMEOUT:?} after shutdown"
-                ))
-            })
-    }
-
-    async fn stop_server(&self) {
-        let stop = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(stop) = stop {
-            let _ = stop.send(());
+    /// `NotLeader`, naming the leader if known, unless this node leads.
+    fn ensure_leader(&self) -> Result<(), ClusterError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state == ServerState::Leader {
+            return Ok(());
         }
-        let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(server) = server {
-            match server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(node = self.id, "Raft server stopped with: {e}"),
-                Err(e) => tracing::warn!(node = self.id, "Raft server task failed: {e}"),
-            }
-        }
-    }
-
-    /// Leaves the cluster's work to others while this process lives on (a
-    /// soft stop, ahead of a successor): stops the server (its port freed),
-    /// shuts openraft down, and lets go of the state machine's directory
-    /// lock, so that a successor can open the same data directory while
-    /// this process still drains its connections.
-    pub async fn stop(&self) -> Result<(), ClusterError> {
-        self.stop_server().await;
-        self.raft
-            .shutdown()
-            .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        self.sm.release();
-        Ok(())
+        let leader = metrics.current_leader.and_then(|id| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|node| (id, node.clone()))
+        });
+        Err(ClusterError::NotLeader { leader })
     }
 }
 
@@ -357,5 +538,21 @@ mod tests {
         .to_detail();
         assert_eq!(conflict.kind(), ErrorKind::VersionConflict);
         assert_eq!(conflict.current_version, Some(5));
+
+        let unreachable = ClusterError::Unreachable {
+            id: 4,
+            addr: "10.0.0.4:7000".into(),
+            reason: "Unavailable: connection refused".into(),
+        }
+        .to_detail();
+        assert_eq!(unreachable.unreachable_nodes, vec![4]);
+        assert_eq!(
+            unreachable.clone().into_status().code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            unreachable.message,
+            "cannot reach n4 at 10.0.0.4:7000 over mutual TLS: Unavailable: connection refused (is it running, with a certificate from this cluster's CA for llmgw://node/4?)"
+        );
     }
 }

@@ -1,12 +1,19 @@
 //! The Raft state machine store: applies committed entries to the
 //! [`ClusterState`], builds snapshots of it, installs snapshots received
-//! from a leader, and keeps the latest snapshot on disk.
+//! from a leader, keeps the latest snapshot on disk, and tells the node
+//! what changed ([`StateMachineStore::subscribe`]).
 //!
 //! The state itself lives in memory and is made durable only through
 //! snapshots: after a restart the store loads the last snapshot, and openraft
-//! re-applies the log entries after it (the log keeps them until a later
-//! snapshot covers them). So a snapshot must reach the disk, atomically,
-//! before openraft is told it exists and may purge the log behind it.
+//! re-applies the log entries after it up to the saved commit point (the
+//! log keeps them until a later snapshot covers them). So a snapshot must
+//! reach the disk, atomically, before openraft is told it exists and may
+//! purge the log behind it.
+//!
+//! The state is held as an `Arc` and changed copy-on-write: after every
+//! batch of entries applied and every snapshot installed, the new state is
+//! published to subscribers as an [`Applied`], which they keep as long as
+//! they like without holding up the next apply.
 //!
 //! Snapshot file (`snapshot.bin`, replaced atomically):
 //!
@@ -43,15 +50,79 @@ pub struct StateMachineStore {
 
 struct Shared {
     dir: PathBuf,
-    /// Held while the store may write; let go early by [`StateMachineStore::release`].
-    lock: std::sync::Mutex<Option<DirLock>>,
-    state: RwLock<ClusterState>,
+    /// Held while the store may write; let go early by
+    /// [`StateMachineStore::release`].
+    lock: Mutex<Option<DirLock>>,
+    state: RwLock<Arc<ClusterState>>,
+    /// The state as last published.
+    applied: tokio::sync::watch::Sender<Applied>,
     /// The latest snapshot, as stored on disk.
     current: Mutex<Option<StoredSnapshot>>,
     /// Distinguishes snapshots built at the same log position.
     seq: AtomicU64,
     /// Dropped with the last handle: wakes [`StateMachineStore::closed`].
     closed: tokio::sync::watch::Sender<()>,
+}
+
+/// What the state machine has applied: published after every batch of
+/// entries applied (including those re-applied at startup) and every
+/// snapshot installed.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The last log entry applied.
+    pub last_applied: Option<LogId>,
+    /// 0 until a configuration is applied.
+    pub config_version: u64,
+    /// The whole state at that point; [`ClusterState::current_config`] has
+    /// the configuration's text.
+    pub state: Arc<ClusterState>,
+}
+
+impl Applied {
+    fn of(state: &Arc<ClusterState>) -> Applied {
+        Applied {
+            last_applied: state.last_applied,
+            config_version: state.config_version,
+            state: Arc::clone(state),
+        }
+    }
+
+    /// What differs from `earlier`, a value this subscriber saw before.
+    pub fn changes_since(&self, earlier: &Applied) -> Changes {
+        let (now, then) = (&*self.state, &*earlier.state);
+        Changes {
+            config: self.config_version != earlier.config_version,
+            servers: now.servers != then.servers,
+            cleared_tables: now
+                .table_clears
+                .iter()
+                .filter(|(table, clear)| then.table_clears.get(*table) != Some(*clear))
+                .map(|(table, _)| table.clone())
+                .collect(),
+            members: now.last_membership.membership() != then.last_membership.membership(),
+        }
+    }
+}
+
+/// What changed between two [`Applied`] values, for a node to react to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// A new configuration version: reload with its text.
+    pub config: bool,
+    /// Server admin states or weights: apply them to the runtime.
+    pub servers: bool,
+    /// Tables cleared since (see `state.table_clears` for the key). Only
+    /// each table's last clear is kept: two clears of different keys of one
+    /// table between two looks show as the last one.
+    pub cleared_tables: Vec<String>,
+    /// Cluster membership.
+    pub members: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
 }
 
 #[derive(Clone)]
@@ -82,10 +153,12 @@ impl StateMachineStore {
                 )
             }
         };
+        let state = Arc::new(state);
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
                 dir,
-                lock: std::sync::Mutex::new(Some(lock)),
+                lock: Mutex::new(Some(lock)),
+                applied: tokio::sync::watch::Sender::new(Applied::of(&state)),
                 state: RwLock::new(state),
                 current: Mutex::new(current),
                 seq: AtomicU64::new(0),
@@ -106,11 +179,15 @@ impl StateMachineStore {
         f(&guard)
     }
 
-    /// Resolves once every handle on this store is dropped, releasing its
-    /// directory lock.
-    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.shared.closed.subscribe();
-        async move { while rx.changed().await.is_ok() {} }
+    /// The state as it is now. Cheap: a reference count.
+    pub fn state(&self) -> Arc<ClusterState> {
+        Arc::clone(
+            &self
+                .shared
+                .state
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 
     /// Lets go of the directory lock while handles remain, so that another
@@ -119,6 +196,23 @@ impl StateMachineStore {
     pub fn release(&self) {
         let mut lock = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
         lock.take();
+    }
+
+    /// Follows what is applied: the receiver holds the latest [`Applied`]
+    /// at once (the state restored at startup), and `changed()` wakes it
+    /// after each batch of entries or snapshot installed (intermediate
+    /// values may be skipped: it always sees the latest). It does not keep
+    /// the store open; once the store is closed, `changed()` returns an
+    /// error.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Applied> {
+        self.shared.applied.subscribe()
+    }
+
+    /// Resolves once every handle on this store is dropped, releasing its
+    /// directory lock.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shared.closed.subscribe();
+        async move { while rx.changed().await.is_ok() {} }
     }
 
     /// The metadata of the latest snapshot, if any.
@@ -134,13 +228,29 @@ impl StateMachineStore {
             .clone()
     }
 
+    /// Changes the state (a copy, if a reader still holds the current one)
+    /// and publishes the result.
     fn write_state<T>(&self, f: impl FnOnce(&mut ClusterState) -> T) -> T {
         let mut guard = self
             .shared
             .state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut guard)
+        let out = f(Arc::make_mut(&mut guard));
+        // Under the lock: subscribers see states in the order applied.
+        self.shared.applied.send_replace(Applied::of(&guard));
+        out
+    }
+
+    /// Replaces the state wholesale (a snapshot installed) and publishes it.
+    fn replace_state(&self, state: ClusterState) {
+        let mut guard = self
+            .shared
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *guard = Arc::new(state);
+        self.shared.applied.send_replace(Applied::of(&guard));
     }
 
     /// Saves a snapshot durably, then makes it the current one.
@@ -317,7 +427,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(|e| snapshot_err(Some(meta), true, e))?;
-        self.write_state(|s| *s = state);
+        self.replace_state(state);
         Ok(())
     }
 

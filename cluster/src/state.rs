@@ -7,6 +7,7 @@
 //! state machine store (`sm`) wraps it with persistence and snapshots.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +24,9 @@ pub const HISTORY_LIMIT: usize = 16;
 pub struct ConfigRecord {
     pub version: u64,
     pub format: ConfigFormat,
-    pub text: String,
+    /// Shared: copies of the state (one per published change) share the
+    /// texts.
+    pub text: Arc<str>,
     /// The log index that committed it.
     pub log_index: u64,
 }
@@ -129,7 +132,7 @@ impl ClusterState {
                 self.history.push_back(ConfigRecord {
                     version: self.config_version,
                     format: *format,
-                    text: text.clone(),
+                    text: Arc::from(text.as_str()),
                     log_index: index,
                 });
                 while self.history.len() > HISTORY_LIMIT {
@@ -256,7 +259,7 @@ mod tests {
                 current: 2
             })
         );
-        assert_eq!(s.current_config().map(|c| c.text.as_str()), Some("b"));
+        assert_eq!(s.current_config().map(|c| &*c.text), Some("b"));
         assert_eq!(s.current_config().map(|c| c.log_index), Some(2));
         // A refused command still moves the applied position.
         assert_eq!(s.last_applied, Some(log_id(3)));
@@ -271,7 +274,7 @@ mod tests {
         assert_eq!(s.history.len(), HISTORY_LIMIT);
         assert_eq!(s.config_version, HISTORY_LIMIT as u64 + 5);
         assert!(s.config_at(5).is_none());
-        assert_eq!(s.config_at(6).map(|c| c.text.as_str()), Some("v6"));
+        assert_eq!(s.config_at(6).map(|c| &*c.text), Some("v6"));
     }
 
     #[test]

@@ -3,15 +3,14 @@
 //! and the client side openraft uses to reach its peers.
 //!
 //! One channel per peer, opened lazily and reused for every call (HTTP/2
-//! multiplexes them): a channel per RPC would pay a TCP handshake per
-//! heartbeat. Channels carry a connect timeout and HTTP/2 keepalives, so a
-//! black-holed peer fails fast instead of hanging a replication task.
+//! multiplexes them): a channel per RPC would pay a TCP and TLS handshake
+//! per heartbeat. Channels carry a connect timeout and HTTP/2 keepalives, so
+//! a black-holed peer fails fast instead of hanging a replication task.
 //!
-//! TLS: how a peer's [`Endpoint`] is built is one function,
-//! [`TransportOptions::endpoint`]; mutual TLS plugs in there (an `https`
-//! URI and `Endpoint::tls_config`) on the client side, and on the server
-//! side [`serve`] takes any incoming stream of connections, so a rustls
-//! acceptor can wrap the listener. Neither changes this module.
+//! Every connection is mutual TLS ([`crate::tls`]): a channel to node `n`
+//! accepts only a server whose certificate names `n`, and the server
+//! accepts a call only from a node whose certificate names the id the call
+//! claims to come from, and whose id the cluster has not retired.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -21,7 +20,9 @@ use std::time::Duration;
 
 use llmgw_proto::v1::raft_client::RaftClient;
 use llmgw_proto::v1::raft_server::{Raft as RaftService, RaftServer};
-use llmgw_proto::v1::{raft_reply, RaftReply, RaftRequest, SnapshotChunk};
+use llmgw_proto::v1::{
+    raft_reply, ProbeReply, ProbeRequest, RaftReply, RaftRequest, SnapshotChunk,
+};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -32,72 +33,44 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::sm::StateMachineStore;
+use crate::tls::{self, ChannelOptions, ClusterTls, ExpectPeer};
 use crate::types::{NodeId, NodeInfo, Raft, TypeConfig};
 
 /// The largest message either side accepts. Above tonic's 4 MiB default:
 /// an append-entries batch can carry several configurations.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-type EndpointFn = dyn Fn(&NodeInfo) -> Result<Endpoint, tonic::transport::Error> + Send + Sync;
-
-/// How the client side reaches peers.
-#[derive(Clone)]
-pub struct TransportOptions {
-    /// Builds the endpoint for a peer. The default is plain HTTP/2 with
-    /// [`default_endpoint`]'s timeouts; a TLS deployment supplies its own.
-    pub endpoint: Arc<EndpointFn>,
-}
-
-impl Default for TransportOptions {
-    fn default() -> Self {
-        TransportOptions {
-            endpoint: Arc::new(default_endpoint),
-        }
-    }
-}
-
-/// `http://ADDR` with a connect timeout and HTTP/2 keepalives.
-pub fn default_endpoint(node: &NodeInfo) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{}", node.addr))?
-        .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true))
-}
-
-/// The gRPC service answering peers with `raft`.
-pub fn raft_service(raft: Raft) -> RaftServer<RaftGrpc> {
-    RaftServer::new(RaftGrpc { raft })
+/// The gRPC service answering peers with `raft`, as node `id`; `sm` tells
+/// which ids the cluster retired.
+pub fn raft_service(id: NodeId, raft: Raft, sm: StateMachineStore) -> RaftServer<RaftGrpc> {
+    RaftServer::new(RaftGrpc { id, raft, sm })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// Serves the Raft service on `incoming` until `shutdown` resolves.
-pub async fn serve<I, IO, IE, F>(
-    raft: Raft,
-    extra: tonic::service::Routes,
-    incoming: I,
-    shutdown: F,
-) -> Result<(), tonic::transport::Error>
-where
-    I: tokio_stream::Stream<Item = Result<IO, IE>>,
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + tonic::transport::server::Connected
-        + Unpin
-        + Send
-        + 'static,
-    IE: Into<Box<dyn Error + Send + Sync>>,
-    F: std::future::Future<Output = ()>,
-{
-    tonic::transport::Server::builder()
-        .add_routes(extra)
-        .add_service(raft_service(raft))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+/// An error and its sources, one line: tonic's transport errors keep the
+/// useful part (a refused connection, a certificate from another CA) in
+/// their sources.
+pub fn error_chain(err: &(dyn Error + 'static)) -> String {
+    let mut out = err.to_string();
+    append_causes(&mut out, err.source());
+    out
+}
+
+/// Appends each cause not already said (tonic repeats its source's text,
+/// and wraps it in a bare "transport error").
+fn append_causes(out: &mut String, mut source: Option<&(dyn Error + 'static)>) {
+    while let Some(e) = source {
+        let text = e.to_string();
+        if text != "transport error" && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
 }
 
 /// The server half: decodes a peer's call, hands it to openraft, encodes
@@ -105,7 +78,23 @@ where
 /// mismatch) travel in the reply so the caller sees them as the remote
 /// node's; a status is for what never reached openraft.
 pub struct RaftGrpc {
+    id: NodeId,
     raft: Raft,
+    sm: StateMachineStore,
+}
+
+impl RaftGrpc {
+    /// The caller must be the node it claims to be, and not one the
+    /// cluster removed.
+    fn authorize<T>(&self, request: &tonic::Request<T>, from: NodeId) -> Result<(), tonic::Status> {
+        let id = tls::require_node(request, from)?;
+        if let Some(removed_at) = self.sm.read(|s| s.nodes.retired.get(&id).copied()) {
+            return Err(tonic::Status::permission_denied(format!(
+                "n{id} was removed from the cluster (log index {removed_at}); its certificate is no longer accepted"
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, tonic::Status> {
@@ -132,6 +121,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        self.authorize(&request, request.get_ref().from)?;
         let rpc: VoteRequest<NodeId> = decode("vote request", &request.get_ref().payload)?;
         tracing::debug!(from = request.get_ref().from, vote = %rpc.vote, "Raft vote request");
         reply(self.raft.vote(rpc).await)
@@ -141,6 +131,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        self.authorize(&request, request.get_ref().from)?;
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode("append-entries request", &request.get_ref().payload)?;
         tracing::trace!(
@@ -155,6 +146,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: tonic::Request<SnapshotChunk>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        self.authorize(&request, request.get_ref().from)?;
         let chunk = request.into_inner();
         tracing::debug!(
             from = chunk.from,
@@ -172,28 +164,63 @@ impl RaftService for RaftGrpc {
         };
         reply(self.raft.install_snapshot(rpc).await)
     }
+
+    async fn probe(
+        &self,
+        request: tonic::Request<ProbeRequest>,
+    ) -> Result<tonic::Response<ProbeReply>, tonic::Status> {
+        self.authorize(&request, request.get_ref().from)?;
+        tracing::debug!(from = request.get_ref().from, "Raft probe");
+        Ok(tonic::Response::new(ProbeReply { node_id: self.id }))
+    }
 }
 
 /// The client half, handed to openraft: one cached channel per peer.
 #[derive(Clone)]
 pub struct Network {
     from: NodeId,
-    opts: TransportOptions,
+    tls: ClusterTls,
+    opts: ChannelOptions,
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
 }
 
 impl Network {
-    /// The network of node `from`.
-    pub fn new(from: NodeId, opts: TransportOptions) -> Network {
+    /// The network of node `from`, which reaches its peers with `tls`.
+    pub fn new(from: NodeId, tls: ClusterTls, opts: ChannelOptions) -> Network {
         Network {
             from,
+            tls,
             opts,
             channels: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
+    /// Asks the node at `addr` who it is, within `timeout`: it must answer,
+    /// over mutual TLS, as node `target`. The error says why not.
+    pub async fn probe(&self, target: NodeId, addr: &str, timeout: Duration) -> Result<(), String> {
+        // A channel of its own: a failed probe must not leave a broken
+        // channel cached for the id.
+        let channel = self
+            .tls
+            .channel(addr, ExpectPeer::Node(target), &self.opts)
+            .map_err(|e| e.to_string())?;
+        let mut request = tonic::Request::new(ProbeRequest { from: self.from });
+        request.set_timeout(timeout);
+        let mut client = RaftClient::new(channel);
+        let call = client.probe(request);
+        let reply = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => return Err(status_text(&status)),
+            Err(_) => return Err(format!("no answer within {timeout:?}")),
+        };
+        if reply.node_id != target {
+            return Err(format!("it answers as n{}", reply.node_id));
+        }
+        Ok(())
+    }
+
     /// The channel to `target`, reused while its address is unchanged.
-    fn channel(&self, target: NodeId, node: &NodeInfo) -> Result<Channel, tonic::transport::Error> {
+    fn channel(&self, target: NodeId, node: &NodeInfo) -> Result<Channel, tls::TlsError> {
         let mut channels = self
             .channels
             .lock()
@@ -205,7 +232,9 @@ impl Network {
         }
         // Lazy: connecting happens on the first call, under the endpoint's
         // connect timeout, and again after a failure.
-        let channel = (self.opts.endpoint)(node)?.connect_lazy();
+        let channel = self
+            .tls
+            .channel(&node.addr, ExpectPeer::Node(target), &self.opts)?;
         channels.insert(target, (node.addr.clone(), channel.clone()));
         Ok(channel)
     }
@@ -239,6 +268,14 @@ pub struct PeerClient {
     client: Result<RaftClient<Channel>, String>,
 }
 
+/// A status as an operator should read it: its code, its message, and
+/// what caused it (for a connection that failed, the TLS or socket error).
+fn status_text(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    append_causes(&mut text, status.source());
+    text
+}
+
 /// A transport failure, as openraft's error types want one.
 #[derive(Debug)]
 struct TransportError(String);
@@ -266,11 +303,10 @@ impl PeerClient {
 
     fn failed<E: Error>(&self, status: tonic::Status) -> RPCError<NodeId, NodeInfo, E> {
         let err = TransportError(format!(
-            "n{} at {}: {}: {}",
+            "n{} at {}: {}",
             self.target,
             self.addr,
-            status.code(),
-            status.message()
+            status_text(&status)
         ));
         // Unavailable: nothing answered (refused, reset, unreachable).
         // openraft backs off from an unreachable peer instead of retrying

@@ -296,6 +296,48 @@ async fn the_vote_survives_a_reopen() {
 }
 
 #[tokio::test]
+async fn the_commit_point_survives_a_reopen_as_far_as_the_log_vouches_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let mut log = open(&log_dir(&tmp));
+        assert_eq!(log.read_committed().await.unwrap(), None);
+        log.blocking_append(entries(1, 1..=10)).await.unwrap();
+        log.save_committed(Some(log_id(1, 4))).await.unwrap();
+        log.save_committed(Some(log_id(1, 7))).await.unwrap();
+    }
+    let committed = log_dir(&tmp).join("committed.json");
+    {
+        let mut log = open(&log_dir(&tmp));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 7)));
+        // Purged behind a snapshot: the snapshot covers it.
+        log.purge(log_id(1, 8)).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 7)));
+    }
+
+    // Past the last entry (never written so, but a file is only a file):
+    // the last entry is what the log can vouch for.
+    fs::write(&committed, serde_json::to_vec(&log_id(1, 30)).unwrap()).unwrap();
+    let mut log = open(&log_dir(&tmp));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 10)));
+    drop(log);
+
+    // Another entry at its index: the files do not belong together.
+    fs::write(&committed, serde_json::to_vec(&log_id(5, 9)).unwrap()).unwrap();
+    let mut log = open(&log_dir(&tmp));
+    let err = log
+        .read_committed()
+        .await
+        .expect_err("a foreign commit point");
+    assert!(err.to_string().contains("the commit point is"), "{err}");
+    drop(log);
+
+    // Unreadable: a hint lost, as if never saved.
+    fs::write(&committed, b"{\"torn").unwrap();
+    let mut log = open(&log_dir(&tmp));
+    assert_eq!(log.read_committed().await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn a_second_store_on_the_same_directory_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let _log = open(&log_dir(&tmp));
@@ -441,6 +483,107 @@ async fn snapshots_are_built_installed_elsewhere_and_restored_from_disk() {
     drop(a);
     let a = StateMachineStore::open(a_dir.path()).unwrap();
     assert_eq!(a.read(|s| s.clone()), a_state);
+}
+
+#[tokio::test]
+async fn subscribers_see_each_applied_state_and_keep_the_one_they_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachineStore::open(dir.path()).unwrap();
+    let mut rx = sm.subscribe();
+    let start = rx.borrow_and_update().clone();
+    assert_eq!(
+        (start.last_applied, start.config_version),
+        (None, 0),
+        "a new store publishes its empty state"
+    );
+
+    sm.apply([
+        membership(1, &[1]),
+        command(
+            2,
+            Command::ApplyConfig {
+                text: "# v1\n".into(),
+                format: ConfigFormat::Toml,
+                expected_version: None,
+            },
+        ),
+    ])
+    .await
+    .unwrap();
+    assert!(rx.has_changed().unwrap(), "an applied batch is published");
+    let first = rx.borrow_and_update().clone();
+    assert_eq!(first.last_applied, Some(log_id(1, 2)));
+    assert_eq!(first.config_version, 1);
+    assert_eq!(
+        first.state.current_config().map(|c| &*c.text),
+        Some("# v1\n")
+    );
+    let changes = first.changes_since(&start);
+    assert!(
+        changes.config && changes.members && !changes.servers,
+        "{changes:?}"
+    );
+
+    sm.apply([
+        command(
+            3,
+            Command::SetServerWeight {
+                backend: "chat".into(),
+                server: "a".into(),
+                weight: 9,
+            },
+        ),
+        command(
+            4,
+            Command::ClearTable {
+                table: "per_key".into(),
+                key: None,
+            },
+        ),
+    ])
+    .await
+    .unwrap();
+    let second = rx.borrow_and_update().clone();
+    let changes = second.changes_since(&first);
+    assert_eq!(
+        changes,
+        llmgw_cluster::Changes {
+            config: false,
+            servers: true,
+            cleared_tables: vec!["per_key".into()],
+            members: false,
+        }
+    );
+    assert!(second.changes_since(&second).is_empty());
+    // What a subscriber holds is its own: later applies copy, not change it.
+    assert_eq!(first.state.server("chat", "a"), None);
+    assert_eq!(
+        second.state.server("chat", "a").and_then(|r| r.weight),
+        Some(9)
+    );
+    assert!(std::sync::Arc::ptr_eq(&second.state, &sm.state()));
+
+    // A snapshot installed is published as well.
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = StateMachineStore::open(other_dir.path()).unwrap();
+    let mut other_rx = other.subscribe();
+    other
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
+    let installed = other_rx.borrow_and_update().clone();
+    assert_eq!(installed.last_applied, Some(log_id(1, 4)));
+    assert_eq!(installed.state, second.state);
+
+    // The subscription does not keep the store open, and says when it closed.
+    drop(other);
+    assert!(other_rx.changed().await.is_err());
 }
 
 #[tokio::test]

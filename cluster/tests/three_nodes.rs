@@ -1,55 +1,32 @@
 //! Three (then four) in-process nodes talking Raft over the gRPC transport
-//! on loopback: election, replication of ApplyConfig, failover to a new
-//! leader, a late joiner caught up by a snapshot streamed in chunks, and a
-//! removed node's id refused when it tries to come back.
+//! with mutual TLS on loopback: election, replication of ApplyConfig,
+//! failover to a new leader, a late joiner caught up by a snapshot streamed
+//! in chunks, and a removed node's id (and certificate) refused when it
+//! tries to come back.
 //!
 //! Every wait is on openraft's metrics with a deadline, never a sleep; every
 //! port is chosen by the kernel.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+mod common;
 
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::{applied, Pki, DEADLINE};
 use llmgw_cluster::command::{Command, ConfigFormat, Refusal};
-use llmgw_cluster::log::LogOptions;
-use llmgw_cluster::transport::TransportOptions;
+use llmgw_cluster::tls::{ChannelOptions, ExpectPeer};
 use llmgw_cluster::types::NodeId;
 use llmgw_cluster::{ClusterError, ClusterNode};
+use llmgw_proto::v1::raft_client::RaftClient;
+use llmgw_proto::v1::ProbeRequest;
 use openraft::storage::RaftStateMachine;
-use openraft::{ServerState, SnapshotPolicy};
-use tempfile::TempDir;
-use tokio::net::TcpListener;
+use openraft::ServerState;
 
-const DEADLINE: Option<Duration> = Some(Duration::from_secs(20));
 /// Snapshot chunk size: small, so a snapshot takes several InstallSnapshot calls.
 const CHUNK: u64 = 64;
 
-fn config() -> openraft::Config {
-    openraft::Config {
-        cluster_name: "test".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
-        // Snapshots only when the test asks, in chunks small enough that a
-        // snapshot takes several InstallSnapshot calls.
-        snapshot_policy: SnapshotPolicy::Never,
-        snapshot_max_chunk_size: CHUNK,
-        max_in_snapshot_log_to_keep: 0,
-        ..Default::default()
-    }
-}
-
-async fn start(id: NodeId, dir: &TempDir) -> ClusterNode {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    ClusterNode::start(
-        id,
-        &dir.path().join(format!("n{id}")),
-        listener,
-        config(),
-        LogOptions::default(),
-        TransportOptions::default(),
-    )
-    .await
-    .expect("start node")
+async fn start(id: NodeId, data: &Path, pki: &Pki) -> ClusterNode {
+    common::start_with(id, data, pki.node(id), common::options(CHUNK)).await
 }
 
 fn apply_config(text: &str) -> Command {
@@ -60,25 +37,18 @@ fn apply_config(text: &str) -> Command {
     }
 }
 
-/// Waits until `node` has applied the log up to `index`.
-async fn applied(node: &ClusterNode, index: u64) {
-    node.raft
-        .wait(DEADLINE)
-        .applied_index_at_least(Some(index), format!("n{} applies {index}", node.id))
-        .await
-        .expect("applied in time");
-}
-
 fn current_text(node: &ClusterNode) -> Option<String> {
-    node.sm.read(|s| s.current_config().map(|c| c.text.clone()))
+    node.sm
+        .read(|s| s.current_config().map(|c| c.text.to_string()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_replicate_fail_over_and_never_reuse_an_id() {
+    let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let n1 = start(1, &dir).await;
-    let n2 = start(2, &dir).await;
-    let n3 = start(3, &dir).await;
+    let n1 = start(1, dir.path(), &pki).await;
+    let n2 = start(2, dir.path(), &pki).await;
+    let n3 = start(3, dir.path(), &pki).await;
 
     // Election: a cluster of one elects itself.
     n1.bootstrap().await.unwrap();
@@ -99,13 +69,27 @@ async fn three_nodes_elect_replicate_fail_over_and_never_reuse_an_id() {
             .unwrap();
     }
 
-    // Replication of a configuration through the gRPC transport.
+    // Replication of a configuration through the gRPC transport; a
+    // follower's subscriber hears of it.
+    let mut follower_rx = n3.subscribe();
     let (log_id, version) = n1.apply(apply_config("# v1\n")).await.unwrap();
     assert_eq!(version, 1);
     for node in [&n1, &n2, &n3] {
         applied(node, log_id.index).await;
         assert_eq!(current_text(node).as_deref(), Some("# v1\n"));
     }
+    let seen = tokio::time::timeout(
+        DEADLINE.unwrap(),
+        follower_rx.wait_for(|a| a.config_version == 1),
+    )
+    .await
+    .expect("in time")
+    .expect("n3 still running")
+    .clone();
+    assert_eq!(
+        seen.state.current_config().map(|c| &*c.text),
+        Some("# v1\n")
+    );
 
     // A follower cannot propose, and says who leads.
     match n2.apply(apply_config("# from a follower\n")).await {
@@ -165,6 +149,27 @@ async fn three_nodes_elect_replicate_fail_over_and_never_reuse_an_id() {
         "{err:?}"
     );
     assert!(err.to_string().contains("node id 1 was removed"), "{err}");
+    // And its certificate no longer opens any door: the survivors refuse
+    // its calls.
+    let n1_tls = pki.node(1);
+    let channel = n1_tls
+        .channel(
+            &leader.addr.to_string(),
+            ExpectPeer::Node(leader.id),
+            &ChannelOptions::default(),
+        )
+        .unwrap();
+    let refused = RaftClient::new(channel)
+        .probe(ProbeRequest { from: 1 })
+        .await
+        .expect_err("a removed node's call was answered");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused
+            .message()
+            .contains("n1 was removed from the cluster"),
+        "{refused:?}"
+    );
     // The refusal is the same on every node: it was decided by the log.
     let members = leader.raft.metrics().borrow().membership_config.clone();
     assert_eq!(
@@ -218,7 +223,7 @@ async fn three_nodes_elect_replicate_fail_over_and_never_reuse_an_id() {
         );
     }
 
-    let n4 = start(4, &dir).await;
+    let n4 = start(4, dir.path(), &pki).await;
     leader.join(4, &n4.addr.to_string(), false).await.unwrap();
     n4.raft
         .wait(DEADLINE)
@@ -246,8 +251,9 @@ async fn three_nodes_elect_replicate_fail_over_and_never_reuse_an_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_recovers_its_state_from_disk() {
+    let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let n1 = start(1, &dir).await;
+    let n1 = start(1, dir.path(), &pki).await;
     n1.bootstrap().await.unwrap();
     n1.raft
         .wait(DEADLINE)
@@ -269,7 +275,7 @@ async fn a_restarted_node_recovers_its_state_from_disk() {
     {
         let sm = llmgw_cluster::StateMachineStore::open(dir.path().join("n1/raft/sm")).unwrap();
         assert_eq!(
-            sm.read(|s| s.current_config().map(|c| c.text.clone()))
+            sm.read(|s| s.current_config().map(|c| c.text.to_string()))
                 .as_deref(),
             Some("# one\n"),
             "from the snapshot"
@@ -277,29 +283,123 @@ async fn a_restarted_node_recovers_its_state_from_disk() {
     }
 
     // Same data directory, a new port: the snapshot is loaded and the entry
-    // after it re-applied from the log once the node leads again.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let n1 = ClusterNode::start(
-        1,
-        &dir.path().join("n1"),
-        listener,
-        config(),
-        LogOptions::default(),
-        TransportOptions::default(),
-    )
-    .await
-    .unwrap();
+    // after it re-applied from the log up to the saved commit point, by the
+    // time start returns: no leader needed.
+    let n1 = start(1, dir.path(), &pki).await;
+    assert_eq!(
+        current_text(&n1).as_deref(),
+        Some("# two\n"),
+        "from the log, at once"
+    );
+    assert_eq!(n1.sm.read(|s| s.config_version), 2);
+    applied(&n1, last.index).await;
     n1.raft
         .wait(DEADLINE)
         .state(ServerState::Leader, "n1 leads again")
         .await
         .unwrap();
-    applied(&n1, last.index).await;
+    n1.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restarted_without_a_quorum_applies_what_it_knew_committed() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = start(1, dir.path(), &pki).await;
+    let n2 = start(2, dir.path(), &pki).await;
+    let n3 = start(3, dir.path(), &pki).await;
+    n1.bootstrap().await.unwrap();
+    n1.raft
+        .wait(DEADLINE)
+        .state(ServerState::Leader, "n1 leads")
+        .await
+        .unwrap();
+    n1.join(2, &n2.addr.to_string(), false).await.unwrap();
+    n1.join(3, &n3.addr.to_string(), false).await.unwrap();
+    n1.apply(apply_config("# one\n")).await.unwrap();
+    n1.apply(Command::SetServerWeight {
+        backend: "chat".into(),
+        server: "a".into(),
+        weight: 7,
+    })
+    .await
+    .unwrap();
+    let (last, version) = n1.apply(apply_config("# two\n")).await.unwrap();
+    assert_eq!(version, 2);
+    applied(&n3, last.index).await;
+
+    // Everyone stops; n3 comes back alone. It cannot elect anyone, yet
+    // holds every entry it knew committed, applied from its own log.
+    for node in [n3, n1, n2] {
+        node.shutdown().await.unwrap();
+    }
+    let n3 = start(3, dir.path(), &pki).await;
+    assert_eq!(current_text(&n3).as_deref(), Some("# two\n"));
+    let applied_now = n3.subscribe().borrow().clone();
+    assert_eq!(applied_now.config_version, 2);
+    assert!(applied_now.last_applied >= Some(last));
+    assert_eq!(n3.sm.read(|s| s.config_version), 2);
     assert_eq!(
-        current_text(&n1).as_deref(),
-        Some("# two\n"),
-        "from the log"
+        n3.sm.read(|s| s.server("chat", "a").and_then(|r| r.weight)),
+        Some(7)
     );
-    assert_eq!(n1.sm.read(|s| s.config_version), 2);
+    applied(&n3, last.index).await;
+    assert_ne!(n3.raft.metrics().borrow().state, ServerState::Leader);
+    n3.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_follow_the_policy_and_keep_some_log_behind_them() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || {
+        let mut opts = common::options(1 << 20);
+        opts.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(10);
+        opts.raft.max_in_snapshot_log_to_keep = 3;
+        opts
+    };
+    let n1 = common::start_with(1, dir.path(), pki.node(1), opts()).await;
+    n1.bootstrap().await.unwrap();
+    n1.raft
+        .wait(DEADLINE)
+        .state(ServerState::Leader, "n1 leads")
+        .await
+        .unwrap();
+    let mut last = None;
+    for i in 1..=25 {
+        last = Some(
+            n1.apply(apply_config(&format!("# v{i}\n")))
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    let last = last.unwrap();
+    let metrics = n1
+        .raft
+        .wait(DEADLINE)
+        .metrics(
+            |m| {
+                m.snapshot.is_some_and(|s| s.index + 10 > last.index)
+                    && m.purged
+                        .zip(m.snapshot)
+                        .is_some_and(|(p, s)| p.index + 3 == s.index)
+            },
+            "a snapshot within 10 entries of the end, the log purged to 3 before it",
+        )
+        .await
+        .unwrap();
+    let snapshot = metrics.snapshot.unwrap();
+    assert_eq!(
+        n1.sm.snapshot_meta().and_then(|m| m.last_log_id),
+        Some(snapshot)
+    );
+    n1.shutdown().await.unwrap();
+
+    // The snapshot on disk and the log kept after it give back the last
+    // configuration at once.
+    let n1 = common::start_with(1, dir.path(), pki.node(1), opts()).await;
+    assert_eq!(n1.sm.read(|s| s.config_version), 25);
+    assert_eq!(current_text(&n1).as_deref(), Some("# v25\n"));
     n1.shutdown().await.unwrap();
 }

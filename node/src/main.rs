@@ -137,6 +137,11 @@ struct RunArgs {
     /// instead of starting a cluster of one (a new data directory only).
     #[arg(long = "join", value_name = "ADDR")]
     join: Option<String>,
+    /// The node's certificate, key and cluster CA (`ca.pem`, `node.pem`,
+    /// `node-key.pem`); default `DATA_DIR/tls`, made there by a node that
+    /// starts a cluster by itself and finds none.
+    #[arg(long = "tls-dir", value_name = "DIR", env = "LLMGW_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
 }
 
 /// HAProxy spells its soft- and hard-stop options `-sf` and `-st`; they are
@@ -314,6 +319,7 @@ fn run(args: RunArgs) -> ExitCode {
         listen: args.cluster_addr,
         join: args.join.clone(),
         takeover: args.takeover.is_some(),
+        tls_dir: args.tls_dir.clone(),
     };
     let reloader = reload::Reloader::new(args.config, args.lenient, overrides);
     match rt.block_on(serve(
@@ -363,6 +369,9 @@ impl Upgrade {
         }
         if let Some(p) = &args.pidfile {
             again.extend(["-p".into(), p.into()]);
+        }
+        if let Some(t) = &args.tls_dir {
+            again.extend(["--tls-dir".into(), t.into()]);
         }
         again.extend([
             "--data-dir".into(),

@@ -68,6 +68,8 @@ impl ErrorDetail {
             ErrorKind::InvalidConfig => tonic::Code::InvalidArgument,
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::Refused => tonic::Code::FailedPrecondition,
+            ErrorKind::Unreachable => tonic::Code::Unavailable,
+            ErrorKind::Timeout => tonic::Code::DeadlineExceeded,
             ErrorKind::Internal | ErrorKind::Unspecified => tonic::Code::Internal,
         };
         let message = self.to_string();

@@ -26,28 +26,6 @@ fn ctl_bin() -> PathBuf {
     llmgw_e2e::llmgw_bin().with_file_name("llmgw-ctl")
 }
 
-/// `llmgw-ctl --node NODE ARGS…`: success, stdout + stderr.
-fn ctl(node: SocketAddr, args: &[&str]) -> (bool, String) {
-    let out = Command::new(ctl_bin())
-        .arg("--node")
-        .arg(node.to_string())
-        .args(args)
-        .output()
-        .expect("llmgw-ctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
-fn ctl_json(node: SocketAddr, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["-o", "json"];
-    all.extend_from_slice(args);
-    let (ok, out) = ctl(node, &all);
-    assert!(ok, "llmgw-ctl {args:?}: {out}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 /// One node: its process, its gateway and cluster addresses.
 struct Node {
     proc: Proc,
@@ -83,10 +61,65 @@ impl Cluster {
         };
         for id in 1..=n {
             let join = (id > 1).then(|| c.node(1).grpc);
+            if id > 1 {
+                c.issue(id);
+            }
             let node = c.spawn(id, join, "127.0.0.1:0".parse().expect("addr"));
             c.nodes.push(Some(node));
         }
         c
+    }
+
+    /// `llmgw-ctl --node NODE ARGS…` with the `admin` client certificate
+    /// n1 made when it started the cluster: success, stdout + stderr.
+    fn ctl(&self, node: SocketAddr, args: &[&str]) -> (bool, String) {
+        let out = Command::new(ctl_bin())
+            .arg("--node")
+            .arg(node.to_string())
+            .arg("--tls-dir")
+            .arg(self.ca())
+            .args(args)
+            .output()
+            .expect("llmgw-ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    fn ctl_json(&self, node: SocketAddr, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let (ok, out) = self.ctl(node, &all);
+        assert!(ok, "llmgw-ctl {args:?}: {out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    /// The cluster CA (and the `admin` client certificate): n1 made them.
+    fn ca(&self) -> PathBuf {
+        self.data(1).join("tls")
+    }
+
+    /// A certificate for node `id`, from the cluster CA, in its data directory.
+    fn issue(&self, id: u64) {
+        let out = self.data(id).join("tls");
+        let (ok, said) = self.ctl(
+            "127.0.0.1:1".parse().expect("addr"),
+            &[
+                "cert",
+                "node",
+                "--ca",
+                &self.ca().to_string_lossy(),
+                "--id",
+                &id.to_string(),
+                "--host",
+                "127.0.0.1",
+                "--out",
+                &out.to_string_lossy(),
+            ],
+        );
+        assert!(ok, "{said}");
     }
 
     fn data(&self, id: u64) -> PathBuf {
@@ -147,7 +180,7 @@ impl Cluster {
 
     fn leader(&self) -> u64 {
         let any = self.live().next().expect("a live node");
-        ctl_json(any.grpc, &["cluster", "status"])["leader_id"]
+        self.ctl_json(any.grpc, &["cluster", "status"])["leader_id"]
             .as_u64()
             .expect("a leader")
     }
@@ -185,7 +218,7 @@ async fn three_nodes_a_config_applied_through_a_follower_is_served_everywhere() 
     let (m1, m2) = (Mock::start("m1", &[]), Mock::start("m2", &[]));
     let c = Cluster::start(3, &config(&m1, 1));
     all_serve(&c, "m1").await;
-    let members = ctl_json(c.node(2).grpc, &["cluster", "members"]);
+    let members = c.ctl_json(c.node(2).grpc, &["cluster", "members"]);
     assert_eq!(
         members["members"].as_array().map(Vec::len),
         Some(3),
@@ -201,7 +234,7 @@ async fn three_nodes_a_config_applied_through_a_follower_is_served_everywhere() 
         let (mock, name) = if i % 2 == 0 { (&m2, "m2") } else { (&m1, "m1") };
         std::fs::write(&next, config(mock, 1)).expect("write");
         let t = Instant::now();
-        let (ok, out) = ctl(follower.grpc, &["config", "apply", &next.to_string_lossy()]);
+        let (ok, out) = c.ctl(follower.grpc, &["config", "apply", &next.to_string_lossy()]);
         assert!(ok, "{out}");
         all_serve(&c, name).await;
         took.push(t.elapsed());
@@ -212,17 +245,17 @@ async fn three_nodes_a_config_applied_through_a_follower_is_served_everywhere() 
     assert!(p99 < Duration::from_secs(1), "propagation p99 {p99:?}");
 
     // Reads: linearizable by default, from any node.
-    let (ok, text) = ctl(c.node(3).grpc, &["config", "get"]);
+    let (ok, text) = c.ctl(c.node(3).grpc, &["config", "get"]);
     assert!(ok && text.contains(&m1.addr.to_string()), "{text}");
-    let history = ctl_json(c.node(1).grpc, &["config", "history"]);
+    let history = c.ctl_json(c.node(1).grpc, &["config", "history"]);
     assert_eq!(history[0]["version"], 101, "{history}");
 
     // A server's weight set through one node is in force on all of them.
-    let (ok, out) = ctl(c.node(3).grpc, &["server", "weight", "b/s", "7"]);
+    let (ok, out) = c.ctl(c.node(3).grpc, &["server", "weight", "b/s", "7"]);
     assert!(ok, "{out}");
     for n in c.live() {
         eventually(Duration::from_secs(5), || async {
-            let list = ctl_json(n.grpc, &["server", "list"]);
+            let list = c.ctl_json(n.grpc, &["server", "list"]);
             (list[0]["weight"] == 7).then_some(())
         })
         .await;
@@ -230,12 +263,12 @@ async fn three_nodes_a_config_applied_through_a_follower_is_served_everywhere() 
 
     // Bad input gets a clear answer and changes nothing.
     std::fs::write(&next, "[[backend]]\nname = \"b\"\nbalance = \"nope\"\n").expect("write");
-    let (ok, out) = ctl(follower.grpc, &["config", "apply", &next.to_string_lossy()]);
+    let (ok, out) = c.ctl(follower.grpc, &["config", "apply", &next.to_string_lossy()]);
     assert!(!ok);
     assert!(out.contains("next.toml:"), "{out}");
-    let (ok, out) = ctl(follower.grpc, &["server", "drain", "b/nope"]);
+    let (ok, out) = c.ctl(follower.grpc, &["server", "drain", "b/nope"]);
     assert!(!ok && out.contains("no server 'nope'"), "{out}");
-    let (ok, out) = ctl(
+    let (ok, out) = c.ctl(
         follower.grpc,
         &[
             "config",
@@ -256,7 +289,7 @@ async fn the_leader_killed_a_new_one_is_elected_and_nothing_acknowledged_is_lost
     all_serve(&c, "m1").await;
     let next = c.dir.path().join("next.toml");
     std::fs::write(&next, config(&m2, 1)).expect("write");
-    let (ok, out) = ctl(
+    let (ok, out) = c.ctl(
         c.node(1).grpc,
         &["config", "apply", &next.to_string_lossy()],
     );
@@ -267,7 +300,7 @@ async fn the_leader_killed_a_new_one_is_elected_and_nothing_acknowledged_is_lost
     let grpc = c.kill(old);
     let new = eventually(Duration::from_secs(10), || async {
         let any = c.live().next().expect("live");
-        let s = ctl_json(any.grpc, &["cluster", "status"]);
+        let s = c.ctl_json(any.grpc, &["cluster", "status"]);
         s["leader_id"].as_u64().filter(|&l| l != old)
     })
     .await;
@@ -276,7 +309,7 @@ async fn the_leader_killed_a_new_one_is_elected_and_nothing_acknowledged_is_lost
     all_serve(&c, "m2").await;
     std::fs::write(&next, config(&m1, 2)).expect("write");
     let any = c.live().next().expect("live").grpc;
-    let (ok, out) = ctl(any, &["config", "apply", &next.to_string_lossy()]);
+    let (ok, out) = c.ctl(any, &["config", "apply", &next.to_string_lossy()]);
     assert!(ok, "{out}");
 
     // The killed node comes back on its data and catches up.
@@ -284,7 +317,7 @@ async fn the_leader_killed_a_new_one_is_elected_and_nothing_acknowledged_is_lost
     c.restart(old, grpc);
     all_serve(&c, "m1").await;
     eventually(Duration::from_secs(10), || async {
-        let s = ctl_json(c.node(old).grpc, &["cluster", "status"]);
+        let s = c.ctl_json(c.node(old).grpc, &["cluster", "status"]);
         (s["config_version"] == 3).then_some(())
     })
     .await;
@@ -304,7 +337,7 @@ async fn five_nodes_two_down_still_commit_three_down_refuse_clearly_and_keep_pro
     c.kill(others[0]);
     c.kill(others[1]);
     std::fs::write(&next, config(&m2, 1)).expect("write");
-    let (ok, out) = ctl(
+    let (ok, out) = c.ctl(
         c.node(leader).grpc,
         &["config", "apply", &next.to_string_lossy()],
     );
@@ -314,7 +347,7 @@ async fn five_nodes_two_down_still_commit_three_down_refuse_clearly_and_keep_pro
     // A third down: no quorum, said clearly, naming who is missing.
     c.kill(others[2]);
     std::fs::write(&next, config(&m1, 1)).expect("write");
-    let (ok, out) = ctl(
+    let (ok, out) = c.ctl(
         c.node(leader).grpc,
         &["config", "apply", &next.to_string_lossy()],
     );
@@ -335,29 +368,29 @@ async fn a_node_restarted_recovers_its_configuration_and_runtime_state_from_disk
     let mut c = Cluster::start(1, &config(&m1, 1));
     let next = c.dir.path().join("next.toml");
     std::fs::write(&next, config(&m2, 1)).expect("write");
-    let (ok, out) = ctl(
+    let (ok, out) = c.ctl(
         c.node(1).grpc,
         &["config", "apply", &next.to_string_lossy()],
     );
     assert!(ok, "{out}");
-    let (ok, out) = ctl(c.node(1).grpc, &["server", "drain", "b/s"]);
+    let (ok, out) = c.ctl(c.node(1).grpc, &["server", "drain", "b/s"]);
     assert!(ok, "{out}");
 
     let grpc = c.kill(1);
     // The file still names m1; what the cluster committed wins.
     c.restart(1, grpc);
     let n = c.node(1);
-    let list = ctl_json(n.grpc, &["server", "list"]);
+    let list = c.ctl_json(n.grpc, &["server", "list"]);
     assert!(
         list[0]["status"]
             .as_str()
             .is_some_and(|s| s.contains("DRAIN")),
         "{list}"
     );
-    let s = ctl_json(n.grpc, &["cluster", "status"]);
+    let s = c.ctl_json(n.grpc, &["cluster", "status"]);
     assert_eq!(s["config_version"], 2, "{s}");
     // Draining: no new requests go to the server, so none is served.
-    let (ok, out) = ctl(n.grpc, &["server", "ready", "b/s"]);
+    let (ok, out) = c.ctl(n.grpc, &["server", "ready", "b/s"]);
     assert!(ok, "{out}");
     all_serve(&c, "m2").await;
 }
@@ -369,12 +402,12 @@ async fn a_removed_node_id_is_never_reused() {
     let leader = c.leader();
     let gone = (1..=3).find(|&i| i != leader).expect("a follower");
     c.kill(gone);
-    let (ok, out) = ctl(
+    let (ok, out) = c.ctl(
         c.node(leader).grpc,
         &["cluster", "remove", &gone.to_string()],
     );
     assert!(ok, "{out}");
-    let members = ctl_json(c.node(leader).grpc, &["cluster", "members"]);
+    let members = c.ctl_json(c.node(leader).grpc, &["cluster", "members"]);
     assert_eq!(
         members["retired_ids"],
         serde_json::json!([gone]),
@@ -396,6 +429,8 @@ async fn a_removed_node_id_is_never_reused() {
             &data.to_string_lossy(),
             "--cluster-addr",
             "127.0.0.1:0",
+            "--tls-dir",
+            &c.data(gone).join("tls").to_string_lossy(),
             "--join",
             &join,
         ],
@@ -411,7 +446,7 @@ async fn a_torn_log_tail_is_cut_and_the_node_recovers() {
     let mut c = Cluster::start(1, &config(&m1, 1));
     let next = c.dir.path().join("next.toml");
     std::fs::write(&next, config(&m2, 1)).expect("write");
-    let (ok, out) = ctl(
+    let (ok, out) = c.ctl(
         c.node(1).grpc,
         &["config", "apply", &next.to_string_lossy()],
     );
@@ -420,7 +455,8 @@ async fn a_torn_log_tail_is_cut_and_the_node_recovers() {
     // Half a record at the end of the newest segment: a write the crash cut.
     let seg = newest_segment(&c.data(1).join("raft/log"));
     let mut bytes = std::fs::read(&seg).expect("segment");
-    bytes.extend_from_slice(&bytes[..40].to_vec());
+    let half_a_record = bytes[..40].to_vec();
+    bytes.extend_from_slice(&half_a_record);
     std::fs::write(&seg, &bytes).expect("tear");
     c.restart(1, grpc);
     assert!(
@@ -440,4 +476,107 @@ fn newest_segment(dir: &Path) -> PathBuf {
     segs.sort();
     segs.pop()
         .unwrap_or_else(|| panic!("no segment in {}", dir.display()))
+}
+
+#[tokio::test]
+async fn certificates_from_another_ca_reach_nothing() {
+    let m1 = Mock::start("m1", &[]);
+    let c = Cluster::start(1, &config(&m1, 1));
+    let n1 = c.node(1).grpc;
+    let foreign = c.dir.path().join("foreign");
+    let f = |p: &str| foreign.join(p).to_string_lossy().into_owned();
+    let nowhere: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    for args in [
+        vec!["cert", "init", "--dir", &f("ca")],
+        vec![
+            "cert",
+            "node",
+            "--ca",
+            &f("ca"),
+            "--id",
+            "2",
+            "--host",
+            "127.0.0.1",
+            "--out",
+            &f("n2"),
+        ],
+        vec![
+            "cert",
+            "client",
+            "--ca",
+            &f("ca"),
+            "--name",
+            "eve",
+            "--out",
+            &f("eve"),
+        ],
+    ] {
+        let (ok, out) = c.ctl(nowhere, &args);
+        assert!(ok, "{out}");
+    }
+
+    // A node whose certificate another CA signed cannot join.
+    let cfg = c.config.to_string_lossy().into_owned();
+    let data = f("n2-data");
+    let join = n1.to_string();
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            "-c",
+            &cfg,
+            "--node-id",
+            "2",
+            "--data-dir",
+            &data,
+            "--cluster-addr",
+            "127.0.0.1:0",
+            "--tls-dir",
+            &f("n2"),
+            "--join",
+            &join,
+        ],
+        &[],
+    );
+    assert!(!p.wait_exit().success());
+    let said = p.stderr();
+    assert!(
+        said.contains("--join") && said.contains("UnknownIssuer"),
+        "{said}"
+    );
+    let members = c.ctl_json(n1, &["cluster", "members"]);
+    assert_eq!(
+        members["members"].as_array().map(Vec::len),
+        Some(1),
+        "{members}"
+    );
+
+    // A client with such a certificate, or with none, reads nothing.
+    let out = Command::new(ctl_bin())
+        .args([
+            "--node",
+            &n1.to_string(),
+            "--tls-dir",
+            &f("eve"),
+            "cluster",
+            "status",
+        ])
+        .output()
+        .expect("llmgw-ctl");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("UnknownIssuer"), "{said}");
+    let out = Command::new(ctl_bin())
+        .args([
+            "--node",
+            &n1.to_string(),
+            "--tls-dir",
+            &f("none"),
+            "config",
+            "get",
+        ])
+        .output()
+        .expect("llmgw-ctl");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("--tls-dir"), "{said}");
 }

@@ -20,7 +20,17 @@
 //! 00000000000000012345.seg
 //! vote.json                     the vote, replaced atomically
 //! purged.json                   the last purged log id, replaced atomically
+//! committed.json                the last log id known committed, replaced atomically
 //! ```
+//!
+//! The commit point lets a restarted node bring its state machine up to
+//! every entry it knew committed from its own log, before it hears from a
+//! leader (openraft re-applies up to it at startup): a node cut off from
+//! the quorum still serves the last committed configuration. It is a hint:
+//! written on every commit with one `fdatasync` (the directory is not
+//! synced), so a crash can leave an older one, which only means re-applying
+//! less; and one that cannot be read is ignored with a warning, as if never
+//! saved.
 //!
 //! Every entry's position is indexed in memory (its bytes are read from the
 //! file on demand, through the page cache), so memory grows with the number
@@ -46,6 +56,7 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_FILE: &str = "vote.json";
 const PURGED_FILE: &str = "purged.json";
+const COMMITTED_FILE: &str = "committed.json";
 const SEGMENT_SUFFIX: &str = ".seg";
 
 /// Tuning of the log.
@@ -112,6 +123,8 @@ struct Inner {
     index: BTreeMap<u64, Loc>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
+    /// The commit point as saved; see the module's documentation.
+    committed: Option<LogId>,
     /// Dropped with the last handle: wakes those waiting in [`LogStore::closed`].
     closed: tokio::sync::watch::Sender<()>,
 }
@@ -136,6 +149,13 @@ impl LogStore {
         let lock = DirLock::acquire(&dir)?;
         let vote = read_json::<Vote>(&dir, VOTE_FILE)?;
         let last_purged = read_json::<LogId>(&dir, PURGED_FILE)?;
+        let committed = match read_json::<LogId>(&dir, COMMITTED_FILE) {
+            Ok(committed) => committed,
+            Err(e) => {
+                tracing::warn!("Raft log: ignoring the saved commit point: {e}");
+                None
+            }
+        };
         let mut inner = Inner {
             dir,
             opts,
@@ -144,6 +164,7 @@ impl LogStore {
             index: BTreeMap::new(),
             last_purged,
             vote,
+            committed,
             closed: tokio::sync::watch::Sender::new(()),
         };
         let recovery = inner.load_segments()?;
@@ -485,6 +506,50 @@ impl Inner {
         self.remove_dead_segments()
     }
 
+    fn save_committed(&mut self, committed: LogId) -> io::Result<()> {
+        if self.committed == Some(committed) {
+            return Ok(());
+        }
+        fsutil::replace(&self.dir, COMMITTED_FILE, &serde_json::to_vec(&committed)?)?;
+        self.committed = Some(committed);
+        Ok(())
+    }
+
+    /// The saved commit point, as far as this log can vouch for it: never
+    /// past its last entry, and the entry at that index must be the one
+    /// committed (committed entries are never replaced, so another one
+    /// there means the files do not belong together).
+    fn committed(&self) -> io::Result<Option<LogId>> {
+        let Some(committed) = self.committed else {
+            return Ok(None);
+        };
+        if let Some(loc) = self.index.get(&committed.index) {
+            if loc.log_id != committed {
+                return Err(invalid(format!(
+                    "{}: the commit point is {committed} but the log holds {} at that index",
+                    self.dir.join(COMMITTED_FILE).display(),
+                    loc.log_id
+                )));
+            }
+            return Ok(Some(committed));
+        }
+        let last = self.last_log_id();
+        match last {
+            Some(last) if last.index < committed.index => {
+                // Not expected (entries are durable before they count as
+                // committed), and harmless: what the log has is committed.
+                tracing::warn!(
+                    %committed,
+                    %last,
+                    "Raft log: the commit point is past the last entry; using the last entry"
+                );
+                Ok(Some(last))
+            }
+            // Purged: the snapshot covers it.
+            _ => Ok(Some(committed)),
+        }
+    }
+
     fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         fsutil::write_atomic(&self.dir, VOTE_FILE, &serde_json::to_vec(vote)?)?;
         self.vote = Some(*vote);
@@ -622,6 +687,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(&self.inner, move |inner| inner.save_vote(&vote))
             .await
             .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let Some(committed) = committed else {
+            return Ok(());
+        };
+        blocking(&self.inner, move |inner| inner.save_committed(committed))
+            .await
+            .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        lock(&self.inner)
+            .and_then(|inner| inner.committed())
+            .map_err(read_err)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {

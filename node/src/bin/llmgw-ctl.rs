@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use llmgw::control::{connect, describe_status};
+use llmgw::control::{client, describe_status};
+use llmgw_cluster::{certs, CertFiles, ClusterTls};
 use llmgw_proto::v1 as pb;
 use serde_json::{json, Value};
 
@@ -32,6 +33,16 @@ struct Cli {
     node: String,
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: Output,
+    /// This client's certificate, its key and the cluster CA (`ca.pem`,
+    /// `client.pem`, `client-key.pem`); a node that started a cluster by
+    /// itself made an `admin` one in its `DATA_DIR/tls`.
+    #[arg(
+        long,
+        global = true,
+        env = "LLMGW_TLS_DIR",
+        default_value = "llmgw-data/tls"
+    )]
+    tls_dir: PathBuf,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -60,6 +71,40 @@ enum Cmd {
     Stats {
         /// Only this backend.
         backend: Option<String>,
+    },
+    /// The cluster's certificates (nothing is sent anywhere: files only).
+    #[command(subcommand)]
+    Cert(CertCmd),
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Make a cluster CA in DIR (ca.pem, ca-key.pem; never overwritten).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a node's certificate (for llmgw run --tls-dir OUT).
+    Node {
+        /// The CA's directory.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        id: u64,
+        /// A host name or IP address the node is reached at (repeat).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a client certificate (for llmgw-ctl --tls-dir OUT).
+    Client {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -221,7 +266,13 @@ fn members(ms: &[pb::Member]) -> Value {
 
 /// Runs the command; the answer as JSON (printed as a table unless asked).
 async fn run(cli: &Cli) -> Result<Value, String> {
-    let mut c = connect(&cli.node).await?;
+    if let Cmd::Cert(cmd) = &cli.command {
+        return cert(cmd);
+    }
+    let tls = ClusterTls::load(&CertFiles::client(&cli.tls_dir)).map_err(|e| {
+        format!("{e} (give a client certificate with --tls-dir: llmgw-ctl cert client --ca CA_DIR --name NAME --out DIR)")
+    })?;
+    let mut c = client(&tls, &cli.node)?;
     let s = |e: tonic::Status| describe_status(&e);
     Ok(match &cli.command {
         Cmd::Cluster(ClusterCmd::Status) => {
@@ -431,6 +482,25 @@ async fn run(cli: &Cli) -> Result<Value, String> {
             };
             let r = c.table_clear(req).await.map_err(s)?.into_inner();
             json!({ "log_index": r.log_index })
+        }
+        Cmd::Cert(_) => Value::Null,
+    })
+}
+
+/// `cert init|node|client`: files written, their paths answered.
+fn cert(cmd: &CertCmd) -> Result<Value, String> {
+    let files = |f: CertFiles| json!({ "ca": f.ca.display().to_string(), "cert": f.cert.display().to_string(), "key": f.key.display().to_string() });
+    Ok(match cmd {
+        CertCmd::Init { dir } => {
+            let f = certs::init_ca(dir).map_err(|e| e.to_string())?;
+            json!({ "ca": f.cert.display().to_string(), "ca_key": f.key.display().to_string() })
+        }
+        CertCmd::Node { ca, id, hosts, out } => {
+            let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            files(certs::issue_node(ca, out, *id, &hosts).map_err(|e| e.to_string())?)
+        }
+        CertCmd::Client { ca, name, out } => {
+            files(certs::issue_client(ca, out, name).map_err(|e| e.to_string())?)
         }
     })
 }

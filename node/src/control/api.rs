@@ -16,7 +16,7 @@ use llmgw_proto::v1::admin_server::{Admin, AdminServer};
 use llmgw_proto::v1::{self as pb, Diagnostic, ErrorDetail, ErrorKind, Severity};
 use tonic::{Request, Response, Status};
 
-use super::{connect, not_found, Control};
+use super::{not_found, Control};
 
 /// Marks a call forwarded by a follower: the leader answers it itself or
 /// fails, never forwards it again.
@@ -61,7 +61,7 @@ async fn leader_client<T>(
     let Some((id, addr)) = c.leader() else {
         return Err(fail(c.no_quorum()));
     };
-    connect(&addr).await.map_err(|e| {
+    c.client(&addr).map_err(|e| {
         fail(ErrorDetail::new(
             ErrorKind::NoQuorum,
             format!("the leader n{id} cannot be reached: {e}"),
@@ -163,7 +163,7 @@ pub async fn apply_config(
     let Some((id, addr)) = c.leader() else {
         return Err(c.no_quorum());
     };
-    let mut client = connect(&addr).await.map_err(|e| {
+    let mut client = c.client(&addr).map_err(|e| {
         ErrorDetail::new(
             ErrorKind::NoQuorum,
             format!("the leader n{id} cannot be reached: {e}"),
@@ -339,8 +339,8 @@ impl Admin for AdminApi {
                     "forwarded twice",
                 )));
             }
-            let mut client = connect(&addr)
-                .await
+            let mut client = c
+                .client(&addr)
                 .map_err(|e| fail(ErrorDetail::new(ErrorKind::Internal, e)))?;
             return client.transfer_leader(forwarded(req.into_inner())).await;
         }
@@ -391,7 +391,7 @@ impl Admin for AdminApi {
         Ok(Response::new(pb::ConfigGetReply {
             version: rec.version,
             format: pb_format(rec.format),
-            text: rec.text,
+            text: rec.text.to_string(),
             log_index: rec.log_index,
         }))
     }
@@ -425,7 +425,9 @@ impl Admin for AdminApi {
             Some(v) => st.config_at(v).cloned(),
             None => st.current_config().cloned(),
         });
-        let (version, old) = record.map_or((0, String::new()), |rec| (rec.version, rec.text));
+        let (version, old) = record.map_or((0, String::new()), |rec| {
+            (rec.version, rec.text.to_string())
+        });
         let diff = super::diff::unified(&format!("v{version}"), &old, "new", &r.text)
             .map_err(|e| fail(ErrorDetail::new(ErrorKind::Refused, e)))?;
         Ok(Response::new(pb::ConfigDiffReply {

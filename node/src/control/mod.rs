@@ -28,9 +28,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use llmgw_cluster::node::{ClusterError, ClusterNode};
+use llmgw_cluster::node::ClusterError;
 use llmgw_cluster::state::{ClusterState, ServerRuntime};
-use llmgw_cluster::{Command, ConfigFormat, LogOptions, NodeId};
+use llmgw_cluster::tls::{ChannelOptions, ExpectPeer};
+use llmgw_cluster::{
+    certs, CertFiles, ClusterHandle, ClusterNode, ClusterTls, Command, ConfigFormat, NodeId,
+    NodeOptions,
+};
 use llmgw_proto::v1::admin_client::AdminClient;
 use llmgw_proto::v1::{ErrorDetail, ErrorKind};
 use tokio::sync::watch;
@@ -58,6 +62,9 @@ pub struct ClusterOpts {
     /// cluster address and the data directory once asked to stop, so both
     /// are retried until then.
     pub takeover: bool,
+    /// The node's certificate, its key and the cluster CA (`ca.pem`,
+    /// `node.pem`, `node-key.pem`); `DATA_DIR/tls` by default.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// How long a successor waits for its predecessor to let go of the
@@ -70,7 +77,11 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running member: its Raft node, and the data plane it drives.
 pub struct Control {
-    pub node: ClusterNode,
+    pub node: ClusterHandle,
+    /// The running member itself, until a soft stop hands its place over.
+    member: std::sync::Mutex<Option<ClusterNode>>,
+    /// This node's certificate: every call to another node is mutual TLS.
+    tls: ClusterTls,
     shared: Arc<Shared>,
     reloader: Arc<Reloader>,
     listeners: Arc<Listeners>,
@@ -86,20 +97,6 @@ pub struct Control {
     /// One membership change at a time through this node: openraft
     /// refuses a change while another is under way.
     pub membership: tokio::sync::Mutex<()>,
-}
-
-/// The Raft timing of a LAN cluster: a heartbeat every 100 ms, an election
-/// after 300–600 ms without one; a snapshot every 1000 entries.
-pub fn raft_config() -> openraft::Config {
-    openraft::Config {
-        cluster_name: "llmgw".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
-        max_in_snapshot_log_to_keep: 100,
-        ..Default::default()
-    }
 }
 
 /// The id this node goes by: the one its data directory holds, else the
@@ -146,12 +143,13 @@ impl Control {
         let dir = &opts.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let id = node_id(dir, opts.node_id)?;
+        let tls = node_tls(opts, id)?;
         // The admin API is served by the same server as Raft; it finds the
         // node through this slot once the node exists.
         let slot: Arc<OnceLock<Arc<Control>>> = Arc::new(OnceLock::new());
         let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
-        let node = loop {
-            match Self::start_node(id, opts, slot.clone()).await {
+        let member = loop {
+            match Self::start_node(id, opts, &tls, slot.clone()).await {
                 Ok(node) => break node,
                 Err(e) if opts.takeover && tokio::time::Instant::now() < deadline => {
                     tracing::debug!("waiting for the previous process to let go: {e}");
@@ -160,8 +158,11 @@ impl Control {
                 Err(e) => return Err(e),
             }
         };
+        let node = member.handle();
         let control = Arc::new(Control {
             node,
+            member: std::sync::Mutex::new(Some(member)),
+            tls,
             shared,
             reloader,
             listeners,
@@ -192,19 +193,20 @@ impl Control {
     async fn start_node(
         id: NodeId,
         opts: &ClusterOpts,
+        tls: &ClusterTls,
         slot: Arc<OnceLock<Arc<Control>>>,
     ) -> Result<ClusterNode, String> {
         let socket = crate::listen::bind_tcp(opts.listen)
             .map_err(|e| format!("cannot bind the cluster address {}: {e}", opts.listen))?;
-        let routes = tonic::service::Routes::new(api::server(slot));
-        ClusterNode::start_with(
+        ClusterNode::start_with_services(
             id,
             &opts.data_dir,
             socket,
-            raft_config(),
-            LogOptions::default(),
-            Default::default(),
-            routes,
+            tls.clone(),
+            NodeOptions::default(),
+            |_, routes| {
+                routes.add_service(api::server(slot));
+            },
         )
         .await
         .map_err(|e| format!("cluster node {id}: {e}"))
@@ -214,9 +216,18 @@ impl Control {
     /// directory) to its successor or to a restart, while its data plane
     /// drains.
     pub async fn stop(&self) {
-        if let Err(e) = self.node.stop().await {
-            tracing::warn!("stopping the cluster node: {e}");
+        let member = self.member.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(m) = member {
+            if let Err(e) = m.leave().await {
+                tracing::warn!("stopping the cluster node: {e}");
+            }
         }
+    }
+
+    /// An admin API client for the node at `addr`, over mutual TLS with
+    /// this node's certificate.
+    pub fn client(&self, addr: &str) -> Result<AdminClient<tonic::transport::Channel>, String> {
+        client(&self.tls, addr)
     }
 
     /// A new cluster of one, whose configuration version 1 is `first`.
@@ -250,8 +261,8 @@ impl Control {
     /// Asks the member at `peer` to add this node (the leader registers
     /// its id, adds it as a learner, catches it up and promotes it).
     async fn ask_to_join(&self, peer: &str) -> Result<(), String> {
-        let mut client = connect(peer)
-            .await
+        let mut client = self
+            .client(peer)
             .map_err(|e| format!("--join {peer}: {e}"))?;
         let req = llmgw_proto::v1::ClusterJoinRequest {
             node_id: self.node.id,
@@ -299,18 +310,16 @@ impl Control {
     /// runs. Woken by every change of the Raft metrics; acts when the
     /// state machine moved.
     async fn apply_loop(self: Arc<Self>) {
-        let mut metrics = self.node.raft.metrics();
+        let mut applied = self.node.subscribe();
         let mut seen = Seen::default();
         loop {
-            let (last, wanted) = self
-                .node
-                .sm
-                .read(|st| (st.last_applied, Wanted::of(st, &seen)));
-            if last != seen.last_applied {
-                seen.last_applied = last;
+            let now = applied.borrow_and_update().clone();
+            if now.last_applied != seen.last_applied {
+                seen.last_applied = now.last_applied;
+                let wanted = Wanted::of(&now.state, &seen);
                 self.apply(wanted, &mut seen).await;
             }
-            if metrics.changed().await.is_err() {
+            if applied.changed().await.is_err() {
                 return;
             }
         }
@@ -530,7 +539,7 @@ impl Wanted {
                 (
                     c.version,
                     format!("cluster configuration v{}", c.version),
-                    c.text.clone(),
+                    c.text.to_string(),
                     c.format == ConfigFormat::Haproxy,
                 )
             });
@@ -559,17 +568,51 @@ impl Wanted {
     }
 }
 
-/// An admin API client for the member at `addr` (`host:port`).
-pub async fn connect(addr: &str) -> Result<AdminClient<tonic::transport::Channel>, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(15));
-    let channel = endpoint
-        .connect()
-        .await
+/// An admin API client for the member at `addr` (`host:port`), over
+/// mutual TLS with the certificate in `tls` (a node's or a client's).
+pub fn client(
+    tls: &ClusterTls,
+    addr: &str,
+) -> Result<AdminClient<tonic::transport::Channel>, String> {
+    let channel = tls
+        .channel(addr, ExpectPeer::AnyNode, &ChannelOptions::default())
         .map_err(|e| format!("{addr}: {e}"))?;
     Ok(AdminClient::new(channel))
+}
+
+/// The node's certificate: from `--tls-dir` (default `DATA_DIR/tls`). A
+/// node that starts a new cluster and finds none makes its own: a cluster
+/// CA, its node certificate and an `admin` client certificate for
+/// `llmgw-ctl` on this machine — so that `llmgw` with no arguments works —
+/// and says where they are. A node told to `--join` must be given one.
+fn node_tls(opts: &ClusterOpts, id: NodeId) -> Result<ClusterTls, String> {
+    let dir = opts
+        .tls_dir
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("tls"));
+    let files = CertFiles::node(&dir);
+    if !files.cert.exists() && !files.ca.exists() {
+        if opts.join.is_some() {
+            return Err(format!(
+                "no node certificate in {}: issue one from the cluster's CA with `llmgw-ctl cert node --ca CA_DIR --id {id} --host HOST --out {}`",
+                dir.display(),
+                dir.display()
+            ));
+        }
+        let host = opts.listen.ip().to_string();
+        let mut hosts = vec![host.as_str(), "localhost"];
+        if opts.listen.ip().is_unspecified() {
+            hosts = vec!["127.0.0.1", "localhost"];
+        }
+        certs::init_ca(&dir).map_err(|e| e.to_string())?;
+        certs::issue_node(&dir, &dir, id, &hosts).map_err(|e| e.to_string())?;
+        certs::issue_client(&dir, &dir, "admin").map_err(|e| e.to_string())?;
+        tracing::info!(
+            dir = %dir.display(),
+            "made a cluster CA, this node's certificate and an 'admin' client certificate for llmgw-ctl; keep ca-key.pem safe: it issues certificates for new nodes (llmgw-ctl cert node --ca DIR ...)"
+        );
+    }
+    ClusterTls::load(&files).map_err(|e| e.to_string())
 }
 
 /// A failed call as an operator should read it.
