@@ -142,6 +142,14 @@ struct RunArgs {
     /// starts a cluster by itself and finds none.
     #[arg(long = "tls-dir", value_name = "DIR", env = "LLMGW_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// A new node that neither starts a cluster nor asks to join one: it
+    /// waits for `llmgw-ctl cluster join --id N --addr ADDR`.
+    #[arg(long = "no-bootstrap", conflicts_with = "join")]
+    no_bootstrap: bool,
+    /// Raft snapshot (and log compaction) every N entries, as etcd's
+    /// `--snapshot-count`.
+    #[arg(long = "snapshot-every", value_name = "N", default_value_t = 1000)]
+    snapshot_every: u64,
 }
 
 /// HAProxy spells its soft- and hard-stop options `-sf` and `-st`; they are
@@ -320,6 +328,8 @@ fn run(args: RunArgs) -> ExitCode {
         join: args.join.clone(),
         takeover: args.takeover.is_some(),
         tls_dir: args.tls_dir.clone(),
+        bootstrap: !args.no_bootstrap,
+        snapshot_every: args.snapshot_every,
     };
     let reloader = reload::Reloader::new(args.config, args.lenient, overrides);
     match rt.block_on(serve(
@@ -373,6 +383,10 @@ impl Upgrade {
         if let Some(t) = &args.tls_dir {
             again.extend(["--tls-dir".into(), t.into()]);
         }
+        again.extend([
+            "--snapshot-every".into(),
+            args.snapshot_every.to_string().into(),
+        ]);
         again.extend([
             "--data-dir".into(),
             args.data_dir.clone().into(),

@@ -38,6 +38,8 @@ struct Cluster {
     dir: TempDir,
     config: PathBuf,
     nodes: Vec<Option<Node>>,
+    /// `llmgw run` options every node gets.
+    extra: Vec<String>,
 }
 
 fn addr_after(line: &str, marker: &str) -> SocketAddr {
@@ -51,6 +53,10 @@ fn addr_after(line: &str, marker: &str) -> SocketAddr {
 impl Cluster {
     /// `n` nodes: n1 bootstraps, the others join it.
     fn start(n: u64, first: &str) -> Cluster {
+        Cluster::start_with(n, first, &[])
+    }
+
+    fn start_with(n: u64, first: &str, extra: &[&str]) -> Cluster {
         let dir = TempDir::new("cluster");
         let config = dir.path().join("llmgw.toml");
         std::fs::write(&config, first).expect("write");
@@ -58,6 +64,7 @@ impl Cluster {
             dir,
             config,
             nodes: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for id in 1..=n {
             let join = (id > 1).then(|| c.node(1).grpc);
@@ -145,6 +152,7 @@ impl Cluster {
         if let Some(j) = &join_s {
             args.extend(["--join", j]);
         }
+        args.extend(self.extra.iter().map(String::as_str));
         let mut proc = Proc::spawn(&args, &[]);
         let http = addr_after(&proc.wait_line("frontend 'f' listening on"), "http://");
         let grpc = addr_after(&proc.wait_line("cluster node"), "grpc://");
@@ -579,4 +587,71 @@ async fn certificates_from_another_ca_reach_nothing() {
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("--tls-dir"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_node_is_added_with_llmgw_ctl() {
+    let m1 = Mock::start("m1", &[]);
+    let mut c = Cluster::start(1, &config(&m1, 1));
+    c.issue(2);
+    c.extra = vec!["--no-bootstrap".into()];
+    let n2 = c.spawn(2, None, "127.0.0.1:0".parse().expect("addr"));
+    let (ok, out) = c.ctl(
+        c.node(1).grpc,
+        &[
+            "cluster",
+            "join",
+            "--id",
+            "2",
+            "--addr",
+            &n2.grpc.to_string(),
+        ],
+    );
+    assert!(ok, "{out}");
+    c.nodes.push(Some(n2));
+    all_serve(&c, "m1").await;
+    let s = c.ctl_json(c.node(2).grpc, &["cluster", "status"]);
+    assert_eq!(s["role"], "follower", "{s}");
+    assert_eq!(s["config_version"], 1, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_far_behind_catches_up_by_snapshot() {
+    let m1 = Mock::start("m1", &[]);
+    let mut c = Cluster::start_with(3, &config(&m1, 1), &["--snapshot-every", "10"]);
+    let leader = c.leader();
+    let behind = (1..=3).find(|&i| i != leader).expect("a follower");
+    let had = c.ctl_json(c.node(behind).grpc, &["cluster", "status"])["last_log_index"]
+        .as_u64()
+        .expect("a log");
+    let grpc = c.kill(behind);
+    // Thirty changes: the leader snapshots and compacts past them.
+    for w in 1..=30u32 {
+        let (ok, out) = c.ctl(
+            c.node(leader).grpc,
+            &["server", "weight", "b/s", &(w % 200 + 2).to_string()],
+        );
+        assert!(ok, "{out}");
+    }
+    // The leader keeps 10 entries behind its snapshot: what the stopped
+    // node would need next is gone from its log.
+    let s = c.ctl_json(c.node(leader).grpc, &["cluster", "status"]);
+    let snap = s["snapshot_index"].as_u64().expect("a snapshot");
+    assert!(
+        snap > had + 10,
+        "snapshot at {snap}, the stopped node had {had}: {s}"
+    );
+
+    let t = Instant::now();
+    c.restart(behind, grpc);
+    let n = c.node(behind).grpc;
+    eventually(Duration::from_secs(10), || async {
+        let list = c.ctl_json(n, &["server", "list"]);
+        (list[0]["weight"] == 32).then_some(())
+    })
+    .await;
+    println!(
+        "n{behind}, 30 entries behind a compacted log: caught up by snapshot in {:?}",
+        t.elapsed()
+    );
 }

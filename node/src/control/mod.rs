@@ -65,6 +65,11 @@ pub struct ClusterOpts {
     /// The node's certificate, its key and the cluster CA (`ca.pem`,
     /// `node.pem`, `node-key.pem`); `DATA_DIR/tls` by default.
     pub tls_dir: Option<PathBuf>,
+    /// A new node without `join` starts a cluster of one; `false`: it waits
+    /// to be added (`llmgw-ctl cluster join`).
+    pub bootstrap: bool,
+    /// A snapshot, and the log compacted, every this many entries.
+    pub snapshot_every: u64,
 }
 
 /// How long a successor waits for its predecessor to let go of the
@@ -181,8 +186,13 @@ impl Control {
             .map_err(|e| e.to_string())?;
         if !initialized {
             match &opts.join {
-                None => control.bootstrap(first).await?,
                 Some(peer) => control.ask_to_join(peer).await?,
+                None if opts.bootstrap => control.bootstrap(first).await?,
+                None => tracing::info!(
+                    node = id,
+                    "waiting to be added: llmgw-ctl cluster join --id {id} --addr {}",
+                    control.node.addr
+                ),
             }
         }
         control.reloader.join_cluster(control.clone());
@@ -198,12 +208,19 @@ impl Control {
     ) -> Result<ClusterNode, String> {
         let socket = crate::listen::bind_tcp(opts.listen)
             .map_err(|e| format!("cannot bind the cluster address {}: {e}", opts.listen))?;
+        let mut node_opts = NodeOptions::default();
+        let every = opts.snapshot_every.max(1);
+        node_opts.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(every);
+        // Entries kept behind a snapshot for followers a little behind; one
+        // further behind gets the snapshot.
+        node_opts.raft.max_in_snapshot_log_to_keep =
+            node_opts.raft.max_in_snapshot_log_to_keep.min(every);
         ClusterNode::start_with_services(
             id,
             &opts.data_dir,
             socket,
             tls.clone(),
-            NodeOptions::default(),
+            node_opts,
             |_, routes| {
                 routes.add_service(api::server(slot));
             },
@@ -592,7 +609,7 @@ fn node_tls(opts: &ClusterOpts, id: NodeId) -> Result<ClusterTls, String> {
         .unwrap_or_else(|| opts.data_dir.join("tls"));
     let files = CertFiles::node(&dir);
     if !files.cert.exists() && !files.ca.exists() {
-        if opts.join.is_some() {
+        if opts.join.is_some() || !opts.bootstrap {
             return Err(format!(
                 "no node certificate in {}: issue one from the cluster's CA with `llmgw-ctl cert node --ca CA_DIR --id {id} --host HOST --out {}`",
                 dir.display(),
