@@ -42,7 +42,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve a configuration (the default command).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a configuration file; report every error as FILE:LINE: message.
     Check {
         #[arg(short = 'c', long = "config")]
@@ -182,8 +182,8 @@ fn tune_malloc() {
 fn main() -> ExitCode {
     tune_malloc();
     let cli = Cli::parse_from(haproxy_spellings(std::env::args_os()));
-    match cli.command.unwrap_or(Command::Run(cli.run)) {
-        Command::Run(args) => run(args),
+    match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
+        Command::Run(args) => run(*args),
         Command::Reload {
             socket,
             config,
