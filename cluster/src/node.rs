@@ -300,12 +300,7 @@ impl ClusterNode {
     /// closed (its directory locks released), so the same data directory
     /// can be opened again at once.
     pub async fn shutdown(mut self) -> Result<(), ClusterError> {
-        self.stop_server().await;
-        self.handle
-            .raft
-            .shutdown()
-            .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        self.stop_serving().await?;
         let ClusterNode {
             handle,
             storage_closed,
@@ -329,14 +324,19 @@ impl ClusterNode {
     /// directory lock, without waiting for the handles still held (the
     /// draining data plane's) to be dropped.
     pub async fn leave(mut self) -> Result<(), ClusterError> {
+        self.stop_serving().await?;
+        self.handle.sm.release();
+        Ok(())
+    }
+
+    /// The server, then openraft.
+    async fn stop_serving(&mut self) -> Result<(), ClusterError> {
         self.stop_server().await;
         self.handle
             .raft
             .shutdown()
             .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        self.handle.sm.release();
-        Ok(())
+            .map_err(|e| ClusterError::Raft(e.to_string()))
     }
 
     async fn stop_server(&mut self) {

@@ -103,6 +103,14 @@ impl Cluster {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
+    /// `llmgw-ctl config apply` of `text` through the node at `node`.
+    fn apply(&self, node: SocketAddr, text: &str) {
+        let next = self.dir.path().join("next.toml");
+        std::fs::write(&next, text).expect("write");
+        let (ok, out) = self.ctl(node, &["config", "apply", &next.to_string_lossy()]);
+        assert!(ok, "{out}");
+    }
+
     /// The cluster CA (and the `admin` client certificate): n1 made them.
     fn ca(&self) -> PathBuf {
         self.data(1).join("tls")
@@ -296,12 +304,7 @@ async fn the_leader_killed_a_new_one_is_elected_and_nothing_acknowledged_is_lost
     let mut c = Cluster::start(3, &config(&m1, 1));
     all_serve(&c, "m1").await;
     let next = c.dir.path().join("next.toml");
-    std::fs::write(&next, config(&m2, 1)).expect("write");
-    let (ok, out) = c.ctl(
-        c.node(1).grpc,
-        &["config", "apply", &next.to_string_lossy()],
-    );
-    assert!(ok, "{out}");
+    c.apply(c.node(1).grpc, &config(&m2, 1));
 
     let old = c.leader();
     let t = Instant::now();
@@ -344,12 +347,7 @@ async fn five_nodes_two_down_still_commit_three_down_refuse_clearly_and_keep_pro
     // Two followers down: a majority of three remains.
     c.kill(others[0]);
     c.kill(others[1]);
-    std::fs::write(&next, config(&m2, 1)).expect("write");
-    let (ok, out) = c.ctl(
-        c.node(leader).grpc,
-        &["config", "apply", &next.to_string_lossy()],
-    );
-    assert!(ok, "{out}");
+    c.apply(c.node(leader).grpc, &config(&m2, 1));
     all_serve(&c, "m2").await;
 
     // A third down: no quorum, said clearly, naming who is missing.
@@ -374,13 +372,7 @@ async fn five_nodes_two_down_still_commit_three_down_refuse_clearly_and_keep_pro
 async fn a_node_restarted_recovers_its_configuration_and_runtime_state_from_disk() {
     let (m1, m2) = (Mock::start("m1", &[]), Mock::start("m2", &[]));
     let mut c = Cluster::start(1, &config(&m1, 1));
-    let next = c.dir.path().join("next.toml");
-    std::fs::write(&next, config(&m2, 1)).expect("write");
-    let (ok, out) = c.ctl(
-        c.node(1).grpc,
-        &["config", "apply", &next.to_string_lossy()],
-    );
-    assert!(ok, "{out}");
+    c.apply(c.node(1).grpc, &config(&m2, 1));
     let (ok, out) = c.ctl(c.node(1).grpc, &["server", "drain", "b/s"]);
     assert!(ok, "{out}");
 
@@ -452,13 +444,7 @@ async fn a_removed_node_id_is_never_reused() {
 async fn a_torn_log_tail_is_cut_and_the_node_recovers() {
     let (m1, m2) = (Mock::start("m1", &[]), Mock::start("m2", &[]));
     let mut c = Cluster::start(1, &config(&m1, 1));
-    let next = c.dir.path().join("next.toml");
-    std::fs::write(&next, config(&m2, 1)).expect("write");
-    let (ok, out) = c.ctl(
-        c.node(1).grpc,
-        &["config", "apply", &next.to_string_lossy()],
-    );
-    assert!(ok, "{out}");
+    c.apply(c.node(1).grpc, &config(&m2, 1));
     let grpc = c.kill(1);
     // Half a record at the end of the newest segment: a write the crash cut.
     let seg = newest_segment(&c.data(1).join("raft/log"));
