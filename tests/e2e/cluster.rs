@@ -582,6 +582,9 @@ async fn a_waiting_node_is_added_with_llmgw_ctl() {
     c.issue(2);
     c.extra = vec!["--no-bootstrap".into()];
     let n2 = c.spawn(2, None, "127.0.0.1:0".parse().expect("addr"));
+    // Not a member yet: said so, with what to do.
+    let (ok, out) = c.ctl(n2.grpc, &["server", "drain", "b/s"]);
+    assert!(!ok && out.contains("not a member"), "{out}");
     let (ok, out) = c.ctl(
         c.node(1).grpc,
         &[

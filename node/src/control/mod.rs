@@ -458,10 +458,22 @@ impl Control {
         }
     }
 
-    /// The voters this node cannot see answering, as a no-quorum error.
+    /// The voters this node cannot see answering, as a no-quorum error —
+    /// or, for a node that is in no cluster (waiting to be added, or
+    /// removed), that.
     pub fn no_quorum(&self) -> ErrorDetail {
         let m = self.node.raft.metrics().borrow().clone();
-        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&self.node.id).is_none() {
+            return ErrorDetail::new(
+                ErrorKind::Refused,
+                format!(
+                    "n{} is not a member of a cluster: add it with `llmgw-ctl cluster join --id {} --addr {}` through a member, or ask a member",
+                    self.node.id, self.node.id, self.node.addr
+                ),
+            );
+        }
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
         let unreachable: Vec<NodeId> = match &m.replication {
             // The leader knows which followers acknowledged lately.
             Some(repl) => {
