@@ -295,7 +295,39 @@ async fn three_nodes_a_config_applied_through_a_follower_is_served_everywhere() 
         ],
     );
     assert!(!ok && out.contains("expected version 3"), "{out}");
+    let (ok, out) = c.ctl(
+        follower.grpc,
+        &["config", "validate", &next.to_string_lossy()],
+    );
+    assert!(!ok && out.contains("next.toml:"), "{out}");
     all_serve(&c, "m1").await;
+
+    // What an apply would change, against the version in force.
+    std::fs::write(&next, config(&m2, 1)).expect("write");
+    let (ok, diff) = c.ctl(c.node(2).grpc, &["config", "diff", &next.to_string_lossy()]);
+    assert!(ok, "{diff}");
+    assert!(diff.starts_with("--- v101\n+++ new\n@@ "), "{diff}");
+    assert!(
+        diff.contains(&format!(
+            "-address = \"{}\"\n+address = \"{}\"\n",
+            m1.addr, m2.addr
+        )),
+        "{diff}"
+    );
+
+    // Leadership moves where it is asked to.
+    let to = c
+        .live()
+        .find(|n| n.id != c.leader())
+        .expect("a follower")
+        .id;
+    let (ok, out) = c.ctl(
+        c.node(1).grpc,
+        &["cluster", "transfer-leader", "--to", &to.to_string()],
+    );
+    assert!(ok, "{out}");
+    let s = c.ctl_json(c.node(to).grpc, &["cluster", "status"]);
+    assert_eq!(s["role"], "leader", "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
