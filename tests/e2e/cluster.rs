@@ -676,3 +676,63 @@ async fn a_node_far_behind_catches_up_by_snapshot() {
         t.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_cleared_through_one_node_is_cleared_on_every_node() {
+    let m1 = Mock::start("m1", &[]);
+    let cfg = format!(
+        "[[stick_table]]\nname = \"per_key\"\ntype = \"string\"\nsize = \"1k\"\nexpire = \"5m\"\nstore = [\"http_req_cnt\"]\n{}",
+        config(&m1, 1).replace(
+            "default_backend = \"b\"\n",
+            "default_backend = \"b\"\nhttp_request_rules = [\"track-sc0 req.hdr(x-tenant) table per_key\"]\n",
+        )
+    );
+    let c = Cluster::start(2, &cfg);
+    // Each gateway counts the tenants it saw in its own table.
+    for n in c.live() {
+        for tenant in ["acme", "globex"] {
+            let r = Client::http1()
+                .send(
+                    http::Method::GET,
+                    &format!("http://{}/v1/models", n.http),
+                    &[("x-tenant", tenant)],
+                    "",
+                )
+                .await;
+            assert_eq!(r.status, 200);
+        }
+    }
+    let keys = |n: SocketAddr| {
+        let rows = c.ctl_json(n, &["table", "show", "per_key"]);
+        let mut k: Vec<String> = rows
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["key"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        k.sort();
+        k
+    };
+    for n in c.live() {
+        assert_eq!(keys(n.grpc), ["acme", "globex"]);
+        let tables = c.ctl_json(n.grpc, &["table", "show"]);
+        assert_eq!(tables[0]["table"], "per_key", "{tables}");
+        assert_eq!(tables[0]["used"], 2, "{tables}");
+    }
+    // One key cleared through n2: gone from both nodes' tables.
+    let (ok, out) = c.ctl(
+        c.node(2).grpc,
+        &["table", "clear", "per_key", "--key", "acme"],
+    );
+    assert!(ok, "{out}");
+    for n in c.live() {
+        eventually(Duration::from_secs(5), || async {
+            (keys(n.grpc) == ["globex"]).then_some(())
+        })
+        .await;
+    }
+    let (ok, out) = c.ctl(c.node(1).grpc, &["table", "clear", "nope"]);
+    assert!(!ok && out.contains("no table 'nope'"), "{out}");
+}
