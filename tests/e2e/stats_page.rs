@@ -37,6 +37,9 @@ default_backend = "b"
 name = "b"
 [backend.check]
 inter = "200ms"
+# Checks every 200 ms, but a slow answer on a loaded machine is not a
+# failure: the page is compared with states read a moment earlier.
+timeout = "5s"
 [[backend.server]]
 name = "s1"
 address = "{s1}"
