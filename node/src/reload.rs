@@ -114,7 +114,7 @@ impl Reloader {
 
     /// Where relative paths in a configuration text are taken from: the
     /// file's directory, else the working directory.
-    fn base(&self) -> PathBuf {
+    pub fn base(&self) -> PathBuf {
         self.path
             .as_deref()
             .and_then(|p| p.parent())

@@ -108,12 +108,7 @@ fn validate(
     text: &str,
     haproxy: bool,
 ) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
-    let base = c
-        .reloader()
-        .path()
-        .and_then(|p| p.parent())
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| std::path::PathBuf::from("."), ToOwned::to_owned);
+    let base = c.reloader().base();
     let diag = |severity: Severity, d: &crate::config::diag::Diag| Diagnostic {
         severity: severity as i32,
         file: d.file.clone(),

@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use llmgw_cluster::node::ClusterError;
 use llmgw_cluster::state::{ClusterState, ServerRuntime};
 use llmgw_cluster::tls::{ChannelOptions, ExpectPeer};
 use llmgw_cluster::{
@@ -650,11 +649,6 @@ pub fn describe_status(s: &tonic::Status) -> String {
         Some(d) => d.to_string(),
         None => s.message().to_owned(),
     }
-}
-
-/// Maps a cluster error to the structured detail the API returns.
-pub fn detail(e: &ClusterError) -> ErrorDetail {
-    e.to_detail()
 }
 
 /// A NOT_FOUND detail.
