@@ -507,7 +507,7 @@ async fn serve(
         inherited,
     ));
     let prepared = listeners.prepare(&shared.current.load().config)?;
-    let mut out = listeners.commit(prepared);
+    listeners.commit(prepared);
     let reloader = Arc::new(reloader);
     // A successor takes the cluster's place once its predecessor let go
     // of it, which it does when asked to stop.
@@ -522,12 +522,19 @@ async fn serve(
         shared.clone(),
         reloader.clone(),
         listeners.clone(),
-        first,
+        first.clone(),
     )
     .await?;
     if let Some(v) = member.current_config().map(|c| c.version) {
         member.wait_applied(v).await?;
     }
+    let in_force_is_first = member.current_config().is_none_or(|c| *c.text == *first.1);
+    if !embedded {
+        member.adopt_file_at_start(first).await;
+    }
+    // What is in force now, which is not the file's when the cluster's
+    // configuration replaced it.
+    let mut out = listeners.describe();
     out.push(format!(
         "cluster node {} on grpc://{} (data in {}, configuration version {})",
         member.node.id,
@@ -576,7 +583,7 @@ async fn serve(
         for line in &out {
             let _ = writeln!(stdout, "{line}");
         }
-        if embedded {
+        if embedded && in_force_is_first {
             let _ = writeln!(
                 stdout,
                 "serving the embedded default config: requests go to the built-in mock provider.\n\

@@ -75,6 +75,11 @@ has_proxy() { [[ ",$PROXIES," == *",$1,"* ]]; }
 # ---------------------------------------------------------------- setup ----
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 work=$(mktemp -d /tmp/llmgw-bench.XXXXXX)
+# Every llmgw is a cluster of one: its Raft log in a data directory of its
+# own (a fresh one per start: one with history would serve its committed
+# configuration), its gRPC port any free one.
+export LLMGW_CLUSTER_ADDR=127.0.0.1:0
+fresh_data_dir() { LLMGW_DATA_DIR=$(mktemp -d "$work/llmgw-data.XXXXXX"); export LLMGW_DATA_DIR; }
 samples=$work/samples.tsv; notes=$work/notes.txt
 : > "$samples"; : > "$notes"
 pids=()
@@ -361,7 +366,7 @@ start_proxy() {
     fi
     case $name in
     direct) P_PORT=$UP; P_PID=$UP_PID; P_PIDS=$UP_PID; return 0 ;;
-    llmgw) taskset -c "$cores" "$@" "$BIN" run -c "$f" >"$work/$name.out" 2>&1 & ;;
+    llmgw) fresh_data_dir; taskset -c "$cores" "$@" "$BIN" run -c "$f" >"$work/$name.out" 2>&1 & ;;
     haproxy) taskset -c "$cores" "$@" haproxy -f "$f" >"$work/$name.out" 2>&1 & ;;
     nginx) taskset -c "$cores" "$@" nginx -p "$work/nginx" -c "$f" ${NGINX_G:+-g "$NGINX_G"} >"$work/$name.out" 2>&1 & ;;
     esac
@@ -646,7 +651,7 @@ row_idle() {
     for ((r = 0; r < RUNS; r++)); do
         has_proxy llmgw || break
         local p; p=$(port)
-        "$BIN" --bind "127.0.0.1:$p" >/dev/null 2>&1 & local ep=$!; pids+=("$ep")
+        fresh_data_dir; "$BIN" --bind "127.0.0.1:$p" >/dev/null 2>&1 & local ep=$!; pids+=("$ep")
         if wait_port "$p"; then sleep 1; sample idle "RSS after start, embedded default config" MiB lo llmgw "$(awk -v k="$(rss_kib $ep)" 'BEGIN {print k / 1024}')"; fi
         killwait "$ep"
     done
@@ -878,6 +883,7 @@ row_reload() {
                 ka=(); [ "$clients" = close ] && ka=(--disable-keepalive)
                 for ((r = 0; r < RUNS; r++)); do
                     R_PID=""; R_OLD=()
+                    fresh_data_dir # one per sequence: each successor takes its predecessor's
                     rm -f "$work/reload.sock" "$work/reload.pid"
                     reload_step "$name" "$how" "$f" 0 && wait_port "$port" || { killwait $R_PID; continue; }
                     sleep 0.5

@@ -427,6 +427,32 @@ async fn a_node_restarted_recovers_its_configuration_and_runtime_state_from_disk
     all_serve(&c, "m2").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_edited_before_a_restart_wins_an_unchanged_one_does_not() {
+    let (m1, m2, m3) = (
+        Mock::start("m1", &[]),
+        Mock::start("m2", &[]),
+        Mock::start("m3", &[]),
+    );
+    let mut c = Cluster::start(1, &config(&m1, 1));
+    // Edit, restart: what `systemctl restart` after an edit does.
+    let grpc = c.kill(1);
+    std::fs::write(&c.config, config(&m2, 1)).expect("edit the file");
+    c.restart(1, grpc);
+    let s = c.ctl_json(c.node(1).grpc, &["cluster", "status"]);
+    assert_eq!(s["config_version"], 2, "{s}");
+    all_serve(&c, "m2").await;
+
+    // A change through llmgw-ctl, then a restart with the file as it was:
+    // the cluster's change stays.
+    c.apply(c.node(1).grpc, &config(&m3, 1));
+    let grpc = c.kill(1);
+    c.restart(1, grpc);
+    let s = c.ctl_json(c.node(1).grpc, &["cluster", "status"]);
+    assert_eq!(s["config_version"], 3, "{s}");
+    all_serve(&c, "m3").await;
+}
+
 #[tokio::test]
 async fn a_removed_node_id_is_never_reused() {
     let m1 = Mock::start("m1", &[]);

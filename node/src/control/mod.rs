@@ -14,7 +14,9 @@
 //! node is told to `--join` a running cluster, in which case it asks that
 //! member to add it and takes the cluster's configuration. A data
 //! directory with history recovers the committed configuration and runtime
-//! state from disk; the file is then only what a reload would propose.
+//! state from disk; the file replaces that configuration only if it changed
+//! since this node last read it ([`Control::adopt_file_at_start`]), and is
+//! otherwise what the next reload proposes.
 //!
 //! While the node cannot reach a quorum, nothing here changes: its data
 //! plane keeps proxying with the last configuration it applied.
@@ -101,6 +103,46 @@ pub struct Control {
     /// One membership change at a time through this node: openraft
     /// refuses a change while another is under way.
     pub membership: tokio::sync::Mutex<()>,
+    data_dir: PathBuf,
+    /// The data directory had history: the configuration came from disk.
+    recovered: bool,
+}
+
+/// The digest of the configuration file this node last read (at start or
+/// on a reload), kept in its data directory: it tells a file edited since
+/// from a stale one.
+struct FileSeen {
+    path: PathBuf,
+}
+
+impl FileSeen {
+    fn new(data_dir: &Path) -> FileSeen {
+        FileSeen {
+            path: data_dir.join("config-file.sha256"),
+        }
+    }
+
+    fn digest(text: &str) -> String {
+        ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn last(&self) -> Option<String> {
+        let s = std::fs::read_to_string(&self.path).ok()?;
+        Some(s.trim().to_owned())
+    }
+
+    fn record(&self, digest: &str) {
+        let tmp = self.path.with_extension("tmp");
+        let written = std::fs::write(&tmp, format!("{digest}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            tracing::warn!("{}: {e}", self.path.display());
+        }
+    }
 }
 
 /// The id this node goes by: the one its data directory holds, else the
@@ -163,6 +205,11 @@ impl Control {
             }
         };
         let node = member.handle();
+        let initialized = node
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| e.to_string())?;
         let control = Arc::new(Control {
             node,
             member: std::sync::Mutex::new(Some(member)),
@@ -174,15 +221,11 @@ impl Control {
             apply_error: std::sync::Mutex::new(None),
             serving: std::sync::Mutex::new(Some(first.1.clone())),
             membership: tokio::sync::Mutex::new(()),
+            data_dir: dir.clone(),
+            recovered: initialized,
         });
         let _ = slot.set(control.clone());
 
-        let initialized = control
-            .node
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| e.to_string())?;
         if !initialized {
             match &opts.join {
                 Some(peer) => control.ask_to_join(peer).await?,
@@ -291,6 +334,80 @@ impl Control {
             .map_err(|s| format!("--join {peer}: {}", describe_status(&s)))?;
         tracing::info!(node = self.node.id, %peer, "joined the cluster");
         Ok(())
+    }
+
+    /// A start with `-c FILE`. On a data directory with history the
+    /// cluster's committed configuration came back from disk; the file
+    /// wins only if it changed since this node last read it (edit, then
+    /// restart: what an HAProxy user does), and is then proposed exactly
+    /// as a reload would. An unchanged file leaves the committed
+    /// configuration in force — a change made with `llmgw-ctl` since, or a
+    /// stale copy on a restarted member, must not roll the cluster back.
+    pub async fn adopt_file_at_start(&self, (name, text, haproxy): (String, String, bool)) {
+        let seen = FileSeen::new(&self.data_dir);
+        let digest = FileSeen::digest(&text);
+        let Some(current) = self.current_config() else {
+            return;
+        };
+        if !self.recovered || *current.text == *text {
+            // A new cluster from this file, or a join: nothing to propose.
+            seen.record(&digest);
+            return;
+        }
+        match seen.last() {
+            Some(last) if last != digest => {}
+            Some(_) => {
+                tracing::info!(
+                    "{name} is unchanged since this node last read it: the cluster's configuration version {} stays in force",
+                    current.version
+                );
+                return;
+            }
+            None => {
+                tracing::warn!(
+                    "{name} differs from the cluster's configuration version {}, which is in force; \
+                     to put {name} in force: `llmgw reload -c {name}` or `llmgw-ctl config apply {name}`",
+                    current.version
+                );
+                seen.record(&digest);
+                return;
+            }
+        }
+        // A cluster of one elects itself again first.
+        let mut metrics = self.node.raft.metrics();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            // The guard `wait_for` returns holds the metrics' lock: dropped
+            // here, or openraft's next metrics update waits on it.
+            let _ = metrics.wait_for(|m| m.current_leader.is_some()).await;
+        })
+        .await;
+        let format = if haproxy {
+            llmgw_proto::v1::ConfigFormat::Haproxy
+        } else {
+            llmgw_proto::v1::ConfigFormat::Toml
+        };
+        let applied =
+            match api::apply_config(self, &name, text, format, Some(current.version)).await {
+                Ok(reply) => self
+                    .wait_applied(reply.version)
+                    .await
+                    .map(|()| reply.version),
+                Err(d) => Err(d.message),
+            };
+        match applied {
+            Ok(version) => {
+                seen.record(&digest);
+                tracing::info!(
+                    version,
+                    "{name} changed since this node last read it: it replaces configuration version {}",
+                    current.version
+                );
+            }
+            Err(e) => tracing::error!(
+                "{name} changed since this node last read it but could not be applied (configuration version {} stays in force; the next start tries again): {e}",
+                current.version
+            ),
+        }
     }
 
     /// The configuration version in force here.
@@ -525,6 +642,7 @@ impl ConfigProposer for Control {
     /// and this returns once this node has put it in force.
     fn propose(&self, name: &str, text: String, haproxy: bool) -> Result<u64, String> {
         let handle = tokio::runtime::Handle::current();
+        let digest = FileSeen::digest(&text);
         handle.block_on(async {
             let format = if haproxy {
                 llmgw_proto::v1::ConfigFormat::Haproxy
@@ -536,6 +654,7 @@ impl ConfigProposer for Control {
                 .map_err(|d| d.message)?
                 .version;
             self.wait_applied(version).await?;
+            FileSeen::new(&self.data_dir).record(&digest);
             Ok(version)
         })
     }

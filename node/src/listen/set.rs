@@ -280,10 +280,7 @@ impl Listeners {
             }
         }
         if let Some(sock) = p.stats {
-            lines.push(format!(
-                "stats listening on http://{} (/stats, /stats.json, /metrics, /healthz)",
-                sock.local
-            ));
+            lines.push(stats_line(sock.local));
             let socket = Arc::new(sock.socket);
             let accept =
                 tokio::spawn(crate::stats::run(socket.clone(), self.shared.clone())).abort_handle();
@@ -301,6 +298,18 @@ impl Listeners {
         // What the previous process handed over and no bind claimed.
         inner.inherited.clear();
         inner.draining.retain(|d| d.open() > 0);
+        lines
+    }
+
+    /// One line per listener in service, as printed at start.
+    pub fn describe(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut lines: Vec<String> = inner
+            .frontends
+            .iter()
+            .map(|r| format!("{}://{}", r.label, r.local))
+            .collect();
+        lines.extend(inner.stats.as_ref().map(|r| stats_line(r.local)));
         lines
     }
 
@@ -395,4 +404,8 @@ impl Inner {
             local,
         })
     }
+}
+
+fn stats_line(local: SocketAddr) -> String {
+    format!("stats listening on http://{local} (/stats, /stats.json, /metrics, /healthz)")
 }
