@@ -401,27 +401,30 @@ row_throughput() {
     # headline: llmgw routes on the body model (native TOML), HAProxy and nginx
     # on the path; then "model": llmgw and HAProxy from one .cfg, both routing
     # on the body model (nginx cannot: no column)
+    # Runs interleave (run 1 of every proxy, then run 2 of every proxy, ...):
+    # this machine's noise drifts over minutes, and back-to-back runs of one
+    # proxy put all of a bad minute on it alone.
     for conf in headline model; do
         for th in 1 2; do
             [ "$conf" = model ] && [ "$th" = 2 ] && continue
-            for name in $(targets direct); do
-                [ "$name" = direct ] && [ "$th" = 2 ] && continue
-                if [ "$conf" = model ] && [ "$name" != llmgw ] && [ "$name" != haproxy ]; then continue; fi
-                CONF=$conf start_proxy "$name" "$th" || continue
-                metric="req/s, $th thread$([ "$th" = 1 ] || echo s)"
-                [ "$conf" = model ] && metric="req/s, 1 thread, both route on the body model (one .cfg)"
-                for ((r = 0; r < RUNS; r++)); do
+            for ((r = 0; r < RUNS; r++)); do
+                for name in $(targets direct); do
+                    [ "$name" = direct ] && [ "$th" = 2 ] && continue
+                    if [ "$conf" = model ] && [ "$name" != llmgw ] && [ "$name" != haproxy ]; then continue; fi
+                    CONF=$conf start_proxy "$name" "$th" || continue
+                    metric="req/s, $th thread$([ "$th" = 1 ] || echo s)"
+                    [ "$conf" = model ] && metric="req/s, 1 thread, both route on the body model (one .cfg)"
                     v=$(taskset -c "$CORE_PROXY" wrk -t1 -c64 -d"$DURATION" -s "$work/post.lua" "http://127.0.0.1:$P_PORT/v1/chat/completions" 2>&1 | tee "$work/wrk.out" |
                         awk '/Requests\/sec/ {print $2}')
                     local errs; errs=$(awk '/Non-2xx|Socket errors/ {print}' "$work/wrk.out")
                     [ -n "$errs" ] && { log "$name: $errs"; note "throughput $name ${th}t $conf: wrk reported: $(echo $errs)"; }
                     sample throughput "$metric" "req/s" hi "$name" "$v"
+                    stop_proxy
                 done
-                stop_proxy
             done
         done
     done
-    note "throughput: wrk -t1 -c64 -d$DURATION; headline rows: llmgw routes on the body model (native TOML, model_prefix = \"gpt-\"), HAProxy (shared path-routing .cfg) and nginx on the path; 'both route on the body model': llmgw and HAProxy started from the same .cfg with option http-buffer-request + use_backend mock if { req.body,json_query('\$.model') -m beg gpt- }; 1-thread rows: proxy and wrk on core $CORE_PROXY, mock on core $CORE_UP; 2-thread rows: proxy free on all $ncpu cores (nbthread 2 / worker_processes 2)."
+    note "throughput: wrk -t1 -c64 -d$DURATION, runs interleaved across proxies (a fresh process per run); headline rows: llmgw routes on the body model (native TOML, model_prefix = \"gpt-\"), HAProxy (shared path-routing .cfg) and nginx on the path; 'both route on the body model': llmgw and HAProxy started from the same .cfg with option http-buffer-request + use_backend mock if { req.body,json_query('\$.model') -m beg gpt- }; 1-thread rows: proxy and wrk on core $CORE_PROXY, mock on core $CORE_UP; 2-thread rows: proxy free on all $ncpu cores (nbthread 2 / worker_processes 2)."
 }
 
 row_latency() {
