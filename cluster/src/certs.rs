@@ -263,13 +263,7 @@ impl CertificateAuthority {
     ) -> Result<Issued, CertError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "llmgw");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
+        params.distinguished_name = llmgw_name(common_name);
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -289,6 +283,14 @@ impl CertificateAuthority {
     }
 }
 
+/// Every certificate's subject: organization `llmgw`, and its own name.
+fn llmgw_name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "llmgw");
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
 /// The CA's parameters, all derived from its key, so the CA can be re-made
 /// from `ca-key.pem` to sign (validity and serial do not matter to what it
 /// signs).
@@ -299,13 +301,7 @@ fn ca_params(key: &KeyPair) -> CertificateParams {
         .map(|b| format!("{b:02x}"))
         .collect();
     let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "llmgw");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("llmgw cluster CA {tag}"));
+    params.distinguished_name = llmgw_name(&format!("llmgw cluster CA {tag}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

@@ -336,6 +336,32 @@ impl Control {
         Ok(())
     }
 
+    /// The node's configuration file, proposed to the cluster (through
+    /// the leader) as the version after `expected` (any, if `None`);
+    /// returns once this node has put it in force, and remembers it as
+    /// the file this node last read.
+    async fn propose_file(
+        &self,
+        name: &str,
+        text: String,
+        haproxy: bool,
+        expected: Option<u64>,
+    ) -> Result<u64, String> {
+        let digest = FileSeen::digest(&text);
+        let format = if haproxy {
+            llmgw_proto::v1::ConfigFormat::Haproxy
+        } else {
+            llmgw_proto::v1::ConfigFormat::Toml
+        };
+        let version = api::apply_config(self, name, text, format, expected)
+            .await
+            .map_err(|d| d.message)?
+            .version;
+        self.wait_applied(version).await?;
+        FileSeen::new(&self.data_dir).record(&digest);
+        Ok(version)
+    }
+
     /// A start with `-c FILE`. On a data directory with history the
     /// cluster's committed configuration came back from disk; the file
     /// wins only if it changed since this node last read it (edit, then
@@ -381,22 +407,11 @@ impl Control {
             let _ = metrics.wait_for(|m| m.current_leader.is_some()).await;
         })
         .await;
-        let format = if haproxy {
-            llmgw_proto::v1::ConfigFormat::Haproxy
-        } else {
-            llmgw_proto::v1::ConfigFormat::Toml
-        };
-        let applied =
-            match api::apply_config(self, &name, text, format, Some(current.version)).await {
-                Ok(reply) => self
-                    .wait_applied(reply.version)
-                    .await
-                    .map(|()| reply.version),
-                Err(d) => Err(d.message),
-            };
+        let applied = self
+            .propose_file(&name, text, haproxy, Some(current.version))
+            .await;
         match applied {
             Ok(version) => {
-                seen.record(&digest);
                 tracing::info!(
                     version,
                     "{name} changed since this node last read it: it replaces configuration version {}",
@@ -641,22 +656,7 @@ impl ConfigProposer for Control {
     /// A reload: the file's text goes to the cluster (through the leader),
     /// and this returns once this node has put it in force.
     fn propose(&self, name: &str, text: String, haproxy: bool) -> Result<u64, String> {
-        let handle = tokio::runtime::Handle::current();
-        let digest = FileSeen::digest(&text);
-        handle.block_on(async {
-            let format = if haproxy {
-                llmgw_proto::v1::ConfigFormat::Haproxy
-            } else {
-                llmgw_proto::v1::ConfigFormat::Toml
-            };
-            let version = api::apply_config(self, name, text, format, None)
-                .await
-                .map_err(|d| d.message)?
-                .version;
-            self.wait_applied(version).await?;
-            FileSeen::new(&self.data_dir).record(&digest);
-            Ok(version)
-        })
+        tokio::runtime::Handle::current().block_on(self.propose_file(name, text, haproxy, None))
     }
 }
 
