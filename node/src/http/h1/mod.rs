@@ -24,6 +24,7 @@ pub mod guard;
 use std::future::Future;
 use std::io;
 use std::ops::Range;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -345,21 +346,22 @@ async fn exchange<'a, IO: ClientIo>(
     let head = buf.split_to(head_len).freeze();
     let client_to = fe.timeouts.client;
     let pace = BodyPace::new(&fe.timeouts);
-    let req = match parse_request(&head) {
+    // Taken apart in the match: the parsed request is not kept whole
+    // beside its parts in the exchange's future.
+    let (mut parts, framing, close) = match parse_request(&head) {
         Parsed::Request(r) if r.handoff => return handoff(buf, &head, &Bytes::new()).into(),
-        Parsed::Request(r) => r,
+        Parsed::Request(ClientRequest {
+            parts,
+            framing,
+            close,
+            ..
+        }) => (parts, framing, close),
         Parsed::Refused(r) => {
             logs::bad_request(snap, conn, started, BadRequest::Invalid(r.status.as_u16()));
             let _ = write_local(io, refusal_response(r), true, client_to).await;
             return Next::Close.into();
         }
     };
-    let ClientRequest {
-        mut parts,
-        framing,
-        close,
-        ..
-    } = req;
     // A draining listener closes the connection after this response:
     // the client knows, and sends its next request elsewhere.
     let close = close || conn.closing();
@@ -369,8 +371,9 @@ async fn exchange<'a, IO: ClientIo>(
         return Next::Close.into();
     };
     // The request's record; a request handed to the general path is
-    // recorded there instead.
-    let mut txn = Txn::new(stats);
+    // recorded there instead. Boxed from the start: it goes on into the
+    // body relay, and moving 256 bytes through each state is not free.
+    let mut txn = Box::new(Txn::new(stats));
     if let Framing::Length(n) = framing {
         txn.bytes_in(n);
     }
@@ -727,11 +730,12 @@ async fn exchange<'a, IO: ClientIo>(
     let tracked = (!tracked.is_empty()).then(|| Box::new(tracked));
     txn.server_head(resp.status.as_u16());
     txn.expect_usage();
-    relay_response(
-        io, up, pool, active, &mut rbuf, rhead, resp, rframing, be, fe, request_id, close, tracked,
-        txn,
-    )
-    .await
+    let Some(start) = start_response(
+        up, pool, active, &mut rbuf, rhead, resp, rframing, be, fe, request_id, close, tracked, txn,
+    ) else {
+        return Next::Close.into();
+    };
+    relay_response(io, start).await
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -1281,11 +1285,12 @@ async fn first_body_byte(
     }
 }
 
-/// Rewrites the response head and sends it to the client with the part of
-/// the body that came with it.
+/// Rewrites the response head and takes the part of the body that came
+/// with it: what goes to the client first, and the relay for the rest.
+/// Not async, so that none of it (the header map, the head's buffer) is
+/// kept in the exchange's future. `None`: the body's framing is broken.
 #[allow(clippy::too_many_arguments)]
-async fn relay_response<'a, IO: ClientIo>(
-    io: &mut IO,
+fn start_response<'a>(
     up: TcpStream,
     pool: &'a H1Pool,
     active: ActiveGuard,
@@ -1298,10 +1303,8 @@ async fn relay_response<'a, IO: ClientIo>(
     request_id: Option<HeaderValue>,
     client_close: bool,
     tracked: Option<Box<Tracked>>,
-    mut txn: Txn,
-) -> Step<'a> {
-    let server_to = be.timeouts.server;
-    let client_to = fe.timeouts.client;
+    mut txn: Box<Txn>,
+) -> Option<(BodyRelay<'a>, Vec<u8>, BytesMut)> {
     let UpstreamResponse {
         status,
         mut headers,
@@ -1333,26 +1336,12 @@ async fn relay_response<'a, IO: ClientIo>(
     let Ok(n) = relay.take(rbuf) else {
         active.server().observe(Outcome::BrokenResponse);
         txn.end(Termination::ServerBody);
-        return Next::Close.into();
+        return None;
     };
     let first = rbuf.split_to(n);
     txn.body_with_head(&first);
     let leftover = !rbuf.is_empty();
-    if first.len() > COALESCE_MAX {
-        if write_client(io, &out, client_to).await.is_err() {
-            txn.end(Termination::ClientBody);
-            return Next::Close.into();
-        }
-        out.clear();
-    }
-    relay.encode(&mut out, &first);
-    if write_client(io, &out, client_to).await.is_err() {
-        txn.end(Termination::ClientBody);
-        return Next::Close.into();
-    }
-    drop((first, out));
     *rbuf = BytesMut::new();
-
     let body = BodyRelay {
         up,
         pool,
@@ -1361,11 +1350,33 @@ async fn relay_response<'a, IO: ClientIo>(
         reusable: keep_alive && !leftover,
         client_close,
         sse,
-        server_to,
-        client_to,
+        server_to: be.timeouts.server,
+        client_to: fe.timeouts.client,
         _tracked: tracked,
-        txn: Box::new(txn),
+        txn,
     };
+    Some((body, out, first))
+}
+
+/// Sends the response head (`out`) and the body's first part to the
+/// client; the relay goes on with the rest.
+async fn relay_response<'a, IO: ClientIo>(
+    io: &mut IO,
+    (mut body, mut out, first): (BodyRelay<'a>, Vec<u8>, BytesMut),
+) -> Step<'a> {
+    if first.len() > COALESCE_MAX {
+        if write_client(io, &out, body.client_to).await.is_err() {
+            body.txn.end(Termination::ClientBody);
+            return Next::Close.into();
+        }
+        out.clear();
+    }
+    body.relay.encode(&mut out, &first);
+    if write_client(io, &out, body.client_to).await.is_err() {
+        body.txn.end(Termination::ClientBody);
+        return Next::Close.into();
+    }
+    drop((first, out));
     if body.relay.done() {
         Step::Done(body.finish(io).await)
     } else {
@@ -1610,28 +1621,44 @@ async fn write_client<IO: ClientIo>(io: &mut IO, data: &[u8], limit: Duration) -
 
 /// [`answer`] for a request that may track stick-table entries: the
 /// status is counted on them first.
-async fn answer_tracked<IO: ClientIo>(
-    io: &mut IO,
-    fe: &Frontend,
+fn answer_tracked<'f, IO: ClientIo>(
+    io: &'f mut IO,
+    fe: &'f Frontend,
     tracked: &mut Tracked,
     resp: Response<RespBody>,
     request_id: Option<HeaderValue>,
     close: bool,
-    txn: Txn,
-) -> Next {
+    txn: Box<Txn>,
+) -> Answering<'f> {
     tracked.answered(resp.status().as_u16());
-    answer(io, fe, resp, request_id, close, txn).await
+    answer(io, fe, resp, request_id, close, txn)
 }
+
+/// A gateway-made answer being written. Boxed: an exchange awaits one in a
+/// dozen places, and each would otherwise add its whole state to the
+/// exchange's future, which every request allocates and fills.
+type Answering<'f> = Pin<Box<dyn Future<Output = Next> + Send + 'f>>;
 
 /// Answers with a gateway-made response (after the frontend's response
 /// rules) and says whether the connection goes on.
-async fn answer<IO: ClientIo>(
+fn answer<'f, IO: ClientIo>(
+    io: &'f mut IO,
+    fe: &'f Frontend,
+    resp: Response<RespBody>,
+    request_id: Option<HeaderValue>,
+    close: bool,
+    txn: Box<Txn>,
+) -> Answering<'f> {
+    Box::pin(write_answer(io, fe, resp, request_id, close, txn))
+}
+
+async fn write_answer<IO: ClientIo>(
     io: &mut IO,
     fe: &Frontend,
     mut resp: Response<RespBody>,
     request_id: Option<HeaderValue>,
     close: bool,
-    mut txn: Txn,
+    mut txn: Box<Txn>,
 ) -> Next {
     if resp.extensions_mut().remove::<Denied>().is_some() {
         txn.end(Termination::Denied);
@@ -1658,12 +1685,26 @@ async fn answer<IO: ClientIo>(
 
 /// Writes a response the gateway made itself (a full body or none);
 /// returns how many bytes it took.
-pub(super) async fn write_local<IO: ClientIo>(
-    io: &mut IO,
+pub(super) fn write_local<'f, IO: ClientIo>(
+    io: &'f mut IO,
     resp: Response<RespBody>,
     close: bool,
     limit: Duration,
-) -> io::Result<u64> {
+) -> impl Future<Output = io::Result<u64>> + Send + 'f {
+    // Made when called, not in the future: an async fn would keep the
+    // response (and its header map) in its state across every await.
+    let out = local_bytes(resp, close);
+    async move {
+        write_client(io, &out, limit).await?;
+        if close {
+            let _ = io.shutdown().await;
+        }
+        Ok(out.len() as u64)
+    }
+}
+
+/// A gateway-made response as it goes on the wire.
+fn local_bytes(resp: Response<RespBody>, close: bool) -> Vec<u8> {
     let (mut parts, body) = resp.into_parts();
     let body = body.into_full().unwrap_or_default();
     parts
@@ -1678,11 +1719,7 @@ pub(super) async fn write_local<IO: ClientIo>(
     put_status_line(&mut out, parts.status);
     put_headers(&mut out, &parts.headers);
     out.extend_from_slice(&body);
-    write_client(io, &out, limit).await?;
-    if close {
-        let _ = io.shutdown().await;
-    }
-    Ok(out.len() as u64)
+    out
 }
 
 #[cfg(test)]
