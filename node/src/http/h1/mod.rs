@@ -25,6 +25,7 @@ use std::future::Future;
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -158,8 +159,13 @@ pub async fn serve<IO: ClientIo>(
         };
         // The exchange's state up to the response head is large and short-
         // lived, so it is boxed; only the small body relay below stays in the
-        // connection's task for as long as a stream lasts.
-        let next = match Box::pin(exchange(io, buf, head_len, started, &snap, fe, conn)).await {
+        // connection's task for as long as a stream lasts. The box is made
+        // first and the future written into it: `Box::pin(exchange(..))`
+        // builds the future on the stack and copies all of it (2.5 KiB, most
+        // of it not yet in use) into the box, on every request.
+        let slot = Box::new_uninit();
+        let exchange = Box::write(slot, exchange(io, buf, head_len, started, &snap, fe, conn));
+        let next = match Box::into_pin(exchange).await {
             Step::Done(next) => next,
             Step::Stream(body) => body.run(io).await,
         };
@@ -592,7 +598,7 @@ async fn exchange<'a, IO: ClientIo>(
         txn.server(active.server());
         let deadline = Instant::now() + head_to;
         let mut rbuf = BytesMut::new();
-        let failed = match send_request(pool, be, &out, replayable, head_to, &mut rbuf, &mut txn)
+        let failed = match send_request(pool, be, &out, replayable, deadline, &mut rbuf, &mut txn)
             .await
         {
             Err(e) => e,
@@ -1123,7 +1129,7 @@ async fn send_request(
     be: &Backend,
     out: &[u8],
     replayable: bool,
-    head_to: Duration,
+    deadline: Instant,
     rbuf: &mut BytesMut,
     txn: &mut Txn,
 ) -> Result<TcpStream, UpstreamError> {
@@ -1145,7 +1151,7 @@ async fn send_request(
         };
         // Connected (`Tc` ends): what follows is the server's time.
         txn.connected();
-        let sent = timeout(be.timeouts.server, up.write_all(out)).await;
+        let sent = soon(be.timeouts.server, up.write_all(out)).await;
         let ok = match sent {
             Err(_) => return Err(UpstreamError::Timeout),
             Ok(r) => r.is_ok(),
@@ -1158,7 +1164,7 @@ async fn send_request(
             };
         }
         if ok {
-            match fill(&mut up, rbuf, head_to).await {
+            match fill(&mut up, rbuf, deadline).await {
                 Ok(n) if n > 0 => return Ok(up),
                 Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout),
                 _ => {}
@@ -1171,14 +1177,15 @@ async fn send_request(
     }
 }
 
-/// Reads more of the response into `rbuf`; `Ok(0)` at end of stream.
+/// Reads more of the response into `rbuf` by `deadline`; `Ok(0)` at end
+/// of stream.
 async fn fill(
     up: &mut TcpStream,
     rbuf: &mut BytesMut,
-    limit: Duration,
+    deadline: Instant,
 ) -> Result<usize, UpstreamError> {
     rbuf.reserve(4096);
-    match timeout(limit, up.read_buf(rbuf)).await {
+    match timeout_at(deadline, up.read_buf(rbuf)).await {
         Err(_) => Err(UpstreamError::Timeout),
         Ok(Ok(n)) => Ok(n),
         Ok(Err(_)) => Err(UpstreamError::Broken),
@@ -1208,7 +1215,7 @@ async fn stream_request_body<IO: ClientIo>(
         read_body(io, buf, pace, received).await?;
         let n = body.take(buf).map_err(BodyFail::Malformed)?;
         received += n as u64;
-        match timeout(be.timeouts.server, up.write_all(&buf[..n])).await {
+        match soon(be.timeouts.server, up.write_all(&buf[..n])).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(BodyFail::Upstream(UpstreamError::Broken)),
             Err(_) => return Err(BodyFail::Upstream(UpstreamError::Timeout)),
@@ -1234,8 +1241,7 @@ async fn read_response_head(
             if rbuf.len() >= HEAD_MAX {
                 return Err(UpstreamError::Broken);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match fill(up, rbuf, left).await? {
+            match fill(up, rbuf, deadline).await? {
                 0 if seen => return Err(UpstreamError::Broken),
                 0 => return Err(UpstreamError::Empty),
                 _ => {
@@ -1277,8 +1283,7 @@ async fn first_body_byte(
     if !hold || !rbuf.is_empty() || matches!(framing, Framing::Empty) {
         return Ok(());
     }
-    let left = deadline.saturating_duration_since(Instant::now());
-    match fill(up, rbuf, left).await {
+    match fill(up, rbuf, deadline).await {
         Ok(n) if n > 0 => Ok(()),
         Err(UpstreamError::Timeout) => Err(UpstreamError::Timeout),
         _ => Err(UpstreamError::Empty),
@@ -1613,9 +1618,50 @@ async fn write_client<IO: ClientIo>(io: &mut IO, data: &[u8], limit: Duration) -
         io.write_all(data).await?;
         io.flush().await
     };
-    match timeout(limit, write).await {
+    match soon(limit, write).await {
         Ok(r) => r,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// [`timeout`] for an operation that usually completes at once (a write
+/// with room in the socket's buffer): the timer is made only once the
+/// operation has to wait. Making one costs a clock read and a clone of the
+/// runtime's handle; on a busy keep-alive connection most writes never
+/// wait. Held boxed, so a stream waiting on a write is no larger for it.
+fn soon<F: Future>(limit: Duration, op: F) -> Soon<F> {
+    Soon {
+        op,
+        limit,
+        timer: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct Soon<F> {
+        #[pin]
+        op: F,
+        limit: Duration,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+/// The operation [`soon`] bounds did not complete in time.
+struct TimedOut;
+
+impl<F: Future> Future for Soon<F> {
+    type Output = Result<F::Output, TimedOut>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.op.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        let limit = *this.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).map(|()| Err(TimedOut))
     }
 }
 
