@@ -510,29 +510,38 @@ row_cpu() {
         if [ -z "$perf_ok" ]; then cpu_callgrind "$name"; fi
     done
     if [ -n "$perf_ok" ]; then note "cpu: perf stat -e instructions,task-clock on the proxy process over $CPU_REQUESTS POSTs (h2load --h1 -c 16)."
-    else note "cpu: hardware counters are NOT available in this VM (perf stat -e instructions: <not supported>); instructions per request come from valgrind --tool=callgrind (Ir of a run with 200+$CALLGRIND_REQUESTS POSTs minus Ir of a run with 200, divided by $CALLGRIND_REQUESTS; nginx with master_process off; valgrind serialises threads), and task-clock (software counter) per 1k requests over $CPU_REQUESTS POSTs, h2load --h1 -c 16."; fi
+    else note "cpu: hardware counters are NOT available in this VM (perf stat -e instructions: <not supported>); instructions per request come from valgrind (cachegrind with --cache-sim=yes: Ir, the same count callgrind gives, and simulated L1 instruction and data misses, 32 KiB each; a run with 200+$CALLGRIND_REQUESTS POSTs minus a run with 200, divided by $CALLGRIND_REQUESTS; h2load --h1 -c 4; nginx with master_process off; valgrind serialises threads), and task-clock (software counter) per 1k requests over $CPU_REQUESTS POSTs, h2load --h1 -c 16."; fi
 }
 
-cpu_callgrind() { # NAME: Ir per request under callgrind = (Ir(N+warm) - Ir(warm)) / N, two runs of the proxy
+cpu_callgrind() { # NAME: Ir and L1 misses per request under cachegrind = (X(N+warm) - X(warm)) / N, two runs of the proxy
     local name=$1 r
     command -v valgrind >/dev/null || { note "cpu: valgrind missing, no instruction counts"; return; }
     local h2="h2load --h1 -c 4 -d $work/body.json -H content-type:application/json"
     for ((r = 0; r < RUNS; r++)); do
-        local n tot=() ok=()
+        local n tot=() i1=() d1=() ok=()
         for n in 200 $((CALLGRIND_REQUESTS + 200)); do
             local cg=$work/cg.$name.$r.$n
             rm -f "$cg".*
-            local wrap=(valgrind --tool=callgrind --vgdb=no --callgrind-out-file="$cg.%p")
+            # cachegrind with its cache simulation: the same Ir as callgrind,
+            # plus first-level instruction and data misses, the part of a
+            # request's cost instruction counts do not show (code and state
+            # spread over more cache lines cost more at the same Ir).
+            local wrap=(valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file="$cg.%p")
             NGINX_G="master_process off;" WAIT_S=60 start_proxy "$name" 1 none on 5000 "${wrap[@]}" || return
             taskset -c "$CORE_PROXY" $h2 -n "$n" "http://127.0.0.1:$P_PORT/v1/chat/completions" >"$work/h2load.out" 2>&1
             ok+=("$(awk '/^requests:/ {print $8}' "$work/h2load.out")")
             stop_proxy
-            tot+=("$(cat "$cg".* 2>/dev/null | awk '/^(summary|totals):/ {s = $2} END {print s+0}')")
+            # summary: Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw
+            tot+=("$(cat "$cg".* 2>/dev/null | awk '/^summary:/ {s = $2} END {print s+0}')")
+            i1+=("$(cat "$cg".* 2>/dev/null | awk '/^summary:/ {s = $3} END {print s+0}')")
+            d1+=("$(cat "$cg".* 2>/dev/null | awk '/^summary:/ {s = $6 + $9} END {print s+0}')")
         done
         if [ "${tot[0]}" -gt 0 ] && [ "${tot[1]}" -gt "${tot[0]}" ] && [ "${ok[1]}" = $((CALLGRIND_REQUESTS + 200)) ]; then
-            sample cpu "instructions per request (callgrind)" instr lo "$name" "$(awk -v a="${tot[0]}" -v b="${tot[1]}" -v n="$CALLGRIND_REQUESTS" 'BEGIN {print (b - a) / n}')"
+            sample cpu "instructions per request (valgrind)" instr lo "$name" "$(awk -v a="${tot[0]}" -v b="${tot[1]}" -v n="$CALLGRIND_REQUESTS" 'BEGIN {print (b - a) / n}')"
+            sample cpu "L1 instruction-cache misses per request (cachegrind, 32 KiB)" misses lo "$name" "$(awk -v a="${i1[0]}" -v b="${i1[1]}" -v n="$CALLGRIND_REQUESTS" 'BEGIN {print (b - a) / n}')"
+            sample cpu "L1 data-cache misses per request (cachegrind, 32 KiB)" misses lo "$name" "$(awk -v a="${d1[0]}" -v b="${d1[1]}" -v n="$CALLGRIND_REQUESTS" 'BEGIN {print (b - a) / n}')"
         else
-            note "cpu $name: callgrind measurement failed (Ir ${tot[*]}, ok ${ok[*]})"
+            note "cpu $name: valgrind measurement failed (Ir ${tot[*]}, ok ${ok[*]})"
         fi
     done
 }
