@@ -116,7 +116,7 @@ fn balance(c: &mut Criterion) {
         g.bench_function(label, |b| {
             b.iter(|| {
                 n = n.wrapping_add(1);
-                let path = if n % 2 == 0 {
+                let path = if n.is_multiple_of(2) {
                     "/v1/chat/completions"
                 } else {
                     "/v1/embeddings"

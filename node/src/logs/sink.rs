@@ -136,7 +136,7 @@ fn cut(line: &mut String, max: usize) {
 /// A failing sink is reported once, then once every 10 000 failures, so a
 /// missing syslog does not flood the internal log.
 fn warn(failures: u64, e: &std::io::Error) {
-    if failures == 1 || failures % 10_000 == 0 {
+    if failures == 1 || failures.is_multiple_of(10_000) {
         tracing::warn!(failures, error = %e, "access log: cannot write");
     }
 }

@@ -90,7 +90,11 @@ fn decode_base64(s: &[u8]) -> Option<Vec<u8>> {
     }
     let s = match s.iter().position(|&c| c == b'=') {
         // Padding only at the end, at most two, making a whole quantum.
-        Some(p) if s.len() % 4 == 0 && s.len() - p <= 2 && s[p..].iter().all(|&c| c == b'=') => {
+        Some(p)
+            if s.len().is_multiple_of(4)
+                && s.len() - p <= 2
+                && s[p..].iter().all(|&c| c == b'=') =>
+        {
             &s[..p]
         }
         Some(_) => return None,

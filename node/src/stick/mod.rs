@@ -458,7 +458,7 @@ impl Table {
             "integer" => text.parse::<i64>().ok().map(Key::Int),
             "binary" => {
                 let b = text.as_bytes();
-                if b.len() % 2 != 0 {
+                if !b.len().is_multiple_of(2) {
                     return None;
                 }
                 let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
