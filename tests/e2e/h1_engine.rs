@@ -396,6 +396,49 @@ async fn upstream_connection_close_is_not_reused() {
 }
 
 #[tokio::test]
+async fn upstream_hop_by_hop_headers_end_at_the_gateway() {
+    let up = RawUpstream::start(vec![
+        Reply::Send(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+              X-Up: 1\r\nX-Request-ID: the-upstream-s\r\nContent-Length: 3\r\n\r\none"
+                .to_vec(),
+        ),
+        // A header the Connection header names is hop-by-hop too.
+        Reply::Send(
+            b"HTTP/1.1 200 OK\r\nConnection: X-Private\r\nX-Private: secret\r\nX-Up: 2\r\n\
+              Content-Length: 3\r\n\r\ntwo"
+                .to_vec(),
+        ),
+    ]);
+    let gw = gateway(&up, "");
+    let mut c = RawClient::connect(gw.addr()).await;
+    c.send(b"GET /1 HTTP/1.1\r\nHost: x\r\nX-Request-ID: the-client-s\r\n\r\n")
+        .await;
+    let r = expect_response(&mut c).await;
+    assert_eq!(r.body_text(), "one");
+    let names: Vec<&str> = r.msg.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(!names.contains(&"connection"), "{names:?}");
+    assert!(!names.contains(&"keep-alive"), "{names:?}");
+    assert_eq!(r.header("x-up"), Some("1"));
+    // The request id the client sent, once: the upstream's is replaced.
+    let ids: Vec<&str> = r
+        .msg
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "x-request-id")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(ids, ["the-client-s"]);
+
+    c.send(get("/2").as_bytes()).await;
+    let r = expect_response(&mut c).await;
+    assert_eq!(r.body_text(), "two");
+    assert_eq!(r.header("x-private"), None);
+    assert_eq!(r.header("connection"), None);
+    assert_eq!(r.header("x-up"), Some("2"));
+}
+
+#[tokio::test]
 async fn pooled_connection_closed_while_idle_is_not_used() {
     let up = RawUpstream::start(vec![Reply::Close(ok_response("one"))]);
     let gw = gateway(&up, "");

@@ -128,29 +128,63 @@ const REGISTERED_CODINGS: [&str; 5] = ["gzip", "x-gzip", "deflate", "compress", 
 
 /// A response's framing, given the request method and the status.
 pub fn response(h: &HeaderMap, head_request: bool, status: u16) -> Result<Framing, BadFraming> {
-    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        return Ok(Framing::Empty);
+    let mut f = ResponseFraming::default();
+    for v in h.get_all(header::TRANSFER_ENCODING) {
+        f.transfer_encoding(v.as_bytes());
     }
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        // A length next to a coding is ignored (RFC 9112 §6.3 rule 3).
-        return Ok(if ends_in_chunked(h) {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        });
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        f.content_length(v.as_bytes());
     }
-    match content_length(h)? {
-        None => Ok(Framing::UntilClose),
-        Some(0) => Ok(Framing::Empty),
-        Some(n) => Ok(Framing::Length(n)),
-    }
+    f.framing(head_request, status)
 }
 
-fn ends_in_chunked(h: &HeaderMap) -> bool {
-    let last = h.get_all(header::TRANSFER_ENCODING).iter().next_back();
-    last.and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+/// A response's framing headers taken one line at a time, for a head that
+/// is read once and never put in a map; [`response`] feeds it from one.
+#[derive(Debug, Default)]
+pub struct ResponseFraming {
+    coded: bool,
+    /// The last coding of the last `Transfer-Encoding` line is `chunked`.
+    last_chunked: bool,
+    length: Option<u64>,
+    bad: Option<BadFraming>,
+}
+
+impl ResponseFraming {
+    pub fn transfer_encoding(&mut self, value: &[u8]) {
+        self.coded = true;
+        self.last_chunked = value
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    }
+
+    pub fn content_length(&mut self, value: &[u8]) {
+        if self.bad.is_none() {
+            self.bad = length_items(value, &mut self.length).err();
+        }
+    }
+
+    pub fn framing(self, head_request: bool, status: u16) -> Result<Framing, BadFraming> {
+        if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+            return Ok(Framing::Empty);
+        }
+        if self.coded {
+            // A length next to a coding is ignored (RFC 9112 §6.3 rule 3).
+            return Ok(if self.last_chunked {
+                Framing::Chunked
+            } else {
+                Framing::UntilClose
+            });
+        }
+        if let Some(bad) = self.bad {
+            return Err(bad);
+        }
+        Ok(match self.length {
+            None => Framing::UntilClose,
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        })
+    }
 }
 
 /// All `Content-Length` values (headers and comma-separated items) must be
@@ -158,16 +192,21 @@ fn ends_in_chunked(h: &HeaderMap) -> bool {
 fn content_length(h: &HeaderMap) -> Result<Option<u64>, BadFraming> {
     let mut found = None;
     for v in h.get_all(header::CONTENT_LENGTH) {
-        for item in v.as_bytes().split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            let n = parse_digits(item).ok_or(BadFraming("malformed Content-Length"))?;
-            if found.is_some_and(|f| f != n) {
-                return Err(BadFraming("conflicting Content-Length values"));
-            }
-            found = Some(n);
-        }
+        length_items(v.as_bytes(), &mut found)?;
     }
     Ok(found)
+}
+
+/// One `Content-Length` line's items, each the same number as `found`.
+fn length_items(value: &[u8], found: &mut Option<u64>) -> Result<(), BadFraming> {
+    for item in value.split(|&b| b == b',') {
+        let n = parse_digits(item.trim_ascii()).ok_or(BadFraming("malformed Content-Length"))?;
+        if found.is_some_and(|f| f != n) {
+            return Err(BadFraming("conflicting Content-Length values"));
+        }
+        *found = Some(n);
+    }
+    Ok(())
 }
 
 fn parse_digits(s: &[u8]) -> Option<u64> {

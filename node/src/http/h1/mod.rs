@@ -20,6 +20,7 @@
 
 pub mod framing;
 pub mod guard;
+mod response;
 
 use std::future::Future;
 use std::io;
@@ -37,13 +38,15 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use self::framing::{BodyLeft, ChunkedScanner, Framing, Refusal};
+use self::response::{
+    parse_response, put_status_line, HeadTake, ResponseHeaders, UpstreamResponse,
+};
 use super::body::{BodyPace, RespBody};
 use super::conn::ConnInfo;
 use super::{error, proxy};
 use crate::balance::PickCtx;
 use crate::config::{Backend, Frontend, Timeouts};
 use crate::gateway::{Shared, Snapshot};
-use crate::health::outcome_of;
 use crate::llm::model::{ModelScanner, Scan};
 use crate::logs::{self, BadRequest};
 use crate::metrics::{Denied, Termination, Txn};
@@ -577,7 +580,8 @@ async fn exchange<'a, IO: ClientIo>(
 
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt = 0u32;
-    let (up, pool, active, mut rbuf, rhead, resp, rframing) = loop {
+    let take = HeadTake::for_exchange(fe, be, request_id.is_some());
+    let (up, pool, active, mut rbuf, resp) = loop {
         attempt += 1;
         let Some(pool) = brt.upstreams[si].h1.as_ref() else {
             return answer_tracked(
@@ -653,28 +657,31 @@ async fn exchange<'a, IO: ClientIo>(
                         };
                     }
                 }
-                match read_response_head(&mut up, &mut rbuf, be, deadline, head_request).await {
-                    Ok((rhead, resp, rframing)) => {
+                match read_response_head(&mut up, &mut rbuf, be, deadline, head_request, take).await
+                {
+                    Ok(resp) => {
                         let status = resp.status.as_u16();
                         if retryable
                             && policy.on_status(status)
                             && policy.allows(Failure::Status(status), attempt)
                         {
-                            active
-                                .server()
-                                .observe(outcome_of(resp.status, &resp.headers));
+                            active.server().observe(resp.outcome);
                             // Retried: this answer is dropped unread, and so
                             // is its connection.
                             UpstreamError::Status(status)
                         } else {
-                            match first_body_byte(&mut up, &mut rbuf, rframing, hold_head, deadline)
-                                .await
+                            match first_body_byte(
+                                &mut up,
+                                &mut rbuf,
+                                resp.framing,
+                                hold_head,
+                                deadline,
+                            )
+                            .await
                             {
                                 Ok(()) => {
-                                    active
-                                        .server()
-                                        .observe(outcome_of(resp.status, &resp.headers));
-                                    break (up, pool, active, rbuf, rhead, resp, rframing);
+                                    active.server().observe(resp.outcome);
+                                    break (up, pool, active, rbuf, resp);
                                 }
                                 Err(e) => e,
                             }
@@ -737,7 +744,7 @@ async fn exchange<'a, IO: ClientIo>(
     txn.server_head(resp.status.as_u16());
     txn.expect_usage();
     let Some(start) = start_response(
-        up, pool, active, &mut rbuf, rhead, resp, rframing, be, fe, request_id, close, tracked, txn,
+        up, pool, active, &mut rbuf, resp, be, fe, request_id, close, tracked, txn,
     ) else {
         return Next::Close.into();
     };
@@ -1050,11 +1057,15 @@ fn put_request_head(out: &mut Vec<u8>, method: &Method, path: &str, headers: &He
 
 fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -1234,9 +1245,10 @@ async fn read_response_head(
     be: &Backend,
     deadline: Instant,
     head_request: bool,
-) -> Result<(Bytes, UpstreamResponse, Framing), UpstreamError> {
+    take: HeadTake<'_>,
+) -> Result<UpstreamResponse, UpstreamError> {
     let mut seen = !rbuf.is_empty();
-    let (head, resp) = loop {
+    loop {
         let Some(n) = head_end(rbuf, 0) else {
             if rbuf.len() >= HEAD_MAX {
                 return Err(UpstreamError::Broken);
@@ -1251,22 +1263,22 @@ async fn read_response_head(
             }
         };
         let head = rbuf.split_to(n).freeze();
-        match parse_response(&head) {
+        // The copy has room for the body bytes that came with the head:
+        // they go to the client in the same write.
+        let room = rbuf.len().min(COALESCE_MAX);
+        match parse_response(&head, take, head_request, room) {
             Some(r)
                 if r.status.is_informational() && r.status != StatusCode::SWITCHING_PROTOCOLS =>
             {
                 continue
             }
-            Some(r) if r.status != StatusCode::SWITCHING_PROTOCOLS => break (head, r),
+            Some(r) if r.status != StatusCode::SWITCHING_PROTOCOLS => return Ok(r),
             _ => {
                 tracing::debug!(backend = %be.name, "malformed upstream response head");
                 return Err(UpstreamError::Broken);
             }
         }
-    };
-    let framing = framing::response(&resp.headers, head_request, resp.status.as_u16())
-        .map_err(|_| UpstreamError::Broken)?;
-    Ok((head, resp, framing))
+    }
 }
 
 /// With `hold`, waits until the first byte of a response body is in `rbuf`
@@ -1300,9 +1312,7 @@ fn start_response<'a>(
     pool: &'a H1Pool,
     active: ActiveGuard,
     rbuf: &mut BytesMut,
-    head: Bytes,
     resp: UpstreamResponse,
-    framing: Framing,
     be: &Backend,
     fe: &Frontend,
     request_id: Option<HeaderValue>,
@@ -1312,29 +1322,47 @@ fn start_response<'a>(
 ) -> Option<(BodyRelay<'a>, Vec<u8>, BytesMut)> {
     let UpstreamResponse {
         status,
-        mut headers,
+        framing,
         keep_alive,
+        sse,
+        headers,
+        ..
     } = resp;
-    let sse = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    // Read before the rewrite strips the hop-by-hop header.
-    let codings = matches!(framing, Framing::Chunked | Framing::UntilClose)
-        .then(|| forwarded_codings(&headers));
-    proxy::rewrite_response(be, &mut headers);
-    proxy::finish_response(fe, &mut headers, request_id);
-    if let Some(te) = codings {
-        headers.insert(header::TRANSFER_ENCODING, te);
-    }
-    if client_close {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-
-    let mut out = Vec::with_capacity(256 + head.len() + rbuf.len().min(COALESCE_MAX));
-    drop(head);
-    put_status_line(&mut out, status);
-    put_headers(&mut out, &headers);
-    drop(headers);
+    let rechunked = matches!(framing, Framing::Chunked | Framing::UntilClose);
+    let out = match headers {
+        ResponseHeaders::Copied(mut out) => {
+            // What the copy left out, the gateway's own lines, in the
+            // order the map would have them.
+            if let (Some(name), Some(id)) = (&fe.request_id_header, &request_id) {
+                put_line(&mut out, name.as_str().as_bytes(), id.as_bytes());
+            }
+            if rechunked {
+                // Codings besides `chunked` made the head a map.
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            }
+            if client_close {
+                out.extend_from_slice(b"connection: close\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            out
+        }
+        ResponseHeaders::Map(mut headers) => {
+            // Read before the rewrite strips the hop-by-hop header.
+            let codings = rechunked.then(|| forwarded_codings(&headers));
+            proxy::rewrite_response(be, &mut headers);
+            proxy::finish_response(fe, &mut headers, request_id);
+            if let Some(te) = codings {
+                headers.insert(header::TRANSFER_ENCODING, te);
+            }
+            if client_close {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            let mut out = Vec::with_capacity(512 + rbuf.len().min(COALESCE_MAX));
+            put_status_line(&mut out, status);
+            put_headers(&mut out, &headers);
+            out
+        }
+    };
     txn.log_head_out(out.len() as u64);
 
     let mut relay = Relay::new(framing);
@@ -1574,43 +1602,6 @@ impl Relay {
             Relay::UntilClose(done) => *done,
         }
     }
-}
-
-struct UpstreamResponse {
-    status: StatusCode,
-    headers: HeaderMap,
-    /// HTTP/1.1 without `Connection: close`.
-    keep_alive: bool,
-}
-
-fn parse_response(head: &Bytes) -> Option<UpstreamResponse> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut slots);
-    match r.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
-    }
-    let status = StatusCode::from_u16(r.code?).ok()?;
-    let mut headers = HeaderMap::with_capacity(r.headers.len() + 4);
-    for h in r.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
-        headers.append(name, value);
-    }
-    let keep_alive = r.version == Some(1) && !has_token(&headers, "close");
-    Some(UpstreamResponse {
-        status,
-        headers,
-        keep_alive,
-    })
-}
-
-fn put_status_line(out: &mut Vec<u8>, status: StatusCode) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
 }
 
 async fn write_client<IO: ClientIo>(io: &mut IO, data: &[u8], limit: Duration) -> io::Result<()> {
@@ -2009,14 +2000,5 @@ mod tests {
             "engine: {} bytes",
             std::mem::size_of_val(&engine)
         );
-    }
-
-    #[test]
-    fn upstream_response_keep_alive() {
-        let p = |s: &str| parse_response(&Bytes::copy_from_slice(s.as_bytes())).unwrap();
-        assert!(p("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
-        assert!(!p("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").keep_alive);
-        assert!(!p("HTTP/1.0 200 OK\r\n\r\n").keep_alive);
-        assert!(parse_response(&Bytes::from_static(b"HTTP/1.1 2000 X\r\n\r\n")).is_none());
     }
 }
