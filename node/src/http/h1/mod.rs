@@ -18,6 +18,7 @@
 //! rest of the connection continues there unchanged. The states are in
 //! LIFECYCLE.md.
 
+mod buffers;
 pub mod framing;
 pub mod guard;
 mod response;
@@ -173,12 +174,8 @@ pub async fn serve<IO: ClientIo>(
             Step::Stream(body) => body.run(io).await,
         };
         match next {
-            Next::KeepAlive => {
-                if buf.is_empty() {
-                    // Nothing pipelined: let the buffer go while idle.
-                    *buf = BytesMut::new();
-                }
-            }
+            // Nothing pipelined: the buffer goes while the connection idles.
+            Next::KeepAlive => buffers::release_if_empty(buf),
             Next::Close => return Served::Closed,
             Next::Handoff => return Served::Handoff,
         }
@@ -239,7 +236,11 @@ async fn read_head<IO: ClientIo>(
             if buf.is_empty() {
                 io.wait_readable().await?;
             }
-            buf.reserve(4096);
+            if buf.capacity() == 0 {
+                *buf = buffers::take();
+            } else {
+                buf.reserve(4096);
+            }
             io.read_buf(buf).await
         };
         let r = match deadline {
@@ -736,9 +737,7 @@ async fn exchange<'a, IO: ClientIo>(
     // SSE stream may last minutes): the head's buffer, the body read aside,
     // and the client read buffer unless it holds a pipelined request.
     drop((parts, head, read, send, out, tried));
-    if buf.is_empty() {
-        *buf = BytesMut::new();
-    }
+    buffers::release_if_empty(buf);
     tracked.answered(resp.status.as_u16());
     let tracked = (!tracked.is_empty()).then(|| Box::new(tracked));
     txn.server_head(resp.status.as_u16());
@@ -1195,7 +1194,11 @@ async fn fill(
     rbuf: &mut BytesMut,
     deadline: Instant,
 ) -> Result<usize, UpstreamError> {
-    rbuf.reserve(4096);
+    if rbuf.capacity() == 0 {
+        *rbuf = buffers::take();
+    } else {
+        rbuf.reserve(4096);
+    }
     match timeout_at(deadline, up.read_buf(rbuf)).await {
         Err(_) => Err(UpstreamError::Timeout),
         Ok(Ok(n)) => Ok(n),
@@ -1409,7 +1412,8 @@ async fn relay_response<'a, IO: ClientIo>(
         body.txn.end(Termination::ClientBody);
         return Next::Close.into();
     }
-    drop((first, out));
+    drop(out);
+    buffers::give_back(first);
     if body.relay.done() {
         Step::Done(body.finish(io).await)
     } else {
