@@ -7,6 +7,13 @@
 //! back once empty, a buffer serves the next request on the same thread,
 //! still warm in cache; and one that has been split (a head taken off it)
 //! stays shareable, so the next split costs no allocation either.
+//!
+//! The buffers a request's bytes are written into on their way out (the
+//! request head for the upstream, the response head for the client, each
+//! with the body bytes that go along) are kept the same way. Warm is the
+//! point: mimalloc hands a freed block out again only after the rest of its
+//! page, so a fresh allocation is usually memory the CPU has not touched
+//! for a while, and writing into it misses the cache.
 
 use std::cell::RefCell;
 
@@ -19,8 +26,37 @@ pub const SIZE: usize = 4096;
 /// between head and response at once; any more are freed.
 const KEPT: usize = 64;
 
+/// Write buffers larger than this are freed, not kept.
+const OUT_KEPT_MAX: usize = 2 * SIZE;
+
 thread_local! {
     static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static OUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty write buffer with room for at least `capacity` bytes.
+pub fn take_out(capacity: usize) -> Vec<u8> {
+    match OUT.with(|p| p.borrow_mut().pop()) {
+        Some(mut out) => {
+            out.reserve(capacity);
+            out
+        }
+        None => Vec::with_capacity(capacity.max(SIZE)),
+    }
+}
+
+/// Lets go of a write buffer whose bytes have been written.
+pub fn give_back_out(mut out: Vec<u8>) {
+    if out.capacity() < SIZE || out.capacity() > OUT_KEPT_MAX {
+        return;
+    }
+    out.clear();
+    OUT.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < KEPT {
+            pool.push(out);
+        }
+    });
 }
 
 /// An empty buffer with room for [`SIZE`] bytes.
@@ -105,6 +141,24 @@ mod tests {
         assert_eq!(pooled(), before);
         give_back(BytesMut::with_capacity(SIZE / 2));
         assert_eq!(pooled(), before);
+    }
+
+    #[test]
+    fn write_buffers_come_back_empty_and_large_ones_are_freed() {
+        let mut out = take_out(100);
+        assert!(out.capacity() >= SIZE);
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        let at = out.as_ptr();
+        give_back_out(out);
+        let again = take_out(10);
+        assert!(again.is_empty());
+        assert_eq!(again.as_ptr(), at, "the one just given back");
+        let kept = || OUT.with(|p| p.borrow().len());
+        let before = kept();
+        give_back_out(take_out(64 * 1024));
+        assert_eq!(kept(), before);
+        give_back_out(again);
+        assert_eq!(kept(), before + 1);
     }
 
     #[test]

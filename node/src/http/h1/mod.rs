@@ -545,7 +545,7 @@ async fn exchange<'a, IO: ClientIo>(
 
     // The request head, the body's first part and whatever of the rest is
     // already buffered go out in one write.
-    let mut out = Vec::with_capacity(512 + send.len());
+    let mut out = buffers::take_out(512 + send.len());
     put_request_head(&mut out, &parts.method, path.as_str(), &parts.headers);
     let mut body = BodyLeft::new(framing, read.len() as u64);
     out.extend_from_slice(&send);
@@ -736,7 +736,8 @@ async fn exchange<'a, IO: ClientIo>(
     // What the request held is not needed while the response streams (an
     // SSE stream may last minutes): the head's buffer, the body read aside,
     // and the client read buffer unless it holds a pipelined request.
-    drop((parts, head, read, send, out, tried));
+    drop((parts, path, head, read, send, tried));
+    buffers::give_back_out(out);
     buffers::release_if_empty(buf);
     tracked.answered(resp.status.as_u16());
     let tracked = (!tracked.is_empty()).then(|| Box::new(tracked));
@@ -1360,7 +1361,7 @@ fn start_response<'a>(
             if client_close {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            let mut out = Vec::with_capacity(512 + rbuf.len().min(COALESCE_MAX));
+            let mut out = buffers::take_out(512 + rbuf.len().min(COALESCE_MAX));
             put_status_line(&mut out, status);
             put_headers(&mut out, &headers);
             out
@@ -1412,7 +1413,7 @@ async fn relay_response<'a, IO: ClientIo>(
         body.txn.end(Termination::ClientBody);
         return Next::Close.into();
     }
-    drop(out);
+    buffers::give_back_out(out);
     buffers::give_back(first);
     if body.relay.done() {
         Step::Done(body.finish(io).await)

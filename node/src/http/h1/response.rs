@@ -122,7 +122,7 @@ fn copy_response(
     if status == StatusCode::TOO_MANY_REQUESTS {
         return None;
     }
-    let mut out = Vec::with_capacity(room);
+    let mut out = super::buffers::take_out(room);
     put_status_line(&mut out, status);
     let mut framing = ResponseFraming::default();
     let mut close = false;
