@@ -362,11 +362,17 @@ async fn proxy(
     let sse = rparts
         .headers
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        .is_some_and(|v| is_event_stream(v.as_bytes()));
     Response::from_parts(
         rparts,
         RespBody::upstream(rbody, first, be.timeouts.server, guard, sse),
     )
+}
+
+/// A `Content-Type` of an SSE stream: a break mid-body is told to the
+/// client with an `event: error`.
+pub(super) fn is_event_stream(content_type: &[u8]) -> bool {
+    content_type.starts_with(b"text/event-stream")
 }
 
 /// What every attempt of one request shares, whichever backend of its

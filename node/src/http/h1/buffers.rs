@@ -60,9 +60,19 @@ pub fn give_back_out(mut out: Vec<u8>) {
 }
 
 /// An empty buffer with room for [`SIZE`] bytes.
-pub fn take() -> BytesMut {
+fn take() -> BytesMut {
     POOL.with(|p| p.borrow_mut().pop())
         .unwrap_or_else(|| BytesMut::with_capacity(SIZE))
+}
+
+/// Makes room to read into `buf`: a pooled buffer when it has none (it
+/// was let go while empty), else 4 KiB more.
+pub fn room_to_read(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        *buf = take();
+    } else {
+        buf.reserve(SIZE);
+    }
 }
 
 /// Lets go of `buf` (its contents are done with): back to the pool when

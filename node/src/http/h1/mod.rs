@@ -236,11 +236,7 @@ async fn read_head<IO: ClientIo>(
             if buf.is_empty() {
                 io.wait_readable().await?;
             }
-            if buf.capacity() == 0 {
-                *buf = buffers::take();
-            } else {
-                buf.reserve(4096);
-            }
+            buffers::room_to_read(buf);
             io.read_buf(buf).await
         };
         let r = match deadline {
@@ -1195,11 +1191,7 @@ async fn fill(
     rbuf: &mut BytesMut,
     deadline: Instant,
 ) -> Result<usize, UpstreamError> {
-    if rbuf.capacity() == 0 {
-        *rbuf = buffers::take();
-    } else {
-        rbuf.reserve(4096);
-    }
+    buffers::room_to_read(rbuf);
     match timeout_at(deadline, up.read_buf(rbuf)).await {
         Err(_) => Err(UpstreamError::Timeout),
         Ok(Ok(n)) => Ok(n),

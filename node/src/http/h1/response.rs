@@ -17,6 +17,7 @@ use super::framing::{Framing, ResponseFraming};
 use super::{has_token, MAX_HEADERS};
 use crate::config::{Backend, Frontend};
 use crate::health::outcome_of;
+use crate::http::proxy::is_event_stream;
 use crate::runtime::Outcome;
 
 pub(super) struct UpstreamResponse {
@@ -206,10 +207,6 @@ fn map_response(
         outcome: outcome_of(status, &headers),
         headers: ResponseHeaders::Map(headers),
     })
-}
-
-fn is_event_stream(content_type: &[u8]) -> bool {
-    content_type.starts_with(b"text/event-stream")
 }
 
 enum Hop {
