@@ -583,6 +583,26 @@ async fn idle_connection_is_closed_after_keep_alive_timeout() {
     assert!(idle_since.elapsed() >= Duration::from_millis(250));
 }
 
+#[tokio::test]
+async fn a_busy_connection_outlives_its_keep_alive_timeout() {
+    // Requests 100 ms apart for well over `timeout http-keep-alive`: each
+    // wait for the next request is short, so the connection stays open
+    // however long it has been in use, and closes once it idles.
+    let up = RawUpstream::start(vec![]);
+    let gw = gateway(&up, "timeout = { http_keep_alive = \"300ms\" }");
+    let mut c = RawClient::connect(gw.addr()).await;
+    for i in 0..10 {
+        c.send(get(&format!("/{i}")).as_bytes()).await;
+        assert_eq!(expect_response(&mut c).await.status, 200, "request {i}");
+        // The client's pace, not a wait for the gateway.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(up.requests().len(), 10);
+    let idle_since = Instant::now();
+    assert!(c.closed_within(PATIENCE).await, "idle connection kept open");
+    assert!(idle_since.elapsed() >= Duration::from_millis(150));
+}
+
 async fn assert_request_timeout(c: &mut RawClient) {
     let r = expect_response(c).await;
     assert_eq!(r.status, 408, "{}", r.body_text());

@@ -63,6 +63,56 @@ async fn upstream_cut_mid_stream_is_never_a_clean_end() {
     );
 }
 
+/// Streams `tokens` events `gap_ms` apart through a gateway whose backend
+/// has `timeout server = 400ms`; `Ok` holds the body when it ended cleanly.
+async fn stream_under_timeout_server(
+    client: Client,
+    tokens: u32,
+    gap_ms: u32,
+) -> Result<String, String> {
+    let m = Mock::start("m", &[]);
+    let gw = Gateway::start(
+        &one_backend("", "timeout = { server = \"400ms\" }", m.addr),
+        1,
+    );
+    let (tokens, gap_ms) = (tokens.to_string(), gap_ms.to_string());
+    let (parts, body) = client
+        .stream(
+            &gw.url("/v1/chat/completions"),
+            &[
+                ("x-mock-tokens", &tokens),
+                ("x-mock-token-delay-ms", &gap_ms),
+            ],
+            r#"{"model":"gpt-4o","stream":true,"messages":[]}"#,
+        )
+        .await;
+    assert_eq!(parts.status, 200);
+    match body.collect().await {
+        Ok(b) => Ok(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn timeout_server_runs_from_each_event_not_from_the_first() {
+    // Eight events 150 ms apart: the stream lasts three times `timeout
+    // server`, but no gap reaches it.
+    for client in [Client::http1(), Client::h2c()] {
+        let body = stream_under_timeout_server(client, 8, 150)
+            .await
+            .expect("a stream with short gaps was cut");
+        assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_stream_silent_past_timeout_server_is_cut() {
+    for client in [Client::http1(), Client::h2c()] {
+        let r = stream_under_timeout_server(client, 3, 1500).await;
+        assert!(r.is_err(), "a stalled stream ended cleanly: {r:?}");
+    }
+}
+
 #[tokio::test]
 async fn websocket_upgrade_is_tunnelled() {
     // A tiny upstream that accepts any upgrade and echoes bytes, upper-cased.

@@ -19,6 +19,7 @@
 //! LIFECYCLE.md.
 
 mod buffers;
+mod expiry;
 pub mod framing;
 pub mod guard;
 mod response;
@@ -36,8 +37,9 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout_at, Instant};
 
+use self::expiry::{Expired, Expiry};
 use self::framing::{BodyLeft, ChunkedScanner, Framing, Refusal};
 use self::response::{
     parse_response, put_status_line, HeadTake, ResponseHeaders, UpstreamResponse,
@@ -135,9 +137,11 @@ pub async fn serve<IO: ClientIo>(
     conn: &ConnInfo,
     timeouts: &Timeouts,
 ) -> Served {
+    // The connection's one timer, for every wait of every request on it.
+    let mut expiry = Expiry::new(Instant::now());
     loop {
         let mut started = None;
-        let head_len = match read_head(io, buf, timeouts, &mut started).await {
+        let head_len = match read_head(io, buf, timeouts, &mut started, &mut expiry).await {
             Ok(Some(n)) => n,
             Ok(None) => {
                 // A request begun and abandoned is logged; an idle
@@ -168,10 +172,13 @@ pub async fn serve<IO: ClientIo>(
         // builds the future on the stack and copies all of it (2.5 KiB, most
         // of it not yet in use) into the box, on every request.
         let slot = Box::new_uninit();
-        let exchange = Box::write(slot, exchange(io, buf, head_len, started, &snap, fe, conn));
+        let exchange = Box::write(
+            slot,
+            exchange(io, buf, head_len, started, &snap, fe, conn, &mut expiry),
+        );
         let next = match Box::into_pin(exchange).await {
             Step::Done(next) => next,
-            Step::Stream(body) => body.run(io).await,
+            Step::Stream(body) => body.run(io, &mut expiry).await,
         };
         match next {
             // Nothing pipelined: the buffer goes while the connection idles.
@@ -210,6 +217,7 @@ async fn read_head<IO: ClientIo>(
     buf: &mut BytesMut,
     t: &Timeouts,
     started: &mut Option<Instant>,
+    expiry: &mut Expiry,
 ) -> Result<Option<usize>, Refusal> {
     let mut searched = 0;
     // `timeout http-request` runs from the request's first byte. Bytes
@@ -239,14 +247,14 @@ async fn read_head<IO: ClientIo>(
             buffers::room_to_read(buf);
             io.read_buf(buf).await
         };
-        let r = match deadline {
+        expiry.set(match deadline {
             // `timeout http-request` runs from the request's first byte.
-            Some(d) => timeout_at(d, read).await,
-            None => timeout(t.http_keep_alive, read).await,
-        };
-        match r {
-            Err(_) if deadline.is_none() => return Ok(None),
-            Err(_) => {
+            Some(d) => d,
+            None => Instant::now() + t.http_keep_alive,
+        });
+        match expiry.within(read).await {
+            Err(Expired) if deadline.is_none() => return Ok(None),
+            Err(Expired) => {
                 return Err(Refusal {
                     status: StatusCode::REQUEST_TIMEOUT,
                     why: "the request was not received in time",
@@ -340,6 +348,7 @@ pub(crate) fn refusal_response(r: Refusal) -> Response<RespBody> {
 
 /// One request, up to its response head (and whatever of the body came
 /// with it).
+#[allow(clippy::too_many_arguments)]
 async fn exchange<'a, IO: ClientIo>(
     io: &mut IO,
     buf: &mut BytesMut,
@@ -348,6 +357,7 @@ async fn exchange<'a, IO: ClientIo>(
     snap: &'a Snapshot,
     fe: &'a Frontend,
     conn: &ConnInfo,
+    expiry: &mut Expiry,
 ) -> Step<'a> {
     let head = buf.split_to(head_len).freeze();
     let client_to = fe.timeouts.client;
@@ -597,9 +607,9 @@ async fn exchange<'a, IO: ClientIo>(
         // (it moves into the body relay), and hears how the request went.
         let active = brt.balancer.server(si).begin();
         txn.server(active.server());
-        let deadline = Instant::now() + head_to;
+        expiry.set(Instant::now() + head_to);
         let mut rbuf = BytesMut::new();
-        let failed = match send_request(pool, be, &out, replayable, deadline, &mut rbuf, &mut txn)
+        let failed = match send_request(pool, be, &out, replayable, expiry, &mut rbuf, &mut txn)
             .await
         {
             Err(e) => e,
@@ -654,8 +664,7 @@ async fn exchange<'a, IO: ClientIo>(
                         };
                     }
                 }
-                match read_response_head(&mut up, &mut rbuf, be, deadline, head_request, take).await
-                {
+                match read_response_head(&mut up, &mut rbuf, be, expiry, head_request, take).await {
                     Ok(resp) => {
                         let status = resp.status.as_u16();
                         if retryable
@@ -672,7 +681,7 @@ async fn exchange<'a, IO: ClientIo>(
                                 &mut rbuf,
                                 resp.framing,
                                 hold_head,
-                                deadline,
+                                expiry,
                             )
                             .await
                             {
@@ -1136,7 +1145,7 @@ async fn send_request(
     be: &Backend,
     out: &[u8],
     replayable: bool,
-    deadline: Instant,
+    expiry: &mut Expiry,
     rbuf: &mut BytesMut,
     txn: &mut Txn,
 ) -> Result<TcpStream, UpstreamError> {
@@ -1171,7 +1180,7 @@ async fn send_request(
             };
         }
         if ok {
-            match fill(&mut up, rbuf, deadline).await {
+            match fill(&mut up, rbuf, expiry).await {
                 Ok(n) if n > 0 => return Ok(up),
                 Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout),
                 _ => {}
@@ -1184,15 +1193,15 @@ async fn send_request(
     }
 }
 
-/// Reads more of the response into `rbuf` by `deadline`; `Ok(0)` at end
-/// of stream.
+/// Reads more of the response into `rbuf` by the deadline `expiry` is set
+/// to; `Ok(0)` at end of stream.
 async fn fill(
     up: &mut TcpStream,
     rbuf: &mut BytesMut,
-    deadline: Instant,
+    expiry: &mut Expiry,
 ) -> Result<usize, UpstreamError> {
     buffers::room_to_read(rbuf);
-    match timeout_at(deadline, up.read_buf(rbuf)).await {
+    match expiry.within(up.read_buf(rbuf)).await {
         Err(_) => Err(UpstreamError::Timeout),
         Ok(Ok(n)) => Ok(n),
         Ok(Err(_)) => Err(UpstreamError::Broken),
@@ -1239,7 +1248,7 @@ async fn read_response_head(
     up: &mut TcpStream,
     rbuf: &mut BytesMut,
     be: &Backend,
-    deadline: Instant,
+    expiry: &mut Expiry,
     head_request: bool,
     take: HeadTake<'_>,
 ) -> Result<UpstreamResponse, UpstreamError> {
@@ -1249,7 +1258,7 @@ async fn read_response_head(
             if rbuf.len() >= HEAD_MAX {
                 return Err(UpstreamError::Broken);
             }
-            match fill(up, rbuf, deadline).await? {
+            match fill(up, rbuf, expiry).await? {
                 0 if seen => return Err(UpstreamError::Broken),
                 0 => return Err(UpstreamError::Empty),
                 _ => {
@@ -1278,7 +1287,7 @@ async fn read_response_head(
 }
 
 /// With `hold`, waits until the first byte of a response body is in `rbuf`
-/// (by `deadline`): the upstream breaking off before it is an
+/// (by the deadline `expiry` holds): the upstream breaking off before it is an
 /// `empty-response`, the deadline a `response-timeout`, and nothing has
 /// reached the client yet, so either can be retried.
 async fn first_body_byte(
@@ -1286,12 +1295,12 @@ async fn first_body_byte(
     rbuf: &mut BytesMut,
     framing: Framing,
     hold: bool,
-    deadline: Instant,
+    expiry: &mut Expiry,
 ) -> Result<(), UpstreamError> {
     if !hold || !rbuf.is_empty() || matches!(framing, Framing::Empty) {
         return Ok(());
     }
-    match fill(up, rbuf, deadline).await {
+    match fill(up, rbuf, expiry).await {
         Ok(n) if n > 0 => Ok(()),
         Err(UpstreamError::Timeout) => Err(UpstreamError::Timeout),
         _ => Err(UpstreamError::Empty),
@@ -1439,9 +1448,10 @@ struct BodyRelay<'a> {
 }
 
 impl BodyRelay<'_> {
-    async fn run<IO: ClientIo>(mut self, io: &mut IO) -> Next {
+    async fn run<IO: ClientIo>(mut self, io: &mut IO, expiry: &mut Expiry) -> Next {
         while !self.relay.done() {
-            let chunk = match read_chunk(&mut self.up, self.server_to).await {
+            expiry.set(Instant::now() + self.server_to);
+            let chunk = match read_chunk(&mut self.up, expiry).await {
                 Ok(c) => c,
                 Err(e) => {
                     self.active.server().observe(e.outcome());
@@ -1528,8 +1538,9 @@ impl BodyRelay<'_> {
 }
 
 /// Reads what the upstream has, waiting (bufferless) until it has some.
-/// Empty at end of stream; `Err` on a broken connection or `timeout server`.
-async fn read_chunk(up: &mut TcpStream, limit: Duration) -> Result<BytesMut, UpstreamError> {
+/// Empty at end of stream; `Err` on a broken connection or past the
+/// deadline `expiry` is set to (`timeout server` from the last chunk).
+async fn read_chunk(up: &mut TcpStream, expiry: &mut Expiry) -> Result<BytesMut, UpstreamError> {
     let read = async {
         loop {
             up.readable().await?;
@@ -1541,7 +1552,7 @@ async fn read_chunk(up: &mut TcpStream, limit: Duration) -> Result<BytesMut, Ups
             }
         }
     };
-    match timeout(limit, read).await {
+    match expiry.within(read).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(_)) => Err(UpstreamError::Broken),
         Err(_) => Err(UpstreamError::Timeout),
@@ -1971,7 +1982,8 @@ mod tests {
             _tracked: None,
             txn: Box::new(Txn::new(&Default::default())),
         };
-        let run = relay.run(&mut client);
+        let mut expiry = Expiry::new(Instant::now());
+        let run = relay.run(&mut client, &mut expiry);
         assert!(
             std::mem::size_of_val(&run) <= 1024,
             "body relay: {} bytes",
