@@ -485,19 +485,35 @@ PY
 row_cpu() {
     log "== cpu: cost per proxied request"
     start_mock
-    local perf_ok=""
+    local perf_ok="" trace_ok=""
     perf stat -e instructions -x, true 2>&1 | grep -q '^[0-9]' && perf_ok=1
+    # System calls per request (a tracepoint: needs root or a permissive
+    # perf_event_paranoid); with the user/system split below it shows
+    # where a request's CPU goes, and what the proxy's own code can move.
+    perf stat -e raw_syscalls:sys_enter -x, true 2>&1 | grep -q '^[0-9]' && trace_ok=1
     local name r
     for name in $(targets); do
         start_proxy "$name" 1 || continue
         local h2="h2load --h1 -c 16 -d $work/body.json -H content-type:application/json"
         taskset -c "$CORE_PROXY" $h2 -n 2000 "http://127.0.0.1:$P_PORT/v1/chat/completions" >/dev/null 2>&1  # warm-up
         for ((r = 0; r < RUNS; r++)); do
-            local events=task-clock; [ -n "$perf_ok" ] && events=instructions,task-clock
+            local events=task-clock,context-switches; [ -n "$perf_ok" ] && events=instructions,$events
+            [ -n "$trace_ok" ] && events=$events,raw_syscalls:sys_enter
             perf stat -e "$events" -x, -o "$work/perf.out" -p "$(echo $P_WORKERS | tr ' ' ,)" &
             local sp=$!; sleep 0.3
+            local ticks0; ticks0=$(cpu_ticks $P_WORKERS)
             taskset -c "$CORE_PROXY" $h2 -n "$CPU_REQUESTS" "http://127.0.0.1:$P_PORT/v1/chat/completions" >"$work/h2load.out" 2>&1
+            local ticks1; ticks1=$(cpu_ticks $P_WORKERS)
             kill -INT $sp; wait $sp 2>/dev/null
+            # utime and stime from /proc (clock ticks), per request.
+            local hz; hz=$(getconf CLK_TCK)
+            sample cpu "user time per request" us lo "$name" "$(echo "$ticks0 $ticks1" | awk -v n="$CPU_REQUESTS" -v hz="$hz" '{print ($3 - $1) / hz / n * 1e6}')"
+            sample cpu "system time per request" us lo "$name" "$(echo "$ticks0 $ticks1" | awk -v n="$CPU_REQUESTS" -v hz="$hz" '{print ($4 - $2) / hz / n * 1e6}')"
+            local cs sc
+            cs=$(awk -F, '$3 ~ /context-switches/ {print $1}' "$work/perf.out")
+            sc=$(awk -F, '$3 ~ /raw_syscalls/ {print $1}' "$work/perf.out")
+            [ -n "$cs" ] && sample cpu "context switches per 1k requests" n lo "$name" "$(awk -v t="$cs" -v n="$CPU_REQUESTS" 'BEGIN {print t / n * 1000}')"
+            [ -n "$trace_ok" ] && [ -n "$sc" ] && sample cpu "system calls per request" n lo "$name" "$(awk -v t="$sc" -v n="$CPU_REQUESTS" 'BEGIN {print t / n}')"
             local ok; ok=$(awk '/^requests:/ {print $8}' "$work/h2load.out")
             [ "${ok:-0}" = "$CPU_REQUESTS" ] || note "cpu $name: only ${ok:-0}/$CPU_REQUESTS requests succeeded"
             local tc ins
@@ -509,8 +525,18 @@ row_cpu() {
         stop_proxy
         if [ -z "$perf_ok" ]; then cpu_callgrind "$name"; fi
     done
+    note "cpu: user and system time per request are the proxy's utime and stime (/proc/PID/stat) over the same $CPU_REQUESTS POSTs; system calls per request count the raw_syscalls:sys_enter tracepoint (perf stat) and are left out where the tracepoint is not readable; context switches are perf's software counter."
     if [ -n "$perf_ok" ]; then note "cpu: perf stat -e instructions,task-clock on the proxy process over $CPU_REQUESTS POSTs (h2load --h1 -c 16)."
     else note "cpu: hardware counters are NOT available in this VM (perf stat -e instructions: <not supported>); instructions per request come from valgrind (cachegrind with --cache-sim=yes: Ir, the same count callgrind gives, and simulated L1 instruction and data misses, 32 KiB each; a run with 200+$CALLGRIND_REQUESTS POSTs minus a run with 200, divided by $CALLGRIND_REQUESTS; h2load --h1 -c 4; nginx with master_process off; valgrind serialises threads), and task-clock (software counter) per 1k requests over $CPU_REQUESTS POSTs, h2load --h1 -c 16."; fi
+}
+
+cpu_ticks() { # PID...: "utime stime" summed over the processes, in clock ticks
+    local p u=0 st=0 a
+    for p in "$@"; do
+        read -r -a a < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo 0 0)
+        u=$((u + a[0])); st=$((st + a[1]))
+    done
+    echo "$u $st"
 }
 
 cpu_callgrind() { # NAME: Ir and L1 misses per request under cachegrind = (X(N+warm) - X(warm)) / N, two runs of the proxy
