@@ -1,8 +1,9 @@
 //! llmgw: an LLM API gateway node — HAProxy-grade proxying built for LLM
-//! traffic. The modules follow a request's path: `listen` accepts it, `http`
-//! serves it, `route` picks a backend (reading the body's model only when a
-//! rule needs it), `balance` picks a server, `upstream` forwards it over a
-//! pooled connection, and the response streams back untouched. `config` is
+//! traffic. The modules follow a request's path: `listen` accepts it,
+//! `threads` hands it to the serving thread with the fewest connections,
+//! `http` serves it, `route` picks a backend (reading the body's model only
+//! when a rule needs it), `balance` picks a server, `upstream` forwards it
+//! over a pooled connection, and the response streams back untouched. `config` is
 //! the immutable snapshot all of this reads; `runtime` is the state that
 //! outlives reloads; `health` measures servers (active checks) and helps
 //! the request path report what it saw (passive observation).
@@ -27,4 +28,5 @@ pub mod stats;
 pub mod stick;
 pub mod systemd;
 pub mod tcp;
+pub mod threads;
 pub mod upstream;

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use llmgw::{admin, config, control, gateway, listen, mock, reload, systemd};
+use llmgw::{admin, config, control, gateway, listen, mock, reload, systemd, threads};
 use tokio::sync::Semaphore;
 
 /// mimalloc: glibc's malloc and free were 7 % of a proxied request's CPU
@@ -306,26 +306,22 @@ fn run(args: RunArgs) -> ExitCode {
     }
     let maxconn = listen::fit_maxconn(cfg.global.maxconn);
 
-    // One thread: a current-thread runtime, no cross-thread wake-ups.
-    let rt = match cfg.global.nbthread {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-    };
-    let rt = match rt {
+    // One single-threaded runtime per thread (see `llmgw::threads`); this
+    // one also carries the control plane and the accept loops.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = threads::start(rt.handle().clone(), nbthread(&cfg)) {
+        eprintln!("cannot start the serving threads: {e}");
+        return ExitCode::FAILURE;
+    }
     let upgrade = Upgrade::new(&args);
     let cluster = control::ClusterOpts {
         data_dir: args.data_dir.clone(),
@@ -476,6 +472,15 @@ impl Upgrade {
     }
 }
 
+/// HAProxy's `nbthread`: 0 (unset) is one thread per CPU this process
+/// may run on.
+fn nbthread(cfg: &config::Config) -> usize {
+    match cfg.global.nbthread {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 async fn serve(
     cfg: config::Config,
     maxconn: u32,
@@ -500,10 +505,7 @@ async fn serve(
     let global_slots = Arc::new(Semaphore::new(maxconn as usize));
     let stats_socket = cfg.global.stats_socket.clone();
     let hard_stop_after = cfg.global.hard_stop_after;
-    let nbthread = match cfg.global.nbthread {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let nbthread = threads::count();
     let shared = gateway::Shared::new(cfg, mock)?;
     shared.start_checks();
 

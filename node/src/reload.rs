@@ -11,8 +11,9 @@
 //! stays. Listeners follow the configuration ([`crate::listen::set`]):
 //! kept addresses keep accepting, new ones are bound *before* the swap (an
 //! address that cannot be bound refuses the reload), removed ones drain.
-//! Only the runtime API socket itself is opened once, at start: a reload
-//! that moves it says that this needs a restart.
+//! Only the runtime API socket and the serving threads (`nbthread`) are
+//! set up once, at start: a reload that changes them says that this needs
+//! a restart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -219,6 +220,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
             "stats socket changes need a restart (or a binary upgrade: llmgw run -x)".to_owned(),
         );
     }
+    if old.global.nbthread != new.global.nbthread {
+        out.push(format!(
+            "nbthread changes need a restart (or a binary upgrade: llmgw run -x); serving threads stay at {}",
+            crate::threads::count()
+        ));
+    }
     out
 }
 
@@ -261,6 +268,23 @@ mod tests {
         );
         assert_eq!(r.reload(&shared, &listeners), Ok(vec![]));
         assert_eq!(shared.current.load().config.backends[0].servers.len(), 2);
+
+        // The number of threads is fixed at start: the rest of a file that
+        // changes it is taken, with a warning, both ways.
+        let two_servers =
+            format!("{CFG}[[backend.server]]\nname = \"t\"\naddress = \"127.0.0.1:10\"\n");
+        let threads_warning = "nbthread changes need a restart (or a binary upgrade: llmgw run -x); serving threads stay at 1";
+        write(&dir, &format!("[global]\nnbthread = 3\n{two_servers}"));
+        assert_eq!(
+            r.reload(&shared, &listeners),
+            Ok(vec![threads_warning.to_owned()])
+        );
+        assert_eq!(shared.current.load().config.global.nbthread, 3);
+        write(&dir, &two_servers);
+        assert_eq!(
+            r.reload(&shared, &listeners),
+            Ok(vec![threads_warning.to_owned()])
+        );
 
         // A broken file is refused with its diagnostics; the running one stays.
         write(&dir, "[[backend]]\nname = \"b\"\nbalance = \"nope\"\n");

@@ -28,3 +28,4 @@ mod stats_page;
 mod stick;
 mod streaming;
 mod tcp;
+mod threads;

@@ -135,6 +135,7 @@ enum Op {
     SetMaxconnServer,
     SetServer,
     SetWeight,
+    ShowActivity,
     ShowBackend,
     ShowCliLevel,
     ShowInfo,
@@ -214,6 +215,13 @@ const KEYWORDS: &[Keyword] = &[
         op: Op::SetWeight,
     },
     Keyword {
+        words: &["show", "activity"],
+        usage: "show activity",
+        desc: "show per-thread activity stats (for support/developers)",
+        level: AccessLevel::User,
+        op: Op::ShowActivity,
+    },
+    Keyword {
         words: &["show", "backend"],
         usage: "show backend",
         desc: "list backends in the current running config",
@@ -290,6 +298,7 @@ pub async fn execute(ctx: &Context, sess: &Session, args: &[String]) -> String {
     let rest = &args[kw.words.len()..];
     let arg = |i: usize| rest.get(i).map(String::as_str).unwrap_or("");
     match kw.op {
+        Op::ShowActivity => stat::show_activity(),
         Op::ShowInfo => stat::show_info(ctx, rest),
         Op::ShowStat => stat::show_stat(ctx, rest),
         Op::ShowServersState => stat::show_servers_state(ctx, rest.first().map(String::as_str)),
@@ -795,7 +804,7 @@ mod tests {
              \x20 quit                                    : disconnect\n"
         );
         let u = usage(&words("show"), false);
-        assert_eq!(u.lines().filter(|l| l.starts_with("  show ")).count(), 7);
+        assert_eq!(u.lines().filter(|l| l.starts_with("  show ")).count(), 8);
         // Misspelt: by spelling (HAProxy proposes `show backend` for
         // `SHOW BACKEND` too), sorted by text.
         let near = |typed: &str| -> Vec<String> {
@@ -818,6 +827,6 @@ mod tests {
         assert_eq!(sorted, u[..u.len() - 3]);
         // `help show` lists the show commands under help's own heading.
         let u = usage(&words("show"), true);
-        assert!(u.starts_with("The following commands are valid at this level:\n  show backend"));
+        assert!(u.starts_with("The following commands are valid at this level:\n  show activity"));
     }
 }

@@ -517,6 +517,37 @@ fn backend_row(p: &Proxy<'_>, b: &Backend, rt: &BackendRt, counts: bool) -> Row 
     r
 }
 
+/// `show activity`: what each serving thread did, as HAProxy prints it —
+/// `name: total [ thread1 thread2 … ]` — for the counters llmgw keeps:
+/// connections each thread accepted (the first thread runs the accept
+/// loops), connections handed to each thread to serve, and idle upstream
+/// connections each took over from another thread's share of a pool.
+pub fn show_activity() -> String {
+    let a = crate::threads::activity();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut out = format!(
+        "thread_id: {} (1..{})\ndate_now: {}.{:06}\n",
+        crate::threads::index() + 1,
+        a.accepted.len(),
+        now.as_secs(),
+        now.subsec_micros()
+    );
+    for (name, per_thread) in [
+        ("accepted", &a.accepted),
+        ("accq_pushed", &a.pushed),
+        ("fd_takeover", &a.takeover),
+    ] {
+        let _ = write!(out, "{name}: {} [", per_thread.iter().sum::<u64>());
+        for n in per_thread {
+            let _ = write!(out, " {n}");
+        }
+        out.push_str(" ]\n");
+    }
+    out
+}
+
 /// `show info`: the fields llmgw can fill, in HAProxy's order.
 pub fn show_info(ctx: &Context, args: &[String]) -> String {
     if let Some(a) = args

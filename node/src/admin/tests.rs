@@ -601,6 +601,29 @@ async fn servers_state_backend_and_info() {
 }
 
 #[tokio::test]
+async fn show_activity_is_per_thread_as_haproxy_prints_it() {
+    let (ctx, mut sess) = ctx();
+    // No serving threads started in this process: the calling thread is
+    // the only one, and it accepted nothing.
+    let out = say(&ctx, &mut sess, "show activity").await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "thread_id: 1 (1..1)", "{out}");
+    assert!(lines[1].starts_with("date_now: "), "{out}");
+    let (secs, micros) = lines[1][10..].split_once('.').expect("seconds.micros");
+    assert!(secs.parse::<u64>().expect("seconds") > 1_700_000_000);
+    assert_eq!(micros.len(), 6, "{out}");
+    assert_eq!(
+        &lines[2..],
+        [
+            "accepted: 0 [ 0 ]",
+            "accq_pushed: 0 [ 0 ]",
+            "fd_takeover: 0 [ 0 ]",
+            ""
+        ]
+    );
+}
+
+#[tokio::test]
 async fn lines_prompt_and_quit() {
     let (ctx, mut sess) = ctx();
     // Several commands on a line, each with its closing empty line.

@@ -69,7 +69,8 @@ pub struct Global {
     /// Process-wide concurrent connection limit; `None` = as many as the
     /// open-file limit allows, at most [`DEFAULT_MAXCONN`].
     pub maxconn: Option<u32>,
-    /// Worker threads (HAProxy's `nbthread`); 0 = one per CPU.
+    /// Serving threads (HAProxy's `nbthread`), each its own event loop
+    /// ([`crate::threads`]); 0 = one per CPU. Fixed at start.
     pub nbthread: usize,
     /// Where the stats listener binds (metrics and stats page hang here).
     pub stats: Option<SocketAddr>,

@@ -3,16 +3,17 @@
 //! Connection limits are enforced *before* `accept()`: a listener takes a
 //! permit from its frontend's and from the global `maxconn` semaphore first,
 //! so over the limit new connections wait in the kernel's backlog (as with
-//! HAProxy) instead of being accepted and dropped. Right after accept, before
-//! a byte is read, the frontend's `tcp-request connection` rules run: they
-//! track the client's address in stick tables for the connection's lifetime
-//! (a per-source `conn_cur`, `conn_rate`, …) and may reject it, which closes
-//! it at once with a reset and no response, as HAProxy does. Then the
-//! connection's own task reads the PROXY header (if the bind asks for it) and
-//! completes the TLS handshake, both within `timeout handshake`, then hands
-//! the stream to the HTTP layer, or for a `mode tcp` frontend to the
-//! layer-4 proxy ([`crate::tcp`]); both see the entries the connection
-//! tracks.
+//! HAProxy) instead of being accepted and dropped. Each accepted
+//! connection moves to the serving thread with the fewest connections
+//! ([`crate::threads`]) and lives there. Before a byte is read, the
+//! frontend's `tcp-request connection` rules run: they track the client's
+//! address in stick tables for the connection's lifetime (a per-source
+//! `conn_cur`, `conn_rate`, …) and may reject it, which closes it at once
+//! with a reset and no response, as HAProxy does. Then the connection's
+//! task reads the PROXY header (if the bind asks for it) and completes the
+//! TLS handshake, both within `timeout handshake`, then hands the stream to
+//! the HTTP layer, or for a `mode tcp` frontend to the layer-4 proxy
+//! ([`crate::tcp`]); both see the entries the connection tracks.
 
 pub mod drain;
 pub mod handover;
@@ -147,7 +148,7 @@ impl Listener {
             // Rejected connections count too (HAProxy's `stot`).
             let session = SessionGuard::open(&this.stats);
             let held = drain.hold();
-            tokio::spawn(async move {
+            crate::threads::dispatch(stream, move |stream| async move {
                 this.connection(stream, peer, held.drain_arc()).await;
                 drop(held);
                 drop(session);

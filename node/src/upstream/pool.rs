@@ -6,8 +6,12 @@
 //! half-read response. The newest idle connection is reused first (it is
 //! the least likely to have been closed by the server); one that idled past
 //! the backend's `pool_idle_timeout`, or that the server has closed
-//! meanwhile, is dropped on the way out. The lock is held for a push or a
-//! pop, never across I/O.
+//! meanwhile, is dropped on the way out. Each serving thread
+//! ([`crate::threads`]) has its own share of the pool, so a connection is
+//! reused by the thread whose runtime watches its socket and threads do
+//! not contend for one lock; a thread whose share is empty takes over
+//! another's idle connection (HAProxy's `fd_takeover`) before it opens a
+//! new one. A lock is held for a push or a pop, never across I/O.
 
 use std::io;
 use std::sync::Mutex;
@@ -16,13 +20,18 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+/// One thread's idle connections, each with when it went idle.
+type Share = Mutex<Vec<(TcpStream, Instant)>>;
+
 pub struct H1Pool {
     host: String,
     port: u16,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// Per thread: `pool_max_idle` split between the threads.
     max_idle: usize,
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// One share per serving thread, newest last.
+    idle: Box<[Share]>,
 }
 
 impl H1Pool {
@@ -33,23 +42,65 @@ impl H1Pool {
         idle_timeout: Duration,
         max_idle: usize,
     ) -> Self {
+        let threads = crate::threads::count();
+        Self::with_shares(host, port, connect_timeout, idle_timeout, max_idle, threads)
+    }
+
+    fn with_shares(
+        host: String,
+        port: u16,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+        threads: usize,
+    ) -> Self {
+        let threads = threads.max(1);
         H1Pool {
             host,
             port,
             connect_timeout,
             idle_timeout,
-            max_idle,
-            idle: Mutex::new(Vec::new()),
+            max_idle: max_idle.div_ceil(threads),
+            idle: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
 
-    /// An idle connection that still looks open, if there is one.
+    /// An idle connection that still looks open, if there is one: the
+    /// calling thread's newest, or else — HAProxy's idle-connection
+    /// takeover — another thread's, moved to this thread's runtime.
     pub fn checkout(&self) -> Option<TcpStream> {
+        self.checkout_at(crate::threads::index())
+    }
+
+    fn checkout_at(&self, here: usize) -> Option<TcpStream> {
+        let n = self.idle.len();
+        let here = here % n;
+        if let Some(conn) = self.take(here) {
+            return Some(conn);
+        }
+        for i in (1..n).map(|k| (here + k) % n) {
+            let Some(conn) = self.take(i) else { continue };
+            // Its readiness is watched by the other thread's runtime: hand
+            // the socket over to this one's.
+            match conn.into_std().and_then(TcpStream::from_std) {
+                Ok(conn) => {
+                    crate::threads::took_over_connection();
+                    return Some(conn);
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot take over an idle connection"),
+            }
+        }
+        None
+    }
+
+    /// The newest connection of share `i` that is still fresh and open.
+    fn take(&self, i: usize) -> Option<TcpStream> {
+        let share = &self.idle[i];
         loop {
-            let (conn, since) = self.idle.lock().ok()?.pop()?;
+            let (conn, since) = share.lock().ok()?.pop()?;
             if since.elapsed() >= self.idle_timeout {
                 // The rest are older still.
-                if let Ok(mut idle) = self.idle.lock() {
+                if let Ok(mut idle) = share.lock() {
                     idle.clear();
                 }
                 return None;
@@ -76,7 +127,11 @@ impl H1Pool {
 
     /// Hands a connection whose last exchange ended cleanly back for reuse.
     pub fn checkin(&self, conn: TcpStream) {
-        if let Ok(mut idle) = self.idle.lock() {
+        self.checkin_at(crate::threads::index(), conn)
+    }
+
+    fn checkin_at(&self, here: usize, conn: TcpStream) {
+        if let Ok(mut idle) = self.idle[here % self.idle.len()].lock() {
             if idle.len() < self.max_idle {
                 idle.push((conn, Instant::now()));
             }
@@ -85,7 +140,10 @@ impl H1Pool {
 
     #[cfg(test)]
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+        self.idle
+            .iter()
+            .map(|s| s.lock().map(|i| i.len()).unwrap_or(0))
+            .sum()
     }
 }
 
@@ -141,6 +199,43 @@ mod tests {
             p.checkin(c);
         }
         assert_eq!(p.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_thread_with_no_idle_connection_takes_over_another_threads() {
+        let (l, port) = listener().await;
+        let p = H1Pool::with_shares(
+            "127.0.0.1".into(),
+            port,
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            3,
+            2,
+        );
+        let a = p.connect().await.unwrap();
+        let (mut server, _) = l.accept().await.unwrap();
+        let a_addr = a.local_addr().unwrap();
+        p.checkin_at(0, a);
+        assert!(p.take(1).is_none(), "the second thread's share is empty");
+        let got = p.checkout_at(1).expect("taken over from the first share");
+        assert_eq!(got.local_addr().unwrap(), a_addr);
+        assert_eq!(p.idle_count(), 0);
+        // Registered with the runtime it now runs on: readiness arrives.
+        server.write_all(b"x").await.unwrap();
+        got.readable().await.unwrap();
+        let mut one = [0u8; 1];
+        assert_eq!(got.try_read(&mut one).unwrap(), 1);
+        assert_eq!(&one, b"x");
+        // `pool_max_idle` is split between the shares: 3 over 2 is 2 each.
+        let more = [
+            p.connect().await.unwrap(),
+            p.connect().await.unwrap(),
+            p.connect().await.unwrap(),
+        ];
+        for c in more {
+            p.checkin_at(1, c);
+        }
+        assert_eq!(p.idle_count(), 2);
     }
 
     #[tokio::test]
