@@ -116,17 +116,21 @@ pub fn index() -> usize {
 }
 
 /// Serves `stream` with `serve` on the thread serving the fewest
-/// connections. The stream moves to that thread's runtime, which then
-/// owns its readiness; if it cannot be moved (the kernel refused to
-/// deregister it), the connection is closed, and `serve`, dropped, lets
-/// go of whatever it held.
+/// connections. The stream is moved to that thread's runtime, which then
+/// watches its readiness, and the future `serve` makes is spawned there
+/// as it is — no wrapper, so a connection's task is no larger than its
+/// own future (an open stream's memory is mostly that task). `serve` gets
+/// the connection's [`Place`] on the thread and drops it when the
+/// connection ends. If the stream cannot be moved (the kernel refused to
+/// register it), the connection is closed and `serve`, dropped, lets go
+/// of whatever it held.
 pub fn dispatch<S, F>(stream: TcpStream, serve: S)
 where
-    S: FnOnce(TcpStream) -> F + Send + 'static,
+    S: FnOnce(TcpStream, Place) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let Some(threads) = THREADS.get() else {
-        tokio::spawn(serve(stream));
+        tokio::spawn(serve(stream, Place(None)));
         return;
     };
     let here = index();
@@ -135,25 +139,21 @@ where
     }
     let (to, thread) = threads.least_busy();
     thread.pushed.fetch_add(1, Relaxed);
-    let open = Open::count(&thread.open);
+    let place = Place::take(&thread.open);
     if to == here {
-        tokio::spawn(async move {
-            serve(stream).await;
-            drop(open);
-        });
+        tokio::spawn(serve(stream, place));
         return;
     }
-    let stream = match stream.into_std() {
-        Ok(s) => s,
-        Err(e) => return tracing::warn!(error = %e, "cannot hand a connection to thread {to}"),
-    };
-    thread.runtime.spawn(async move {
-        match TcpStream::from_std(stream) {
-            Ok(stream) => serve(stream).await,
-            Err(e) => tracing::warn!(error = %e, "thread {to} cannot take a connection"),
-        }
-        drop(open);
+    // Registered with the other thread's reactor from here (the registry
+    // is shared), so that thread runs nothing but the connection itself.
+    let moved = stream.into_std().and_then(|s| {
+        let _on_that_runtime = thread.runtime.enter();
+        TcpStream::from_std(s)
     });
+    match moved {
+        Ok(stream) => drop(thread.runtime.spawn(serve(stream, place))),
+        Err(e) => tracing::warn!(error = %e, "cannot hand a connection to thread {to}"),
+    }
 }
 
 impl Threads {
@@ -176,19 +176,22 @@ impl Threads {
     }
 }
 
-/// One connection counted on a thread, for its whole life.
-struct Open(&'static AtomicUsize);
+/// A connection's place on the thread serving it: it counts there (for
+/// [`dispatch`] to find the least busy thread) until dropped.
+pub struct Place(Option<&'static AtomicUsize>);
 
-impl Open {
-    fn count(open: &'static AtomicUsize) -> Open {
+impl Place {
+    fn take(open: &'static AtomicUsize) -> Place {
         open.fetch_add(1, Relaxed);
-        Open(open)
+        Place(Some(open))
     }
 }
 
-impl Drop for Open {
+impl Drop for Place {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        if let Some(open) = self.0 {
+            open.fetch_sub(1, Relaxed);
+        }
     }
 }
 

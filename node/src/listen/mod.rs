@@ -148,8 +148,9 @@ impl Listener {
             // Rejected connections count too (HAProxy's `stot`).
             let session = SessionGuard::open(&this.stats);
             let held = drain.hold();
-            crate::threads::dispatch(stream, move |stream| async move {
+            crate::threads::dispatch(stream, move |stream, place| async move {
                 this.connection(stream, peer, held.drain_arc()).await;
+                drop(place);
                 drop(held);
                 drop(session);
                 drop(fe_permit);
