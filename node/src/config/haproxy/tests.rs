@@ -341,9 +341,10 @@ fn http_reuse_keeps_or_disables_the_pool() {
         format!("defaults\n    mode http\n    {reuse}\nlisten l\n    bind 127.0.0.1:0\n    server s mock\n")
     };
     let pooled = load(&cfg("http-reuse always"), false).unwrap().config;
-    assert!(pooled.backends[0].pool_max_idle > 0);
+    // As HAProxy's default `pool-max-conn -1`: no limit.
+    assert_eq!(pooled.backends[0].pool_max_idle, NO_POOL_LIMIT);
     let safe = load(&cfg("http-reuse safe"), false).unwrap().config;
-    assert!(safe.backends[0].pool_max_idle > 0);
+    assert_eq!(safe.backends[0].pool_max_idle, NO_POOL_LIMIT);
     let never = load(&cfg("http-reuse never"), false).unwrap().config;
     assert_eq!(never.backends[0].pool_max_idle, 0);
     assert_eq!(
