@@ -3,8 +3,9 @@
 //! Each thread runs its own single-threaded tokio runtime, as HAProxy runs
 //! one event loop per thread: a connection lives on one thread from accept
 //! to close, so its tasks, its timers and the upstream connections it takes
-//! from the pool ([`crate::upstream::pool`] keeps one shard per thread)
-//! never cross threads, and nothing it does wakes another CPU. A
+//! from the pool ([`crate::upstream::pool`] keeps one share per thread; an
+//! idle one taken over by another thread moves there for good) never cross
+//! threads while in use, and nothing it does wakes another CPU. A
 //! work-stealing runtime would move tasks between threads and wake idle
 //! siblings to steal at every burst of readiness, which costs futex calls
 //! and cache misses on every request for a proxy whose tasks are short.
@@ -14,8 +15,8 @@
 //! accept loops; it hands each accepted connection to the thread serving
 //! the fewest (ties in turn) and takes its own share like the others. The
 //! number of threads is fixed at start, as HAProxy's: a reload does not
-//! change it. With one thread nothing here is ever used beyond
-//! [`dispatch`] spawning on the current runtime.
+//! change it. With one thread, [`dispatch`] counts the connection for
+//! `show activity` and spawns it on the current runtime.
 
 use std::cell::Cell;
 use std::future::Future;
