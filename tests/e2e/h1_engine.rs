@@ -396,6 +396,32 @@ async fn upstream_connection_close_is_not_reused() {
 }
 
 #[tokio::test]
+async fn pool_max_conn_zero_keeps_no_idle_upstream_connection() {
+    // HAProxy's server keyword: 0 idle connections kept, so every request
+    // opens its own; unset (no limit) shares one.
+    for (opt, expected) in [("pool-max-conn 0", 2), ("", 1)] {
+        let up = RawUpstream::start(vec![]);
+        let gw = llmgw_e2e::start_cfg(
+            &format!(
+                "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+                 frontend f\n    bind 127.0.0.1:0\n    default_backend b\n\
+                 backend b\n    server s {} {opt}\n",
+                up.addr
+            ),
+            1,
+            &[],
+        );
+        let mut c = RawClient::connect(gw.addr()).await;
+        for path in ["/1", "/2"] {
+            c.send(get(path).as_bytes()).await;
+            assert_eq!(expect_response(&mut c).await.status, 200, "{opt}");
+        }
+        let conns = up.connections();
+        assert_eq!(conns.len(), expected, "{opt}: {conns:?}");
+    }
+}
+
+#[tokio::test]
 async fn upstream_hop_by_hop_headers_end_at_the_gateway() {
     let up = RawUpstream::start(vec![
         Reply::Send(

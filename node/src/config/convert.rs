@@ -458,6 +458,10 @@ pub fn convert(c: &Config, text: &str) -> String {
                 if let Some(q) = s.opts.maxqueue {
                     st.insert("maxqueue".into(), Value::Integer(i64::from(q)));
                 }
+                // No limit is the default, and has no number in TOML.
+                if let Some(n) = s.opts.pool_max_conn.and_then(|n| i64::try_from(n).ok()) {
+                    st.insert("pool_max_idle".into(), Value::Integer(n));
+                }
                 if s.opts.disabled {
                     st.insert("disabled".into(), Value::Boolean(true));
                 }

@@ -89,7 +89,7 @@ mod tests {
         let cfg =
             "global\n    stats socket /run/x.sock mode 640 level admin\n    stats timeout 30s\n\
                    frontend f\n    bind 127.0.0.1:1\n    default_backend b\n\
-                   backend b\n    server a 127.0.0.1:2 weight 3 disabled\n";
+                   backend b\n    server a 127.0.0.1:2 weight 3 disabled pool-max-conn 4\n";
         let loaded = super::haproxy::load_str(
             "t.cfg",
             cfg,
@@ -105,5 +105,6 @@ mod tests {
         );
         let s = &back.backends[0].servers[0];
         assert_eq!((s.weight, s.opts.disabled), (3, true), "{toml}");
+        assert_eq!(s.opts.pool_max_conn, Some(4), "{toml}");
     }
 }

@@ -1213,6 +1213,9 @@ pub struct ServerOpts {
     pub cooldown_429: Option<Duration>,
     /// Starts in maintenance.
     pub disabled: bool,
+    /// `pool-max-conn`: this server's idle pooled connections, in place
+    /// of the backend's `pool_max_idle` (-1 is [`NO_POOL_LIMIT`]).
+    pub pool_max_conn: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -551,6 +551,9 @@ struct RawServer {
     backup: bool,
     /// Requests that may wait for this server's slots (0 = unlimited).
     maxqueue: Option<u32>,
+    /// Idle pooled connections kept for this server (HAProxy's
+    /// `pool-max-conn`), within the backend's `pool.max_idle`.
+    pool_max_idle: Option<usize>,
     slowstart: Option<Spanned<DurationValue>>,
     observe: Option<Spanned<String>>,
     error_limit: Option<Spanned<u32>>,
@@ -2083,6 +2086,7 @@ impl Compiler<'_> {
             on_error,
             cooldown_429: s.cooldown_429.as_ref().and_then(|d| self.duration(d)),
             disabled: s.disabled,
+            pool_max_conn: s.pool_max_idle,
         };
         Some(Server {
             name: s.name.into_inner(),

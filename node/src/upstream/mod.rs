@@ -52,13 +52,19 @@ impl Upstream {
                 (m.ip().to_string(), m.port())
             }
         };
+        // A server's `pool-max-conn` within the backend's (0 for
+        // `http-reuse never`, which no server setting reopens).
+        let max_idle = server
+            .opts
+            .pool_max_conn
+            .map_or(backend.pool_max_idle, |n| n.min(backend.pool_max_idle));
         let h1 = (server.tls.is_none() && server.proto != UpstreamProto::Http2).then(|| {
             pool::H1Pool::new(
                 host.clone(),
                 port,
                 backend.timeouts.connect,
                 backend.pool_idle_timeout,
-                backend.pool_max_idle,
+                max_idle,
             )
         });
         let host_for_uri = if host.contains(':') {
@@ -81,7 +87,7 @@ impl Upstream {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(backend.pool_idle_timeout)
-            .pool_max_idle_per_host(backend.pool_max_idle);
+            .pool_max_idle_per_host(max_idle);
 
         let (connector, scheme) = match &server.tls {
             None => {

@@ -1820,6 +1820,7 @@ impl Cx<'_> {
                     | "port"
                     | "addr"
                     | "cooldown-429"
+                    | "pool-max-conn"
             );
             if takes && val.is_none() {
                 self.err(line, format!("server option '{opt}' needs a value"));
@@ -1889,6 +1890,11 @@ impl Cx<'_> {
                 },
                 "maxqueue" => o.maxqueue = num(self),
                 "maxconn" => s.maxconn = num(self).unwrap_or(0),
+                "pool-max-conn" => match v.parse::<i64>() {
+                    Ok(-1) => o.pool_max_conn = Some(NO_POOL_LIMIT),
+                    Ok(n) if n >= 0 => o.pool_max_conn = Some(usize::try_from(n).unwrap_or(NO_POOL_LIMIT)),
+                    _ => self.err(line, format!("'pool-max-conn' needs -1 (no limit) or a number of connections, not '{v}'")),
+                },
                 "weight" => match num(self) {
                     Some(w) if w <= 256 => s.weight = w,
                     Some(w) => self.err(line, format!("server weight {w} is out of range 0..256")),

@@ -347,6 +347,21 @@ fn http_reuse_keeps_or_disables_the_pool() {
     assert_eq!(safe.backends[0].pool_max_idle, NO_POOL_LIMIT);
     let never = load(&cfg("http-reuse never"), false).unwrap().config;
     assert_eq!(never.backends[0].pool_max_idle, 0);
+    // A server's own limit, HAProxy's `pool-max-conn` (-1: none).
+    let server = |opt: &str| {
+        let text = format!(
+            "defaults\n    mode http\nlisten l\n    bind 127.0.0.1:0\n    server s mock {opt}\n"
+        );
+        load(&text, false).map(|l| l.config.backends[0].servers[0].opts.pool_max_conn)
+    };
+    assert_eq!(server("").unwrap(), None);
+    assert_eq!(server("pool-max-conn 0").unwrap(), Some(0));
+    assert_eq!(server("pool-max-conn 10").unwrap(), Some(10));
+    assert_eq!(server("pool-max-conn -1").unwrap(), Some(NO_POOL_LIMIT));
+    assert_eq!(
+        errors("defaults\n    mode http\nlisten l\n    bind 127.0.0.1:0\n    server s mock pool-max-conn -2\n"),
+        ["t.cfg:5: 'pool-max-conn' needs -1 (no limit) or a number of connections, not '-2'"]
+    );
     assert_eq!(
         errors(&cfg("http-reuse sometimes")),
         vec!["t.cfg:3: 'http-reuse' takes one of never, safe, aggressive, always"]
