@@ -473,10 +473,13 @@ impl Upgrade {
 }
 
 /// HAProxy's `nbthread`: 0 (unset) is one thread per CPU this process
-/// may run on.
+/// may run on, up to `MAX_THREADS` (the readers refuse more when it is
+/// written out).
 fn nbthread(cfg: &config::Config) -> usize {
     match cfg.global.nbthread {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(config::MAX_THREADS),
         n => n,
     }
 }

@@ -70,7 +70,8 @@ pub struct Global {
     /// open-file limit allows, at most [`DEFAULT_MAXCONN`].
     pub maxconn: Option<u32>,
     /// Serving threads (HAProxy's `nbthread`), each its own event loop
-    /// ([`crate::threads`]); 0 = one per CPU. Fixed at start.
+    /// ([`crate::threads`]); 0 = one per CPU, at most [`MAX_THREADS`].
+    /// Fixed at start.
     pub nbthread: usize,
     /// Where the stats listener binds (metrics and stats page hang here).
     pub stats: Option<SocketAddr>,
@@ -810,6 +811,10 @@ pub struct Backend {
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
 }
+
+/// The most serving threads a process runs (HAProxy 2.6's `MAX_THREADS`
+/// on 64-bit machines); `nbthread` 0 on a larger machine is clamped to it.
+pub const MAX_THREADS: usize = 64;
 
 /// No limit on a server's idle pooled connections (HAProxy's default,
 /// `pool-max-conn -1`): each one was needed at once by the traffic, and

@@ -102,8 +102,8 @@ struct RawStickTable {
 #[serde(deny_unknown_fields)]
 struct RawGlobal {
     maxconn: Option<Spanned<u32>>,
-    /// Worker threads; 0 or absent = one per CPU.
-    nbthread: Option<usize>,
+    /// Serving threads; 0 or absent = one per CPU.
+    nbthread: Option<Spanned<usize>>,
     /// Stats listener: an address, `true` (= 127.0.0.1:8404), or a table
     /// `{ address, auth, read_auth, admin, realm, refresh, uri }`; none by
     /// default.
@@ -701,7 +701,7 @@ impl Compiler<'_> {
     fn compile(&mut self, raw: RawConfig) -> Config {
         let mut global = Global {
             maxconn: raw.global.maxconn.as_ref().map(|m| *m.get_ref()),
-            nbthread: raw.global.nbthread.unwrap_or(0),
+            nbthread: raw.global.nbthread.as_ref().map_or(0, |n| *n.get_ref()),
             stats: None,
             stats_access: StatsAccess::default(),
             stats_socket: raw.global.stats_socket.and_then(|s| self.stats_socket(s)),
@@ -726,6 +726,17 @@ impl Compiler<'_> {
         };
         if let Some(m) = raw.global.maxconn.as_ref().filter(|m| *m.get_ref() == 0) {
             self.err(m.span(), "global maxconn must be at least 1");
+        }
+        if let Some(n) = raw
+            .global
+            .nbthread
+            .as_ref()
+            .filter(|n| *n.get_ref() > MAX_THREADS)
+        {
+            self.err(
+                n.span(),
+                format!("nbthread must be at most {MAX_THREADS} (0 = one per CPU)"),
+            );
         }
         // Like HAProxy, no stats listener unless the config asks for one.
         if let Some(s) = raw.global.stats {
@@ -2302,6 +2313,22 @@ address = "127.0.0.1:9000"
             load(&MIN.replace("name = \"b\"\n", "name = \"b\"\npool = { max_idle = 8 }\n"))
                 .unwrap();
         assert_eq!(capped.backends[0].pool_max_idle, 8);
+    }
+
+    #[test]
+    fn nbthread_is_bounded() {
+        let with = |n: usize| format!("[global]\nnbthread = {n}\n{MIN}");
+        assert_eq!(load(&with(0)).unwrap().global.nbthread, 0);
+        assert_eq!(
+            load(&with(MAX_THREADS)).unwrap().global.nbthread,
+            MAX_THREADS
+        );
+        assert_eq!(
+            errors(&with(MAX_THREADS + 1)),
+            [format!(
+                "test.toml:2: nbthread must be at most {MAX_THREADS} (0 = one per CPU)"
+            )]
+        );
     }
 
     #[test]

@@ -648,8 +648,8 @@ impl Cx<'_> {
                 _ => self.err(l.line, "'hard-stop-after' needs one time (e.g. 30s)"),
             },
             "nbthread" => match one_num::<usize>(a) {
-                Some(n) if n > 0 => g.nbthread = n,
-                _ => self.err(l.line, "'nbthread' needs a positive number"),
+                Some(n) if (1..=MAX_THREADS).contains(&n) => g.nbthread = n,
+                _ => self.err(l.line, format!("'nbthread' needs a number of threads from 1 to {MAX_THREADS}")),
             },
             "tune.ssl.cachesize" => match one_num::<usize>(a) {
                 Some(n) => g.ssl_cachesize = Some(n),

@@ -336,6 +336,18 @@ backend b
 }
 
 #[test]
+fn nbthread_is_bounded_as_in_haproxy_2_6() {
+    let cfg = |n: &str| {
+        format!("global\n    nbthread {n}\ndefaults\n    mode http\nlisten l\n    bind 127.0.0.1:0\n    server s mock\n")
+    };
+    assert_eq!(load(&cfg("64"), false).unwrap().config.global.nbthread, 64);
+    let bad = "t.cfg:2: 'nbthread' needs a number of threads from 1 to 64";
+    for n in ["0", "65", "-1", "two"] {
+        assert_eq!(errors(&cfg(n)), [bad], "nbthread {n}");
+    }
+}
+
+#[test]
 fn http_reuse_keeps_or_disables_the_pool() {
     let cfg = |reuse: &str| {
         format!("defaults\n    mode http\n    {reuse}\nlisten l\n    bind 127.0.0.1:0\n    server s mock\n")
