@@ -3,10 +3,10 @@
 //! `threads` hands it to the serving thread with the fewest connections,
 //! `http` serves it, `route` picks a backend (reading the body's model only
 //! when a rule needs it), `balance` picks a server, `upstream` forwards it
-//! over a pooled connection, and the response streams back untouched. `config` is
-//! the immutable snapshot all of this reads; `runtime` is the state that
-//! outlives reloads; `health` measures servers (active checks) and helps
-//! the request path report what it saw (passive observation).
+//! over a pooled connection, and the response streams back untouched.
+//! `config` is the immutable snapshot all of this reads; `runtime` is the
+//! state that outlives reloads; `health` measures servers (active checks)
+//! and helps the request path report what it saw (passive observation).
 
 pub mod admin;
 pub mod balance;

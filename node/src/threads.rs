@@ -145,24 +145,27 @@ where
         tokio::spawn(serve(stream, place));
         return;
     }
-    // Registered with the other thread's reactor from here (the registry
-    // is shared), so that thread runs nothing but the connection itself.
-    let moved = stream.into_std().and_then(|s| {
-        let _on_that_runtime = thread.runtime.enter();
-        TcpStream::from_std(s)
-    });
-    match moved {
+    // Registered with the other thread's reactor from here, so that
+    // thread runs nothing but the connection itself.
+    match move_to(stream, &thread.runtime) {
         Ok(stream) => drop(thread.runtime.spawn(serve(stream, place))),
         Err(e) => tracing::warn!(error = %e, "cannot hand a connection to thread {to}"),
     }
 }
 
+/// Moves `stream` to `runtime`: its readiness is watched by that
+/// runtime's reactor from now on (the registry is shared, so this works
+/// from any thread). A socket is only ever polled by the runtime it is
+/// registered with.
+pub fn move_to(stream: TcpStream, runtime: &Handle) -> io::Result<TcpStream> {
+    let stream = stream.into_std()?;
+    let _on_that_runtime = runtime.enter();
+    TcpStream::from_std(stream)
+}
+
 impl Threads {
     fn least_busy(&'static self) -> (usize, &'static Thread) {
         let n = self.all.len();
-        if n == 1 {
-            return (0, &self.all[0]);
-        }
         let from = self.next.fetch_add(1, Relaxed) % n;
         let mut best = from;
         let mut fewest = usize::MAX;

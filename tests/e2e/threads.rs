@@ -5,6 +5,7 @@
 //! `show activity` says who accepted, who served and who took over, as
 //! HAProxy's does.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use llmgw_e2e::{eventually, runtime_api, Gateway, Mock, RawClient, TempDir};
@@ -32,16 +33,35 @@ fn activity(out: &str, name: &str) -> (u64, Vec<u64>) {
     (total.parse().expect("a total"), per)
 }
 
-fn gateway(threads: usize, m: &Mock, dir: &TempDir) -> Gateway {
-    let sock = dir.path().join("rt.sock");
-    Gateway::start(
-        &format!(
-            "[global]\nnbthread = {threads}\nstats_socket = \"{}\"\n{}",
-            sock.display(),
-            llmgw_e2e::one_backend("", "", m.addr)
-        ),
-        1,
-    )
+/// A gateway with `threads` serving threads in front of a mock, and its
+/// runtime API socket.
+struct Threaded {
+    gw: Gateway,
+    sock: PathBuf,
+    _mock: Mock,
+    _dir: TempDir,
+}
+
+impl Threaded {
+    fn start(threads: usize) -> Threaded {
+        let mock = Mock::start("m", &[]);
+        let dir = TempDir::new("threads");
+        let sock = dir.path().join("rt.sock");
+        let gw = Gateway::start(
+            &format!(
+                "[global]\nnbthread = {threads}\nstats_socket = \"{}\"\n{}",
+                sock.display(),
+                llmgw_e2e::one_backend("", "", mock.addr)
+            ),
+            1,
+        );
+        Threaded {
+            gw,
+            sock,
+            _mock: mock,
+            _dir: dir,
+        }
+    }
 }
 
 /// The names of the process's threads (`/proc/PID/task/*/comm`).
@@ -57,10 +77,12 @@ fn thread_names(pid: u32) -> Vec<String> {
 
 #[tokio::test]
 async fn connections_are_spread_over_the_threads_and_each_serves() {
-    let m = Mock::start("m", &[]);
-    let dir = TempDir::new("threads");
-    let sock = dir.path().join("rt.sock");
-    let gw = gateway(3, &m, &dir);
+    let Threaded {
+        gw,
+        sock,
+        _mock,
+        _dir,
+    } = Threaded::start(3);
     let names = thread_names(gw.proc.pid());
     for t in ["llmgw-1", "llmgw-2"] {
         assert!(names.iter().any(|n| n == t), "{t} in {names:?}");
@@ -129,10 +151,12 @@ async fn connections_are_spread_over_the_threads_and_each_serves() {
 
 #[tokio::test]
 async fn one_thread_serves_everything_it_accepts() {
-    let m = Mock::start("m", &[]);
-    let dir = TempDir::new("threads");
-    let sock = dir.path().join("rt.sock");
-    let gw = gateway(1, &m, &dir);
+    let Threaded {
+        gw,
+        sock,
+        _mock,
+        _dir,
+    } = Threaded::start(1);
     assert_eq!(
         thread_names(gw.proc.pid())
             .iter()

@@ -1218,8 +1218,8 @@ pub struct ServerOpts {
     pub cooldown_429: Option<Duration>,
     /// Starts in maintenance.
     pub disabled: bool,
-    /// `pool-max-conn`: this server's idle pooled connections, in place
-    /// of the backend's `pool_max_idle` (-1 is [`NO_POOL_LIMIT`]).
+    /// `pool-max-conn`: this server's idle pooled connections, within
+    /// the backend's `pool_max_idle` (-1 is [`NO_POOL_LIMIT`]).
     pub pool_max_conn: Option<usize>,
 }
 

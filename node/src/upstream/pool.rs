@@ -82,7 +82,7 @@ impl H1Pool {
             let Some(conn) = self.take(i) else { continue };
             // Its readiness is watched by the other thread's runtime: hand
             // the socket over to this one's.
-            match conn.into_std().and_then(TcpStream::from_std) {
+            match crate::threads::move_to(conn, &tokio::runtime::Handle::current()) {
                 Ok(conn) => {
                     crate::threads::took_over_connection();
                     return Some(conn);
