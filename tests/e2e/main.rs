@@ -12,6 +12,7 @@ mod errors;
 mod fallback;
 mod h1_engine;
 mod h2_attacks;
+mod h2_to_h1;
 mod haproxy;
 mod health;
 mod listeners;

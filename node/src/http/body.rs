@@ -221,10 +221,48 @@ impl Body for ReqBody {
     }
 }
 
+/// A response body as it comes from upstream: through hyper's client, or
+/// read from a plain HTTP/1.1 server's connection directly.
+pub enum UpBody {
+    Hyper(Incoming),
+    /// Boxed: a response body is held for as long as its stream lasts,
+    /// and this one is larger than hyper's handle.
+    H1(Box<super::h1::client::H1Body>),
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpBody::H1(b) => Pin::new(&mut **b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Hyper(b) => b.is_end_stream(),
+            UpBody::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Hyper(b) => b.size_hint(),
+            UpBody::H1(b) => b.size_hint(),
+        }
+    }
+}
+
 /// An upstream response body with the server inactivity timeout applied
 /// between frames.
 pub struct Upstream {
-    body: Incoming,
+    body: UpBody,
     /// The first frame, read before the response was committed.
     first: Option<Frame<Bytes>>,
     idle: Duration,
@@ -290,7 +328,7 @@ impl RespBody {
     /// A streamed upstream body; `first` is its first frame when it was
     /// read before the response was committed to the client.
     pub fn upstream(
-        body: Incoming,
+        body: UpBody,
         first: Option<Frame<Bytes>>,
         idle: Duration,
         guard: ActiveGuard,
@@ -420,7 +458,7 @@ impl Body for RespBody {
                         this.txn = None;
                         return Poll::Ready(None);
                     }
-                    Poll::Ready(Some(Err(e))) => (Outcome::BrokenResponse, e.into()),
+                    Poll::Ready(Some(Err(e))) => (Outcome::BrokenResponse, e),
                     Poll::Pending => {
                         ready!(u.deadline.as_mut().poll(cx));
                         (Outcome::Timeout, Box::new(IdleTimeout))

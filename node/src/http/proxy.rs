@@ -17,9 +17,10 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::body::{BodyTooSlow, ClientBody, ReqBody, RespBody};
+use super::body::{BodyTooSlow, ClientBody, ReqBody, RespBody, UpBody};
 use super::conn::{ConnInfo, InflightGuard};
 use super::error;
+use super::h1::client::SendError;
 use crate::balance::PickCtx;
 use crate::config::stick::Data;
 use crate::config::{
@@ -392,7 +393,7 @@ struct Exchange<'a> {
 enum Forwarded {
     /// The response to relay (its status may still lead to a fallback),
     /// with the first frame of its body when it was waited for.
-    Response(Response<Incoming>, ActiveGuard, Option<Frame<Bytes>>),
+    Response(Response<UpBody>, ActiveGuard, Option<Frame<Bytes>>),
     /// Every attempt failed; the answer is what the client gets unless a
     /// fallback step takes over.
     Failed(Failure, Response<RespBody>),
@@ -484,39 +485,20 @@ impl Exchange<'_> {
             };
             p.uri = uri;
             let deadline = tokio::time::Instant::now() + head_to;
-            let sent = upstream.client.request(Request::from_parts(p, b));
-            let (failure, answer) = match tokio::time::timeout_at(deadline, sent).await {
-                Err(_) => {
-                    server.observe(Outcome::Timeout);
-                    (
-                        Failure::ResponseTimeout,
-                        error::gateway_timeout("The upstream did not answer in time."),
-                    )
+            let req = Request::from_parts(p, b);
+            let sent = match upstream.h1.as_ref().filter(|_| !self.upgrade) {
+                Some(pool) => super::h1::client::send(pool, be, req, deadline)
+                    .await
+                    .map(|r| r.map(|b| UpBody::H1(Box::new(b)))),
+                None => send_hyper(upstream, be, req, deadline).await,
+            };
+            let (failure, answer) = match sent {
+                Err(SendError::Client(answer)) => return Forwarded::Final(*answer),
+                Err(SendError::Upstream(outcome, failure, answer)) => {
+                    server.observe(outcome);
+                    (failure, *answer)
                 }
-                // The client's body stopped coming: not the server's fault,
-                // and nothing to retry.
-                Ok(Err(e)) if BodyTooSlow::caused(&e) => {
-                    return Forwarded::Final(body_too_slow());
-                }
-                // Or it turned out malformed mid-way (the HTTP/1 guard found
-                // it): the client's fault too.
-                Ok(Err(e)) if malformed_body(&e).is_some() => {
-                    return Forwarded::Final(body_error(&e));
-                }
-                Ok(Err(e)) => {
-                    server.observe(if e.is_connect() {
-                        Outcome::ConnectFailed
-                    } else {
-                        Outcome::BrokenResponse
-                    });
-                    let f = if e.is_connect() {
-                        Failure::ConnFailure
-                    } else {
-                        Failure::EmptyResponse
-                    };
-                    (f, upstream_error(be, &e))
-                }
-                Ok(Ok(r)) => {
+                Ok(r) => {
                     let status = r.status().as_u16();
                     if replay.is_some()
                         && policy.on_status(status)
@@ -564,15 +546,53 @@ impl Exchange<'_> {
     }
 }
 
+/// Sends a request through hyper's client (TLS and h2c servers, and
+/// upgrades): by `deadline` for the response head.
+async fn send_hyper(
+    upstream: &crate::upstream::Upstream,
+    be: &Backend,
+    req: Request<ReqBody>,
+    deadline: tokio::time::Instant,
+) -> Result<Response<UpBody>, SendError> {
+    match tokio::time::timeout_at(deadline, upstream.client.request(req)).await {
+        Err(_) => Err(SendError::Upstream(
+            Outcome::Timeout,
+            Failure::ResponseTimeout,
+            Box::new(error::gateway_timeout(
+                "The upstream did not answer in time.",
+            )),
+        )),
+        // The client's body stopped coming, or turned out malformed mid-way
+        // (the HTTP/1 guard found it): not the server's fault, and nothing
+        // to retry.
+        Ok(Err(e)) if BodyTooSlow::caused(&e) || malformed_body(&e).is_some() => {
+            Err(SendError::Client(Box::new(body_error(&e))))
+        }
+        Ok(Err(e)) => {
+            let (outcome, failure) = if e.is_connect() {
+                (Outcome::ConnectFailed, Failure::ConnFailure)
+            } else {
+                (Outcome::BrokenResponse, Failure::EmptyResponse)
+            };
+            Err(SendError::Upstream(
+                outcome,
+                failure,
+                Box::new(upstream_error(be, &e)),
+            ))
+        }
+        Ok(Ok(r)) => Ok(r.map(UpBody::Hyper)),
+    }
+}
+
 /// With `hold`, waits (until `deadline`) for the first frame of a
 /// response's body: the upstream breaking off before it is an
 /// `empty-response`, the deadline a `response-timeout`; nothing has reached
 /// the client yet, so either can still be retried.
 async fn first_frame(
-    r: Response<Incoming>,
+    r: Response<UpBody>,
     hold: bool,
     deadline: tokio::time::Instant,
-) -> Result<(Response<Incoming>, Option<Frame<Bytes>>), (Outcome, Failure, Response<RespBody>)> {
+) -> Result<(Response<UpBody>, Option<Frame<Bytes>>), (Outcome, Failure, Response<RespBody>)> {
     if !hold || r.body().is_end_stream() || r.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Ok((r, None));
     }
@@ -1402,7 +1422,7 @@ fn upstream_uri(
 }
 
 /// The answer to a request whose body could not be read.
-fn body_error(e: &(dyn std::error::Error + 'static)) -> Response<RespBody> {
+pub(super) fn body_error(e: &(dyn std::error::Error + 'static)) -> Response<RespBody> {
     if BodyTooSlow::caused(e) {
         body_too_slow()
     } else if let Some(why) = malformed_body(e) {

@@ -33,9 +33,10 @@ pub struct Upstream {
     pub scheme: Scheme,
     /// `host:port` put in the request URI; it also keys the pool.
     pub authority: Authority,
-    /// Plain HTTP/1.1 servers also get a pool the HTTP/1 engine speaks on
-    /// directly; `None` for TLS and h2c servers.
-    pub h1: Option<pool::H1Pool>,
+    /// Plain HTTP/1.1 servers also get a pool the gateway speaks on
+    /// directly (both HTTP paths; `client` then serves upgrades only);
+    /// `None` for TLS and h2c servers.
+    pub h1: Option<Arc<pool::H1Pool>>,
 }
 
 impl Upstream {
@@ -59,13 +60,13 @@ impl Upstream {
             .pool_max_conn
             .map_or(backend.pool_max_idle, |n| n.min(backend.pool_max_idle));
         let h1 = (server.tls.is_none() && server.proto != UpstreamProto::Http2).then(|| {
-            pool::H1Pool::new(
+            Arc::new(pool::H1Pool::new(
                 host.clone(),
                 port,
                 backend.timeouts.connect,
                 backend.pool_idle_timeout,
                 max_idle,
-            )
+            ))
         });
         let host_for_uri = if host.contains(':') {
             format!("[{host}]")

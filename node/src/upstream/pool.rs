@@ -1,5 +1,7 @@
-//! Idle keep-alive connections to one plain HTTP/1.1 server, for the
-//! HTTP/1 engine (`http::h1`), which speaks on them itself.
+//! Idle keep-alive connections to one plain HTTP/1.1 server, spoken on
+//! directly by the HTTP/1 engine (`http::h1`) and by the general path's
+//! HTTP/1.1 client (`http::h1::client`, for HTTP/2 clients): one pool for
+//! both.
 //!
 //! A connection is taken out for one request and handed back only when that
 //! exchange ended cleanly, so a connection in the pool never carries a

@@ -358,6 +358,22 @@ impl ChunkedScanner {
     /// Consumes the start of `buf`: returns how many bytes belong to this
     /// body. That is all of them unless the body ends inside `buf`.
     pub fn scan(&mut self, buf: &[u8]) -> Result<usize, BadFraming> {
+        self.scan_until(buf, false)
+    }
+
+    /// Chunk data bytes still to come in the current chunk, when the
+    /// scanner stands inside one (what a decoder may pass on as data).
+    pub fn data_left(&self) -> Option<u64> {
+        (self.state == State::Data).then_some(self.n)
+    }
+
+    /// Like [`scan`](Self::scan), but stops where a chunk's data starts, so
+    /// a decoder can take the data out and leave the framing behind.
+    pub fn scan_framing(&mut self, buf: &[u8]) -> Result<usize, BadFraming> {
+        self.scan_until(buf, true)
+    }
+
+    fn scan_until(&mut self, buf: &[u8], stop_at_data: bool) -> Result<usize, BadFraming> {
         let mut i = 0;
         while i < buf.len() {
             let b = buf[i];
@@ -405,6 +421,9 @@ impl ChunkedScanner {
                     } else {
                         State::Data
                     };
+                    if stop_at_data && self.state == State::Data {
+                        return Ok(i + 1);
+                    }
                 }
                 State::Data => {
                     let take = (buf.len() - i).min(usize::try_from(self.n).unwrap_or(usize::MAX));

@@ -6,7 +6,8 @@
 //! with the upstream connection taken from the server's pool and spoken to
 //! directly: no second task, no channel between client and upstream, no
 //! generic body plumbing. Routing, rules and rewriting are the very same
-//! functions the general path (`proxy.rs`, hyper on both sides) uses.
+//! functions the general path (`proxy.rs`: hyper's server, and for plain
+//! HTTP/1.1 servers this engine's client, `client.rs`) uses.
 //!
 //! Buffers are held only while bytes are in them: a connection waiting for
 //! its next request, or a stream waiting for its next event, owns none
@@ -19,6 +20,7 @@
 //! LIFECYCLE.md.
 
 mod buffers;
+pub(crate) mod client;
 mod expiry;
 pub mod framing;
 pub mod guard;

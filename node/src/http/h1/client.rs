@@ -1,0 +1,458 @@
+//! The general path's way to a plain HTTP/1.1 server: what an HTTP/2
+//! client's request (or one the engine handed to hyper) takes when its
+//! server has an engine pool ([`H1Pool`]).
+//!
+//! The request goes out on one of the pool's connections, written here and
+//! in the request's own task, as the engine does it; the response head is
+//! read and parsed with the engine's rules, and the body is read straight
+//! from the socket by whoever polls [`H1Body`] (hyper's h2 stream task),
+//! which hands the connection back to the pool once the body has ended
+//! cleanly. hyper_util's client did the same with a task per upstream
+//! connection, a channel per request between the two, and a pool keyed by
+//! a hashed URI, and it raced a new connect against a pooled connection
+//! coming back: on HTTP/2 over TLS that client was a third of a request's
+//! instructions.
+//!
+//! Upgrades (`CONNECT`, `Upgrade`) never come this way: hyper keeps them.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::expiry::Expiry;
+use super::framing::{ChunkedScanner, Framing};
+use super::response::{HeadTake, ResponseHeaders};
+use super::{buffers, put_request_head, read_response_head, soon, UpstreamError};
+use crate::config::Backend;
+use crate::http::body::{BoxError, ReqBody, RespBody};
+use crate::http::proxy::body_error;
+use crate::runtime::Outcome;
+use crate::upstream::pool::H1Pool;
+use crate::upstream::retry::Failure;
+
+/// How a request sent here failed.
+pub(crate) enum SendError {
+    /// The client's body broke off, came too slowly or was malformed: the
+    /// answer says which, and it is never the server's fault.
+    Client(Box<Response<RespBody>>),
+    /// The server's failure: what its health hears, what `retry-on` calls
+    /// it, and the answer the client gets if nothing takes over.
+    Upstream(Outcome, Failure, Box<Response<RespBody>>),
+}
+
+impl From<UpstreamError> for SendError {
+    fn from(e: UpstreamError) -> Self {
+        SendError::Upstream(e.outcome(), e.failure(), Box::new(e.response()))
+    }
+}
+
+/// Sends `req` (its URI's path and query; the headers as they are, bar the
+/// body's framing, which follows the body) to the pool's server and reads
+/// the response head by `deadline`. A request that was written whole and
+/// may be sent twice is sent again on a new connection when a pooled one
+/// turns out closed before any of its answer.
+pub(crate) async fn send(
+    pool: &Arc<H1Pool>,
+    be: &Backend,
+    req: Request<ReqBody>,
+    deadline: Instant,
+) -> Result<Response<H1Body>, SendError> {
+    let (mut parts, mut body) = req.into_parts();
+    let head_request = parts.method == Method::HEAD;
+    // An HTTP/1.0 client may have sent none (hyper's client adds it too).
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    let framing = request_framing(&parts.method, &mut parts.headers, &body);
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut out = buffers::take_out(1024);
+    put_request_head(&mut out, &parts.method, path, &parts.headers);
+    // A body already at hand goes out in the head's write.
+    let mut ended = body.is_end_stream();
+    if !ended {
+        if let Some(frame) = body.frame().now_or_never() {
+            ended = put_frame(&mut out, frame, framing)? || body.is_end_stream();
+        }
+    }
+    if ended && framing == Framing::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    let replayable = ended && super::is_idempotent(&parts.method);
+    let server_to = be.timeouts.server;
+
+    let mut expiry = Expiry::new(deadline);
+    let mut rbuf = BytesMut::new();
+    let mut pooled = pool.checkout();
+    let mut up = loop {
+        let reused = pooled.is_some();
+        let mut up = match pooled.take() {
+            Some(c) => c,
+            None => connect(pool, be).await?,
+        };
+        let written = match soon(server_to, up.write_all(&out)).await {
+            Err(_) => return Err(UpstreamError::Timeout.into()),
+            Ok(r) => r.is_ok(),
+        };
+        if !written {
+            if reused && replayable {
+                continue;
+            }
+            return Err(UpstreamError::Empty.into());
+        }
+        if !ended {
+            send_body(&mut up, &mut body, framing, server_to).await?;
+            break up;
+        }
+        if !(reused && replayable) {
+            break up;
+        }
+        // A pooled connection the server has just closed answers nothing:
+        // known by the first byte, while the request can still go again.
+        match super::fill(&mut up, &mut rbuf, &mut expiry).await {
+            Ok(n) if n > 0 => break up,
+            Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout.into()),
+            _ => {
+                tracing::debug!(backend = %be.name, "pooled connection was closed; sending again on a new one")
+            }
+        }
+    };
+    buffers::give_back_out(out);
+
+    let resp = read_response_head(
+        &mut up,
+        &mut rbuf,
+        be,
+        &mut expiry,
+        head_request,
+        HeadTake::Map,
+    )
+    .await?;
+    let ResponseHeaders::Map(headers) = resp.headers else {
+        return Err(UpstreamError::Broken.into());
+    };
+    let left = match resp.framing {
+        Framing::Empty => Left::Done,
+        Framing::Length(n) => Left::Length(n),
+        Framing::Chunked => Left::Chunked(ChunkedScanner::default()),
+        Framing::UntilClose => Left::UntilClose,
+    };
+    let mut body = H1Body {
+        up: Some(up),
+        pool: pool.clone(),
+        buf: rbuf,
+        left,
+        keep_alive: resp.keep_alive,
+    };
+    if matches!(body.left, Left::Done) {
+        body.end();
+    }
+    let mut r = Response::new(body);
+    *r.status_mut() = resp.status;
+    *r.version_mut() = Version::HTTP_11;
+    *r.headers_mut() = headers;
+    Ok(r)
+}
+
+async fn connect(pool: &H1Pool, be: &Backend) -> Result<TcpStream, UpstreamError> {
+    match pool.connect().await {
+        Ok(c) => Ok(c),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(UpstreamError::ConnectTimeout),
+        Err(e) => {
+            tracing::debug!(backend = %be.name, error = %e, "upstream connect failed");
+            Err(UpstreamError::Connect)
+        }
+    }
+}
+
+/// The framing the request goes with, set in its headers: its length when
+/// the body's size is known (HTTP/2 checked any `content-length` against
+/// its DATA), chunked otherwise. A bodiless request keeps a
+/// `Content-Length: 0` only where one is expected.
+fn request_framing(method: &Method, headers: &mut http::HeaderMap, body: &ReqBody) -> Framing {
+    let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
+    headers.remove(header::TRANSFER_ENCODING);
+    match body.size_hint().exact() {
+        Some(0) => {
+            if had_length || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
+            Framing::Empty
+        }
+        Some(n) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            Framing::Length(n)
+        }
+        None => {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            Framing::Chunked
+        }
+    }
+}
+
+/// Appends a body frame to `out` in the request's framing; `true` at the
+/// body's end. Trailers are not sent (the upstream gets none from HTTP/2).
+fn put_frame(
+    out: &mut Vec<u8>,
+    frame: Option<Result<Frame<Bytes>, BoxError>>,
+    framing: Framing,
+) -> Result<bool, SendError> {
+    match frame {
+        None => Ok(true),
+        Some(Err(e)) => Err(SendError::Client(Box::new(body_error(&*e)))),
+        Some(Ok(f)) => {
+            if let Some(data) = f.data_ref().filter(|d| !d.is_empty()) {
+                if framing == Framing::Chunked {
+                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    out.extend_from_slice(data);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.extend_from_slice(data);
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// Streams the rest of the request body, each write within `timeout
+/// server`.
+async fn send_body(
+    up: &mut TcpStream,
+    body: &mut ReqBody,
+    framing: Framing,
+    server_to: Duration,
+) -> Result<(), SendError> {
+    let mut out = Vec::new();
+    loop {
+        out.clear();
+        let ended = put_frame(&mut out, body.frame().await, framing)? || body.is_end_stream();
+        if ended && framing == Framing::Chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        if !out.is_empty() {
+            match soon(server_to, up.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(UpstreamError::Broken.into()),
+                Err(_) => return Err(UpstreamError::Timeout.into()),
+            }
+        }
+        if ended {
+            return Ok(());
+        }
+    }
+}
+
+/// Takes the next chunk data out of `buf`, passing over the framing
+/// before it; `None` when `buf` holds no data (yet, or after the last
+/// chunk: the scanner is then done).
+fn dechunk(scanner: &mut ChunkedScanner, buf: &mut BytesMut) -> Result<Option<Bytes>, BoxError> {
+    while !buf.is_empty() && !scanner.is_done() {
+        if let Some(n) = scanner.data_left() {
+            let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            scanner.scan(&buf[..take]).map_err(|e| e.0)?;
+            return Ok(Some(buf.split_to(take).freeze()));
+        }
+        let used = scanner.scan_framing(buf).map_err(|e| e.0)?;
+        buf.advance(used);
+    }
+    Ok(None)
+}
+
+/// What is left of a response body.
+enum Left {
+    Length(u64),
+    Chunked(ChunkedScanner),
+    UntilClose,
+    Done,
+}
+
+/// A response body read from its upstream connection as it is polled:
+/// chunked framing taken off (the client's protocol frames it anew), the
+/// connection back in its pool once the body has ended with nothing after
+/// it, and closed if the body is dropped before its end.
+pub struct H1Body {
+    up: Option<TcpStream>,
+    pool: Arc<H1Pool>,
+    /// Read but not yet passed on; empty (and no allocation) between reads.
+    buf: BytesMut,
+    left: Left,
+    keep_alive: bool,
+}
+
+impl H1Body {
+    /// The body is over: the connection goes back to the pool when the
+    /// server keeps it open and sent nothing past the body.
+    fn end(&mut self) {
+        self.left = Left::Done;
+        if let Some(up) = self.up.take() {
+            if self.keep_alive && self.buf.is_empty() {
+                self.pool.checkin(up);
+            }
+        }
+        buffers::give_back(std::mem::take(&mut self.buf));
+    }
+
+    /// The next data in `buf`, if any, by the body's framing.
+    fn take_data(&mut self) -> Result<Option<Bytes>, BoxError> {
+        match &mut self.left {
+            Left::Done => Ok(None),
+            Left::Length(n) => {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = self
+                    .buf
+                    .len()
+                    .min(usize::try_from(*n).unwrap_or(usize::MAX));
+                *n -= take as u64;
+                let data = self.buf.split_to(take).freeze();
+                if *n == 0 {
+                    self.end();
+                }
+                Ok(Some(data))
+            }
+            Left::UntilClose => Ok((!self.buf.is_empty()).then(|| self.buf.split().freeze())),
+            Left::Chunked(scanner) => {
+                let data = dechunk(scanner, &mut self.buf)?;
+                if scanner.is_done() {
+                    self.end();
+                }
+                Ok(data)
+            }
+        }
+    }
+
+    /// Reads more from the upstream: `Ok(false)` at its end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let Some(up) = self.up.as_mut() else {
+            return Poll::Ready(Ok(false));
+        };
+        buffers::room_to_read(&mut self.buf);
+        let spare = self.buf.spare_capacity_mut();
+        let mut rb = ReadBuf::uninit(spare);
+        ready!(Pin::new(up).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        // SAFETY: `poll_read` initialised the first `n` spare bytes.
+        unsafe { self.buf.set_len(self.buf.len() + n) };
+        if n == 0 {
+            buffers::release_if_empty(&mut self.buf);
+        }
+        Poll::Ready(Ok(n > 0))
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match this.take_data() {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) if matches!(this.left, Left::Done) => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(e) => {
+                    this.up = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            match ready!(this.poll_fill(cx)) {
+                Ok(true) => {}
+                Ok(false) if matches!(this.left, Left::UntilClose) => {
+                    this.keep_alive = false;
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Ok(false) => {
+                    this.up = None;
+                    return Poll::Ready(Some(Err("the upstream closed mid-body".into())));
+                }
+                Err(e) => {
+                    this.up = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.left, Left::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.left {
+            Left::Done => SizeHint::with_exact(0),
+            Left::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `wire` to the decoder `step` bytes at a time, as reads would
+    /// bring it: the data it passes on, and whether the body ended.
+    fn decode(wire: &[u8], step: usize) -> Result<(Vec<u8>, bool), BoxError> {
+        let mut scanner = ChunkedScanner::default();
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        for piece in wire.chunks(step) {
+            buf.extend_from_slice(piece);
+            while let Some(d) = dechunk(&mut scanner, &mut buf)? {
+                data.extend_from_slice(&d);
+            }
+        }
+        Ok((data, scanner.is_done()))
+    }
+
+    #[test]
+    fn chunked_framing_is_taken_off_however_the_bytes_arrive() {
+        let wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n";
+        for step in [1, 2, 3, 7, wire.len()] {
+            let (data, done) = decode(wire, step).expect("valid");
+            assert_eq!(data, b"hello world", "step {step}");
+            assert!(done, "step {step}");
+        }
+        // Unfinished: all the data so far, not yet the end.
+        let (data, done) = decode(b"5\r\nhel", 2).expect("valid so far");
+        assert_eq!((data.as_slice(), done), (&b"hel"[..], false));
+    }
+
+    #[test]
+    fn broken_chunked_framing_is_an_error() {
+        for wire in [&b"x\r\nhello\r\n"[..], b"5\r\nhelloXX", b"5\nhello\r\n"] {
+            assert!(
+                decode(wire, 1).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+}
