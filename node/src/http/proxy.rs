@@ -487,7 +487,7 @@ impl Exchange<'_> {
             let deadline = tokio::time::Instant::now() + head_to;
             let req = Request::from_parts(p, b);
             let sent = match upstream.h1.as_ref().filter(|_| !self.upgrade) {
-                Some(pool) => super::h1::client::send(pool, be, req, deadline)
+                Some(pool) => super::h1::client::send(pool, be, req, deadline, txn)
                     .await
                     .map(|r| r.map(|b| UpBody::H1(Box::new(b)))),
                 None => send_hyper(upstream, be, req, deadline).await,

@@ -34,10 +34,11 @@ use tokio::time::Instant;
 use super::expiry::Expiry;
 use super::framing::{ChunkedScanner, Framing};
 use super::response::{HeadTake, ResponseHeaders};
-use super::{buffers, put_request_head, read_response_head, soon, UpstreamError};
+use super::{buffers, put_request_head, read_response_head, send_request, soon, UpstreamError};
 use crate::config::Backend;
 use crate::http::body::{BoxError, ReqBody, RespBody};
 use crate::http::proxy::body_error;
+use crate::metrics::Txn;
 use crate::runtime::Outcome;
 use crate::upstream::pool::H1Pool;
 use crate::upstream::retry::Failure;
@@ -62,12 +63,14 @@ impl From<UpstreamError> for SendError {
 /// body's framing, which follows the body) to the pool's server and reads
 /// the response head by `deadline`. A request that was written whole and
 /// may be sent twice is sent again on a new connection when a pooled one
-/// turns out closed before any of its answer.
+/// turns out closed before any of its answer (the engine's
+/// `send_request`, which also marks `Tc` on `txn`).
 pub(crate) async fn send(
     pool: &Arc<H1Pool>,
     be: &Backend,
     req: Request<ReqBody>,
     deadline: Instant,
+    txn: &mut Txn,
 ) -> Result<Response<H1Body>, SendError> {
     let (mut parts, mut body) = req.into_parts();
     let head_request = parts.method == Method::HEAD;
@@ -96,44 +99,12 @@ pub(crate) async fn send(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     let replayable = ended && super::is_idempotent(&parts.method);
-    let server_to = be.timeouts.server;
-
     let mut expiry = Expiry::new(deadline);
     let mut rbuf = BytesMut::new();
-    let mut pooled = pool.checkout();
-    let mut up = loop {
-        let reused = pooled.is_some();
-        let mut up = match pooled.take() {
-            Some(c) => c,
-            None => connect(pool, be).await?,
-        };
-        let written = match soon(server_to, up.write_all(&out)).await {
-            Err(_) => return Err(UpstreamError::Timeout.into()),
-            Ok(r) => r.is_ok(),
-        };
-        if !written {
-            if reused && replayable {
-                continue;
-            }
-            return Err(UpstreamError::Empty.into());
-        }
-        if !ended {
-            send_body(&mut up, &mut body, framing, server_to).await?;
-            break up;
-        }
-        if !(reused && replayable) {
-            break up;
-        }
-        // A pooled connection the server has just closed answers nothing:
-        // known by the first byte, while the request can still go again.
-        match super::fill(&mut up, &mut rbuf, &mut expiry).await {
-            Ok(n) if n > 0 => break up,
-            Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout.into()),
-            _ => {
-                tracing::debug!(backend = %be.name, "pooled connection was closed; sending again on a new one")
-            }
-        }
-    };
+    let mut up = send_request(pool, be, &out, replayable, &mut expiry, &mut rbuf, txn).await?;
+    if !ended {
+        send_body(&mut up, &mut body, framing, be.timeouts.server).await?;
+    }
     buffers::give_back_out(out);
 
     let resp = read_response_head(
@@ -169,17 +140,6 @@ pub(crate) async fn send(
     *r.version_mut() = Version::HTTP_11;
     *r.headers_mut() = headers;
     Ok(r)
-}
-
-async fn connect(pool: &H1Pool, be: &Backend) -> Result<TcpStream, UpstreamError> {
-    match pool.connect().await {
-        Ok(c) => Ok(c),
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(UpstreamError::ConnectTimeout),
-        Err(e) => {
-            tracing::debug!(backend = %be.name, error = %e, "upstream connect failed");
-            Err(UpstreamError::Connect)
-        }
-    }
 }
 
 /// The framing the request goes with, set in its headers: its length when
