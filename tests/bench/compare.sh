@@ -976,7 +976,8 @@ started=$(date -u +%FT%TZ)
 if [ -n "${KEEP_OTHER_ROWS:-}" ] && [ -f "$OUT/latest.samples.tsv" ]; then
     # rerun some rows, keep the previous run's figures for the others
     awk -F'\t' -v rows=",$ROWS," 'index(rows, "," $1 ",") == 0' "$OUT/latest.samples.tsv" >> "$samples"
-    [ -f "$OUT/latest.notes.txt" ] && awk -v rows=",$ROWS," '{r = $1; sub(/:$/, "", r)} r != "rows" && index(rows, "," r ",") == 0' "$OUT/latest.notes.txt" >> "$notes"
+    # (not the notes every run writes again: 'rows', 'configs')
+    [ -f "$OUT/latest.notes.txt" ] && awk -v rows=",$ROWS," '{r = $1; sub(/:$/, "", r)} r != "rows" && r != "configs" && index(rows, "," r ",") == 0' "$OUT/latest.notes.txt" >> "$notes"
     note "rows not in '$ROWS' are from the previous run in $OUT"
 fi
 for row in ${ROWS//,/ }; do
