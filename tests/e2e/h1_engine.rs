@@ -422,6 +422,38 @@ async fn pool_max_conn_zero_keeps_no_idle_upstream_connection() {
 }
 
 #[tokio::test]
+async fn pool_purge_delay_closes_an_upstream_connection_left_idle() {
+    // HAProxy's server keyword: a connection idle for a whole delay is
+    // closed by the gateway (half of them per round; one is all of one).
+    let up = RawUpstream::start(vec![]);
+    let gw = llmgw_e2e::start_cfg(
+        &format!(
+            "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+             frontend f\n    bind 127.0.0.1:0\n    default_backend b\n\
+             backend b\n    default-server pool-purge-delay 100ms\n    server s {}\n",
+            up.addr
+        ),
+        1,
+        &[],
+    );
+    let mut c = RawClient::connect(gw.addr()).await;
+    c.send(get("/1").as_bytes()).await;
+    assert_eq!(expect_response(&mut c).await.status, 200);
+    eventually(PATIENCE, || async {
+        up.connections()
+            .first()
+            .is_some_and(|c| c.closed)
+            .then_some(())
+    })
+    .await;
+    // The client's own connection is untouched, and the next request
+    // opens a new upstream connection.
+    c.send(get("/2").as_bytes()).await;
+    assert_eq!(expect_response(&mut c).await.status, 200);
+    assert_eq!(up.connections().len(), 2);
+}
+
+#[tokio::test]
 async fn upstream_hop_by_hop_headers_end_at_the_gateway() {
     let up = RawUpstream::start(vec![
         Reply::Send(

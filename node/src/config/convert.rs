@@ -462,6 +462,9 @@ pub fn convert(c: &Config, text: &str) -> String {
                 if let Some(n) = s.opts.pool_max_conn.and_then(|n| i64::try_from(n).ok()) {
                     st.insert("pool_max_idle".into(), Value::Integer(n));
                 }
+                if let Some(d) = s.opts.pool_purge_delay {
+                    st.insert("pool_purge_delay".into(), dur(d));
+                }
                 if s.opts.disabled {
                     st.insert("disabled".into(), Value::Boolean(true));
                 }

@@ -83,13 +83,14 @@ mod tests {
         assert_eq!(c.frontends[0].binds[0].addr.to_string(), "127.0.0.1:8080");
     }
 
-    /// `stats socket` and `disabled` survive `llmgw convert`.
+    /// `stats socket`, `disabled` and the pool settings survive `llmgw
+    /// convert`.
     #[test]
     fn convert_keeps_the_stats_socket_and_disabled_servers() {
         let cfg =
             "global\n    stats socket /run/x.sock mode 640 level admin\n    stats timeout 30s\n\
                    frontend f\n    bind 127.0.0.1:1\n    default_backend b\n\
-                   backend b\n    server a 127.0.0.1:2 weight 3 disabled pool-max-conn 4\n";
+                   backend b\n    server a 127.0.0.1:2 weight 3 disabled pool-max-conn 4 pool-purge-delay 2s\n";
         let loaded = super::haproxy::load_str(
             "t.cfg",
             cfg,
@@ -106,5 +107,10 @@ mod tests {
         let s = &back.backends[0].servers[0];
         assert_eq!((s.weight, s.opts.disabled), (3, true), "{toml}");
         assert_eq!(s.opts.pool_max_conn, Some(4), "{toml}");
+        assert_eq!(
+            s.opts.pool_purge_delay,
+            Some(std::time::Duration::from_secs(2)),
+            "{toml}"
+        );
     }
 }

@@ -1221,6 +1221,9 @@ pub struct ServerOpts {
     /// `pool-max-conn`: this server's idle pooled connections, within
     /// the backend's `pool_max_idle` (-1 is [`NO_POOL_LIMIT`]).
     pub pool_max_conn: Option<usize>,
+    /// `pool-purge-delay`: how often half of this server's long-idle pooled
+    /// connections are closed (zero: never); HAProxy's 5 s when unset.
+    pub pool_purge_delay: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -554,6 +554,9 @@ struct RawServer {
     /// Idle pooled connections kept for this server (HAProxy's
     /// `pool-max-conn`), within the backend's `pool.max_idle`.
     pool_max_idle: Option<usize>,
+    /// HAProxy's `pool-purge-delay`: every this long, half of the
+    /// server's pooled connections idle that long are closed ("0s": never).
+    pool_purge_delay: Option<Spanned<DurationValue>>,
     slowstart: Option<Spanned<DurationValue>>,
     observe: Option<Spanned<String>>,
     error_limit: Option<Spanned<u32>>,
@@ -2098,6 +2101,7 @@ impl Compiler<'_> {
             cooldown_429: s.cooldown_429.as_ref().and_then(|d| self.duration(d)),
             disabled: s.disabled,
             pool_max_conn: s.pool_max_idle,
+            pool_purge_delay: s.pool_purge_delay.as_ref().and_then(|d| self.duration(d)),
         };
         Some(Server {
             name: s.name.into_inner(),

@@ -60,13 +60,23 @@ impl Upstream {
             .pool_max_conn
             .map_or(backend.pool_max_idle, |n| n.min(backend.pool_max_idle));
         let h1 = (server.tls.is_none() && server.proto != UpstreamProto::Http2).then(|| {
-            Arc::new(pool::H1Pool::new(
-                host.clone(),
-                port,
-                backend.timeouts.connect,
-                backend.pool_idle_timeout,
-                max_idle,
-            ))
+            let p = Arc::new(
+                pool::H1Pool::new(
+                    host.clone(),
+                    port,
+                    backend.timeouts.connect,
+                    backend.pool_idle_timeout,
+                    max_idle,
+                )
+                .with_purge_delay(
+                    server
+                        .opts
+                        .pool_purge_delay
+                        .unwrap_or(pool::DEFAULT_PURGE_DELAY),
+                ),
+            );
+            pool::H1Pool::start_purging(&p);
+            p
         });
         let host_for_uri = if host.contains(':') {
             format!("[{host}]")

@@ -14,9 +14,16 @@
 //! not contend for one lock; a thread whose share is empty takes over
 //! another's idle connection (HAProxy's `fd_takeover`) before it opens a
 //! new one. A lock is held for a push or a pop, never across I/O.
+//!
+//! The pool keeps as many connections as the traffic needed at once
+//! (HAProxy's `pool-max-conn -1`); after a burst, HAProxy's
+//! `pool-purge-delay` thins them out: every delay (5 s by default), half
+//! of the connections that sat idle for a whole delay are closed, in the
+//! background, so that a quiet server is not left holding a burst's worth
+//! of sockets until `idle_timeout`.
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -34,7 +41,12 @@ pub struct H1Pool {
     max_idle: usize,
     /// One share per serving thread, newest last.
     idle: Box<[Share]>,
+    /// HAProxy's `pool-purge-delay`; zero: never purged.
+    purge_delay: Duration,
 }
+
+/// HAProxy's default `pool-purge-delay`.
+pub const DEFAULT_PURGE_DELAY: Duration = Duration::from_secs(5);
 
 impl H1Pool {
     pub fn new(
@@ -64,7 +76,65 @@ impl H1Pool {
             idle_timeout,
             max_idle: max_idle.div_ceil(threads),
             idle: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
+            purge_delay: DEFAULT_PURGE_DELAY,
         }
+    }
+
+    /// Purged every `delay` ([`purge`](Self::purge)); zero: never.
+    pub fn with_purge_delay(mut self, delay: Duration) -> Self {
+        self.purge_delay = delay;
+        self
+    }
+
+    /// Starts the background purge, on the current runtime (none outside
+    /// one). It holds the pool weakly and ends once the pool is gone (a
+    /// reload replaced it).
+    pub fn start_purging(pool: &Arc<H1Pool>) {
+        let delay = pool.purge_delay;
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if delay.is_zero() {
+            return;
+        }
+        let weak: Weak<H1Pool> = Arc::downgrade(pool);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + delay, delay);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { break };
+                pool.purge();
+            }
+        });
+    }
+
+    /// One purge round: in each share, the connections idle past
+    /// `idle_timeout` are closed, and of those idle for a whole purge
+    /// delay, the older half (rounded up). Connections used within the
+    /// last delay are what the traffic needs now, and stay. Returns how
+    /// many were closed.
+    pub fn purge(&self) -> usize {
+        let mut closed = 0;
+        for share in self.idle.iter() {
+            let Ok(mut idle) = share.lock() else { continue };
+            // Oldest first: `checkin` pushes at the end.
+            let expired = idle
+                .iter()
+                .take_while(|(_, since)| since.elapsed() >= self.idle_timeout)
+                .count();
+            let stale = idle
+                .iter()
+                .take_while(|(_, since)| since.elapsed() >= self.purge_delay)
+                .count();
+            let n = expired.max(stale.div_ceil(2));
+            closed += n;
+            // Dropped outside the lock.
+            let gone: Vec<_> = idle.drain(..n).collect();
+            drop(idle);
+            drop(gone);
+        }
+        closed
     }
 
     /// An idle connection that still looks open, if there is one: the
@@ -152,7 +222,7 @@ impl H1Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     async fn listener() -> (TcpListener, u16) {
@@ -238,6 +308,64 @@ mod tests {
             p.checkin_at(1, c);
         }
         assert_eq!(p.idle_count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn purging_closes_half_the_connections_idle_for_a_whole_delay() {
+        let (l, port) = listener().await;
+        let p = pool(port, Duration::from_secs(60), 8).with_purge_delay(Duration::from_secs(5));
+        let mut servers = Vec::new();
+        for _ in 0..5 {
+            let c = p.connect().await.unwrap();
+            servers.push(l.accept().await.unwrap().0);
+            p.checkin(c);
+        }
+        // Nothing has been idle for a whole delay yet.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!((p.purge(), p.idle_count()), (0, 5));
+        let fresh = p.connect().await.unwrap();
+        let _s = l.accept().await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        p.checkin(fresh);
+        // Five idle for 5 s: three go (the oldest); the one just back stays.
+        assert_eq!((p.purge(), p.idle_count()), (3, 3));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!((p.purge(), p.idle_count()), (2, 1));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!((p.purge(), p.idle_count()), (1, 0));
+        // Past `idle_timeout`, everything goes at once.
+        let q = pool(port, Duration::from_secs(8), 8).with_purge_delay(Duration::from_secs(5));
+        for _ in 0..4 {
+            let c = q.connect().await.unwrap();
+            servers.push(l.accept().await.unwrap().0);
+            q.checkin(c);
+        }
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!((q.purge(), q.idle_count()), (4, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_background_purge_ends_with_its_pool() {
+        let (l, port) = listener().await;
+        let p = Arc::new(
+            pool(port, Duration::from_secs(60), 8).with_purge_delay(Duration::from_secs(1)),
+        );
+        H1Pool::start_purging(&p);
+        let c = p.connect().await.unwrap();
+        let (mut server, _) = l.accept().await.unwrap();
+        p.checkin(c);
+        // The purge runs by itself: the server sees the connection close.
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf))
+            .await
+            .expect("closed by the background purge")
+            .unwrap();
+        assert_eq!(n, 0);
+        assert_eq!(p.idle_count(), 0);
+        let weak = Arc::downgrade(&p);
+        drop(p);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(weak.upgrade().is_none(), "the purge task let the pool go");
     }
 
     #[tokio::test]

@@ -1821,6 +1821,7 @@ impl Cx<'_> {
                     | "addr"
                     | "cooldown-429"
                     | "pool-max-conn"
+                    | "pool-purge-delay"
             );
             if takes && val.is_none() {
                 self.err(line, format!("server option '{opt}' needs a value"));
@@ -1890,6 +1891,7 @@ impl Cx<'_> {
                 },
                 "maxqueue" => o.maxqueue = num(self),
                 "maxconn" => s.maxconn = num(self).unwrap_or(0),
+                "pool-purge-delay" => o.pool_purge_delay = dur(self),
                 "pool-max-conn" => match v.parse::<i64>() {
                     Ok(-1) => o.pool_max_conn = Some(NO_POOL_LIMIT),
                     Ok(n) if n >= 0 => o.pool_max_conn = Some(usize::try_from(n).unwrap_or(NO_POOL_LIMIT)),

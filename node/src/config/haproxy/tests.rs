@@ -370,6 +370,23 @@ fn http_reuse_keeps_or_disables_the_pool() {
     assert_eq!(server("pool-max-conn 0").unwrap(), Some(0));
     assert_eq!(server("pool-max-conn 10").unwrap(), Some(10));
     assert_eq!(server("pool-max-conn -1").unwrap(), Some(NO_POOL_LIMIT));
+    // How often long-idle pooled connections are thinned out (0: never).
+    let purge = |opt: &str| {
+        let text = format!(
+            "defaults\n    mode http\nlisten l\n    bind 127.0.0.1:0\n    server s mock {opt}\n"
+        );
+        load(&text, false).map(|l| l.config.backends[0].servers[0].opts.pool_purge_delay)
+    };
+    assert_eq!(purge("").unwrap(), None);
+    assert_eq!(
+        purge("pool-purge-delay 10s").unwrap(),
+        Some(Duration::from_secs(10))
+    );
+    assert_eq!(purge("pool-purge-delay 0").unwrap(), Some(Duration::ZERO));
+    assert_eq!(
+        errors("defaults\n    mode http\nlisten l\n    bind 127.0.0.1:0\n    server s mock pool-purge-delay soon\n").len(),
+        1
+    );
     assert_eq!(
         errors("defaults\n    mode http\nlisten l\n    bind 127.0.0.1:0\n    server s mock pool-max-conn -2\n"),
         ["t.cfg:5: 'pool-max-conn' needs -1 (no limit) or a number of connections, not '-2'"]
