@@ -465,6 +465,9 @@ pub fn convert(c: &Config, text: &str) -> String {
                 if let Some(d) = s.opts.pool_purge_delay {
                     st.insert("pool_purge_delay".into(), dur(d));
                 }
+                if let Some(n) = s.opts.pool_low_conn.and_then(|n| i64::try_from(n).ok()) {
+                    st.insert("pool_low_conn".into(), Value::Integer(n));
+                }
                 if s.opts.disabled {
                     st.insert("disabled".into(), Value::Boolean(true));
                 }

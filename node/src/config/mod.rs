@@ -90,7 +90,7 @@ mod tests {
         let cfg =
             "global\n    stats socket /run/x.sock mode 640 level admin\n    stats timeout 30s\n\
                    frontend f\n    bind 127.0.0.1:1\n    default_backend b\n\
-                   backend b\n    server a 127.0.0.1:2 weight 3 disabled pool-max-conn 4 pool-purge-delay 2s\n";
+                   backend b\n    server a 127.0.0.1:2 weight 3 disabled pool-max-conn 4 pool-purge-delay 2s pool-low-conn 3\n";
         let loaded = super::haproxy::load_str(
             "t.cfg",
             cfg,
@@ -112,5 +112,6 @@ mod tests {
             Some(std::time::Duration::from_secs(2)),
             "{toml}"
         );
+        assert_eq!(s.opts.pool_low_conn, Some(3), "{toml}");
     }
 }

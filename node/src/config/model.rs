@@ -1224,6 +1224,9 @@ pub struct ServerOpts {
     /// `pool-purge-delay`: how often half of this server's long-idle pooled
     /// connections are closed (zero: never); HAProxy's 5 s when unset.
     pub pool_purge_delay: Option<Duration>,
+    /// `pool-low-conn`: below this many idle connections to the server in
+    /// all, a thread opens its own rather than take over another's.
+    pub pool_low_conn: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

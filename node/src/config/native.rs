@@ -557,6 +557,9 @@ struct RawServer {
     /// HAProxy's `pool-purge-delay`: every this long, half of the
     /// server's pooled connections idle that long are closed ("0s": never).
     pool_purge_delay: Option<Spanned<DurationValue>>,
+    /// HAProxy's `pool-low-conn`: below this many idle connections in
+    /// all, a thread opens its own instead of taking over another's.
+    pool_low_conn: Option<usize>,
     slowstart: Option<Spanned<DurationValue>>,
     observe: Option<Spanned<String>>,
     error_limit: Option<Spanned<u32>>,
@@ -2102,6 +2105,7 @@ impl Compiler<'_> {
             disabled: s.disabled,
             pool_max_conn: s.pool_max_idle,
             pool_purge_delay: s.pool_purge_delay.as_ref().and_then(|d| self.duration(d)),
+            pool_low_conn: s.pool_low_conn,
         };
         Some(Server {
             name: s.name.into_inner(),

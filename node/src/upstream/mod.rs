@@ -68,6 +68,7 @@ impl Upstream {
                     backend.pool_idle_timeout,
                     max_idle,
                 )
+                .with_low_conn(server.opts.pool_low_conn.unwrap_or(0))
                 .with_purge_delay(
                     server
                         .opts

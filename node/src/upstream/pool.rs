@@ -43,6 +43,9 @@ pub struct H1Pool {
     idle: Box<[Share]>,
     /// HAProxy's `pool-purge-delay`; zero: never purged.
     purge_delay: Duration,
+    /// HAProxy's `pool-low-conn`: below this many idle connections in all,
+    /// a thread opens its own instead of taking over another's.
+    low_conn: usize,
 }
 
 /// HAProxy's default `pool-purge-delay`.
@@ -77,7 +80,16 @@ impl H1Pool {
             max_idle: max_idle.div_ceil(threads),
             idle: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
             purge_delay: DEFAULT_PURGE_DELAY,
+            low_conn: 0,
         }
+    }
+
+    /// A thread takes over another's idle connection only while the server
+    /// has at least `n` idle in all (0: always), so that each thread keeps
+    /// a few of its own instead of passing them around.
+    pub fn with_low_conn(mut self, n: usize) -> Self {
+        self.low_conn = n;
+        self
     }
 
     /// Purged every `delay` ([`purge`](Self::purge)); zero: never.
@@ -150,6 +162,9 @@ impl H1Pool {
         if let Some(conn) = self.take(here) {
             return Some(conn);
         }
+        if self.low_conn > 0 && self.idle_total() < self.low_conn {
+            return None;
+        }
         for i in (1..n).map(|k| (here + k) % n) {
             let Some(conn) = self.take(i) else { continue };
             // Its readiness is watched by the other thread's runtime: hand
@@ -210,12 +225,17 @@ impl H1Pool {
         }
     }
 
-    #[cfg(test)]
-    pub fn idle_count(&self) -> usize {
+    /// Idle connections over all the shares.
+    fn idle_total(&self) -> usize {
         self.idle
             .iter()
             .map(|s| s.lock().map(|i| i.len()).unwrap_or(0))
             .sum()
+    }
+
+    #[cfg(test)]
+    pub fn idle_count(&self) -> usize {
+        self.idle_total()
     }
 }
 
@@ -233,6 +253,18 @@ mod tests {
 
     fn pool(port: u16, idle: Duration, max: usize) -> H1Pool {
         H1Pool::new("127.0.0.1".into(), port, Duration::from_secs(5), idle, max)
+    }
+
+    /// A pool with a share for each of two serving threads.
+    fn two_threads(port: u16, max: usize) -> H1Pool {
+        H1Pool::with_shares(
+            "127.0.0.1".into(),
+            port,
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            max,
+            2,
+        )
     }
 
     #[tokio::test]
@@ -276,14 +308,7 @@ mod tests {
     #[tokio::test]
     async fn a_thread_with_no_idle_connection_takes_over_another_threads() {
         let (l, port) = listener().await;
-        let p = H1Pool::with_shares(
-            "127.0.0.1".into(),
-            port,
-            Duration::from_secs(5),
-            Duration::from_secs(60),
-            3,
-            2,
-        );
+        let p = two_threads(port, 3);
         let a = p.connect().await.unwrap();
         let (mut server, _) = l.accept().await.unwrap();
         let a_addr = a.local_addr().unwrap();
@@ -308,6 +333,25 @@ mod tests {
             p.checkin_at(1, c);
         }
         assert_eq!(p.idle_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn below_pool_low_conn_a_thread_opens_its_own_connection() {
+        let (l, port) = listener().await;
+        let p = two_threads(port, 8).with_low_conn(2);
+        let mut servers = Vec::new();
+        let a = p.connect().await.unwrap();
+        servers.push(l.accept().await.unwrap().0);
+        p.checkin_at(0, a);
+        // One idle in all, under the threshold: not taken over.
+        assert!(p.checkout_at(1).is_none());
+        assert_eq!(p.idle_count(), 1);
+        let b = p.connect().await.unwrap();
+        servers.push(l.accept().await.unwrap().0);
+        p.checkin_at(0, b);
+        // Two: the other thread may take one.
+        assert!(p.checkout_at(1).is_some());
+        assert_eq!(p.idle_count(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1822,6 +1822,7 @@ impl Cx<'_> {
                     | "cooldown-429"
                     | "pool-max-conn"
                     | "pool-purge-delay"
+                    | "pool-low-conn"
             );
             if takes && val.is_none() {
                 self.err(line, format!("server option '{opt}' needs a value"));
@@ -1892,6 +1893,10 @@ impl Cx<'_> {
                 "maxqueue" => o.maxqueue = num(self),
                 "maxconn" => s.maxconn = num(self).unwrap_or(0),
                 "pool-purge-delay" => o.pool_purge_delay = dur(self),
+                "pool-low-conn" => match v.parse::<usize>() {
+                    Ok(n) => o.pool_low_conn = Some(n),
+                    Err(_) => self.err(line, format!("'pool-low-conn' needs a number of connections, not '{v}'")),
+                },
                 "pool-max-conn" => match v.parse::<i64>() {
                     Ok(-1) => o.pool_max_conn = Some(NO_POOL_LIMIT),
                     Ok(n) if n >= 0 => o.pool_max_conn = Some(usize::try_from(n).unwrap_or(NO_POOL_LIMIT)),

@@ -360,29 +360,29 @@ fn http_reuse_keeps_or_disables_the_pool() {
     let never = load(&cfg("http-reuse never"), false).unwrap().config;
     assert_eq!(never.backends[0].pool_max_idle, 0);
     // A server's own limit, HAProxy's `pool-max-conn` (-1: none).
-    let server = |opt: &str| {
+    let opts = |opt: &str| {
         let text = format!(
             "defaults\n    mode http\nlisten l\n    bind 127.0.0.1:0\n    server s mock {opt}\n"
         );
-        load(&text, false).map(|l| l.config.backends[0].servers[0].opts.pool_max_conn)
+        load(&text, false).map(|l| l.config.backends[0].servers[0].opts.clone())
     };
-    assert_eq!(server("").unwrap(), None);
-    assert_eq!(server("pool-max-conn 0").unwrap(), Some(0));
-    assert_eq!(server("pool-max-conn 10").unwrap(), Some(10));
-    assert_eq!(server("pool-max-conn -1").unwrap(), Some(NO_POOL_LIMIT));
-    // How often long-idle pooled connections are thinned out (0: never).
-    let purge = |opt: &str| {
-        let text = format!(
-            "defaults\n    mode http\nlisten l\n    bind 127.0.0.1:0\n    server s mock {opt}\n"
-        );
-        load(&text, false).map(|l| l.config.backends[0].servers[0].opts.pool_purge_delay)
-    };
-    assert_eq!(purge("").unwrap(), None);
+    let pool_max_conn = |opt: &str| opts(opt).unwrap().pool_max_conn;
+    assert_eq!(pool_max_conn(""), None);
+    assert_eq!(pool_max_conn("pool-max-conn 0"), Some(0));
+    assert_eq!(pool_max_conn("pool-max-conn 10"), Some(10));
+    assert_eq!(pool_max_conn("pool-max-conn -1"), Some(NO_POOL_LIMIT));
+    // How often long-idle pooled connections are thinned out (0: never),
+    // and below how many idle ones threads stop taking over each other's.
+    let purge = |opt: &str| opts(opt).unwrap().pool_purge_delay;
+    assert_eq!(purge(""), None);
+    assert_eq!(purge("pool-purge-delay 10s"), Some(Duration::from_secs(10)));
+    assert_eq!(purge("pool-purge-delay 0"), Some(Duration::ZERO));
+    assert_eq!(opts("").unwrap().pool_low_conn, None);
+    assert_eq!(opts("pool-low-conn 4").unwrap().pool_low_conn, Some(4));
     assert_eq!(
-        purge("pool-purge-delay 10s").unwrap(),
-        Some(Duration::from_secs(10))
+        errors("defaults\n    mode http\nlisten l\n    bind 127.0.0.1:0\n    server s mock pool-low-conn -1\n"),
+        ["t.cfg:5: 'pool-low-conn' needs a number of connections, not '-1'"]
     );
-    assert_eq!(purge("pool-purge-delay 0").unwrap(), Some(Duration::ZERO));
     assert_eq!(
         errors("defaults\n    mode http\nlisten l\n    bind 127.0.0.1:0\n    server s mock pool-purge-delay soon\n").len(),
         1
