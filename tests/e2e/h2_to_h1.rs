@@ -73,6 +73,28 @@ async fn h2_requests_go_out_as_http1_on_one_pooled_connection() {
 }
 
 #[tokio::test]
+async fn chunked_trailers_reach_an_h2_client() {
+    let up = RawUpstream::start(vec![Reply::Send(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-checksum: abc\r\n\r\n".to_vec(),
+    )]);
+    let gw = gateway(&up);
+    let raw = HyperClient::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let resp = raw
+        .get(gw.url("/v1/t").parse().expect("uri"))
+        .await
+        .expect("response");
+    let all = resp.into_body().collect().await.expect("body");
+    let trailers = all.trailers().cloned();
+    assert_eq!(&all.to_bytes()[..], b"ok");
+    assert_eq!(
+        trailers.as_ref().and_then(|t| t.get("x-checksum")),
+        Some(&http::HeaderValue::from_static("abc"))
+    );
+}
+
+#[tokio::test]
 async fn an_h2_body_of_unknown_length_goes_chunked() {
     let up = RawUpstream::start(vec![Reply::Send(ok_response("got it"))]);
     // Past `body_limit` a body is not held for a retry: it streams.

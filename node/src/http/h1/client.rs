@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -122,7 +122,7 @@ pub(crate) async fn send(
     let left = match resp.framing {
         Framing::Empty => Left::Done,
         Framing::Length(n) => Left::Length(n),
-        Framing::Chunked => Left::Chunked(ChunkedScanner::default()),
+        Framing::Chunked => Left::Chunked(ChunkedScanner::default(), Vec::new()),
         Framing::UntilClose => Left::UntilClose,
     };
     let mut body = H1Body {
@@ -131,6 +131,7 @@ pub(crate) async fn send(
         buf: rbuf,
         left,
         keep_alive: resp.keep_alive,
+        trailers: None,
     };
     if matches!(body.left, Left::Done) {
         body.end();
@@ -224,25 +225,57 @@ async fn send_body(
 }
 
 /// Takes the next chunk data out of `buf`, passing over the framing
-/// before it; `None` when `buf` holds no data (yet, or after the last
-/// chunk: the scanner is then done).
-fn dechunk(scanner: &mut ChunkedScanner, buf: &mut BytesMut) -> Result<Option<Bytes>, BoxError> {
+/// before it and copying the trailer section's bytes to `trailers`;
+/// `None` when `buf` holds no data (yet, or after the last chunk: the
+/// scanner is then done).
+fn dechunk(
+    scanner: &mut ChunkedScanner,
+    buf: &mut BytesMut,
+    trailers: &mut Vec<u8>,
+) -> Result<Option<Bytes>, BoxError> {
     while !buf.is_empty() && !scanner.is_done() {
         if let Some(n) = scanner.data_left() {
             let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
             scanner.scan(&buf[..take]).map_err(|e| e.0)?;
             return Ok(Some(buf.split_to(take).freeze()));
         }
+        let in_trailers = scanner.in_trailers();
         let used = scanner.scan_framing(buf).map_err(|e| e.0)?;
+        if in_trailers {
+            trailers.extend_from_slice(&buf[..used]);
+        }
         buf.advance(used);
     }
     Ok(None)
 }
 
+/// The trailer fields of a chunked body (its section as received, the
+/// final CRLF included; the scanner checked its syntax); `None` when it
+/// has none.
+fn parse_trailers(section: &[u8]) -> Option<HeaderMap> {
+    let mut slots = [httparse::EMPTY_HEADER; super::MAX_HEADERS];
+    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(section, &mut slots)
+    else {
+        return None;
+    };
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(f.name.as_bytes()),
+            HeaderValue::from_bytes(f.value),
+        ) else {
+            continue;
+        };
+        map.append(name, value);
+    }
+    (!map.is_empty()).then_some(map)
+}
+
 /// What is left of a response body.
 enum Left {
     Length(u64),
-    Chunked(ChunkedScanner),
+    /// The scanner, and the trailer section's bytes once it starts.
+    Chunked(ChunkedScanner, Vec<u8>),
     UntilClose,
     Done,
 }
@@ -258,6 +291,8 @@ pub struct H1Body {
     buf: BytesMut,
     left: Left,
     keep_alive: bool,
+    /// A chunked body's trailers, the last frame once its data is out.
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl H1Body {
@@ -293,9 +328,10 @@ impl H1Body {
                 Ok(Some(data))
             }
             Left::UntilClose => Ok((!self.buf.is_empty()).then(|| self.buf.split().freeze())),
-            Left::Chunked(scanner) => {
-                let data = dechunk(scanner, &mut self.buf)?;
+            Left::Chunked(scanner, section) => {
+                let data = dechunk(scanner, &mut self.buf, section)?;
                 if scanner.is_done() {
+                    self.trailers = parse_trailers(section).map(Box::new);
                     self.end();
                 }
                 Ok(data)
@@ -334,7 +370,9 @@ impl Body for H1Body {
         loop {
             match this.take_data() {
                 Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(None) if matches!(this.left, Left::Done) => return Poll::Ready(None),
+                Ok(None) if matches!(this.left, Left::Done) => {
+                    return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(*t))));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     this.up = None;
@@ -361,7 +399,7 @@ impl Body for H1Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.left, Left::Done)
+        matches!(self.left, Left::Done) && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -378,30 +416,41 @@ mod tests {
     use super::*;
 
     /// Feeds `wire` to the decoder `step` bytes at a time, as reads would
-    /// bring it: the data it passes on, and whether the body ended.
-    fn decode(wire: &[u8], step: usize) -> Result<(Vec<u8>, bool), BoxError> {
+    /// bring it: the data it passes on, the trailer section it set aside,
+    /// and whether the body ended.
+    fn decode(wire: &[u8], step: usize) -> Result<(Vec<u8>, Vec<u8>, bool), BoxError> {
         let mut scanner = ChunkedScanner::default();
         let mut buf = BytesMut::new();
-        let mut data = Vec::new();
+        let (mut data, mut section) = (Vec::new(), Vec::new());
         for piece in wire.chunks(step) {
             buf.extend_from_slice(piece);
-            while let Some(d) = dechunk(&mut scanner, &mut buf)? {
+            while let Some(d) = dechunk(&mut scanner, &mut buf, &mut section)? {
                 data.extend_from_slice(&d);
             }
         }
-        Ok((data, scanner.is_done()))
+        Ok((data, section, scanner.is_done()))
     }
 
     #[test]
     fn chunked_framing_is_taken_off_however_the_bytes_arrive() {
-        let wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n";
+        let wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\nx-two: 2\r\n\r\n";
         for step in [1, 2, 3, 7, wire.len()] {
-            let (data, done) = decode(wire, step).expect("valid");
+            let (data, section, done) = decode(wire, step).expect("valid");
             assert_eq!(data, b"hello world", "step {step}");
+            assert_eq!(section, b"x-trailer: t\r\nx-two: 2\r\n\r\n", "step {step}");
             assert!(done, "step {step}");
         }
+        let t = parse_trailers(b"x-trailer: t\r\nx-two: 2\r\n\r\n").expect("two fields");
+        assert_eq!(
+            (t["x-trailer"].as_bytes(), t["x-two"].as_bytes()),
+            (&b"t"[..], &b"2"[..])
+        );
+        // No trailer section: just the final CRLF, and no trailers frame.
+        let (data, section, done) = decode(b"3\r\nabc\r\n0\r\n\r\n", 1).expect("valid");
+        assert_eq!((data.as_slice(), done), (&b"abc"[..], true));
+        assert_eq!(parse_trailers(&section), None);
         // Unfinished: all the data so far, not yet the end.
-        let (data, done) = decode(b"5\r\nhel", 2).expect("valid so far");
+        let (data, _, done) = decode(b"5\r\nhel", 2).expect("valid so far");
         assert_eq!((data.as_slice(), done), (&b"hel"[..], false));
     }
 

@@ -367,8 +367,21 @@ impl ChunkedScanner {
         (self.state == State::Data).then_some(self.n)
     }
 
-    /// Like [`scan`](Self::scan), but stops where a chunk's data starts, so
-    /// a decoder can take the data out and leave the framing behind.
+    /// Inside the trailer section (after the last chunk, before the end).
+    pub fn in_trailers(&self) -> bool {
+        matches!(
+            self.state,
+            State::TrailerStart
+                | State::TrailerName
+                | State::TrailerValue
+                | State::TrailerLf
+                | State::EndLf
+        )
+    }
+
+    /// Like [`scan`](Self::scan), but stops at the end of each chunk size
+    /// line — where a chunk's data or the trailer section starts — so a
+    /// decoder can take the data out and the trailers aside.
     pub fn scan_framing(&mut self, buf: &[u8]) -> Result<usize, BadFraming> {
         self.scan_until(buf, true)
     }
@@ -421,7 +434,7 @@ impl ChunkedScanner {
                     } else {
                         State::Data
                     };
-                    if stop_at_data && self.state == State::Data {
+                    if stop_at_data {
                         return Ok(i + 1);
                     }
                 }
