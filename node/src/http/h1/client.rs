@@ -34,7 +34,9 @@ use tokio::time::Instant;
 use super::expiry::Expiry;
 use super::framing::{ChunkedScanner, Framing};
 use super::response::{HeadTake, ResponseHeaders};
-use super::{buffers, put_request_head, read_response_head, send_request, soon, UpstreamError};
+use super::{
+    buffers, put_chunk, put_request_head, read_response_head, send_request, soon, UpstreamError,
+};
 use crate::config::Backend;
 use crate::http::body::{BoxError, ReqBody, RespBody};
 use crate::http::proxy::body_error;
@@ -184,9 +186,7 @@ fn put_frame(
         Some(Ok(f)) => {
             if let Some(data) = f.data_ref().filter(|d| !d.is_empty()) {
                 if framing == Framing::Chunked {
-                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                    out.extend_from_slice(data);
-                    out.extend_from_slice(b"\r\n");
+                    put_chunk(out, data);
                 } else {
                     out.extend_from_slice(data);
                 }

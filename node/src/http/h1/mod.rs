@@ -1069,6 +1069,13 @@ fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `data` as one chunk of a chunked body (not empty: that is the last).
+fn put_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
 fn put_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -1514,9 +1521,7 @@ impl BodyRelay<'_> {
         if self.sse && between_chunks {
             let event = error::stream_error_event();
             let mut out = Vec::with_capacity(event.len() + 16);
-            out.extend_from_slice(format!("{:x}\r\n", event.len()).as_bytes());
-            out.extend_from_slice(event);
-            out.extend_from_slice(b"\r\n");
+            put_chunk(&mut out, event);
             let _ = write_client(io, &out, self.client_to).await;
         }
         let _ = io.shutdown().await;
@@ -1595,11 +1600,7 @@ impl Relay {
 
     fn encode(&self, out: &mut Vec<u8>, data: &[u8]) {
         match self {
-            Relay::UntilClose(_) if !data.is_empty() => {
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                out.extend_from_slice(data);
-                out.extend_from_slice(b"\r\n");
-            }
+            Relay::UntilClose(_) if !data.is_empty() => put_chunk(out, data),
             Relay::UntilClose(_) => {}
             _ => out.extend_from_slice(data),
         }
