@@ -638,11 +638,18 @@ row_tls() {
                     if [ "$resume" = off ]; then
                         sample tls "full handshakes/s, openssl s_time -new ×${TLS_CLIENTS:-4}, $C" "conn/s" hi "$name" "$(stime_rate "$P_PORT")"
                     fi
+                    local ticks0 ticks1; ticks0=$(cpu_ticks $P_WORKERS)
                     v=$(taskset -c "$CORE_PROXY" $h2 --h1 -H 'connection: close' -c 16 -n "$TLS_REQUESTS" "$url" 2>&1 | tee "$work/h2load.out" | awk '/^finished in/ {print $4}')
+                    ticks1=$(cpu_ticks $P_WORKERS)
                     local ok; ok=$(awk '/^requests:/ {print $8}' "$work/h2load.out")
                     [ "${ok:-0}" = "$TLS_REQUESTS" ] || note "tls $name $C resumption=$resume: ${ok:-0}/$TLS_REQUESTS requests succeeded"
                     if [ "$resume" = off ]; then sample tls "full handshakes/s, h2load conn: close, server resumption off, $C" "conn/s" hi "$name" "$v"
                     else sample tls "handshakes/s, h2load conn: close, resumption on (h2load resumes), $C" "conn/s" hi "$name" "$v"; fi
+                    # The proxy's own CPU per connection: h2load shares the
+                    # proxy's core, so the rate above also carries the
+                    # client's half of every handshake; this does not.
+                    [ "$resume" = off ] && sample tls "proxy CPU per full handshake + request (utime+stime), $C" us lo "$name" \
+                        "$(echo "$ticks0 $ticks1" | awk -v n="$TLS_REQUESTS" -v hz="$(getconf CLK_TCK)" '{print ($3 + $4 - $1 - $2) / hz / n * 1e6}')"
                 done
                 if [ "$cert" = ecdsa ] && [ "$resume" = on ]; then
                     for ((r = 0; r < RUNS; r++)); do
@@ -656,7 +663,7 @@ row_tls() {
         done
     done
     local reused; reused=$(tls_resumption_check)
-    note "tls: TLS 1.3, 1 proxy thread, a new TLS connection per request. 'full, s_time': ${TLS_CLIENTS:-4} parallel 'openssl s_time -new' clients (never resume) on core $CORE_UP (the mock is idle then: s_time sends no request), connections / wall time. 'full, h2load': h2load --h1 -c 16 -n $TLS_REQUESTS with 'connection: close' against llmgw and HAProxy started from one .cfg with no-tls-tickets + tune.ssl.cachesize 0, and nginx with ssl_session_cache off + ssl_session_tickets off. 'resumption on': the same h2load command against each proxy's defaults (nginx with a shared session cache), and h2load resumes: $reused h2 keep-alive: h2load -c 16 -m 10 over TLS with ALPN h2 (proxies speak HTTP/1.1 to the mock)."
+    note "tls: TLS 1.3, 1 proxy thread, a new TLS connection per request. 'full, s_time': ${TLS_CLIENTS:-4} parallel 'openssl s_time -new' clients (never resume) on core $CORE_UP (the mock is idle then: s_time sends no request), connections / wall time. 'proxy CPU per full handshake': the proxy's utime + stime (/proc/PID/stat) over the 'full, h2load' run divided by its connections, each a full handshake and one proxied POST; it is what one proxy core can sustain (1e6 / it = connections per second), free of the load generator that shares the core in the rate rows. 'full, h2load': h2load --h1 -c 16 -n $TLS_REQUESTS with 'connection: close' against llmgw and HAProxy started from one .cfg with no-tls-tickets + tune.ssl.cachesize 0, and nginx with ssl_session_cache off + ssl_session_tickets off. 'resumption on': the same h2load command against each proxy's defaults (nginx with a shared session cache), and h2load resumes: $reused h2 keep-alive: h2load -c 16 -m 10 over TLS with ALPN h2 (proxies speak HTTP/1.1 to the mock)."
 }
 
 tls_resumption_check() { # does h2load resume sessions? ask nginx ($ssl_session_reused)
