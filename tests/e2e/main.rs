@@ -8,6 +8,7 @@ mod cluster;
 mod config_errors;
 mod conn_limits;
 mod differential;
+mod early_answer;
 mod errors;
 mod fallback;
 mod h1_engine;

@@ -961,6 +961,15 @@ pub enum Reply {
     /// Writes the bytes, then echoes every further byte (a tunnel, after a
     /// `101 Switching Protocols`).
     Echo(Vec<u8>),
+    /// Writes the bytes as soon as the request's head is in, reading none
+    /// of its body, then closes: the unread body makes the close a reset.
+    /// A server refusing a request by its head (a `413` before a large
+    /// body) does this.
+    EarlyClose(Vec<u8>),
+    /// Writes the bytes as soon as the request's head is in, then reads
+    /// nothing more and keeps the connection open until the upstream is
+    /// dropped: whoever sends the body blocks once the buffers are full.
+    EarlyStall(Vec<u8>),
 }
 
 /// What a [`RawUpstream`] saw on one accepted connection.
@@ -1081,9 +1090,33 @@ async fn raw_upstream_conn(mut s: tokio::net::TcpStream, idx: usize, st: Arc<Raw
     let mut pending = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        // A malformed body stops the parsing: those bytes are recorded, never
-        // taken for a request.
-        while let Ok(Some(n)) = request_len(&pending) {
+        loop {
+            if let Some(h) = head_len(&pending) {
+                let early = {
+                    let mut replies = st.replies.lock().expect("lock");
+                    match replies.front() {
+                        Some(Reply::EarlyClose(_) | Reply::EarlyStall(_)) => replies.pop_front(),
+                        _ => None,
+                    }
+                };
+                if let Some(reply) = early {
+                    st.update(idx, |c| c.requests.push(RawMessage::parse(&pending[..h])));
+                    let (Reply::EarlyClose(b) | Reply::EarlyStall(b)) = &reply else {
+                        return;
+                    };
+                    let _ = s.write_all(b).await;
+                    if matches!(reply, Reply::EarlyStall(_)) {
+                        std::future::pending::<()>().await;
+                    }
+                    st.update(idx, |c| c.closed = true);
+                    return;
+                }
+            }
+            // A malformed body stops the parsing: those bytes are recorded,
+            // never taken for a request.
+            let Ok(Some(n)) = request_len(&pending) else {
+                break;
+            };
             let req: Vec<u8> = pending.drain(..n).collect();
             st.update(idx, |c| c.requests.push(RawMessage::parse(&req)));
             let reply = st
@@ -1099,6 +1132,8 @@ async fn raw_upstream_conn(mut s: tokio::net::TcpStream, idx: usize, st: Arc<Raw
                         return;
                     }
                 }
+                // Taken when the head came in, before the request was whole.
+                Reply::EarlyClose(_) | Reply::EarlyStall(_) => return,
                 Reply::Close(b) => {
                     let _ = s.write_all(&b).await;
                     let _ = s.shutdown().await;

@@ -27,7 +27,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -35,7 +35,8 @@ use super::expiry::Expiry;
 use super::framing::{ChunkedScanner, Framing};
 use super::response::{HeadTake, ResponseHeaders};
 use super::{
-    buffers, put_chunk, put_request_head, read_response_head, send_request, soon, UpstreamError,
+    buffers, put_chunk, put_request_head, read_response_head, send_request, soon, write_upstream,
+    UpstreamError, Wrote,
 };
 use crate::config::Backend;
 use crate::http::body::{BoxError, ReqBody, RespBody};
@@ -103,9 +104,10 @@ pub(crate) async fn send(
     let replayable = ended && super::is_idempotent(&parts.method);
     let mut expiry = Expiry::new(deadline);
     let mut rbuf = BytesMut::new();
-    let mut up = send_request(pool, be, &out, replayable, &mut expiry, &mut rbuf, txn).await?;
-    if !ended {
-        send_body(&mut up, &mut body, framing, be.timeouts.server).await?;
+    let (mut up, mut wrote) =
+        send_request(pool, be, &out, replayable, &mut expiry, &mut rbuf, txn).await?;
+    if !ended && wrote == Wrote::All {
+        wrote = send_body(&up, &mut body, framing, be.timeouts.server, &mut rbuf).await?;
     }
     buffers::give_back_out(out);
 
@@ -132,7 +134,9 @@ pub(crate) async fn send(
         pool: pool.clone(),
         buf: rbuf,
         left,
-        keep_alive: resp.keep_alive,
+        // After an early answer the server may not have read the whole
+        // request: its connection is not reused.
+        keep_alive: resp.keep_alive && wrote == Wrote::All,
         trailers: None,
     };
     if matches!(body.left, Left::Done) {
@@ -197,13 +201,14 @@ fn put_frame(
 }
 
 /// Streams the rest of the request body, each write within `timeout
-/// server`.
+/// server`, until its end or the server's early answer (then in `rbuf`).
 async fn send_body(
-    up: &mut TcpStream,
+    up: &TcpStream,
     body: &mut ReqBody,
     framing: Framing,
     server_to: Duration,
-) -> Result<(), SendError> {
+    rbuf: &mut BytesMut,
+) -> Result<Wrote, SendError> {
     let mut out = Vec::new();
     loop {
         out.clear();
@@ -212,14 +217,15 @@ async fn send_body(
             out.extend_from_slice(b"0\r\n\r\n");
         }
         if !out.is_empty() {
-            match soon(server_to, up.write_all(&out)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(UpstreamError::Broken.into()),
+            match soon(server_to, write_upstream(up, &out, rbuf)).await {
+                Ok(Ok(Wrote::All)) => {}
+                Ok(Ok(Wrote::Answered)) => return Ok(Wrote::Answered),
+                Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err(UpstreamError::Timeout.into()),
             }
         }
         if ended {
-            return Ok(());
+            return Ok(Wrote::All);
         }
     }
 }

@@ -590,7 +590,7 @@ async fn exchange<'a, IO: ClientIo>(
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt = 0u32;
     let take = HeadTake::for_exchange(fe, be, request_id.is_some());
-    let (up, pool, active, mut rbuf, resp) = loop {
+    let (up, pool, active, mut rbuf, mut resp, wrote) = loop {
         attempt += 1;
         let Some(pool) = brt.upstreams[si].h1.as_ref() else {
             return answer_tracked(
@@ -615,56 +615,69 @@ async fn exchange<'a, IO: ClientIo>(
             .await
         {
             Err(e) => e,
-            Ok(mut up) => {
-                if !body.done() {
+            Ok((mut up, mut wrote)) => {
+                if !body.done() && wrote == Wrote::All {
                     let received = (send.len() + from_buf) as u64;
-                    if let Err(fail) =
-                        stream_request_body(io, &mut up, buf, &mut body, &pace, received, be).await
-                    {
-                        return match fail {
-                            BodyFail::Client => {
-                                txn.end(Termination::ClientRequest);
-                                Next::Close.into()
-                            }
-                            BodyFail::TooSlow => {
-                                txn.end(Termination::ClientRequest);
-                                answer_tracked(
-                                    io,
-                                    fe,
-                                    &mut tracked,
-                                    proxy::body_too_slow(),
-                                    request_id,
-                                    true,
-                                    txn,
-                                )
-                                .await
-                                .into()
-                            }
-                            BodyFail::Malformed(why) => {
-                                let resp = error::bad_request(&format!(
-                                    "The request body is malformed: {why}."
-                                ));
-                                answer_tracked(io, fe, &mut tracked, resp, request_id, true, txn)
+                    let streamed = stream_request_body(
+                        io, &up, buf, &mut body, &pace, received, be, &mut rbuf,
+                    )
+                    .await;
+                    wrote = match streamed {
+                        Ok(w) => w,
+                        Err(fail) => {
+                            return match fail {
+                                BodyFail::Client => {
+                                    txn.end(Termination::ClientRequest);
+                                    Next::Close.into()
+                                }
+                                BodyFail::TooSlow => {
+                                    txn.end(Termination::ClientRequest);
+                                    answer_tracked(
+                                        io,
+                                        fe,
+                                        &mut tracked,
+                                        proxy::body_too_slow(),
+                                        request_id,
+                                        true,
+                                        txn,
+                                    )
                                     .await
                                     .into()
-                            }
-                            BodyFail::Upstream(e) => {
-                                active.server().observe(e.outcome());
-                                txn.end(e.failure().termination());
-                                answer_tracked(
-                                    io,
-                                    fe,
-                                    &mut tracked,
-                                    e.response(),
-                                    request_id,
-                                    true,
-                                    txn,
-                                )
-                                .await
-                                .into()
-                            }
-                        };
-                    }
+                                }
+                                BodyFail::Malformed(why) => {
+                                    let resp = error::bad_request(&format!(
+                                        "The request body is malformed: {why}."
+                                    ));
+                                    answer_tracked(
+                                        io,
+                                        fe,
+                                        &mut tracked,
+                                        resp,
+                                        request_id,
+                                        true,
+                                        txn,
+                                    )
+                                    .await
+                                    .into()
+                                }
+                                BodyFail::Upstream(e) => {
+                                    active.server().observe(e.outcome());
+                                    txn.end(e.failure().termination());
+                                    answer_tracked(
+                                        io,
+                                        fe,
+                                        &mut tracked,
+                                        e.response(),
+                                        request_id,
+                                        true,
+                                        txn,
+                                    )
+                                    .await
+                                    .into()
+                                }
+                            };
+                        }
+                    };
                 }
                 match read_response_head(&mut up, &mut rbuf, be, expiry, head_request, take).await {
                     Ok(resp) => {
@@ -689,7 +702,7 @@ async fn exchange<'a, IO: ClientIo>(
                             {
                                 Ok(()) => {
                                     active.server().observe(resp.outcome);
-                                    break (up, pool, active, rbuf, resp);
+                                    break (up, pool, active, rbuf, resp, wrote);
                                 }
                                 Err(e) => e,
                             }
@@ -750,6 +763,15 @@ async fn exchange<'a, IO: ClientIo>(
     let tracked = (!tracked.is_empty()).then(|| Box::new(tracked));
     txn.server_head(resp.status.as_u16());
     txn.expect_usage();
+    // After an early answer the server may not have read the whole
+    // request, so its connection is not reused; nor is the client's when
+    // part of its body was never read.
+    let close = if wrote == Wrote::Answered {
+        resp.keep_alive = false;
+        close || !body.done()
+    } else {
+        close
+    };
     let Some(start) = start_response(
         up, pool, active, &mut rbuf, resp, be, fe, request_id, close, tracked, txn,
     ) else {
@@ -1144,11 +1166,124 @@ impl UpstreamError {
     }
 }
 
+/// How a write to the upstream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    /// All of it went out.
+    All,
+    /// The server answered before it took all of it: what it sent is in
+    /// the read buffer, and the rest of the request is not sent. Servers
+    /// do this to refuse a request by its head (a `413` before a large
+    /// body, a `401` before any): they either stop reading, leaving the
+    /// write blocked, or close, which resets the connection and fails
+    /// the write. The answer is read and forwarded as any other (HAProxy
+    /// does the same); the connection is not reused after it.
+    Answered,
+}
+
+/// Writes `data` to the upstream, watching for an early answer while the
+/// write is blocked and after it failed (see [`Wrote::Answered`]). An
+/// interim `1xx` answer is taken off `rbuf` and the write goes on.
+async fn write_upstream(
+    up: &TcpStream,
+    data: &[u8],
+    rbuf: &mut BytesMut,
+) -> Result<Wrote, UpstreamError> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        match up.try_write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    biased;
+                    ready = up.writable() => {
+                        ready.map_err(|_| UpstreamError::Broken)?;
+                    }
+                    ready = up.readable() => {
+                        if ready.is_ok() && early_answer(up, rbuf) {
+                            return Ok(Wrote::Answered);
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                return if last_words(up, rbuf).await {
+                    Ok(Wrote::Answered)
+                } else {
+                    Err(UpstreamError::Broken)
+                };
+            }
+        }
+    }
+    Ok(Wrote::All)
+}
+
+/// Reads what the server has sent, without waiting, and passes over
+/// interim `1xx` answers; `true` when what is left is the start of its
+/// final answer: a whole head, or what came before it closed. Readiness
+/// can be stale: a read that would block clears it and says `false`.
+fn early_answer(up: &TcpStream, rbuf: &mut BytesMut) -> bool {
+    buffers::room_to_read(rbuf);
+    let ended = match up.try_read_buf(rbuf) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    };
+    while let Some(n) = interim_len(rbuf) {
+        rbuf.advance(n);
+    }
+    !rbuf.is_empty() && (ended || head_end(rbuf, 0).is_some())
+}
+
+/// After a failed write: reads what the server sent before the connection
+/// ended (a reset leaves it readable), up to the end of a final head or of
+/// the stream; `true` when there is any. The reactor may not have seen the
+/// end yet, so this waits for readiness: a dead connection is readable at
+/// once.
+async fn last_words(up: &TcpStream, rbuf: &mut BytesMut) -> bool {
+    loop {
+        if up.readable().await.is_err() {
+            break;
+        }
+        buffers::room_to_read(rbuf);
+        match up.try_read_buf(rbuf) {
+            Ok(0) => break,
+            Ok(_) => {
+                while let Some(n) = interim_len(rbuf) {
+                    rbuf.advance(n);
+                }
+                if head_end(rbuf, 0).is_some() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    !rbuf.is_empty()
+}
+
+/// The length of the interim (`1xx` other than `101`) response head at the
+/// start of `buf`, when it holds a whole one.
+fn interim_len(buf: &[u8]) -> Option<usize> {
+    let n = head_end(buf, 0)?;
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut slots);
+    match r.parse(&buf[..n]) {
+        Ok(httparse::Status::Complete(_)) => {
+            let code = r.code?;
+            ((100..200).contains(&code) && code != 101).then_some(n)
+        }
+        _ => None,
+    }
+}
+
 /// Writes `out` to a pooled connection (or a new one). When the request may
 /// be replayed, also waits for the first byte of the answer: a pooled
 /// connection the server closed in the meantime fails with nothing read,
 /// and the request is sent again on a new connection. (A pooled connection
 /// the server closed earlier never gets this far: the pool sees its EOF.)
+/// A server that answers before taking all of `out` ([`Wrote::Answered`])
+/// has its answer read as usual.
 async fn send_request(
     pool: &H1Pool,
     be: &Backend,
@@ -1157,7 +1292,7 @@ async fn send_request(
     expiry: &mut Expiry,
     rbuf: &mut BytesMut,
     txn: &mut Txn,
-) -> Result<TcpStream, UpstreamError> {
+) -> Result<(TcpStream, Wrote), UpstreamError> {
     let mut pooled = pool.checkout();
     loop {
         let reused = pooled.is_some();
@@ -1176,21 +1311,28 @@ async fn send_request(
         };
         // Connected (`Tc` ends): what follows is the server's time.
         txn.connected();
-        let sent = soon(be.timeouts.server, up.write_all(out)).await;
-        let ok = match sent {
+        let ok = match soon(be.timeouts.server, write_upstream(&up, out, rbuf)).await {
             Err(_) => return Err(UpstreamError::Timeout),
+            // A server may say `408` to a connection it closes for being
+            // idle: on a pooled connection that is not the answer to this
+            // request but a closed connection (HAProxy reads it so too).
+            Ok(Ok(Wrote::Answered)) if reused && rbuf.get(8..13) == Some(b" 408 ") => {
+                rbuf.clear();
+                false
+            }
+            Ok(Ok(Wrote::Answered)) => return Ok((up, Wrote::Answered)),
             Ok(r) => r.is_ok(),
         };
         if !replayable {
             return if ok {
-                Ok(up)
+                Ok((up, Wrote::All))
             } else {
                 Err(UpstreamError::Empty)
             };
         }
         if ok {
             match fill(&mut up, rbuf, expiry).await {
-                Ok(n) if n > 0 => return Ok(up),
+                Ok(n) if n > 0 => return Ok((up, Wrote::All)),
                 Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout),
                 _ => {}
             }
@@ -1225,29 +1367,33 @@ enum BodyFail {
     Upstream(UpstreamError),
 }
 
-/// Streams the rest of a request body from the client to the upstream.
+/// Streams the rest of a request body from the client to the upstream,
+/// until its end or the server's early answer (then in `rbuf`).
+#[allow(clippy::too_many_arguments)]
 async fn stream_request_body<IO: ClientIo>(
     io: &mut IO,
-    up: &mut TcpStream,
+    up: &TcpStream,
     buf: &mut BytesMut,
     body: &mut BodyLeft,
     pace: &BodyPace,
     mut received: u64,
     be: &Backend,
-) -> Result<(), BodyFail> {
+    rbuf: &mut BytesMut,
+) -> Result<Wrote, BodyFail> {
     while !body.done() {
         buf.reserve(CHUNK);
         read_body(io, buf, pace, received).await?;
         let n = body.take(buf).map_err(BodyFail::Malformed)?;
         received += n as u64;
-        match soon(be.timeouts.server, up.write_all(&buf[..n])).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(BodyFail::Upstream(UpstreamError::Broken)),
+        match soon(be.timeouts.server, write_upstream(up, &buf[..n], rbuf)).await {
+            Ok(Ok(Wrote::All)) => {}
+            Ok(Ok(Wrote::Answered)) => return Ok(Wrote::Answered),
+            Ok(Err(e)) => return Err(BodyFail::Upstream(e)),
             Err(_) => return Err(BodyFail::Upstream(UpstreamError::Timeout)),
         }
         buf.advance(n);
     }
-    Ok(())
+    Ok(Wrote::All)
 }
 
 /// Reads the response head, skipping interim 1xx answers, within
@@ -1870,6 +2016,25 @@ mod tests {
         ] {
             assert_eq!(refused(s), None, "{s:?}");
         }
+    }
+
+    #[test]
+    fn only_whole_interim_heads_are_passed_over() {
+        let cont = b"HTTP/1.1 100 Continue\r\n\r\n";
+        assert_eq!(interim_len(cont), Some(cont.len()));
+        assert_eq!(
+            interim_len(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 413"),
+            Some(40)
+        );
+        // Not interim: a final answer, a switch of protocols, half a head,
+        // something that is not a response.
+        assert_eq!(interim_len(b"HTTP/1.1 413 Payload Too Large\r\n\r\n"), None);
+        assert_eq!(
+            interim_len(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+            None
+        );
+        assert_eq!(interim_len(b"HTTP/1.1 100 Continue\r\n"), None);
+        assert_eq!(interim_len(b"garbage\r\n\r\n"), None);
     }
 
     #[test]

@@ -1,0 +1,147 @@
+//! A server that answers a request before taking its whole body (a `413`
+//! before a large upload, a `401` before any of it) has that answer reach
+//! the client, as with HAProxy, instead of a `502` for the write the
+//! server refused. The server either closes at once, which resets the
+//! connection while the gateway is still writing, or stops reading and
+//! leaves the gateway's write blocked.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use llmgw_e2e::{one_backend, Gateway, RawUpstream, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Larger than what the loopback socket buffers on both legs can hold,
+/// so the gateway is still writing when the server answers.
+const UPLOAD: usize = 48 << 20;
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn refusal(status: &str, text: &str) -> Vec<u8> {
+    let body = format!(r#"{{"error":{{"message":"{text}","type":"invalid_request_error"}}}}"#);
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Sends a POST with an `UPLOAD`-byte body over HTTP/1.1 (the engine's
+/// path), the body written by a task of its own that stops at the first
+/// failed write, and returns every byte the gateway sent back until it
+/// closed.
+async fn upload_h1(gw: SocketAddr) -> String {
+    let s = tokio::net::TcpStream::connect(gw).await.expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!(
+            "POST /v1/files HTTP/1.1\r\nhost: gw\r\ncontent-type: application/octet-stream\r\ncontent-length: {UPLOAD}\r\n\r\n"
+        );
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..UPLOAD / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    assert!(
+        read.is_ok(),
+        "the gateway neither answered nor closed within {PATIENCE:?}; got {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn a_413_sent_before_the_body_reaches_an_http1_client() {
+    let up = RawUpstream::start(vec![Reply::EarlyClose(refusal(
+        "413 Payload Too Large",
+        "upload too large",
+    ))]);
+    let gw = Gateway::start(&one_backend("", "", up.addr), 1);
+
+    let got = upload_h1(gw.addr()).await;
+    assert!(got.starts_with("HTTP/1.1 413 "), "{got:?}");
+    assert!(got.contains("upload too large"), "{got:?}");
+    // The client's body was never read to its end: the connection closes
+    // after the answer, and says so.
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got:?}"
+    );
+
+    // The server saw the head only, and the gateway did not send the
+    // request again.
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 1);
+    assert!(
+        reqs[0].start.starts_with("POST /v1/files "),
+        "{}",
+        reqs[0].start
+    );
+}
+
+#[tokio::test]
+async fn a_401_from_a_server_that_stops_reading_reaches_the_client() {
+    let up = RawUpstream::start(vec![
+        Reply::EarlyStall(refusal("401 Unauthorized", "missing key")),
+        Reply::Send(llmgw_e2e::ok_response("after")),
+    ]);
+    let gw = Gateway::start(&one_backend("", "", up.addr), 1);
+
+    // Without the early answer, the blocked write would end only at
+    // `timeout server` (a 504).
+    let got = upload_h1(gw.addr()).await;
+    assert!(got.starts_with("HTTP/1.1 401 "), "{got:?}");
+    assert!(got.contains("missing key"), "{got:?}");
+
+    // That connection is not reused: the next request opens another.
+    let r = llmgw_e2e::Client::http1().get(&gw.url("/v1/next")).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "after"));
+    assert_eq!(up.accepted(), 2);
+}
+
+#[tokio::test]
+async fn a_413_sent_before_the_body_reaches_an_h2_client() {
+    let up = RawUpstream::start(vec![Reply::EarlyClose(refusal(
+        "413 Payload Too Large",
+        "upload too large",
+    ))]);
+    let gw = Gateway::start(&one_backend("", "", up.addr), 1);
+    let client = HyperClient::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = Request::post(gw.url("/v1/files"))
+        .header("content-type", "application/octet-stream")
+        .body(Full::new(Bytes::from(vec![b'x'; UPLOAD])))
+        .expect("request");
+    let resp = tokio::time::timeout(PATIENCE, client.request(req))
+        .await
+        .expect("no answer in time")
+        .expect("the h2 request failed");
+    assert_eq!(resp.status().as_u16(), 413);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("upload too large"),
+        "{body:?}"
+    );
+}
