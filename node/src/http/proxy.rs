@@ -463,34 +463,37 @@ impl Exchange<'_> {
                     ))
                 }
             };
-            let (mut p, b) = match replay {
-                Some(bytes) => (
-                    parts.clone(),
-                    ReqBody::Prefixed {
-                        head: Some(bytes.clone()),
-                        rest: None,
-                    },
-                ),
+            let b = match replay {
+                Some(bytes) => ReqBody::Prefixed {
+                    head: Some(bytes.clone()),
+                    rest: None,
+                },
                 None => {
                     let Some(b) = body.take() else {
                         return Forwarded::Final(error::bad_gateway(
                             "The request cannot be sent again.",
                         ));
                     };
-                    (
-                        std::mem::replace(&mut parts, Request::new(()).into_parts().0),
-                        b,
-                    )
+                    b
                 }
             };
-            p.uri = uri;
             let deadline = tokio::time::Instant::now() + head_to;
-            let req = Request::from_parts(p, b);
             let sent = match upstream.h1.as_ref().filter(|_| !self.upgrade) {
-                Some(pool) => super::h1::client::send(pool, be, req, deadline, txn)
+                // Written from the head as it is: nothing to clone for a
+                // retry.
+                Some(pool) => super::h1::client::send(pool, be, &parts, &uri, b, deadline, txn)
                     .await
                     .map(|r| r.map(|b| UpBody::H1(Box::new(b)))),
-                None => send_hyper(upstream, be, req, deadline).await,
+                None => {
+                    // hyper takes the request whole; a retry needs the head
+                    // again.
+                    let mut p = match replay {
+                        Some(_) => parts.clone(),
+                        None => std::mem::replace(&mut parts, Request::new(()).into_parts().0),
+                    };
+                    p.uri = uri;
+                    send_hyper(upstream, be, Request::from_parts(p, b), deadline).await
+                }
             };
             let (failure, answer) = match sent {
                 Err(SendError::Client(answer)) => return Forwarded::Final(*answer),

@@ -15,7 +15,7 @@
 //!
 //! Upgrades (`CONNECT`, `Upgrade`) never come this way: hyper keeps them.
 
-use std::io;
+use std::io::{self, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Version};
+use http::{Method, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -35,8 +35,8 @@ use super::expiry::Expiry;
 use super::framing::{ChunkedScanner, Framing};
 use super::response::{HeadTake, ResponseHeaders};
 use super::{
-    buffers, put_chunk, put_request_head, read_response_head, send_request, soon, write_upstream,
-    UpstreamError, Wrote,
+    buffers, put_chunk, put_line, put_request_line, read_response_head, send_request, soon,
+    write_upstream, UpstreamError, Wrote,
 };
 use crate::config::Backend;
 use crate::http::body::{BoxError, ReqBody, RespBody};
@@ -62,35 +62,51 @@ impl From<UpstreamError> for SendError {
     }
 }
 
-/// Sends `req` (its URI's path and query; the headers as they are, bar the
-/// body's framing, which follows the body) to the pool's server and reads
-/// the response head by `deadline`. A request that was written whole and
-/// may be sent twice is sent again on a new connection when a pooled one
-/// turns out closed before any of its answer (the engine's
+/// Sends the request `head` (its method and headers, bar the body's
+/// framing, which follows the body) with `uri`'s path and query to the
+/// pool's server, and reads the response head by `deadline`. The head is
+/// only read: a retry sends it again as it is. A request that was written
+/// whole and may be sent twice is sent again on a new connection when a
+/// pooled one turns out closed before any of its answer (the engine's
 /// `send_request`, which also marks `Tc` on `txn`).
 pub(crate) async fn send(
     pool: &Arc<H1Pool>,
     be: &Backend,
-    req: Request<ReqBody>,
+    head: &http::request::Parts,
+    uri: &http::Uri,
+    mut body: ReqBody,
     deadline: Instant,
     txn: &mut Txn,
 ) -> Result<Response<H1Body>, SendError> {
-    let (mut parts, mut body) = req.into_parts();
-    let head_request = parts.method == Method::HEAD;
-    // An HTTP/1.0 client may have sent none (hyper's client adds it too).
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(v) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, v);
+    let head_request = head.method == Method::HEAD;
+    let framing = request_framing(&body);
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut out = buffers::take_out(1024);
+    put_request_line(&mut out, &head.method, path);
+    for (name, value) in &head.headers {
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            put_line(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    let framing = request_framing(&parts.method, &mut parts.headers, &body);
-    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut out = buffers::take_out(1024);
-    put_request_head(&mut out, &parts.method, path, &parts.headers);
+    // An HTTP/1.0 client may have sent none (hyper's client adds it too).
+    if !head.headers.contains_key(header::HOST) {
+        if let Some(a) = uri.authority() {
+            put_line(&mut out, b"host", a.as_str().as_bytes());
+        }
+    }
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            // Into a Vec: cannot fail.
+            let _ = write!(out, "{n}\r\n");
+        }
+        Framing::Chunked => put_line(&mut out, b"transfer-encoding", b"chunked"),
+        Framing::Empty if bodiless_length(&head.method, &head.headers) => {
+            put_line(&mut out, b"content-length", b"0");
+        }
+        Framing::Empty | Framing::UntilClose => {}
+    }
+    out.extend_from_slice(b"\r\n");
     // A body already at hand goes out in the head's write.
     let mut ended = body.is_end_stream();
     if !ended {
@@ -101,7 +117,7 @@ pub(crate) async fn send(
     if ended && framing == Framing::Chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    let replayable = ended && super::is_idempotent(&parts.method);
+    let replayable = ended && super::is_idempotent(&head.method);
     let mut expiry = Expiry::new(deadline);
     let mut rbuf = BytesMut::new();
     let (mut up, mut wrote) =
@@ -149,32 +165,22 @@ pub(crate) async fn send(
     Ok(r)
 }
 
-/// The framing the request goes with, set in its headers: its length when
-/// the body's size is known (HTTP/2 checked any `content-length` against
-/// its DATA), chunked otherwise. A bodiless request keeps a
-/// `Content-Length: 0` only where one is expected.
-fn request_framing(method: &Method, headers: &mut http::HeaderMap, body: &ReqBody) -> Framing {
-    let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
-    headers.remove(header::TRANSFER_ENCODING);
+/// The framing the request goes with: its length when the body's size is
+/// known (HTTP/2 checked any `content-length` against its DATA), chunked
+/// otherwise. The client's own framing headers are not sent.
+fn request_framing(body: &ReqBody) -> Framing {
     match body.size_hint().exact() {
-        Some(0) => {
-            if had_length || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-            }
-            Framing::Empty
-        }
-        Some(n) => {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            Framing::Length(n)
-        }
-        None => {
-            headers.insert(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
-            Framing::Chunked
-        }
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::Chunked,
     }
+}
+
+/// Whether a bodiless request still says `Content-Length: 0`: where the
+/// client said so, or where the method expects a body.
+fn bodiless_length(method: &Method, headers: &HeaderMap) -> bool {
+    headers.contains_key(header::CONTENT_LENGTH)
+        || matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
 /// Appends a body frame to `out` in the request's framing; `true` at the

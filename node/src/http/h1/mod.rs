@@ -1077,11 +1077,15 @@ async fn scan_model<IO: ClientIo>(
 }
 
 fn put_request_head(out: &mut Vec<u8>, method: &Method, path: &str, headers: &HeaderMap) {
+    put_request_line(out, method, path);
+    put_headers(out, headers);
+}
+
+fn put_request_line(out: &mut Vec<u8>, method: &Method, path: &str) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    put_headers(out, headers);
 }
 
 fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
