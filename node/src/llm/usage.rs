@@ -149,6 +149,13 @@ impl UsageScanner {
     /// in this piece, else start collecting it.
     fn object<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
         self.state = State::Seek;
+        // The common case, the whole object here: one pass reads its
+        // counts and finds its end.
+        // A larger object is no usage report: not looked at past that.
+        if let Some((end, counts)) = read_object(&data[..data.len().min(MAX_USAGE_OBJECT)]) {
+            self.add(counts);
+            return &data[end..];
+        }
         match close(data, 0, false, false) {
             Ok(end) => {
                 if end <= MAX_USAGE_OBJECT {
@@ -204,61 +211,15 @@ impl UsageScanner {
         }
     }
 
-    /// Reads the counts of a whole `usage` object: OpenAI's Chat
-    /// Completions (`prompt_tokens`, `completion_tokens`), Anthropic's
-    /// Messages and OpenAI's Responses API (`input_tokens`,
-    /// `output_tokens`). Only top-level members with integer values are
-    /// looked at, in one pass that stops once both counts are known (they
-    /// come first in every API's object); this runs on every response.
+    /// Records the counts of a whole `usage` object (see [`read_object`]).
     fn record(&mut self, obj: &[u8]) {
-        let (mut input, mut output) = (None, None);
-        let mut depth = 0u32;
-        // At depth 1, after `{` or `,`: the next string is a key.
-        let mut at_key = false;
-        let mut key: &[u8] = &[];
-        let mut i = 0;
-        while i < obj.len() {
-            match obj[i] {
-                b'"' => {
-                    let start = i + 1;
-                    let mut j = start;
-                    while j < obj.len() && obj[j] != b'"' {
-                        j += if obj[j] == b'\\' { 2 } else { 1 };
-                    }
-                    if depth == 1 && at_key {
-                        key = obj.get(start..j).unwrap_or_default();
-                        at_key = false;
-                    }
-                    i = j + 1;
-                    continue;
-                }
-                b'{' | b'[' => {
-                    depth += 1;
-                    at_key = depth == 1;
-                }
-                b'}' | b']' => depth = depth.saturating_sub(1),
-                b',' if depth == 1 => at_key = true,
-                b'0'..=b'9' if depth == 1 => {
-                    let mut n: u64 = 0;
-                    while let Some(d) = obj.get(i).filter(|c| c.is_ascii_digit()) {
-                        n = n.saturating_mul(10).saturating_add(u64::from(d - b'0'));
-                        i += 1;
-                    }
-                    let slot = match key {
-                        b"prompt_tokens" | b"input_tokens" => &mut input,
-                        b"completion_tokens" | b"output_tokens" => &mut output,
-                        _ => continue,
-                    };
-                    slot.get_or_insert(n);
-                    if input.is_some() && output.is_some() {
-                        break;
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            i += 1;
+        if let Some((_, counts)) = read_object(obj) {
+            self.add(counts);
         }
+    }
+
+    /// Each field keeps the largest value seen.
+    fn add(&mut self, (input, output): (Option<u64>, Option<u64>)) {
         if input.is_none() && output.is_none() {
             return;
         }
@@ -266,6 +227,72 @@ impl UsageScanner {
         seen.input = seen.input.max(input.unwrap_or(0));
         seen.output = seen.output.max(output.unwrap_or(0));
     }
+}
+
+/// Reads the `usage` object that `data` starts with (at its `{`) when it
+/// closes within `data`: the index just past its `}`, and its counts:
+/// OpenAI's Chat Completions (`prompt_tokens`, `completion_tokens`),
+/// Anthropic's Messages and OpenAI's Responses API (`input_tokens`,
+/// `output_tokens`). Only top-level members with integer values are
+/// looked at, in the one pass that finds the end; this runs on every
+/// response. `None` when the object goes on past `data`.
+fn read_object(data: &[u8]) -> Option<(usize, (Option<u64>, Option<u64>))> {
+    let (mut input, mut output) = (None, None);
+    let mut depth = 0u32;
+    // At depth 1, after `{` or `,`: the next string is a key.
+    let mut at_key = false;
+    let mut key: &[u8] = &[];
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                while j < data.len() && data[j] != b'"' {
+                    j += if data[j] == b'\\' { 2 } else { 1 };
+                }
+                if j >= data.len() {
+                    return None;
+                }
+                if depth == 1 && at_key {
+                    key = &data[start..j];
+                    at_key = false;
+                }
+                i = j + 1;
+                continue;
+            }
+            b'{' => {
+                depth += 1;
+                at_key = depth == 1;
+            }
+            b'[' => depth += 1,
+            b']' => depth = depth.saturating_sub(1),
+            b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return Some((i + 1, (input, output)));
+                }
+            }
+            b',' if depth == 1 => at_key = true,
+            b'0'..=b'9' if depth == 1 => {
+                let mut n: u64 = 0;
+                while let Some(d) = data.get(i).filter(|c| c.is_ascii_digit()) {
+                    n = n.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+                    i += 1;
+                }
+                let slot = match key {
+                    b"prompt_tokens" | b"input_tokens" => &mut input,
+                    b"completion_tokens" | b"output_tokens" => &mut output,
+                    _ => continue,
+                };
+                slot.get_or_insert(n);
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Where the object that `data` continues closes (the index just past its
@@ -390,6 +417,18 @@ mod tests {
                 }),
                 "split {split}"
             );
+        }
+    }
+
+    #[test]
+    fn braces_in_strings_and_nested_arrays_do_not_end_the_object() {
+        let body = br#"{"usage":{"note":"}{\"}","list":[1,{"prompt_tokens":9}],"input_tokens":3,"output_tokens":4},"after":{"output_tokens":99}}"#;
+        let want = Some(Tokens {
+            input: 3,
+            output: 4,
+        });
+        for split in 1..=body.len() {
+            assert_eq!(scan_in_pieces(body, split), want, "split {split}");
         }
     }
 
