@@ -219,7 +219,7 @@ impl UsageScanner {
     }
 
     /// Each field keeps the largest value seen.
-    fn add(&mut self, (input, output): (Option<u64>, Option<u64>)) {
+    fn add(&mut self, (input, output): Counts) {
         if input.is_none() && output.is_none() {
             return;
         }
@@ -229,6 +229,9 @@ impl UsageScanner {
     }
 }
 
+/// The input and output counts a `usage` object holds, each if it has one.
+type Counts = (Option<u64>, Option<u64>);
+
 /// Reads the `usage` object that `data` starts with (at its `{`) when it
 /// closes within `data`: the index just past its `}`, and its counts:
 /// OpenAI's Chat Completions (`prompt_tokens`, `completion_tokens`),
@@ -236,7 +239,7 @@ impl UsageScanner {
 /// `output_tokens`). Only top-level members with integer values are
 /// looked at, in the one pass that finds the end; this runs on every
 /// response. `None` when the object goes on past `data`.
-fn read_object(data: &[u8]) -> Option<(usize, (Option<u64>, Option<u64>))> {
+fn read_object(data: &[u8]) -> Option<(usize, Counts)> {
     let (mut input, mut output) = (None, None);
     let mut depth = 0u32;
     // At depth 1, after `{` or `,`: the next string is a key.
