@@ -1232,9 +1232,7 @@ fn early_answer(up: &TcpStream, rbuf: &mut BytesMut) -> bool {
         Ok(n) => n == 0,
         Err(e) => e.kind() != io::ErrorKind::WouldBlock,
     };
-    while let Some(n) = interim_len(rbuf) {
-        rbuf.advance(n);
-    }
+    skip_interim(rbuf);
     !rbuf.is_empty() && (ended || head_end(rbuf, 0).is_some())
 }
 
@@ -1252,9 +1250,7 @@ async fn last_words(up: &TcpStream, rbuf: &mut BytesMut) -> bool {
         match up.try_read_buf(rbuf) {
             Ok(0) => break,
             Ok(_) => {
-                while let Some(n) = interim_len(rbuf) {
-                    rbuf.advance(n);
-                }
+                skip_interim(rbuf);
                 if head_end(rbuf, 0).is_some() {
                     break;
                 }
@@ -1264,6 +1260,13 @@ async fn last_words(up: &TcpStream, rbuf: &mut BytesMut) -> bool {
         }
     }
     !rbuf.is_empty()
+}
+
+/// Takes the whole interim answers off the start of `rbuf`.
+fn skip_interim(rbuf: &mut BytesMut) {
+    while let Some(n) = interim_len(rbuf) {
+        rbuf.advance(n);
+    }
 }
 
 /// The length of the interim (`1xx` other than `101`) response head at the
