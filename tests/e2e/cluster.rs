@@ -188,8 +188,16 @@ impl Cluster {
         n.grpc
     }
 
-    /// Starts a killed node again on its data directory and address.
+    /// Starts a killed node again on its data directory and address. The
+    /// address was a free port when the node first bound it; while the node
+    /// was down, another test's socket may have taken it as its own local
+    /// port, so this first waits until the port can be bound again.
     fn restart(&mut self, id: u64, grpc: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpListener::bind(grpc).is_err() {
+            assert!(Instant::now() < deadline, "{grpc} still taken after 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let n = self.spawn(id, None, grpc);
         self.nodes[id as usize - 1] = Some(n);
     }

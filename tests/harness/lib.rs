@@ -148,8 +148,9 @@ impl Proc {
                 Err(_) => {
                     let status = self.child.try_wait().ok().flatten();
                     panic!(
-                        "no line containing {needle:?} (exit status {status:?}); saw {:?}",
-                        self.seen
+                        "no line containing {needle:?} (exit status {status:?}); saw {:?}; stderr: {}",
+                        self.seen,
+                        self.stderr()
                     )
                 }
             }
