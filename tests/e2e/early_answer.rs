@@ -145,3 +145,81 @@ async fn a_413_sent_before_the_body_reaches_an_h2_client() {
         "{body:?}"
     );
 }
+
+#[tokio::test]
+async fn an_answer_does_not_wait_for_the_rest_of_a_slow_body() {
+    let up = RawUpstream::start(vec![Reply::EarlyStall(refusal(
+        "401 Unauthorized",
+        "missing key",
+    ))]);
+    // With retries on (the default) a body this small is read whole
+    // before the head goes out (HAProxy's http-buffer-request); without,
+    // it streams, and the server sees the head at once.
+    let gw = Gateway::start(&one_backend("", "retries = 0", up.addr), 1);
+    let mut s = tokio::net::TcpStream::connect(gw.addr())
+        .await
+        .expect("connect");
+    // Ten bytes of a thousand, then nothing: the server has answered by
+    // then, and the client hears it without sending the rest.
+    s.write_all(b"POST /v1/files HTTP/1.1\r\nhost: gw\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        read.is_ok(),
+        "no answer and no close within {PATIENCE:?}: {got:?}"
+    );
+    assert!(got.starts_with("HTTP/1.1 401 "), "{got:?}");
+    assert!(got.contains("missing key"), "{got:?}");
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_reaches_an_h2_client_whose_body_is_still_coming() {
+    let up = RawUpstream::start(vec![Reply::EarlyStall(refusal(
+        "401 Unauthorized",
+        "missing key",
+    ))]);
+    // With retries on (the default) a body this small is read whole
+    // before the head goes out (HAProxy's http-buffer-request); without,
+    // it streams, and the server sees the head at once.
+    let gw = Gateway::start(&one_backend("", "retries = 0", up.addr), 1);
+    let client = HyperClient::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    // A body that sends one frame and then waits, as a slow upload does
+    // (the sender is kept alive until the answer is in).
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    tx.send_data(Bytes::from_static(b"0123456789"))
+        .await
+        .expect("first frame");
+    let req = Request::post(gw.url("/v1/files"))
+        .body(body)
+        .expect("request");
+    let resp = tokio::time::timeout(PATIENCE, client.request(req))
+        .await
+        .expect("no answer while the body was still coming")
+        .expect("the h2 request failed");
+    assert_eq!(resp.status().as_u16(), 401);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("missing key"),
+        "{body:?}"
+    );
+    drop(tx);
+}

@@ -35,8 +35,8 @@ use super::expiry::Expiry;
 use super::framing::{ChunkedScanner, Framing};
 use super::response::{HeadTake, ResponseHeaders};
 use super::{
-    buffers, put_chunk, put_line, put_request_line, read_response_head, send_request, soon,
-    write_upstream, UpstreamError, Wrote,
+    buffers, early_answer, put_chunk, put_line, put_request_line, read_response_head, send_request,
+    soon, write_upstream, UpstreamError, Wrote,
 };
 use crate::config::Backend;
 use crate::http::body::{BoxError, ReqBody, RespBody};
@@ -207,7 +207,8 @@ fn put_frame(
 }
 
 /// Streams the rest of the request body, each write within `timeout
-/// server`, until its end or the server's early answer (then in `rbuf`).
+/// server`, until its end or the server's early answer (then in `rbuf`),
+/// which may come while the client is still sending.
 async fn send_body(
     up: &TcpStream,
     body: &mut ReqBody,
@@ -218,7 +219,19 @@ async fn send_body(
     let mut out = Vec::new();
     loop {
         out.clear();
-        let ended = put_frame(&mut out, body.frame().await, framing)? || body.is_end_stream();
+        // The server may answer while the client is still sending: that
+        // answer does not wait for the rest of the body.
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            ready = up.readable() => {
+                if ready.is_ok() && early_answer(up, rbuf) {
+                    return Ok(Wrote::Answered);
+                }
+                continue;
+            }
+        };
+        let ended = put_frame(&mut out, frame, framing)? || body.is_end_stream();
         if ended && framing == Framing::Chunked {
             out.extend_from_slice(b"0\r\n\r\n");
         }

@@ -1226,7 +1226,7 @@ async fn write_upstream(
 /// interim `1xx` answers; `true` when what is left is the start of its
 /// final answer: a whole head, or what came before it closed. Readiness
 /// can be stale: a read that would block clears it and says `false`.
-fn early_answer(up: &TcpStream, rbuf: &mut BytesMut) -> bool {
+pub(super) fn early_answer(up: &TcpStream, rbuf: &mut BytesMut) -> bool {
     buffers::room_to_read(rbuf);
     let ended = match up.try_read_buf(rbuf) {
         Ok(n) => n == 0,
@@ -1375,7 +1375,8 @@ enum BodyFail {
 }
 
 /// Streams the rest of a request body from the client to the upstream,
-/// until its end or the server's early answer (then in `rbuf`).
+/// until its end or the server's early answer (then in `rbuf`), which may
+/// come while the client is still sending.
 #[allow(clippy::too_many_arguments)]
 async fn stream_request_body<IO: ClientIo>(
     io: &mut IO,
@@ -1389,7 +1390,18 @@ async fn stream_request_body<IO: ClientIo>(
 ) -> Result<Wrote, BodyFail> {
     while !body.done() {
         buf.reserve(CHUNK);
-        read_body(io, buf, pace, received).await?;
+        // The server may answer while the client is still sending: that
+        // answer does not wait for the rest of the body.
+        tokio::select! {
+            biased;
+            read = read_body(io, buf, pace, received) => read?,
+            ready = up.readable() => {
+                if ready.is_ok() && early_answer(up, rbuf) {
+                    return Ok(Wrote::Answered);
+                }
+                continue;
+            }
+        }
         let n = body.take(buf).map_err(BodyFail::Malformed)?;
         received += n as u64;
         match soon(be.timeouts.server, write_upstream(up, &buf[..n], rbuf)).await {
