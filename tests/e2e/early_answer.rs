@@ -5,6 +5,7 @@
 //! connection while the gateway is still writing, or stops reading and
 //! leaves the gateway's write blocked.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -51,24 +52,54 @@ async fn upload_h1(gw: SocketAddr) -> String {
             }
         }
     });
+    let got = read_to_close(&mut rd).await;
+    writer.abort();
+    got
+}
+
+/// Every byte the gateway sends until it closes (or resets) the connection;
+/// fails the test if it has not closed within `PATIENCE`.
+async fn read_to_close(rd: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
     let mut got = Vec::new();
     let read = tokio::time::timeout(PATIENCE, async {
         let mut buf = [0u8; 8192];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
+        while let Ok(n) = rd.read(&mut buf).await {
+            if n == 0 {
+                break;
             }
+            got.extend_from_slice(&buf[..n]);
         }
     })
     .await;
-    writer.abort();
+    let got = String::from_utf8_lossy(&got).into_owned();
     assert!(
         read.is_ok(),
-        "the gateway neither answered nor closed within {PATIENCE:?}; got {:?}",
-        String::from_utf8_lossy(&got)
+        "the gateway neither answered nor closed within {PATIENCE:?}; got {got:?}"
     );
-    String::from_utf8_lossy(&got).into_owned()
+    got
+}
+
+/// POSTs `body` over h2c and returns the answer's status and text, which
+/// must come within `PATIENCE`.
+async fn h2_post<B>(url: String, body: B) -> (u16, String)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client = HyperClient::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = Request::post(url)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .expect("request");
+    let resp = tokio::time::timeout(PATIENCE, client.request(req))
+        .await
+        .expect("no answer in time")
+        .expect("the h2 request failed");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]
@@ -127,35 +158,28 @@ async fn a_413_sent_before_the_body_reaches_an_h2_client() {
         "upload too large",
     ))]);
     let gw = Gateway::start(&one_backend("", "", up.addr), 1);
-    let client = HyperClient::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let req = Request::post(gw.url("/v1/files"))
-        .header("content-type", "application/octet-stream")
-        .body(Full::new(Bytes::from(vec![b'x'; UPLOAD])))
-        .expect("request");
-    let resp = tokio::time::timeout(PATIENCE, client.request(req))
-        .await
-        .expect("no answer in time")
-        .expect("the h2 request failed");
-    assert_eq!(resp.status().as_u16(), 413);
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    assert!(
-        String::from_utf8_lossy(&body).contains("upload too large"),
-        "{body:?}"
-    );
+    let body = Full::new(Bytes::from(vec![b'x'; UPLOAD]));
+    let (status, text) = h2_post(gw.url("/v1/files"), body).await;
+    assert_eq!(status, 413);
+    assert!(text.contains("upload too large"), "{text:?}");
 }
 
-#[tokio::test]
-async fn an_answer_does_not_wait_for_the_rest_of_a_slow_body() {
+/// A gateway in front of a server that answers 401 to a request's head and
+/// then reads nothing. Retries are off: with them on (the default) a small
+/// body is read whole before the head goes out (HAProxy's
+/// http-buffer-request), and the server could not answer before it.
+fn refusing_gateway() -> (RawUpstream, Gateway) {
     let up = RawUpstream::start(vec![Reply::EarlyStall(refusal(
         "401 Unauthorized",
         "missing key",
     ))]);
-    // With retries on (the default) a body this small is read whole
-    // before the head goes out (HAProxy's http-buffer-request); without,
-    // it streams, and the server sees the head at once.
     let gw = Gateway::start(&one_backend("", "retries = 0", up.addr), 1);
+    (up, gw)
+}
+
+#[tokio::test]
+async fn an_answer_does_not_wait_for_the_rest_of_a_slow_body() {
+    let (_up, gw) = refusing_gateway();
     let mut s = tokio::net::TcpStream::connect(gw.addr())
         .await
         .expect("connect");
@@ -164,22 +188,7 @@ async fn an_answer_does_not_wait_for_the_rest_of_a_slow_body() {
     s.write_all(b"POST /v1/files HTTP/1.1\r\nhost: gw\r\ncontent-length: 1000\r\n\r\n0123456789")
         .await
         .expect("write");
-    let mut got = Vec::new();
-    let read = tokio::time::timeout(PATIENCE, async {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = s.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
-    let got = String::from_utf8_lossy(&got);
-    assert!(
-        read.is_ok(),
-        "no answer and no close within {PATIENCE:?}: {got:?}"
-    );
+    let got = read_to_close(&mut s).await;
     assert!(got.starts_with("HTTP/1.1 401 "), "{got:?}");
     assert!(got.contains("missing key"), "{got:?}");
     assert!(
@@ -190,36 +199,15 @@ async fn an_answer_does_not_wait_for_the_rest_of_a_slow_body() {
 
 #[tokio::test]
 async fn an_answer_reaches_an_h2_client_whose_body_is_still_coming() {
-    let up = RawUpstream::start(vec![Reply::EarlyStall(refusal(
-        "401 Unauthorized",
-        "missing key",
-    ))]);
-    // With retries on (the default) a body this small is read whole
-    // before the head goes out (HAProxy's http-buffer-request); without,
-    // it streams, and the server sees the head at once.
-    let gw = Gateway::start(&one_backend("", "retries = 0", up.addr), 1);
-    let client = HyperClient::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
+    let (_up, gw) = refusing_gateway();
     // A body that sends one frame and then waits, as a slow upload does
-    // (the sender is kept alive until the answer is in).
-    let (mut tx, body) =
-        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    // (its sender lives until the answer is in).
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
     tx.send_data(Bytes::from_static(b"0123456789"))
         .await
         .expect("first frame");
-    let req = Request::post(gw.url("/v1/files"))
-        .body(body)
-        .expect("request");
-    let resp = tokio::time::timeout(PATIENCE, client.request(req))
-        .await
-        .expect("no answer while the body was still coming")
-        .expect("the h2 request failed");
-    assert_eq!(resp.status().as_u16(), 401);
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    assert!(
-        String::from_utf8_lossy(&body).contains("missing key"),
-        "{body:?}"
-    );
+    let (status, text) = h2_post(gw.url("/v1/files"), body).await;
+    assert_eq!(status, 401);
+    assert!(text.contains("missing key"), "{text:?}");
     drop(tx);
 }
