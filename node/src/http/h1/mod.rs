@@ -524,27 +524,18 @@ async fn exchange<'a, IO: ClientIo>(
                 while buf.len() < need {
                     buf.reserve(need - buf.len());
                     let received = (read.len() + buf.len()) as u64;
-                    match read_body(io, buf, &pace, received).await {
-                        Ok(()) => {}
-                        Err(BodyFail::TooSlow) => {
-                            txn.end(Termination::ClientRequest);
-                            let resp = proxy::body_too_slow();
-                            return answer_tracked(
-                                io,
-                                fe,
-                                &mut tracked,
-                                resp,
-                                request_id,
-                                true,
-                                txn,
-                            )
-                            .await
-                            .into();
-                        }
-                        Err(_) => {
-                            txn.end(Termination::ClientRequest);
-                            return Next::Close.into();
-                        }
+                    if let Err(fail) = read_body(io, buf, &pace, received).await {
+                        return answer_body_failure(
+                            io,
+                            fe,
+                            &mut tracked,
+                            fail,
+                            None,
+                            request_id,
+                            txn,
+                        )
+                        .await
+                        .into();
                     }
                 }
             }
@@ -625,57 +616,18 @@ async fn exchange<'a, IO: ClientIo>(
                     wrote = match streamed {
                         Ok(w) => w,
                         Err(fail) => {
-                            return match fail {
-                                BodyFail::Client => {
-                                    txn.end(Termination::ClientRequest);
-                                    Next::Close.into()
-                                }
-                                BodyFail::TooSlow => {
-                                    txn.end(Termination::ClientRequest);
-                                    answer_tracked(
-                                        io,
-                                        fe,
-                                        &mut tracked,
-                                        proxy::body_too_slow(),
-                                        request_id,
-                                        true,
-                                        txn,
-                                    )
-                                    .await
-                                    .into()
-                                }
-                                BodyFail::Malformed(why) => {
-                                    let resp = error::bad_request(&format!(
-                                        "The request body is malformed: {why}."
-                                    ));
-                                    answer_tracked(
-                                        io,
-                                        fe,
-                                        &mut tracked,
-                                        resp,
-                                        request_id,
-                                        true,
-                                        txn,
-                                    )
-                                    .await
-                                    .into()
-                                }
-                                BodyFail::Upstream(e) => {
-                                    active.server().observe(e.outcome());
-                                    txn.end(e.failure().termination());
-                                    answer_tracked(
-                                        io,
-                                        fe,
-                                        &mut tracked,
-                                        e.response(),
-                                        request_id,
-                                        true,
-                                        txn,
-                                    )
-                                    .await
-                                    .into()
-                                }
-                            };
+                            let server = Some(active.server().as_ref());
+                            return answer_body_failure(
+                                io,
+                                fe,
+                                &mut tracked,
+                                fail,
+                                server,
+                                request_id,
+                                txn,
+                            )
+                            .await
+                            .into();
                         }
                     };
                 }
@@ -1845,6 +1797,41 @@ fn answer_tracked<'f, IO: ClientIo>(
 ) -> Answering<'f> {
     tracked.answered(resp.status().as_u16());
     answer(io, fe, resp, request_id, close, txn)
+}
+
+/// Answers a request whose body could not be forwarded; the connection
+/// closes, its body not read to the end. A client that broke off gets
+/// nothing; an upstream failure is heard by `server`'s health.
+fn answer_body_failure<'f, IO: ClientIo>(
+    io: &'f mut IO,
+    fe: &'f Frontend,
+    tracked: &mut Tracked,
+    fail: BodyFail,
+    server: Option<&crate::runtime::ServerState>,
+    request_id: Option<HeaderValue>,
+    mut txn: Box<Txn>,
+) -> Answering<'f> {
+    let resp = match fail {
+        BodyFail::Client => {
+            txn.end(Termination::ClientRequest);
+            return Box::pin(std::future::ready(Next::Close));
+        }
+        BodyFail::TooSlow => {
+            txn.end(Termination::ClientRequest);
+            proxy::body_too_slow()
+        }
+        BodyFail::Malformed(why) => {
+            error::bad_request(&format!("The request body is malformed: {why}."))
+        }
+        BodyFail::Upstream(e) => {
+            if let Some(s) = server {
+                s.observe(e.outcome());
+            }
+            txn.end(e.failure().termination());
+            e.response()
+        }
+    };
+    answer_tracked(io, fe, tracked, resp, request_id, true, txn)
 }
 
 /// A gateway-made answer being written. Boxed: an exchange awaits one in a
