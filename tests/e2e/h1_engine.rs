@@ -522,6 +522,42 @@ async fn pooled_connection_closed_while_idle_is_not_used() {
     assert_eq!(conns[1].requests.len(), 1);
 }
 
+/// A server's `408` for a connection it closes (it timed the connection out).
+const TIMED_OUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn a_408_on_a_pooled_connection_is_its_close_and_the_request_goes_again() {
+    let up = RawUpstream::start(vec![
+        Reply::Send(ok_response("one")),
+        // The server timed the idle connection out as the request came in.
+        Reply::Close(TIMED_OUT.to_vec()),
+        Reply::Send(ok_response("two")),
+    ]);
+    let gw = gateway(&up, "");
+    let mut c = RawClient::connect(gw.addr()).await;
+    c.send(get("/1").as_bytes()).await;
+    assert_eq!(expect_response(&mut c).await.body_text(), "one");
+    c.send(get("/2").as_bytes()).await;
+    let r = expect_response(&mut c).await;
+    assert_eq!((r.status, r.body_text().as_str()), (200, "two"));
+    let conns = up.connections();
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert_eq!(conns[0].requests.len(), 2);
+    assert_eq!(conns[1].requests.len(), 1);
+    assert!(conns[1].requests[0].start.starts_with("GET /2 "));
+}
+
+#[tokio::test]
+async fn a_408_on_a_new_connection_is_the_answer() {
+    let up = RawUpstream::start(vec![Reply::Close(TIMED_OUT.to_vec())]);
+    let gw = gateway(&up, "");
+    let mut c = RawClient::connect(gw.addr()).await;
+    c.send(get("/1").as_bytes()).await;
+    assert_eq!(expect_response(&mut c).await.status, 408);
+    assert_eq!(up.connections().len(), 1);
+}
+
 // --- 7. handoff to the general path at a request boundary ---------------------
 
 #[tokio::test]

@@ -1243,6 +1243,15 @@ fn interim_len(buf: &[u8]) -> Option<usize> {
 /// the server closed earlier never gets this far: the pool sees its EOF.)
 /// A server that answers before taking all of `out` ([`Wrote::Answered`])
 /// has its answer read as usual.
+///
+/// A `408` as the first thing a pooled connection says is taken for that
+/// connection's close, not for the request's answer: the server timed the
+/// idle connection out as the request went in, and did not act on it (RFC
+/// 9110 §15.5.9 lets a client repeat such a request). Nothing past `out`
+/// has been sent, so `out` goes again on a new connection whatever the
+/// method: when the server answers while it is still being written, and,
+/// for a request that may be replayed, when it is the first answer read.
+/// A `408` on a new connection is the server's answer and is passed on.
 async fn send_request(
     pool: &H1Pool,
     be: &Backend,
@@ -1272,12 +1281,10 @@ async fn send_request(
         txn.connected();
         let ok = match soon(be.timeouts.server, write_upstream(&up, out, rbuf)).await {
             Err(_) => return Err(UpstreamError::Timeout),
-            // A server may say `408` to a connection it closes for being
-            // idle: on a pooled connection that is not the answer to this
-            // request but a closed connection (HAProxy reads it so too).
-            Ok(Ok(Wrote::Answered)) if reused && rbuf.get(8..13) == Some(b" 408 ") => {
+            Ok(Ok(Wrote::Answered)) if reused && says_408(rbuf) => {
                 rbuf.clear();
-                false
+                tracing::debug!(backend = %be.name, "pooled connection answered 408; sending again on a new one");
+                continue;
             }
             Ok(Ok(Wrote::Answered)) => return Ok((up, Wrote::Answered)),
             Ok(r) => r.is_ok(),
@@ -1291,9 +1298,9 @@ async fn send_request(
         }
         if ok {
             match fill(&mut up, rbuf, expiry).await {
-                Ok(n) if n > 0 => return Ok((up, Wrote::All)),
+                Ok(n) if n > 0 && !(reused && says_408(rbuf)) => return Ok((up, Wrote::All)),
                 Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout),
-                _ => {}
+                _ => rbuf.clear(),
             }
         }
         if !reused {
@@ -1301,6 +1308,11 @@ async fn send_request(
         }
         tracing::debug!(backend = %be.name, "pooled connection was closed; retrying on a new one");
     }
+}
+
+/// The answer begun in `buf` is a `408 Request Timeout`.
+fn says_408(buf: &[u8]) -> bool {
+    buf.starts_with(b"HTTP/1.") && buf.get(8..13) == Some(b" 408 ")
 }
 
 /// Reads more of the response into `rbuf` by the deadline `expiry` is set
