@@ -108,15 +108,14 @@ pub(crate) async fn send(
     }
     out.extend_from_slice(b"\r\n");
     // A body already at hand goes out in the head's write.
-    let mut ended = body.is_end_stream();
-    if !ended {
-        if let Some(frame) = body.frame().now_or_never() {
-            ended = put_frame(&mut out, frame, framing)? || body.is_end_stream();
+    let ended = if body.is_end_stream() {
+        put_frame(&mut out, None, &body, framing)?
+    } else {
+        match body.frame().now_or_never() {
+            Some(frame) => put_frame(&mut out, frame, &body, framing)?,
+            None => false,
         }
-    }
-    if ended && framing == Framing::Chunked {
-        out.extend_from_slice(b"0\r\n\r\n");
-    }
+    };
     let replayable = ended && super::is_idempotent(&head.method);
     let mut expiry = Expiry::new(deadline);
     let mut rbuf = BytesMut::new();
@@ -183,16 +182,18 @@ fn bodiless_length(method: &Method, headers: &HeaderMap) -> bool {
         || matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
-/// Appends a body frame to `out` in the request's framing; `true` at the
+/// Appends a body frame (`None` after the last) to `out` in the request's
+/// framing, and the last chunk when `body` has ended with it; `true` at the
 /// body's end. Trailers are not sent (the upstream gets none from HTTP/2).
 fn put_frame(
     out: &mut Vec<u8>,
     frame: Option<Result<Frame<Bytes>, BoxError>>,
+    body: &ReqBody,
     framing: Framing,
 ) -> Result<bool, SendError> {
-    match frame {
-        None => Ok(true),
-        Some(Err(e)) => Err(SendError::Client(Box::new(body_error(&*e)))),
+    let ended = match frame {
+        None => true,
+        Some(Err(e)) => return Err(SendError::Client(Box::new(body_error(&*e)))),
         Some(Ok(f)) => {
             if let Some(data) = f.data_ref().filter(|d| !d.is_empty()) {
                 if framing == Framing::Chunked {
@@ -201,9 +202,13 @@ fn put_frame(
                     out.extend_from_slice(data);
                 }
             }
-            Ok(false)
+            body.is_end_stream()
         }
+    };
+    if ended && framing == Framing::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
     }
+    Ok(ended)
 }
 
 /// Streams the rest of the request body, each write within `timeout
@@ -231,10 +236,7 @@ async fn send_body(
                 continue;
             }
         };
-        let ended = put_frame(&mut out, frame, framing)? || body.is_end_stream();
-        if ended && framing == Framing::Chunked {
-            out.extend_from_slice(b"0\r\n\r\n");
-        }
+        let ended = put_frame(&mut out, frame, body, framing)?;
         if !out.is_empty() {
             match soon(server_to, write_upstream(up, &out, rbuf)).await {
                 Ok(Ok(Wrote::All)) => {}
