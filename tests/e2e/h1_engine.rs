@@ -549,6 +549,43 @@ async fn a_408_on_a_pooled_connection_is_its_close_and_the_request_goes_again() 
 }
 
 #[tokio::test]
+async fn a_completion_after_a_408_on_a_pooled_connection_goes_again() {
+    let up = RawUpstream::start(vec![
+        Reply::Send(ok_response("one")),
+        Reply::Close(TIMED_OUT.to_vec()),
+        Reply::Send(ok_response("two")),
+    ]);
+    let gw = gateway(&up, "");
+    let mut c = RawClient::connect(gw.addr()).await;
+    c.send(post("/1", "{}").as_bytes()).await;
+    assert_eq!(expect_response(&mut c).await.body_text(), "one");
+    c.send(post("/2", r#"{"model":"m"}"#).as_bytes()).await;
+    let r = expect_response(&mut c).await;
+    assert_eq!((r.status, r.body_text().as_str()), (200, "two"));
+    let conns = up.connections();
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert_eq!(conns[1].requests.len(), 1);
+    assert_eq!(conns[1].requests[0].body(), br#"{"model":"m"}"#);
+}
+
+#[tokio::test]
+async fn a_completion_whose_pooled_connection_closes_unanswered_is_not_sent_twice() {
+    let up = RawUpstream::start(vec![
+        Reply::Send(ok_response("one")),
+        // Took the request, said nothing: it may have acted on it.
+        Reply::Close(Vec::new()),
+    ]);
+    let gw = gateway(&up, "");
+    let mut c = RawClient::connect(gw.addr()).await;
+    c.send(post("/1", "{}").as_bytes()).await;
+    assert_eq!(expect_response(&mut c).await.body_text(), "one");
+    c.send(post("/2", "{}").as_bytes()).await;
+    assert_eq!(expect_response(&mut c).await.status, 502);
+    assert_eq!(up.requests().len(), 2, "{:?}", up.connections());
+    assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test]
 async fn a_408_on_a_new_connection_is_the_answer() {
     let up = RawUpstream::start(vec![Reply::Close(TIMED_OUT.to_vec())]);
     let gw = gateway(&up, "");

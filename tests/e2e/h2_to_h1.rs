@@ -196,3 +196,24 @@ async fn an_unreachable_server_is_a_502_in_the_openai_shape() {
     assert_eq!(r.status.as_u16(), 502);
     assert!(r.json()["error"]["message"].is_string(), "{}", r.text());
 }
+
+#[tokio::test]
+async fn an_h2_completion_after_a_408_on_a_pooled_connection_goes_again() {
+    let up = RawUpstream::start(vec![
+        Reply::Send(ok_response("one")),
+        // The server timed the pooled connection out as the request came in.
+        Reply::Close(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                .to_vec(),
+        ),
+        Reply::Send(ok_response("two")),
+    ]);
+    let gw = gateway(&up);
+    let c = Client::h2c();
+    assert_eq!(c.post_json(&gw.url("/v1/a"), "{}").await.text(), "one");
+    let r = c.post_json(&gw.url("/v1/b"), "{\"x\":2}").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "two"));
+    let conns = up.connections();
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert_eq!(conns[1].requests[0].body(), b"{\"x\":2}");
+}

@@ -36,7 +36,7 @@ use super::framing::{ChunkedScanner, Framing};
 use super::response::{HeadTake, ResponseHeaders};
 use super::{
     buffers, early_answer, put_chunk, put_line, put_request_line, read_response_head, send_request,
-    soon, write_upstream, UpstreamError, Wrote,
+    soon, write_upstream, Replay, UpstreamError, Wrote,
 };
 use crate::config::Backend;
 use crate::http::body::{BoxError, ReqBody, RespBody};
@@ -116,11 +116,11 @@ pub(crate) async fn send(
             None => false,
         }
     };
-    let replayable = ended && super::is_idempotent(&head.method);
+    let replay = Replay::of(ended, &head.method);
     let mut expiry = Expiry::new(deadline);
     let mut rbuf = BytesMut::new();
     let (mut up, mut wrote) =
-        send_request(pool, be, &out, replayable, &mut expiry, &mut rbuf, txn).await?;
+        send_request(pool, be, &out, replay, &mut expiry, &mut rbuf, txn).await?;
     if !ended && wrote == Wrote::All {
         wrote = send_body(&up, &mut body, framing, be.timeouts.server, &mut rbuf).await?;
     }

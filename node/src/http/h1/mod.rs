@@ -561,12 +561,13 @@ async fn exchange<'a, IO: ClientIo>(
     buf.advance(from_buf);
     // Replaying a request the server may have seen is only safe when the
     // method says so (RFC 9110 §9.2.2): a completion must not run twice.
-    // That is the stale pooled connection's resend; a retry that `retry-on`
+    // That is the stale pooled connection's resend ([`Replay`]; after a
+    // pooled connection's `408`, any method goes again); a retry that `retry-on`
     // asks for is the operator's call, as in HAProxy (any method), and
     // needs only the whole body at hand: `out` holds it when `body.done()`
     // (at most the head plus what the model scan read, bounded by
     // `body_limit`, and what arrived with the head).
-    let replayable = body.done() && is_idempotent(&parts.method);
+    let replay = Replay::of(body.done(), &parts.method);
     let retryable = body.done() && policy.enabled();
     let head_to = be
         .timeouts
@@ -602,9 +603,7 @@ async fn exchange<'a, IO: ClientIo>(
         txn.server(active.server());
         expiry.set(Instant::now() + head_to);
         let mut rbuf = BytesMut::new();
-        let failed = match send_request(pool, be, &out, replayable, expiry, &mut rbuf, &mut txn)
-            .await
-        {
+        let failed = match send_request(pool, be, &out, replay, expiry, &mut rbuf, &mut txn).await {
             Err(e) => e,
             Ok((mut up, mut wrote)) => {
                 if !body.done() && wrote == Wrote::All {
@@ -1236,27 +1235,51 @@ fn interim_len(buf: &[u8]) -> Option<usize> {
     }
 }
 
-/// Writes `out` to a pooled connection (or a new one). When the request may
-/// be replayed, also waits for the first byte of the answer: a pooled
-/// connection the server closed in the meantime fails with nothing read,
-/// and the request is sent again on a new connection. (A pooled connection
-/// the server closed earlier never gets this far: the pool sees its EOF.)
-/// A server that answers before taking all of `out` ([`Wrote::Answered`])
-/// has its answer read as usual.
+/// How much of a request the bytes handed to [`send_request`] hold, and so
+/// when they may go again on a new connection after a pooled one fails
+/// them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Replay {
+    /// The whole of an idempotent request (RFC 9110 §9.2.2): again when a
+    /// pooled connection closes before any answer, or answers `408`.
+    Safe,
+    /// The whole of a request that must not run twice (a completion):
+    /// again only when a pooled connection answers `408`, which says the
+    /// server did not act on it.
+    After408,
+    /// A head, and the start of a body that follows: again only when a
+    /// pooled connection's `408` comes while they are being written.
+    WhileWriting,
+}
+
+impl Replay {
+    pub(super) fn of(whole: bool, method: &Method) -> Replay {
+        match (whole, is_idempotent(method)) {
+            (true, true) => Replay::Safe,
+            (true, false) => Replay::After408,
+            (false, _) => Replay::WhileWriting,
+        }
+    }
+}
+
+/// Writes `out` to a pooled connection (or a new one) and, where that may
+/// lead to sending it again ([`Replay`]), waits for the first bytes of the
+/// answer. (A pooled connection the server closed before this never gets
+/// this far: the pool sees its EOF.) A server that answers before taking
+/// all of `out` ([`Wrote::Answered`]) has its answer read as usual.
 ///
 /// A `408` as the first thing a pooled connection says is taken for that
 /// connection's close, not for the request's answer: the server timed the
 /// idle connection out as the request went in, and did not act on it (RFC
 /// 9110 §15.5.9 lets a client repeat such a request). Nothing past `out`
-/// has been sent, so `out` goes again on a new connection whatever the
-/// method: when the server answers while it is still being written, and,
-/// for a request that may be replayed, when it is the first answer read.
-/// A `408` on a new connection is the server's answer and is passed on.
+/// has been sent, so `out` goes again on a new connection, whatever the
+/// method. A `408` on a new connection is the server's answer and is
+/// passed on, as is one that comes after the start of a streamed body.
 async fn send_request(
     pool: &H1Pool,
     be: &Backend,
     out: &[u8],
-    replayable: bool,
+    replay: Replay,
     expiry: &mut Expiry,
     rbuf: &mut BytesMut,
     txn: &mut Txn,
@@ -1289,21 +1312,29 @@ async fn send_request(
             Ok(Ok(Wrote::Answered)) => return Ok((up, Wrote::Answered)),
             Ok(r) => r.is_ok(),
         };
-        if !replayable {
-            return if ok {
-                Ok((up, Wrote::All))
-            } else {
-                Err(UpstreamError::Empty)
-            };
+        let wait = match replay {
+            Replay::Safe => true,
+            Replay::After408 => reused,
+            Replay::WhileWriting => false,
+        };
+        if ok && !wait {
+            return Ok((up, Wrote::All));
         }
         if ok {
             match fill(&mut up, rbuf, expiry).await {
-                Ok(n) if n > 0 && !(reused && says_408(rbuf)) => return Ok((up, Wrote::All)),
+                Ok(n) if n > 0 && reused && says_408(rbuf) => {
+                    rbuf.clear();
+                    tracing::debug!(backend = %be.name, "pooled connection answered 408; sending again on a new one");
+                    continue;
+                }
+                Ok(n) if n > 0 => return Ok((up, Wrote::All)),
                 Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout),
-                _ => rbuf.clear(),
+                // The server may have acted on it: no second time.
+                Err(e) if replay != Replay::Safe => return Err(e),
+                _ => {}
             }
         }
-        if !reused {
+        if !reused || replay != Replay::Safe {
             return Err(UpstreamError::Empty);
         }
         tracing::debug!(backend = %be.name, "pooled connection was closed; retrying on a new one");
@@ -2053,6 +2084,32 @@ mod tests {
         );
         assert_eq!(interim_len(b"HTTP/1.1 100 Continue\r\n"), None);
         assert_eq!(interim_len(b"garbage\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn a_408_is_told_by_its_status_line_alone() {
+        assert!(says_408(b"HTTP/1.1 408 Request Timeout\r\n"));
+        assert!(says_408(b"HTTP/1.0 408 \r\n\r\n"));
+        // Only the status line is in yet: enough.
+        assert!(says_408(b"HTTP/1.1 408 "));
+        for other in [
+            &b"HTTP/1.1 200 OK\r\n\r\n"[..],
+            b"HTTP/1.1 4080 x\r\n",
+            b"HTTP/1.1 408",
+            b"XTTP/1.1 408 x\r\n",
+            b"",
+        ] {
+            assert!(!says_408(other), "{}", String::from_utf8_lossy(other));
+        }
+    }
+
+    #[test]
+    fn what_may_be_sent_again_follows_the_body_and_the_method() {
+        assert_eq!(Replay::of(true, &Method::GET), Replay::Safe);
+        assert_eq!(Replay::of(true, &Method::PUT), Replay::Safe);
+        assert_eq!(Replay::of(true, &Method::POST), Replay::After408);
+        assert_eq!(Replay::of(false, &Method::GET), Replay::WhileWriting);
+        assert_eq!(Replay::of(false, &Method::POST), Replay::WhileWriting);
     }
 
     #[test]
