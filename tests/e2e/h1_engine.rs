@@ -526,8 +526,10 @@ async fn pooled_connection_closed_while_idle_is_not_used() {
 const TIMED_OUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-#[tokio::test]
-async fn a_408_on_a_pooled_connection_is_its_close_and_the_request_goes_again() {
+/// Sends `first`, then `second` on the pooled connection, which the server
+/// answers with a `408` and closes; `second` must get the answer of a new
+/// connection. Returns what the server saw.
+async fn after_a_pooled_408(first: &str, second: &str) -> Vec<llmgw_e2e::UpstreamConn> {
     let up = RawUpstream::start(vec![
         Reply::Send(ok_response("one")),
         // The server timed the idle connection out as the request came in.
@@ -536,35 +538,27 @@ async fn a_408_on_a_pooled_connection_is_its_close_and_the_request_goes_again() 
     ]);
     let gw = gateway(&up, "");
     let mut c = RawClient::connect(gw.addr()).await;
-    c.send(get("/1").as_bytes()).await;
+    c.send(first.as_bytes()).await;
     assert_eq!(expect_response(&mut c).await.body_text(), "one");
-    c.send(get("/2").as_bytes()).await;
+    c.send(second.as_bytes()).await;
     let r = expect_response(&mut c).await;
     assert_eq!((r.status, r.body_text().as_str()), (200, "two"));
     let conns = up.connections();
     assert_eq!(conns.len(), 2, "{conns:?}");
     assert_eq!(conns[0].requests.len(), 2);
     assert_eq!(conns[1].requests.len(), 1);
+    conns
+}
+
+#[tokio::test]
+async fn a_408_on_a_pooled_connection_is_its_close_and_the_request_goes_again() {
+    let conns = after_a_pooled_408(&get("/1"), &get("/2")).await;
     assert!(conns[1].requests[0].start.starts_with("GET /2 "));
 }
 
 #[tokio::test]
 async fn a_completion_after_a_408_on_a_pooled_connection_goes_again() {
-    let up = RawUpstream::start(vec![
-        Reply::Send(ok_response("one")),
-        Reply::Close(TIMED_OUT.to_vec()),
-        Reply::Send(ok_response("two")),
-    ]);
-    let gw = gateway(&up, "");
-    let mut c = RawClient::connect(gw.addr()).await;
-    c.send(post("/1", "{}").as_bytes()).await;
-    assert_eq!(expect_response(&mut c).await.body_text(), "one");
-    c.send(post("/2", r#"{"model":"m"}"#).as_bytes()).await;
-    let r = expect_response(&mut c).await;
-    assert_eq!((r.status, r.body_text().as_str()), (200, "two"));
-    let conns = up.connections();
-    assert_eq!(conns.len(), 2, "{conns:?}");
-    assert_eq!(conns[1].requests.len(), 1);
+    let conns = after_a_pooled_408(&post("/1", "{}"), &post("/2", r#"{"model":"m"}"#)).await;
     assert_eq!(conns[1].requests[0].body(), br#"{"model":"m"}"#);
 }
 
