@@ -1302,37 +1302,31 @@ async fn send_request(
         };
         // Connected (`Tc` ends): what follows is the server's time.
         txn.connected();
-        let ok = match soon(be.timeouts.server, write_upstream(&up, out, rbuf)).await {
-            Err(_) => return Err(UpstreamError::Timeout),
-            Ok(Ok(Wrote::Answered)) if reused && says_408(rbuf) => {
-                rbuf.clear();
-                tracing::debug!(backend = %be.name, "pooled connection answered 408; sending again on a new one");
-                continue;
-            }
-            Ok(Ok(Wrote::Answered)) => return Ok((up, Wrote::Answered)),
-            Ok(r) => r.is_ok(),
-        };
         let wait = match replay {
             Replay::Safe => true,
             Replay::After408 => reused,
             Replay::WhileWriting => false,
         };
-        if ok && !wait {
-            return Ok((up, Wrote::All));
-        }
-        if ok {
-            match fill(&mut up, rbuf, expiry).await {
-                Ok(n) if n > 0 && reused && says_408(rbuf) => {
-                    rbuf.clear();
-                    tracing::debug!(backend = %be.name, "pooled connection answered 408; sending again on a new one");
-                    continue;
-                }
+        // `true`: the pooled connection answered `408`.
+        let timed_out = match soon(be.timeouts.server, write_upstream(&up, out, rbuf)).await {
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(Ok(Wrote::Answered)) if reused && says_408(rbuf) => true,
+            Ok(Ok(Wrote::Answered)) => return Ok((up, Wrote::Answered)),
+            Ok(Ok(Wrote::All)) if !wait => return Ok((up, Wrote::All)),
+            Ok(Ok(Wrote::All)) => match fill(&mut up, rbuf, expiry).await {
+                Ok(n) if n > 0 && reused && says_408(rbuf) => true,
                 Ok(n) if n > 0 => return Ok((up, Wrote::All)),
                 Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout),
                 // The server may have acted on it: no second time.
                 Err(e) if replay != Replay::Safe => return Err(e),
-                _ => {}
-            }
+                _ => false,
+            },
+            Ok(Err(_)) => false,
+        };
+        if timed_out {
+            rbuf.clear();
+            tracing::debug!(backend = %be.name, "pooled connection answered 408; sending again on a new one");
+            continue;
         }
         if !reused || replay != Replay::Safe {
             return Err(UpstreamError::Empty);
