@@ -36,7 +36,7 @@ use super::framing::{ChunkedScanner, Framing};
 use super::response::{HeadTake, ResponseHeaders};
 use super::{
     buffers, early_answer, put_chunk, put_line, put_request_line, read_response_head, send_request,
-    soon, write_upstream, Replay, UpstreamError, Wrote,
+    write_upstream, Replay, UpstreamError, Wrote,
 };
 use crate::config::Backend;
 use crate::http::body::{BoxError, ReqBody, RespBody};
@@ -237,13 +237,8 @@ async fn send_body(
             }
         };
         let ended = put_frame(&mut out, frame, body, framing)?;
-        if !out.is_empty() {
-            match soon(server_to, write_upstream(up, &out, rbuf)).await {
-                Ok(Ok(Wrote::All)) => {}
-                Ok(Ok(Wrote::Answered)) => return Ok(Wrote::Answered),
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => return Err(UpstreamError::Timeout.into()),
-            }
+        if !out.is_empty() && write_upstream(up, &out, server_to, rbuf).await? == Wrote::Answered {
+            return Ok(Wrote::Answered);
         }
         if ended {
             return Ok(Wrote::All);

@@ -1136,41 +1136,48 @@ enum Wrote {
     Answered,
 }
 
-/// Writes `data` to the upstream, watching for an early answer while the
-/// write is blocked and after it failed (see [`Wrote::Answered`]). An
-/// interim `1xx` answer is taken off `rbuf` and the write goes on.
+/// Writes `data` to the upstream within `limit` (`timeout server`),
+/// watching for an early answer while the write is blocked and after it
+/// failed (see [`Wrote::Answered`]). An interim `1xx` answer is taken off
+/// `rbuf` and the write goes on.
 async fn write_upstream(
     up: &TcpStream,
     data: &[u8],
+    limit: Duration,
     rbuf: &mut BytesMut,
 ) -> Result<Wrote, UpstreamError> {
-    let mut rest = data;
-    while !rest.is_empty() {
-        match up.try_write(rest) {
-            Ok(n) => rest = &rest[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tokio::select! {
-                    biased;
-                    ready = up.writable() => {
-                        ready.map_err(|_| UpstreamError::Broken)?;
-                    }
-                    ready = up.readable() => {
-                        if ready.is_ok() && early_answer(up, rbuf) {
-                            return Ok(Wrote::Answered);
+    let write = async {
+        let mut rest = data;
+        while !rest.is_empty() {
+            match up.try_write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::select! {
+                        biased;
+                        ready = up.writable() => {
+                            ready.map_err(|_| UpstreamError::Broken)?;
+                        }
+                        ready = up.readable() => {
+                            if ready.is_ok() && early_answer(up, rbuf) {
+                                return Ok(Wrote::Answered);
+                            }
                         }
                     }
                 }
-            }
-            Err(_) => {
-                return if last_words(up, rbuf).await {
-                    Ok(Wrote::Answered)
-                } else {
-                    Err(UpstreamError::Broken)
-                };
+                Err(_) => {
+                    return if last_words(up, rbuf).await {
+                        Ok(Wrote::Answered)
+                    } else {
+                        Err(UpstreamError::Broken)
+                    };
+                }
             }
         }
-    }
-    Ok(Wrote::All)
+        Ok(Wrote::All)
+    };
+    soon(limit, write)
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout))
 }
 
 /// Reads what the server has sent, without waiting, and passes over
@@ -1308,12 +1315,12 @@ async fn send_request(
             Replay::WhileWriting => false,
         };
         // `true`: the pooled connection answered `408`.
-        let timed_out = match soon(be.timeouts.server, write_upstream(&up, out, rbuf)).await {
-            Err(_) => return Err(UpstreamError::Timeout),
-            Ok(Ok(Wrote::Answered)) if reused && says_408(rbuf) => true,
-            Ok(Ok(Wrote::Answered)) => return Ok((up, Wrote::Answered)),
-            Ok(Ok(Wrote::All)) if !wait => return Ok((up, Wrote::All)),
-            Ok(Ok(Wrote::All)) => match fill(&mut up, rbuf, expiry).await {
+        let timed_out = match write_upstream(&up, out, be.timeouts.server, rbuf).await {
+            Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout),
+            Ok(Wrote::Answered) if reused && says_408(rbuf) => true,
+            Ok(Wrote::Answered) => return Ok((up, Wrote::Answered)),
+            Ok(Wrote::All) if !wait => return Ok((up, Wrote::All)),
+            Ok(Wrote::All) => match fill(&mut up, rbuf, expiry).await {
                 Ok(n) if n > 0 && reused && says_408(rbuf) => true,
                 Ok(n) if n > 0 => return Ok((up, Wrote::All)),
                 Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout),
@@ -1321,7 +1328,7 @@ async fn send_request(
                 Err(e) if replay != Replay::Safe => return Err(e),
                 _ => false,
             },
-            Ok(Err(_)) => false,
+            Err(_) => false,
         };
         if timed_out {
             rbuf.clear();
@@ -1393,11 +1400,10 @@ async fn stream_request_body<IO: ClientIo>(
         }
         let n = body.take(buf).map_err(BodyFail::Malformed)?;
         received += n as u64;
-        match soon(be.timeouts.server, write_upstream(up, &buf[..n], rbuf)).await {
-            Ok(Ok(Wrote::All)) => {}
-            Ok(Ok(Wrote::Answered)) => return Ok(Wrote::Answered),
-            Ok(Err(e)) => return Err(BodyFail::Upstream(e)),
-            Err(_) => return Err(BodyFail::Upstream(UpstreamError::Timeout)),
+        match write_upstream(up, &buf[..n], be.timeouts.server, rbuf).await {
+            Ok(Wrote::All) => {}
+            Ok(Wrote::Answered) => return Ok(Wrote::Answered),
+            Err(e) => return Err(BodyFail::Upstream(e)),
         }
         buf.advance(n);
     }
